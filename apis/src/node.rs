@@ -1,0 +1,321 @@
+//! mube's additions to the Kubernetes Node: `status.state` and the rules that
+//! derive it (and the Ready condition) from heartbeats, as the original Mube
+//! defined them.
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::heartbeat::Heartbeat;
+
+/// `status.state`: always consistent with the Ready condition
+/// (Ready = True, NotReady = False, Unknown = Unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeState {
+    Unknown,
+    Ready,
+    NotReady,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "Unknown",
+            NodeState::Ready => "Ready",
+            NodeState::NotReady => "NotReady",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<NodeState> {
+        match text {
+            "Unknown" => Some(NodeState::Unknown),
+            "Ready" => Some(NodeState::Ready),
+            "NotReady" => Some(NodeState::NotReady),
+            _ => None,
+        }
+    }
+
+    /// The Ready condition's `status` for this state.
+    pub fn condition_status(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "Unknown",
+            NodeState::Ready => "True",
+            NodeState::NotReady => "False",
+        }
+    }
+
+    /// The state a Ready condition status stands for.
+    pub fn from_condition_status(status: &str) -> Option<NodeState> {
+        match status {
+            "Unknown" => Some(NodeState::Unknown),
+            "True" => Some(NodeState::Ready),
+            "False" => Some(NodeState::NotReady),
+            _ => None,
+        }
+    }
+
+    /// The `reason` recorded on the Ready condition (and on the Event that
+    /// reports the transition).
+    pub fn reason(self, ever_heartbeated: bool) -> &'static str {
+        match (self, ever_heartbeated) {
+            (NodeState::Unknown, _) => "NodeRegistered",
+            (NodeState::Ready, _) => "KubeletReady",
+            (NodeState::NotReady, true) => "NodeStatusUnknown",
+            (NodeState::NotReady, false) => "NodeStatusNeverUpdated",
+        }
+    }
+
+    pub fn message(self, ever_heartbeated: bool) -> &'static str {
+        match (self, ever_heartbeated) {
+            (NodeState::Unknown, _) => "Node registered; waiting for the first heartbeat.",
+            (NodeState::Ready, _) => "mubelet is posting ready status.",
+            (NodeState::NotReady, true) => "mubelet stopped posting node status.",
+            (NodeState::NotReady, false) => "mubelet never posted node status.",
+        }
+    }
+}
+
+/// The state a node is in now, and when it will change by itself if nothing
+/// else happens (the deadline the lifecycle controller sleeps until).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evaluation {
+    pub state: NodeState,
+    pub until: Option<Timestamp>,
+}
+
+/// The original Mube's rule: `Ready` while the last heartbeat is within
+/// `timeout`; `Unknown` while registered without a heartbeat and still inside
+/// the window that opened at registration; `NotReady` otherwise.
+pub fn evaluate(
+    registered: Timestamp,
+    last_heartbeat: Option<Timestamp>,
+    now: Timestamp,
+    timeout: SignedDuration,
+) -> Evaluation {
+    let (alive, from) = match last_heartbeat {
+        Some(hb) => (NodeState::Ready, hb),
+        None => (NodeState::Unknown, registered),
+    };
+    let deadline = from.saturating_add(timeout).unwrap_or(Timestamp::MAX);
+    if now < deadline {
+        Evaluation {
+            state: alive,
+            until: Some(deadline),
+        }
+    } else {
+        Evaluation {
+            state: NodeState::NotReady,
+            until: None,
+        }
+    }
+}
+
+/// After the API server restarts, heartbeats that could not arrive while it
+/// was down must not turn healthy nodes NotReady: until `grace_until` a node
+/// keeps the state it had (Ready or Unknown) instead of going NotReady.
+/// A node that was already NotReady stays so; the grace never promotes.
+pub fn with_startup_grace(
+    eval: Evaluation,
+    current: Option<NodeState>,
+    now: Timestamp,
+    grace_until: Timestamp,
+) -> Evaluation {
+    match current {
+        Some(kept @ (NodeState::Ready | NodeState::Unknown))
+            if eval.state == NodeState::NotReady && now < grace_until =>
+        {
+            Evaluation {
+                state: kept,
+                until: Some(grace_until),
+            }
+        }
+        _ => eval,
+    }
+}
+
+fn time(ts: Timestamp) -> Value {
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts))
+        .unwrap_or(Value::Null)
+}
+
+/// `status.state` of a Node object, if it has a valid one.
+pub fn state_of(node: &Value) -> Option<NodeState> {
+    node.pointer("/status/state")
+        .and_then(Value::as_str)
+        .and_then(NodeState::parse)
+}
+
+/// The Ready condition of a Node object.
+pub fn ready_condition(node: &Value) -> Option<&Value> {
+    node.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+}
+
+fn status_mut(node: &mut Value) -> &mut serde_json::Map<String, Value> {
+    let obj = ensure_object(node);
+    ensure_object(obj.entry("status").or_insert_with(|| json!({})))
+}
+
+fn ensure_object(v: &mut Value) -> &mut serde_json::Map<String, Value> {
+    if !v.is_object() {
+        *v = json!({});
+    }
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+/// Sets `status.state` and the Ready condition together, so they can never
+/// disagree. `lastTransitionTime` moves only when the condition's status does.
+pub fn set_state(
+    node: &mut Value,
+    state: NodeState,
+    now: Timestamp,
+    last_heartbeat: Option<Timestamp>,
+) {
+    let previous = ready_condition(node).cloned();
+    let changed = previous
+        .as_ref()
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        != Some(state.condition_status());
+    let transition = match (&previous, changed) {
+        (Some(c), false) => c
+            .get("lastTransitionTime")
+            .cloned()
+            .unwrap_or_else(|| time(now)),
+        _ => time(now),
+    };
+    let heartbeat = last_heartbeat.map(time).unwrap_or_else(|| time(now));
+    let condition = json!({
+        "type": "Ready",
+        "status": state.condition_status(),
+        "reason": state.reason(last_heartbeat.is_some()),
+        "message": state.message(last_heartbeat.is_some()),
+        "lastHeartbeatTime": heartbeat,
+        "lastTransitionTime": transition,
+    });
+    let status = status_mut(node);
+    status.insert("state".into(), json!(state.as_str()));
+    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    if let Value::Array(list) = conditions {
+        match list
+            .iter_mut()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        {
+            Some(slot) => *slot = condition,
+            None => list.push(condition),
+        }
+    }
+}
+
+/// Copies what a heartbeat reports into the Node (`nodeInfo` versions and the
+/// pod capacity). Returns whether anything a client would see changed.
+pub fn apply_heartbeat(node: &mut Value, hb: &Heartbeat) -> bool {
+    let before = node.get("status").cloned();
+    let status = status_mut(node);
+    let info = ensure_object(status.entry("nodeInfo").or_insert_with(|| json!({})));
+    info.insert("containerRuntimeVersion".into(), json!(hb.runtime));
+    info.insert("kubeletVersion".into(), json!(hb.version));
+    for key in ["capacity", "allocatable"] {
+        let map = ensure_object(status.entry(key).or_insert_with(|| json!({})));
+        map.insert("pods".into(), json!(hb.capacity.to_string()));
+    }
+    node.get("status") != before.as_ref()
+}
+
+/// Sets the registry's address and port on a Node. Returns whether they changed.
+pub fn set_address(node: &mut Value, ip: &str, port: u16) -> bool {
+    let before = node.get("status").cloned();
+    let status = status_mut(node);
+    let mut addresses: Vec<Value> = status
+        .get("addresses")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|x| x.get("type").and_then(Value::as_str) != Some("InternalIP"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    addresses.insert(0, json!({"type": "InternalIP", "address": ip}));
+    status.insert("addresses".into(), Value::Array(addresses));
+    status.insert(
+        "daemonEndpoints".into(),
+        json!({"kubeletEndpoint": {"Port": port}}),
+    );
+    node.get("status") != before.as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+    const T: SignedDuration = SignedDuration::from_secs(30);
+
+    #[test]
+    fn original_state_rules() {
+        let e = evaluate(at(0), None, at(10), T);
+        assert_eq!(e.state, NodeState::Unknown);
+        assert_eq!(e.until, Some(at(30)));
+        assert_eq!(evaluate(at(0), None, at(30), T).state, NodeState::NotReady);
+        let e = evaluate(at(0), Some(at(40)), at(50), T);
+        assert_eq!(e.state, NodeState::Ready);
+        assert_eq!(e.until, Some(at(70)));
+        assert_eq!(evaluate(at(0), Some(at(40)), at(70), T).state, NodeState::NotReady);
+    }
+
+    #[test]
+    fn grace_keeps_but_never_promotes() {
+        let stale = evaluate(at(0), Some(at(0)), at(100), T);
+        let kept = with_startup_grace(stale, Some(NodeState::Ready), at(100), at(130));
+        assert_eq!(kept.state, NodeState::Ready);
+        assert_eq!(kept.until, Some(at(130)));
+        let not = with_startup_grace(stale, Some(NodeState::NotReady), at(100), at(130));
+        assert_eq!(not.state, NodeState::NotReady);
+        let over = with_startup_grace(stale, Some(NodeState::Ready), at(130), at(130));
+        assert_eq!(over.state, NodeState::NotReady);
+    }
+
+    #[test]
+    fn state_and_condition_move_together() {
+        let mut node = json!({"metadata": {"name": "n"}});
+        set_state(&mut node, NodeState::Unknown, at(0), None);
+        assert_eq!(state_of(&node), Some(NodeState::Unknown));
+        assert_eq!(ready_condition(&node).unwrap()["status"], "Unknown");
+        set_state(&mut node, NodeState::Ready, at(5), Some(at(5)));
+        let t1 = ready_condition(&node).unwrap()["lastTransitionTime"].clone();
+        set_state(&mut node, NodeState::Ready, at(9), Some(at(9)));
+        assert_eq!(ready_condition(&node).unwrap()["lastTransitionTime"], t1);
+        assert_eq!(ready_condition(&node).unwrap()["status"], "True");
+        set_state(&mut node, NodeState::NotReady, at(40), Some(at(9)));
+        assert_eq!(ready_condition(&node).unwrap()["status"], "False");
+        assert_eq!(node["status"]["conditions"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn heartbeat_changes_only_when_values_do() {
+        let mut node = json!({"metadata": {"name": "n"}});
+        let hb = Heartbeat {
+            name: "n".into(),
+            runtime: "containerd".into(),
+            version: "0.1.0".into(),
+            capacity: 10,
+        };
+        assert!(apply_heartbeat(&mut node, &hb));
+        assert!(!apply_heartbeat(&mut node, &hb));
+        assert_eq!(node["status"]["capacity"]["pods"], "10");
+        assert!(set_address(&mut node, "10.0.0.1", 10250));
+        assert!(!set_address(&mut node, "10.0.0.1", 10250));
+        assert!(set_address(&mut node, "10.0.0.2", 10250));
+    }
+}
