@@ -1,1 +1,14 @@
-pub mod x{}
+//! mube's API server: a Kubernetes-shaped REST API over one narrow store.
+//!
+//! Layers, bottom up: `store` (the storage interface and the sled backend),
+//! `registry` (resource kinds as declarations plus hooks, served by generic
+//! code), `http` (routes, watch streaming, Status errors), and `controllers`
+//! (API clients that act on what they watch). `server` wires them together.
+
+pub mod config;
+pub mod controllers;
+pub mod error;
+pub mod http;
+pub mod registry;
+pub mod server;
+pub mod store;

@@ -1,0 +1,233 @@
+//! `configs/apiserver.yaml` and the environment, with the original Mube's names.
+//!
+//! Every mistake stops start-up with one message naming the file (or the
+//! environment variable) and the field.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::registry::node::RegisteredNode;
+
+pub const ENV_CONFIG: &str = "MUBE_APISERVER_CONFIG";
+pub const ENV_DATA_DIR: &str = "MUBE_APISERVER_DATA_DIR";
+pub const ENV_SHUTDOWN_TIMEOUT: &str = "MUBE_APISERVER_SHUTDOWN_TIMEOUT";
+pub const ENV_NOTREADY_TIMEOUT: &str = "MUBE_NODE_NOTREADY_TIMEOUT";
+pub const DEFAULT_CONFIG: &str = "configs/apiserver.yaml";
+
+/// The file as written. Unknown fields are errors, so a typo never silently
+/// falls back to a default.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigFile {
+    listen_address: Option<String>,
+    data_dir: Option<String>,
+    #[serde(default)]
+    nodes: Vec<NodeEntry>,
+    /// Change events kept for resuming watches (default 100000).
+    history_retention: Option<u64>,
+    /// Events a watcher may fall behind before it is dropped (default 4096).
+    watch_buffer: Option<usize>,
+    /// How often watches that asked for bookmarks get one (default 1m).
+    watch_bookmark_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    name: String,
+    ip: String,
+    port: i64,
+}
+
+/// The API server's settings, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_address: SocketAddr,
+    pub data_dir: PathBuf,
+    pub nodes: Vec<RegisteredNode>,
+    pub history_retention: u64,
+    pub watch_buffer: usize,
+    pub watch_bookmark_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub notready_timeout: Duration,
+}
+
+/// Go's `net.Listen` forms: `:8080` is every interface, `host:port` one.
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not host:port (for example \":8080\")"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{text:?}: port {port:?} is not a number from 0 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = match host {
+        "" => IpAddr::from([0, 0, 0, 0]),
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        h => h
+            .parse()
+            .map_err(|_| format!("{text:?}: host {h:?} is not an IP address"))?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn duration_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match env(name) {
+        None => Ok(default),
+        Some(v) => {
+            let d = mube_apis::duration::parse(&v).map_err(|e| format!("{name}: {e}"))?;
+            if d.is_zero() {
+                return Err(format!("{name}: must be greater than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+impl Config {
+    /// Loads from the process environment.
+    pub fn from_env() -> Result<Config, String> {
+        Config::load(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Loads with `env` as the environment (tests pass their own).
+    pub fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let path = env(ENV_CONFIG).unwrap_or_else(|| DEFAULT_CONFIG.to_string());
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{path}: cannot read the config file ({e}); set {ENV_CONFIG} to its path"))?;
+        let mut config = Config::parse(Path::new(&path), &text)?;
+        if let Some(dir) = env(ENV_DATA_DIR) {
+            config.data_dir = PathBuf::from(dir);
+        }
+        config.shutdown_timeout = duration_env(env, ENV_SHUTDOWN_TIMEOUT, Duration::from_secs(5))?;
+        config.notready_timeout = duration_env(env, ENV_NOTREADY_TIMEOUT, Duration::from_secs(30))?;
+        Ok(config)
+    }
+
+    /// Parses and checks the YAML; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
+        let file = path.display();
+        let raw: ConfigFile = if text.trim().is_empty() {
+            serde_yaml::from_str("{}")
+        } else {
+            serde_yaml::from_str(text)
+        }
+        .map_err(|e| format!("{file}: {e}"))?;
+        let listen_address = parse_listen_address(raw.listen_address.as_deref().unwrap_or(":8080"))
+            .map_err(|e| format!("{file}: listenAddress: {e}"))?;
+        let mut seen = HashSet::new();
+        let mut nodes = Vec::new();
+        for (i, n) in raw.nodes.iter().enumerate() {
+            let field = |f: &str| format!("{file}: nodes[{i}].{f}");
+            mube_apis::validation::dns1123_subdomain(&n.name).map_err(|e| format!("{}: {e}", field("name")))?;
+            if !seen.insert(n.name.clone()) {
+                return Err(format!("{}: duplicate node name {:?}", field("name"), n.name));
+            }
+            let ip: IpAddr = n
+                .ip
+                .trim()
+                .parse()
+                .map_err(|_| format!("{}: {:?} is not a valid IP address", field("ip"), n.ip))?;
+            let port = u16::try_from(n.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{}: {} is out of range (1-65535)", field("port"), n.port))?;
+            nodes.push(RegisteredNode {
+                name: n.name.clone(),
+                ip,
+                port,
+            });
+        }
+        let watch_bookmark_interval = match raw.watch_bookmark_interval.as_deref() {
+            None => Duration::from_secs(60),
+            Some(v) => mube_apis::duration::parse(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("{file}: watchBookmarkInterval: invalid duration {v:?}; use forms like 500ms, 5s, 1m30s"))?,
+        };
+        if raw.history_retention == Some(0) {
+            return Err(format!("{file}: historyRetention: must be at least 1"));
+        }
+        if raw.watch_buffer == Some(0) {
+            return Err(format!("{file}: watchBuffer: must be at least 1"));
+        }
+        Ok(Config {
+            listen_address,
+            data_dir: PathBuf::from(raw.data_dir.unwrap_or_else(|| "data".to_string())),
+            nodes,
+            history_retention: raw.history_retention.unwrap_or(100_000),
+            watch_buffer: raw.watch_buffer.unwrap_or(4096),
+            watch_bookmark_interval,
+            shutdown_timeout: Duration::from_secs(5),
+            notready_timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("apiserver.yaml"), text)
+    }
+
+    #[test]
+    fn original_file() {
+        let c = parse("listenAddress: \":8080\"\ndataDir: data\nnodes:\n  - name: mube-node-1\n    ip: 127.0.0.1\n    port: 10250\n").unwrap();
+        assert_eq!(c.listen_address, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.nodes.len(), 1);
+        assert_eq!(c.nodes[0].port, 10250);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let cases = [
+            ("listenAddress: [", "apiserver.yaml"),
+            ("listenAdress: \":1\"", "unknown field `listenAdress`"),
+            ("nodes:\n - {name: a, ip: 1.2.3.4, port: 1}\n - {name: a, ip: 1.2.3.4, port: 2}", "nodes[1].name: duplicate"),
+            ("nodes:\n - {name: a, ip: 1.2.3, port: 1}", "nodes[0].ip"),
+            ("nodes:\n - {name: a, ip: 1.2.3.4, port: 70000}", "nodes[0].port: 70000 is out of range"),
+            ("nodes:\n - {name: a, ip: 1.2.3.4, port: 0}", "nodes[0].port"),
+            ("nodes:\n - {name: A_b, ip: 1.2.3.4, port: 1}", "nodes[0].name"),
+            ("listenAddress: \"8080\"", "listenAddress"),
+            ("watchBookmarkInterval: soon", "watchBookmarkInterval"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.starts_with("apiserver.yaml: "), "{e}");
+            assert!(e.contains(want), "{text:?} gave {e:?}, expected {want:?}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_and_bad_durations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "dataDir: d1\n").unwrap();
+        let p = path.display().to_string();
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            let p = p.clone();
+            move |name: &str| {
+                if name == ENV_CONFIG {
+                    return Some(p.clone());
+                }
+                vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+            }
+        };
+        let c = Config::load(&env(&[(ENV_DATA_DIR, "d2"), (ENV_NOTREADY_TIMEOUT, "1m30s")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("d2"));
+        assert_eq!(c.notready_timeout, Duration::from_secs(90));
+        let e = Config::load(&env(&[(ENV_SHUTDOWN_TIMEOUT, "fast")])).unwrap_err();
+        assert!(e.starts_with(ENV_SHUTDOWN_TIMEOUT), "{e}");
+    }
+}

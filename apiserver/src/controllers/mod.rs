@@ -1,0 +1,5 @@
+//! Controllers: API clients that watch resources and write back through the
+//! same paths as any other client.
+
+pub mod client;
+pub mod node_lifecycle;

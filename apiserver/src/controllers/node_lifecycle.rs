@@ -1,0 +1,298 @@
+//! The node lifecycle controller: turns Lease renewals into `status.state`
+//! and the Ready condition, using the original Mube's rules
+//! (`mube_apis::node::evaluate`).
+//!
+//! It is deadline-driven: every node has the instant at which its state will
+//! change by itself (last heartbeat + timeout, or registration + timeout), and
+//! the controller sleeps until the earliest one, so a transition is written
+//! right at its deadline and nothing is written in between.
+//!
+//! Start-up grace: heartbeats cannot arrive while the API server is down, so
+//! for one timeout after the controller starts a node keeps the Ready or
+//! Unknown state it had instead of going NotReady (Kubernetes' node lifecycle
+//! controller gives the same grace). A node that stays silent through the
+//! grace period goes NotReady at its end.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use mube_apis::node::{self as rules, Evaluation, NodeState};
+use mube_apis::watch::{EventType, WatchEvent};
+use mube_apis::NODE_LEASE_NAMESPACE;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::client::ApiClient;
+use crate::error::ApiError;
+
+/// What the controller knows about one node.
+#[derive(Debug, Clone)]
+struct Tracked {
+    registered: Timestamp,
+    /// `status.state` as last seen on the Node.
+    state: Option<NodeState>,
+    /// The Lease's `renewTime`, as last seen.
+    heartbeat: Option<Timestamp>,
+    /// When this node is next due for re-evaluation.
+    deadline: Option<Timestamp>,
+}
+
+pub struct NodeLifecycle {
+    client: Arc<dyn ApiClient>,
+    timeout: SignedDuration,
+    grace_until: Timestamp,
+    nodes: HashMap<String, Tracked>,
+    due: BTreeSet<(Timestamp, String)>,
+}
+
+fn timestamp_at(value: &Value, pointer: &str) -> Option<Timestamp> {
+    value.pointer(pointer)?.as_str()?.parse().ok()
+}
+
+fn name_of(value: &Value) -> Option<String> {
+    value.pointer("/metadata/name")?.as_str().map(str::to_string)
+}
+
+/// Why the watch loop stopped.
+enum Stop {
+    Shutdown,
+    /// A stream ended or failed: list again and start new watches.
+    Relist,
+}
+
+impl NodeLifecycle {
+    pub fn new(client: Arc<dyn ApiClient>, timeout: Duration) -> NodeLifecycle {
+        let timeout = SignedDuration::try_from(timeout).unwrap_or(SignedDuration::from_secs(30));
+        NodeLifecycle {
+            client,
+            timeout,
+            grace_until: Timestamp::now().saturating_add(timeout).unwrap_or(Timestamp::MAX),
+            nodes: HashMap::new(),
+            due: BTreeSet::new(),
+        }
+    }
+
+    /// Runs until `shutdown`. Errors are logged and answered with a relist.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            match self.list_and_watch(&shutdown).await {
+                Ok(Stop::Shutdown) => return,
+                Ok(Stop::Relist) => {}
+                Err(e) => tracing::warn!(error = %e, "node lifecycle controller: relisting"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn list_and_watch(&mut self, shutdown: &CancellationToken) -> Result<Stop, ApiError> {
+        let (nodes, nodes_rv) = self.client.list("nodes", None).await?;
+        let (leases, leases_rv) = self.client.list("leases", Some(NODE_LEASE_NAMESPACE)).await?;
+        let mut node_events = self.client.watch("nodes", None, &nodes_rv).await?;
+        let mut lease_events = self.client.watch("leases", Some(NODE_LEASE_NAMESPACE), &leases_rv).await?;
+
+        self.nodes.clear();
+        self.due.clear();
+        for node in &nodes {
+            self.observe_node(node);
+        }
+        for lease in &leases {
+            self.observe_lease(lease);
+        }
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            self.reconcile(&name).await;
+        }
+
+        loop {
+            let next_due = self.due.first().map(|(t, _)| *t);
+            let sleep = async {
+                match next_due {
+                    Some(t) => {
+                        let wait = Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO);
+                        tokio::time::sleep(wait).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
+                event = node_events.next() => match event {
+                    Some(Ok(e)) => self.on_node_event(e).await,
+                    Some(Err(e)) => { tracing::info!(error = %e, "node watch ended"); return Ok(Stop::Relist) }
+                    None => return Ok(Stop::Relist),
+                },
+                event = lease_events.next() => match event {
+                    Some(Ok(e)) => self.on_lease_event(e).await,
+                    Some(Err(e)) => { tracing::info!(error = %e, "lease watch ended"); return Ok(Stop::Relist) }
+                    None => return Ok(Stop::Relist),
+                },
+                _ = sleep => {
+                    let now = Timestamp::now();
+                    let expired: Vec<String> = self
+                        .due
+                        .iter()
+                        .take_while(|(t, _)| *t <= now)
+                        .map(|(_, n)| n.clone())
+                        .collect();
+                    for name in expired {
+                        self.reconcile(&name).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn observe_node(&mut self, node: &Value) -> Option<String> {
+        let name = name_of(node)?;
+        let registered = timestamp_at(node, "/metadata/creationTimestamp").unwrap_or_else(Timestamp::now);
+        let state = rules::state_of(node);
+        let entry = self.nodes.entry(name.clone()).or_insert(Tracked {
+            registered,
+            state,
+            heartbeat: None,
+            deadline: None,
+        });
+        entry.registered = registered;
+        entry.state = state;
+        Some(name)
+    }
+
+    fn observe_lease(&mut self, lease: &Value) -> Option<String> {
+        let name = name_of(lease)?;
+        let renewed = timestamp_at(lease, "/spec/renewTime");
+        let tracked = self.nodes.get_mut(&name)?;
+        tracked.heartbeat = renewed.max(tracked.heartbeat);
+        Some(name)
+    }
+
+    async fn on_node_event(&mut self, event: WatchEvent) {
+        match event.type_ {
+            EventType::Added | EventType::Modified => {
+                if let Some(name) = self.observe_node(&event.object) {
+                    self.reconcile(&name).await;
+                }
+            }
+            EventType::Deleted => {
+                if let Some(name) = name_of(&event.object) {
+                    self.forget(&name);
+                    // The Lease belongs to the node (as its ownerReference says).
+                    match self.client.delete("leases", Some(NODE_LEASE_NAMESPACE), &name).await {
+                        Err(e) if e.code() != 404 => tracing::warn!(node = %name, error = %e, "could not delete the lease of a deleted node"),
+                        _ => {}
+                    }
+                }
+            }
+            EventType::Bookmark | EventType::Error => {}
+        }
+    }
+
+    async fn on_lease_event(&mut self, event: WatchEvent) {
+        if matches!(event.type_, EventType::Added | EventType::Modified) {
+            if let Some(name) = self.observe_lease(&event.object) {
+                self.reconcile(&name).await;
+            }
+        }
+    }
+
+    fn forget(&mut self, name: &str) {
+        if let Some(t) = self.nodes.remove(name) {
+            if let Some(d) = t.deadline {
+                self.due.remove(&(d, name.to_string()));
+            }
+        }
+    }
+
+    fn schedule(&mut self, name: &str, deadline: Option<Timestamp>) {
+        let Some(t) = self.nodes.get_mut(name) else { return };
+        if let Some(old) = t.deadline.take() {
+            self.due.remove(&(old, name.to_string()));
+        }
+        t.deadline = deadline;
+        if let Some(d) = deadline {
+            self.due.insert((d, name.to_string()));
+        }
+    }
+
+    fn evaluate(&self, t: &Tracked, now: Timestamp) -> Evaluation {
+        let eval = rules::evaluate(t.registered, t.heartbeat, now, self.timeout);
+        rules::with_startup_grace(eval, t.state, now, self.grace_until)
+    }
+
+    /// Re-evaluates one node and writes its state if it changed.
+    async fn reconcile(&mut self, name: &str) {
+        let Some(tracked) = self.nodes.get(name).cloned() else { return };
+        let now = Timestamp::now();
+        let eval = self.evaluate(&tracked, now);
+        if Some(eval.state) != tracked.state {
+            match self.write_state(name).await {
+                Ok(Some(written)) => {
+                    if let Some(t) = self.nodes.get_mut(name) {
+                        t.state = Some(written.state);
+                    }
+                    self.schedule(name, written.until);
+                    return;
+                }
+                Ok(None) => {
+                    self.forget(name);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "could not write node state; retrying in 1s");
+                    self.schedule(name, Some(now.saturating_add(SignedDuration::from_secs(1)).unwrap_or(now)));
+                    return;
+                }
+            }
+        }
+        self.schedule(name, eval.until);
+    }
+
+    /// Reads the node and its lease fresh (the two watches are separate
+    /// streams and may lag each other), decides, and writes through the
+    /// status subresource with the node's resourceVersion as precondition.
+    /// Returns `None` if the node is gone.
+    async fn write_state(&mut self, name: &str) -> Result<Option<Evaluation>, ApiError> {
+        for _ in 0..5 {
+            let node = match self.client.get("nodes", None, name).await {
+                Err(e) if e.code() == 404 => return Ok(None),
+                other => other?,
+            };
+            let heartbeat = match self.client.get("leases", Some(NODE_LEASE_NAMESPACE), name).await {
+                Err(e) if e.code() == 404 => None,
+                other => timestamp_at(&other?, "/spec/renewTime"),
+            };
+            self.observe_node(&node);
+            if let Some(t) = self.nodes.get_mut(name) {
+                t.heartbeat = heartbeat.max(t.heartbeat);
+            }
+            let Some(tracked) = self.nodes.get(name).cloned() else { return Ok(None) };
+            let now = Timestamp::now();
+            let eval = self.evaluate(&tracked, now);
+            if Some(eval.state) == tracked.state {
+                return Ok(Some(eval));
+            }
+            let mut updated = node.clone();
+            rules::set_state(&mut updated, eval.state, now, tracked.heartbeat);
+            match self.client.update_status("nodes", None, name, updated).await {
+                Ok(_) => {
+                    tracing::info!(
+                        node = %name,
+                        from = tracked.state.map(NodeState::as_str).unwrap_or("none"),
+                        to = eval.state.as_str(),
+                        "node state transition"
+                    );
+                    return Ok(Some(eval));
+                }
+                Err(e) if e.code() == 409 => continue,
+                Err(e) if e.code() == 404 => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::bad_request(format!("node {name}: too many conflicts writing its state")))
+    }
+}

@@ -1,0 +1,123 @@
+//! The API server's one error type. Every failure a client can see is a
+//! Kubernetes `Status`; handlers return `Result<_, ApiError>` and use `?`.
+
+use mube_apis::status::{self, Reason, Status, StatusCause};
+use mube_apis::validation::FieldError;
+
+use crate::registry::Resource;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: Status,
+}
+
+impl ApiError {
+    pub fn new(reason: Reason, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: status::failure(reason, message),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(Reason::BadRequest, message)
+    }
+
+    pub fn not_found(resource: &Resource, name: &str) -> ApiError {
+        ApiError {
+            status: status::failure_for(
+                Reason::NotFound,
+                format!("{} \"{name}\" not found", resource.qualified_plural()),
+                resource.group,
+                resource.plural,
+                name,
+                vec![],
+            ),
+        }
+    }
+
+    /// 422 Invalid, listing every bad field as Kubernetes does.
+    pub fn invalid(resource: &Resource, name: &str, errors: Vec<FieldError>) -> ApiError {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let causes = errors
+            .into_iter()
+            .map(|e| StatusCause {
+                field: Some(e.field),
+                message: Some(e.message),
+                reason: Some("FieldValueInvalid".into()),
+            })
+            .collect();
+        ApiError {
+            status: status::failure_for(
+                Reason::Invalid,
+                format!("{} \"{name}\" is invalid: {detail}", resource.kind),
+                resource.group,
+                resource.kind,
+                name,
+                causes,
+            ),
+        }
+    }
+
+    /// Maps a store failure to the Status Kubernetes returns for it.
+    pub fn from_store(error: StoreError, resource: &Resource, name: &str) -> ApiError {
+        let plural = resource.qualified_plural();
+        let with_details = |reason: Reason, message: String| ApiError {
+            status: status::failure_for(reason, message, resource.group, resource.plural, name, vec![]),
+        };
+        match error {
+            StoreError::NotFound { .. } => ApiError::not_found(resource, name),
+            StoreError::AlreadyExists { .. } => with_details(
+                Reason::AlreadyExists,
+                format!("{plural} \"{name}\" already exists"),
+            ),
+            StoreError::Conflict { .. } => with_details(
+                Reason::Conflict,
+                format!("Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+            ),
+            other => ApiError::from(other),
+        }
+    }
+
+    pub fn code(&self) -> u16 {
+        self.status.code.and_then(|c| u16::try_from(c).ok()).unwrap_or(500)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::Compacted { requested, compacted } => ApiError::new(
+                Reason::Expired,
+                format!("too old resource version: {requested} ({compacted})"),
+            ),
+            StoreError::TooSlow => ApiError::new(
+                Reason::Expired,
+                "watch closed: the client fell too far behind; relist and watch again",
+            ),
+            StoreError::Closed => ApiError::new(Reason::ServiceUnavailable, "the API server is shutting down"),
+            StoreError::InvalidObject(m) => ApiError::bad_request(m),
+            e @ (StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::Conflict { .. }) => {
+                ApiError::new(Reason::Conflict, e.to_string())
+            }
+            StoreError::Backend(m) => ApiError::new(Reason::InternalError, m),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({})",
+            self.status.message.as_deref().unwrap_or(""),
+            self.code()
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}

@@ -1,0 +1,106 @@
+//! The HTTP surface: health endpoints, the heartbeat, and one generic REST
+//! handler for every registered kind.
+
+mod path;
+mod response;
+mod rest;
+mod watch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use mube_apis::heartbeat::Heartbeat;
+use mube_apis::status::{self, Reason, StatusCause};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::registry::{node, Registry};
+
+pub use response::MAX_BODY_BYTES;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    /// Cancelled at shutdown: every watch ends cleanly.
+    pub shutdown: CancellationToken,
+    /// Set once start-up (config registration, controllers) is done.
+    pub ready: Arc<AtomicBool>,
+    pub bookmark_interval: Duration,
+    /// A Lease's duration: the NotReady timeout.
+    pub lease_duration: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ok))
+        .route("/livez", get(ok))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/nodes/heartbeat", post(heartbeat))
+        .route("/api/{*rest}", any(rest::core))
+        .route("/apis/{*rest}", any(rest::grouped))
+        .fallback(fallback)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if state.ready.load(Ordering::Acquire) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+async fn fallback(request: Request) -> ApiError {
+    rest::not_found_path(request.uri().path())
+}
+
+/// `POST /api/v1/nodes/heartbeat` with the original body; 202 with the Node.
+async fn heartbeat(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let bytes = response::read_body(body).await?;
+    let hb = Heartbeat::parse(&bytes).map_err(|e| {
+        let mut s = status::failure(Reason::BadRequest, format!("invalid heartbeat: {}", e.message));
+        s.details = Some(status::StatusDetails {
+            causes: Some(vec![StatusCause {
+                field: Some(e.field.to_string()),
+                message: Some(e.message),
+                reason: Some("FieldValueInvalid".into()),
+            }]),
+            ..Default::default()
+        });
+        ApiError { status: s }
+    })?;
+    let node = node::heartbeat(&state.registry, &hb, state.lease_duration).await?;
+    Ok(response::json(StatusCode::ACCEPTED, node.json))
+}
+
+/// One line per request at debug level.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        uri = %uri,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}

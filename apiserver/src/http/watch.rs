@@ -1,0 +1,200 @@
+//! `?watch=true`: newline-delimited JSON events over a chunked response.
+//!
+//! Each watch is a task that reads the store's watch stream and writes lines
+//! into a small bounded channel that the response body drains. A client that
+//! stops reading fills that channel, the task stops reading the store, and the
+//! store drops the watcher once it falls behind the broadcast buffer: writers
+//! never wait for a watcher, and memory per watcher stays bounded.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use mube_apis::watch::EventType;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::rest::Params;
+use super::AppState;
+use crate::error::ApiError;
+use crate::registry::{Filter, Resource};
+use crate::store::{Event, EventKind, StoredObject, WatchStream};
+
+/// Lines buffered between the watch task and a slow client.
+const LINES_IN_FLIGHT: usize = 64;
+
+fn line(kind: EventType, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
+fn error_line(error: ApiError) -> Bytes {
+    let object = serde_json::to_vec(&error.status).unwrap_or_default();
+    line(EventType::Error, &object)
+}
+
+fn bookmark(r: &Resource, revision: u64, initial_events_end: bool) -> Bytes {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if initial_events_end {
+        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    let object = json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": metadata});
+    line(EventType::Bookmark, object.to_string().as_bytes())
+}
+
+/// The event a filtered watcher sees: an object that starts matching its
+/// selector is ADDED for it, one that stops matching is DELETED.
+fn translate(r: &Resource, filter: &Filter, event: &Event) -> Option<EventType> {
+    let plain = match event.kind {
+        EventKind::Added => EventType::Added,
+        EventKind::Modified => EventType::Modified,
+        EventKind::Deleted => EventType::Deleted,
+    };
+    if filter.is_empty() {
+        return Some(plain);
+    }
+    let matches = |bytes: &Bytes| {
+        serde_json::from_slice(bytes)
+            .map(|v| filter.matches(r, &v))
+            .unwrap_or(false)
+    };
+    let now = matches(&event.object);
+    let before = event.previous.as_ref().is_some_and(matches);
+    match (event.kind, before, now) {
+        (EventKind::Deleted, b, n) => (b || n).then_some(EventType::Deleted),
+        (_, true, true) => Some(EventType::Modified),
+        (_, false, true) => Some(EventType::Added),
+        (_, true, false) => Some(EventType::Deleted),
+        (_, false, false) => None,
+    }
+}
+
+pub async fn serve(
+    state: &AppState,
+    r: Arc<Resource>,
+    ns: Option<&str>,
+    filter: Filter,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let requested = params.revision()?;
+    let (initial, after): (Vec<StoredObject>, u64) = match requested {
+        Some(rev) if !params.send_initial_events => (Vec::new(), rev),
+        // No resourceVersion, "0", or sendInitialEvents: the current state as
+        // synthetic ADDED events first, then changes after that snapshot.
+        _ => state.registry.list(&r, ns, &filter).await?,
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(LINES_IN_FLIGHT);
+    match state.registry.watch(&r, ns, after) {
+        Ok(stream) => {
+            let task = WatchTask {
+                r,
+                filter,
+                tx,
+                shutdown: state.shutdown.clone(),
+                allow_bookmarks: params.allow_bookmarks,
+                initial_events_end: params.send_initial_events,
+                bookmark_every: state.bookmark_interval,
+                timeout: params.timeout,
+            };
+            tokio::spawn(task.run(initial, after, stream));
+        }
+        // Too old a resourceVersion: Kubernetes answers 200 with one ERROR
+        // event carrying 410 Expired, which clients take as "relist".
+        Err(e) => {
+            let _ = tx.try_send(error_line(e));
+        }
+    }
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")],
+        body,
+    )
+        .into_response())
+}
+
+struct WatchTask {
+    r: Arc<Resource>,
+    filter: Filter,
+    tx: mpsc::Sender<Bytes>,
+    shutdown: CancellationToken,
+    allow_bookmarks: bool,
+    initial_events_end: bool,
+    bookmark_every: std::time::Duration,
+    timeout: Option<std::time::Duration>,
+}
+
+impl WatchTask {
+    /// Sends one line; false once the client is gone or the server stops.
+    async fn send(&self, bytes: Bytes) -> bool {
+        tokio::select! {
+            sent = self.tx.send(bytes) => sent.is_ok(),
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    async fn run(self, initial: Vec<StoredObject>, after: u64, mut stream: WatchStream) {
+        let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
+        for object in &initial {
+            if !self.send(line(EventType::Added, &object.json)).await {
+                return;
+            }
+        }
+        let mut last_bookmark = after;
+        if self.initial_events_end && !self.send(bookmark(&self.r, after, true)).await {
+            return;
+        }
+        let mut ticker = tokio::time::interval(self.bookmark_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.tx.closed() => return,
+                _ = self.shutdown.cancelled() => return,
+                _ = expired => return,
+                _ = ticker.tick(), if self.allow_bookmarks => {
+                    if let Some(revision) = stream.progress() {
+                        if revision > last_bookmark {
+                            last_bookmark = revision;
+                            if !self.send(bookmark(&self.r, revision, false)).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+                next = stream.next() => match next {
+                    None => return,
+                    Some(Ok(event)) => {
+                        if let Some(kind) = translate(&self.r, &self.filter, &event) {
+                            if !self.send(line(kind, &event.object)).await {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(resource = self.r.plural, error = %e, "watch ended with an error");
+                        let _ = self.send(error_line(ApiError::from(e))).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Resources as data plus small hooks, served by one generic implementation.
+//!
+//! As in Kubernetes' `pkg/registry/generic`, each kind contributes a
+//! `Resource` declaration (names, scope, whether it has a status subresource)
+//! and a `Strategy` (defaulting, validation, selectable fields); everything
+//! else (create/update/delete semantics, preconditions, selectors, watches)
+//! is written once here. Adding a kind is one file and one line in
+//! `Registry::standard`.
+
+mod filter;
+pub mod lease;
+pub mod node;
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use mube_apis::status::Reason;
+use mube_apis::validation::{self, FieldError};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+pub use filter::Filter;
+
+use crate::error::ApiError;
+use crate::store::{Revision, Store, StoreError, StoredObject, WatchStream};
+
+/// A kind's declaration.
+pub struct Resource {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    pub namespaced: bool,
+    /// With a status subresource, the main resource's writes keep the old
+    /// status and `/status` writes keep everything but the status.
+    pub status_subresource: bool,
+    pub strategy: Box<dyn Strategy>,
+}
+
+impl Resource {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `nodes`, `leases.coordination.k8s.io`: how Kubernetes names a resource in messages.
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// `/registry/{plural}/{namespace}/{name}`, or `/registry/{plural}/{name}`
+    /// for cluster-scoped kinds.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.prefix(namespace))
+    }
+
+    /// The key prefix of a list: one namespace, or all of them when `None`.
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("/registry/{}/{ns}/", self.plural),
+            None => format!("/registry/{}/", self.plural),
+        }
+    }
+}
+
+/// The per-kind hooks. Defaults suit a kind with no special rules.
+pub trait Strategy: Send + Sync {
+    /// Kind-specific validation. `object` has already decoded as the typed
+    /// Kubernetes struct (see `decode_as`) and passed the generic checks.
+    fn validate(&self, object: &Value) -> Result<Vec<FieldError>, String>;
+
+    /// Defaulting on create (e.g. a Node starts in state Unknown).
+    fn prepare_for_create(&self, _object: &mut Value, _now: Timestamp) {}
+
+    /// Fields a field selector may name.
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["metadata.name", "metadata.namespace"]
+    }
+
+    /// The value of a selectable field.
+    fn field_value(&self, object: &Value, field: &str) -> Option<String> {
+        let pointer = match field {
+            "metadata.name" => "/metadata/name",
+            "metadata.namespace" => "/metadata/namespace",
+            _ => return None,
+        };
+        object.pointer(pointer).and_then(Value::as_str).map(str::to_string)
+    }
+}
+
+/// Decodes into a typed k8s-openapi struct only to check the shape; the JSON
+/// as sent is what gets stored, so no field a client sends is dropped.
+pub fn decode_as<T: DeserializeOwned>(object: &Value) -> Result<(), String> {
+    T::deserialize(object).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Failure inside a read-modify-write: either from the store (mapped with the
+/// resource's names) or already an API error.
+enum UpdateFailure {
+    Store(StoreError),
+    Api(ApiError),
+}
+
+impl From<StoreError> for UpdateFailure {
+    fn from(e: StoreError) -> Self {
+        UpdateFailure::Store(e)
+    }
+}
+
+impl From<ApiError> for UpdateFailure {
+    fn from(e: ApiError) -> Self {
+        UpdateFailure::Api(e)
+    }
+}
+
+/// Which part of an object an update may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but the status (when the kind has a status subresource).
+    Main,
+    /// Only the status.
+    Status,
+}
+
+/// Every kind this server serves, over one store.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    resources: Vec<Arc<Resource>>,
+}
+
+impl Registry {
+    /// The kinds mube serves today.
+    pub fn standard(store: Arc<dyn Store>) -> Registry {
+        Registry {
+            store,
+            resources: vec![Arc::new(node::resource()), Arc::new(lease::resource())],
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Resource>> {
+        self.resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
+    }
+
+    /// Looks up a registered kind by plural name; for code that names kinds
+    /// it knows are registered (the heartbeat, controllers).
+    pub fn resource(&self, plural: &str) -> Result<Arc<Resource>, ApiError> {
+        self.resources
+            .iter()
+            .find(|r| r.plural == plural)
+            .cloned()
+            .ok_or_else(|| ApiError::new(Reason::NotFound, format!("resource {plural} is not served")))
+    }
+
+    pub async fn get(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<StoredObject, ApiError> {
+        self.store
+            .get(&r.key(namespace, name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(r, name))
+    }
+
+    /// Matching objects and the revision the list was read at.
+    pub async fn list(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        filter: &Filter,
+    ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
+        let list = self.store.list(&r.prefix(namespace)).await?;
+        let items = if filter.is_empty() {
+            list.items
+        } else {
+            let mut kept = Vec::new();
+            for item in list.items {
+                if filter.matches(r, &item.value()?) {
+                    kept.push(item);
+                }
+            }
+            kept
+        };
+        Ok((items, list.revision))
+    }
+
+    pub fn watch(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        after: Revision,
+    ) -> Result<WatchStream, ApiError> {
+        Ok(self.store.watch(&r.prefix(namespace), after)?)
+    }
+
+    pub async fn create(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        mut object: Value,
+    ) -> Result<StoredObject, ApiError> {
+        check_type(r, &mut object)?;
+        let meta = metadata_mut(&mut object)?;
+        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        if name.is_empty() {
+            if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                name = format!("{prefix}{}", &suffix[..5]);
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        set_namespace(r, meta, namespace)?;
+        let now = Timestamp::now();
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), time(now));
+        meta.insert("generation".into(), json!(1));
+        for server_owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+            meta.remove(server_owned);
+        }
+        r.strategy.prepare_for_create(&mut object, now);
+        validate(r, &name, &object)?;
+        self.store
+            .create(&r.key(namespace, &name), object)
+            .await
+            .map_err(|e| ApiError::from_store(e, r, &name))
+    }
+
+    /// PUT of the whole object (`Part::Main`) or of `/status`. A
+    /// `metadata.resourceVersion` in the body is a precondition (409 if
+    /// stale); without one the update is unconditional. An update that
+    /// changes nothing writes nothing.
+    pub async fn update(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        mut object: Value,
+    ) -> Result<StoredObject, ApiError> {
+        check_type(r, &mut object)?;
+        let meta = metadata_mut(&mut object)?;
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        set_namespace(r, meta, namespace)?;
+        let precondition = match meta.get("resourceVersion") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.parse::<Revision>().map_err(|_| {
+                ApiError::bad_request(format!("metadata.resourceVersion: invalid value {s:?}"))
+            })?),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.resourceVersion: must be a string, got {other}"
+                )))
+            }
+        };
+        self.modify(r, namespace, name, |current, old| {
+            if let Some(expected) = precondition {
+                if expected != current.revision {
+                    return Err(ApiError::from_store(
+                        StoreError::Conflict {
+                            key: current.key.to_string(),
+                            expected,
+                            actual: current.revision,
+                        },
+                        r,
+                        name,
+                    ));
+                }
+            }
+            Ok(Some(merge_update(r, part, old, object.clone())))
+        })
+        .await
+    }
+
+    /// Read-modify-write through the same checks as a PUT: `change` gets the
+    /// current object and returns the new one (or `None` for no change).
+    /// Retries on conflict. Controllers and the heartbeat write through this.
+    pub async fn modify(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        mut change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
+    ) -> Result<StoredObject, ApiError> {
+        let key = r.key(namespace, name);
+        let result = crate::store::guaranteed_update(
+            self.store.as_ref(),
+            &key,
+            |current, old: Value| -> Result<Option<Value>, UpdateFailure> {
+                let Some(mut new) = change(current, old.clone())? else {
+                    return Ok(None);
+                };
+                // Identity and bookkeeping are the server's, whatever the body says.
+                if let (Some(new_meta), Some(old_meta)) = (
+                    new.get_mut("metadata").and_then(Value::as_object_mut),
+                    old.get("metadata").and_then(Value::as_object),
+                ) {
+                    for kept in ["uid", "creationTimestamp", "generation", "namespace", "name"] {
+                        match old_meta.get(kept) {
+                            Some(v) => new_meta.insert(kept.into(), v.clone()),
+                            None => new_meta.remove(kept),
+                        };
+                    }
+                    new_meta.insert("resourceVersion".into(), json!(current.revision.to_string()));
+                }
+                if new == old {
+                    return Ok(None);
+                }
+                validate(r, name, &new)?;
+                Ok(Some(new))
+            },
+        )
+        .await;
+        result.map_err(|f| match f {
+            UpdateFailure::Store(e) => ApiError::from_store(e, r, name),
+            UpdateFailure::Api(e) => e,
+        })
+    }
+
+    /// DELETE, with an optional resourceVersion precondition.
+    pub async fn delete(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: Option<Revision>,
+    ) -> Result<StoredObject, ApiError> {
+        self.store
+            .delete(&r.key(namespace, name), precondition)
+            .await
+            .map_err(|e| ApiError::from_store(e, r, name))
+    }
+}
+
+/// The new object of an update: with a status subresource, a main update
+/// keeps the old status and a status update keeps everything else.
+fn merge_update(r: &Resource, part: Part, old: Value, mut new: Value) -> Value {
+    if !r.status_subresource {
+        return new;
+    }
+    match part {
+        Part::Main => {
+            if let Some(obj) = new.as_object_mut() {
+                match old.get("status") {
+                    Some(s) => obj.insert("status".into(), s.clone()),
+                    None => obj.remove("status"),
+                };
+            }
+            new
+        }
+        Part::Status => {
+            let mut merged = old;
+            if let Some(obj) = merged.as_object_mut() {
+                match new.as_object_mut().and_then(|n| n.remove("status")) {
+                    Some(s) => obj.insert("status".into(), s),
+                    None => obj.remove("status"),
+                };
+            }
+            merged
+        }
+    }
+}
+
+fn time(ts: Timestamp) -> Value {
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)).unwrap_or(Value::Null)
+}
+
+/// `apiVersion` and `kind` must name this resource; missing ones are filled in.
+fn check_type(r: &Resource, object: &mut Value) -> Result<(), ApiError> {
+    let obj = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let api_version = r.api_version();
+    for (field, want) in [("apiVersion", api_version.as_str()), ("kind", r.kind)] {
+        match obj.get(field) {
+            None | Some(Value::Null) => {
+                obj.insert(field.into(), json!(want));
+            }
+            Some(Value::String(s)) if s == want => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "{field} {other} does not match the request: expected {want:?}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn metadata_mut(object: &mut Value) -> Result<&mut serde_json::Map<String, Value>, ApiError> {
+    let obj = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    meta.as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))
+}
+
+fn set_namespace(
+    r: &Resource,
+    meta: &mut serde_json::Map<String, Value>,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    if !r.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let Some(ns) = namespace else {
+        return Err(ApiError::bad_request(format!(
+            "{} are namespaced: use a /namespaces/{{namespace}}/ path",
+            r.plural
+        )));
+    };
+    match meta.get("namespace").and_then(Value::as_str) {
+        Some(given) if !given.is_empty() && given != ns => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => {
+            meta.insert("namespace".into(), json!(ns));
+            Ok(())
+        }
+    }
+}
+
+/// Generic checks (name, labels, annotations) plus the kind's own.
+fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if name.is_empty() {
+        errors.push(FieldError::new("metadata.name", "Required value: name or generateName is required"));
+    } else if let Err(m) = validation::dns1123_subdomain(name) {
+        errors.push(FieldError::new("metadata.name", m));
+    }
+    let meta = object.get("metadata");
+    let labels = meta.and_then(|m| m.get("labels"));
+    let annotations = meta.and_then(|m| m.get("annotations"));
+    let as_map = |v: Option<&Value>, field: &str| -> Result<Option<std::collections::BTreeMap<String, String>>, ApiError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(format!("{field}: {e}"))),
+        }
+    };
+    let labels = as_map(labels, "metadata.labels")?;
+    let annotations = as_map(annotations, "metadata.annotations")?;
+    errors.extend(validation::labels_and_annotations(labels.as_ref(), annotations.as_ref()));
+    let kind_errors = r
+        .strategy
+        .validate(object)
+        .map_err(|m| ApiError::bad_request(format!("{} in version \"{}\" cannot be handled: {m}", r.kind, r.version)))?;
+    errors.extend(kind_errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(r, name, errors))
+    }
+}

@@ -1,0 +1,245 @@
+//! Core `v1` Node: the declaration, its strategy, registration from the
+//! static registry in the config, and the heartbeat.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use mube_apis::heartbeat::Heartbeat;
+use mube_apis::node::{self as state_rules, NodeState};
+use mube_apis::status::Reason;
+use mube_apis::validation::FieldError;
+use mube_apis::NODE_LEASE_NAMESPACE;
+use serde_json::{json, Value};
+
+use super::{decode_as, Registry, Resource, Strategy};
+use crate::error::ApiError;
+use crate::store::StoredObject;
+
+/// Marks nodes that the config registered, so that start-up can delete the
+/// ones no longer listed without touching nodes created through the API.
+pub const REGISTERED_BY: &str = "mube.io/registered-by";
+
+pub fn resource() -> Resource {
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        short_names: &["no"],
+        namespaced: false,
+        status_subresource: true,
+        strategy: Box::new(NodeStrategy),
+    }
+}
+
+struct NodeStrategy;
+
+impl Strategy for NodeStrategy {
+    fn validate(&self, object: &Value) -> Result<Vec<FieldError>, String> {
+        decode_as::<Node>(object)?;
+        let mut errors = Vec::new();
+        if let Some(state) = object.pointer("/status/state") {
+            match state.as_str().and_then(NodeState::parse) {
+                None => errors.push(FieldError::new(
+                    "status.state",
+                    format!("Unsupported value: {state}: supported values: \"Unknown\", \"Ready\", \"NotReady\""),
+                )),
+                Some(s) => {
+                    let condition = state_rules::ready_condition(object)
+                        .and_then(|c| c.get("status"))
+                        .and_then(Value::as_str);
+                    if condition != Some(s.condition_status()) {
+                        errors.push(FieldError::new(
+                            "status.conditions[Ready].status",
+                            format!(
+                                "Invalid value: {condition:?}: must be \"{}\" when status.state is \"{}\"",
+                                s.condition_status(),
+                                s.as_str()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Every new node starts Unknown, waiting for its first heartbeat; the
+    /// state belongs to the server, whatever the creator sent.
+    fn prepare_for_create(&self, object: &mut Value, now: Timestamp) {
+        state_rules::set_state(object, NodeState::Unknown, now, None);
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["metadata.name", "status.state", "spec.unschedulable"]
+    }
+
+    fn field_value(&self, object: &Value, field: &str) -> Option<String> {
+        match field {
+            "metadata.name" => object.pointer("/metadata/name")?.as_str().map(str::to_string),
+            "status.state" => object.pointer("/status/state")?.as_str().map(str::to_string),
+            "spec.unschedulable" => Some(
+                object
+                    .pointer("/spec/unschedulable")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// A node from the static registry in `configs/apiserver.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredNode {
+    pub name: String,
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// Brings the stored nodes in line with the config: creates missing nodes,
+/// corrects ip/port (the config is authoritative), and deletes nodes the
+/// config registered earlier but no longer lists.
+pub async fn register_from_config(registry: &Registry, nodes: &[RegisteredNode]) -> Result<(), ApiError> {
+    let r = registry.resource("nodes")?;
+    for node in nodes {
+        let ip = node.ip.to_string();
+        match registry.get(&r, None, &node.name).await {
+            Err(e) if e.code() == 404 => {
+                let mut object = json!({
+                    "metadata": {"name": node.name, "annotations": {REGISTERED_BY: "config"}},
+                    "spec": {},
+                });
+                state_rules::set_address(&mut object, &ip, node.port);
+                registry.create(&r, None, object).await?;
+                tracing::info!(node = %node.name, %ip, port = node.port, "registered node from config");
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {
+                registry
+                    .modify(&r, None, &node.name, |_, mut object| {
+                        let mut changed = state_rules::set_address(&mut object, &ip, node.port);
+                        if object.pointer(&format!("/metadata/annotations/{}", REGISTERED_BY.replace('/', "~1")))
+                            != Some(&json!("config"))
+                        {
+                            let meta = object["metadata"].as_object_mut();
+                            if let Some(meta) = meta {
+                                let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+                                if let Some(a) = annotations.as_object_mut() {
+                                    a.insert(REGISTERED_BY.into(), json!("config"));
+                                    changed = true;
+                                }
+                            }
+                        }
+                        Ok(changed.then_some(object))
+                    })
+                    .await?;
+            }
+        }
+    }
+    let (existing, _) = registry.list(&r, None, &Default::default()).await?;
+    for stored in existing {
+        let object = stored.value()?;
+        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let from_config = object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(REGISTERED_BY))
+            .and_then(Value::as_str)
+            == Some("config");
+        if from_config && !nodes.iter().any(|n| n.name == name) {
+            registry.delete(&r, None, name, Some(stored.revision)).await?;
+            tracing::info!(node = %name, "deleted node no longer listed in config");
+        }
+    }
+    Ok(())
+}
+
+/// Handles one heartbeat: renews the node's Lease, and writes the Node only
+/// when something a client would see changes (runtime, version, capacity, or
+/// the state becoming Ready), so steady heartbeats cause no Node events.
+pub async fn heartbeat(registry: &Registry, hb: &Heartbeat, lease_duration: Duration) -> Result<StoredObject, ApiError> {
+    let nodes = registry.resource("nodes")?;
+    let not_registered = || {
+        ApiError::new(
+            Reason::Forbidden,
+            format!(
+                "node \"{}\" is not registered: add it to nodes in configs/apiserver.yaml (name, ip, port) or create it with POST /api/v1/nodes",
+                hb.name
+            ),
+        )
+    };
+    match registry.get(&nodes, None, &hb.name).await {
+        Err(e) if e.code() == 404 => return Err(not_registered()),
+        other => other?,
+    };
+    let now = Timestamp::now();
+    renew_lease(registry, &hb.name, now, lease_duration).await?;
+    let result = registry
+        .modify(&nodes, None, &hb.name, |_, mut node| {
+            let mut changed = state_rules::apply_heartbeat(&mut node, hb);
+            if state_rules::state_of(&node) != Some(NodeState::Ready) {
+                state_rules::set_state(&mut node, NodeState::Ready, now, Some(now));
+                changed = true;
+            }
+            Ok(changed.then_some(node))
+        })
+        .await;
+    match result {
+        Err(e) if e.code() == 404 => Err(not_registered()),
+        other => other,
+    }
+}
+
+fn micro_time(ts: Timestamp) -> Value {
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(ts)).unwrap_or(Value::Null)
+}
+
+async fn renew_lease(registry: &Registry, node: &str, now: Timestamp, duration: Duration) -> Result<(), ApiError> {
+    let leases = registry.resource("leases")?;
+    let seconds = duration.as_secs_f64().ceil().max(1.0) as i64;
+    let spec = |lease: &mut Value| {
+        lease["spec"] = json!({
+            "holderIdentity": node,
+            "leaseDurationSeconds": seconds,
+            "renewTime": micro_time(now),
+        });
+    };
+    for _ in 0..3 {
+        let renewed = registry
+            .modify(&leases, Some(NODE_LEASE_NAMESPACE), node, |_, mut lease| {
+                spec(&mut lease);
+                Ok(Some(lease))
+            })
+            .await;
+        match renewed {
+            Err(e) if e.code() == 404 => {
+                let mut lease = json!({
+                    "metadata": {
+                        "name": node,
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": ""}],
+                    },
+                });
+                spec(&mut lease);
+                if let Some(uid) = registry
+                    .get(&*registry.resource("nodes")?, None, node)
+                    .await
+                    .ok()
+                    .and_then(|n| n.value().ok())
+                    .and_then(|n| n.pointer("/metadata/uid").cloned())
+                {
+                    lease["metadata"]["ownerReferences"][0]["uid"] = uid;
+                }
+                match registry.create(&leases, Some(NODE_LEASE_NAMESPACE), lease).await {
+                    Err(e) if e.code() == 409 => continue,
+                    other => return other.map(|_| ()),
+                }
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+    Err(ApiError::new(Reason::Conflict, format!("could not renew the lease of node {node:?}")))
+}

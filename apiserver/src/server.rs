@@ -1,0 +1,101 @@
+//! Wires the store, the registry, the HTTP server and the controllers
+//! together, and shuts them down in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::controllers::client::LocalClient;
+use crate::controllers::node_lifecycle::NodeLifecycle;
+use crate::http::{router, AppState};
+use crate::registry::{node, Registry};
+use crate::store::{SledStore, SledStoreOptions, Store};
+
+/// Runs the API server until SIGINT/SIGTERM, then stops accepting, ends
+/// watches, lets in-flight requests finish (within the shutdown timeout),
+/// and flushes the store.
+pub async fn run(config: Config) -> Result<(), String> {
+    let store = SledStore::open(
+        &config.data_dir,
+        SledStoreOptions {
+            history_retention: config.history_retention,
+            watch_buffer: config.watch_buffer,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let registry = Arc::new(Registry::standard(store.clone()));
+    node::register_from_config(&registry, &config.nodes)
+        .await
+        .map_err(|e| format!("registering the nodes from the config: {e}"))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_address))?
+        // Small JSON responses on kept-alive connections: don't let Nagle hold them.
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+    let shutdown = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        registry: registry.clone(),
+        shutdown: shutdown.clone(),
+        ready: ready.clone(),
+        bookmark_interval: config.watch_bookmark_interval,
+        lease_duration: config.notready_timeout,
+    };
+
+    let controller = NodeLifecycle::new(Arc::new(LocalClient::new(registry.clone())), config.notready_timeout);
+    let controller = tokio::spawn(controller.run(shutdown.child_token()));
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        address = %config.listen_address,
+        data_dir = %config.data_dir.display(),
+        nodes = config.nodes.len(),
+        notready_timeout = ?config.notready_timeout,
+        "mube-apiserver ready"
+    );
+
+    wait_for_signal().await;
+    tracing::info!(timeout = ?config.shutdown_timeout, "shutting down");
+    shutdown.cancel();
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        let _ = server.await;
+        let _ = controller.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown timeout reached with requests still in flight");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

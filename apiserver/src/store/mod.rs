@@ -1,0 +1,167 @@
+//! The one storage interface every resource kind is served through.
+//!
+//! Modelled on Kubernetes' `storage.Interface` and etcd's revisions: one
+//! global revision counts every write, each stored object remembers the
+//! revision of its last write (which is its `metadata.resourceVersion`), and a
+//! watch is "every change after revision N". Nothing above this module knows
+//! which backend holds the data (sled now; etcd can be added behind the same
+//! trait).
+
+mod codec;
+mod sled_store;
+mod watch;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+
+pub use sled_store::{SledStore, SledStoreOptions};
+pub use watch::WatchStream;
+
+/// A point in the store's history. Every write gets the next one.
+pub type Revision = u64;
+
+/// An object as stored: its key, the revision of its last write, and its JSON
+/// (whose `metadata.resourceVersion` equals `revision`).
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub key: Arc<str>,
+    pub revision: Revision,
+    pub json: Bytes,
+}
+
+impl StoredObject {
+    pub fn value(&self) -> Result<Value, StoreError> {
+        serde_json::from_slice(&self.json)
+            .map_err(|e| StoreError::Backend(format!("stored object {} is corrupt: {e}", self.key)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change, as history keeps it and watches deliver it. `object` is the new
+/// state (for a delete: the last state, stamped with the delete's revision);
+/// `previous` is the state before, which lets a filtered watch turn a change
+/// that leaves its selector into a DELETED.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub revision: Revision,
+    pub kind: EventKind,
+    pub key: Arc<str>,
+    pub object: Bytes,
+    pub previous: Option<Bytes>,
+}
+
+/// A consistent list: every object under a prefix as of `revision`.
+#[derive(Debug, Clone)]
+pub struct ListResult {
+    pub items: Vec<StoredObject>,
+    pub revision: Revision,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key} not found")]
+    NotFound { key: String },
+    #[error("{key} already exists")]
+    AlreadyExists { key: String },
+    #[error("{key} was modified: expected resourceVersion {expected}, found {actual}")]
+    Conflict {
+        key: String,
+        expected: Revision,
+        actual: Revision,
+    },
+    #[error("resourceVersion {requested} is too old; history starts after {compacted}")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("watcher fell too far behind and was dropped")]
+    TooSlow,
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("storage error: {0}")]
+    Backend(String),
+    #[error("invalid object: {0}")]
+    InvalidObject(String),
+}
+
+/// The narrow interface under every resource. Writes return only once they
+/// are durable; the returned object carries its new resourceVersion.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
+
+    /// Every object whose key starts with `prefix`, at one revision.
+    async fn list(&self, prefix: &str) -> Result<ListResult, StoreError>;
+
+    /// Fails with `AlreadyExists` if the key is taken.
+    async fn create(&self, key: &str, object: Value) -> Result<StoredObject, StoreError>;
+
+    /// Replaces an existing object. With `expected`, fails with `Conflict`
+    /// unless the object's current revision is exactly that.
+    async fn update(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        object: Value,
+    ) -> Result<StoredObject, StoreError>;
+
+    /// Removes an object, with the same precondition as `update`.
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<StoredObject, StoreError>;
+
+    /// Every change under `prefix` after revision `after`, then live changes.
+    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+
+    /// The newest revision whose writes are durable and visible to watchers.
+    fn revision(&self) -> Revision;
+
+    /// Makes everything durable and stops background work.
+    async fn close(&self);
+}
+
+/// Read-modify-write that retries on conflict, like Kubernetes'
+/// `GuaranteedUpdate`: `modify` gets the current object and returns the new
+/// one, or `None` to leave it unchanged (no write, no event).
+pub async fn guaranteed_update<E>(
+    store: &dyn Store,
+    key: &str,
+    mut modify: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, E>,
+) -> Result<StoredObject, E>
+where
+    E: From<StoreError>,
+{
+    loop {
+        let current = store.get(key).await?.ok_or_else(|| StoreError::NotFound {
+            key: key.to_string(),
+        })?;
+        let value = current.value()?;
+        let Some(next) = modify(&current, value)? else {
+            return Ok(current);
+        };
+        match store.update(key, Some(current.revision), next).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// The resource segment of a key `/registry/{resource}/...`: watch fan-out is
+/// per resource, so a lease renewal never wakes a node watcher.
+pub fn resource_of(key: &str) -> &str {
+    key.trim_start_matches('/')
+        .split('/')
+        .nth(1)
+        .unwrap_or_default()
+}

@@ -1,0 +1,130 @@
+//! A watch: history first, then the live feed, with no gap or repeat at the seam.
+//!
+//! As in etcd's watchable store, a new watcher is "unsynced" while it reads
+//! history from its start revision up to the revision that was published when
+//! it subscribed, and "synced" afterwards, fed from a bounded per-resource
+//! broadcast. Writers never wait for watchers: one that falls behind the
+//! broadcast buffer is ended with `TooSlow` (410 for the client, which relists).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::{Event, Revision, StoreError};
+
+/// Where a catching-up watcher reads past events from.
+pub trait History: Send + Sync {
+    /// Up to `max` events with revisions in `(after, upto]`, in order.
+    fn read(&self, after: Revision, upto: Revision, max: usize) -> Result<Vec<Event>, StoreError>;
+    /// The newest revision whose history has been dropped.
+    fn compacted(&self) -> Revision;
+}
+
+const CATCH_UP_BATCH: usize = 256;
+
+pub struct WatchStream {
+    prefix: String,
+    /// Every revision up to here has been delivered or filtered out.
+    last: Revision,
+    /// While catching up: read history up to this revision, then go live.
+    history_end: Option<Revision>,
+    history: Arc<dyn History>,
+    buffer: VecDeque<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
+    published: Arc<AtomicU64>,
+}
+
+impl WatchStream {
+    pub(crate) fn new(
+        prefix: &str,
+        after: Revision,
+        history_end: Revision,
+        history: Arc<dyn History>,
+        live: broadcast::Receiver<Arc<Event>>,
+        published: Arc<AtomicU64>,
+    ) -> WatchStream {
+        WatchStream {
+            prefix: prefix.to_string(),
+            last: after,
+            history_end: (history_end > after).then_some(history_end),
+            history,
+            buffer: VecDeque::new(),
+            live,
+            published,
+        }
+    }
+
+    /// The next change, `Err` once (compacted history, too slow), or `None`
+    /// when the store shuts down.
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Ok(event));
+            }
+            if let Some(end) = self.history_end {
+                if let Err(e) = self.catch_up(end) {
+                    self.history_end = None;
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(event) => {
+                    if event.revision <= self.last {
+                        continue;
+                    }
+                    self.last = event.revision;
+                    if event.key.starts_with(&self.prefix) {
+                        return Some(Ok(event));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return Some(Err(StoreError::TooSlow)),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn catch_up(&mut self, end: Revision) -> Result<(), StoreError> {
+        if self.last >= end {
+            self.history_end = None;
+            return Ok(());
+        }
+        let batch = self.history.read(self.last, end, CATCH_UP_BATCH)?;
+        // Every write records history, so revisions are consecutive: a hole
+        // at the front means compaction overtook this reader.
+        if batch.first().map(|e| e.revision) != Some(self.last + 1) {
+            return Err(StoreError::Compacted {
+                requested: self.last,
+                compacted: self.history.compacted(),
+            });
+        }
+        for event in batch {
+            self.last = event.revision;
+            if event.key.starts_with(&self.prefix) {
+                self.buffer.push_back(Arc::new(event));
+            }
+        }
+        Ok(())
+    }
+
+    /// A revision this watcher has provably seen everything up to, for a
+    /// BOOKMARK: only when nothing is buffered or in flight for it.
+    pub fn progress(&self) -> Option<Revision> {
+        if self.history_end.is_some() || !self.buffer.is_empty() {
+            return None;
+        }
+        // The publisher sends a batch's events before it stores `published`,
+        // so an empty queue after this load means all of them were received.
+        let published = self.published.load(Ordering::Acquire);
+        self.live
+            .is_empty()
+            .then_some(published.max(self.last))
+    }
+
+    /// The last revision delivered or skipped.
+    pub fn last_revision(&self) -> Revision {
+        self.last
+    }
+}
