@@ -271,7 +271,10 @@ mod tests {
         let e = evaluate(at(0), Some(at(40)), at(50), T);
         assert_eq!(e.state, NodeState::Ready);
         assert_eq!(e.until, Some(at(70)));
-        assert_eq!(evaluate(at(0), Some(at(40)), at(70), T).state, NodeState::NotReady);
+        assert_eq!(
+            evaluate(at(0), Some(at(40)), at(70), T).state,
+            NodeState::NotReady
+        );
     }
 
     #[test]

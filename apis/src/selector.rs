@@ -69,7 +69,9 @@ impl LabelSelector {
         for part in split_top_level(text)? {
             let part = part.trim();
             if part.is_empty() {
-                return Err(format!("unable to parse requirement in {text:?}: empty requirement"));
+                return Err(format!(
+                    "unable to parse requirement in {text:?}: empty requirement"
+                ));
             }
             requirements.push(Self::parse_requirement(part)?);
         }
@@ -84,7 +86,9 @@ impl LabelSelector {
             let close = part
                 .rfind(')')
                 .filter(|c| *c == part.len() - 1)
-                .ok_or_else(|| format!("unable to parse requirement {part:?}: expected ')' at the end"))?;
+                .ok_or_else(|| {
+                    format!("unable to parse requirement {part:?}: expected ')' at the end")
+                })?;
             let head: Vec<&str> = part[..open].split_whitespace().collect();
             let [key, op] = head[..] else {
                 return Err(format!("unable to parse requirement {part:?}: expected 'key in (...)' or 'key notin (...)'"));
@@ -96,7 +100,11 @@ impl LabelSelector {
             let op = match op {
                 "in" => LabelOp::In(values),
                 "notin" => LabelOp::NotIn(values),
-                other => return Err(format!("unable to parse requirement {part:?}: unknown operator {other:?}")),
+                other => {
+                    return Err(format!(
+                        "unable to parse requirement {part:?}: unknown operator {other:?}"
+                    ))
+                }
             };
             return Ok((check_key(key)?, op));
         }
@@ -157,7 +165,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: {text:?}; can't understand {part:?}"));
+                return Err(format!(
+                    "invalid selector: {text:?}; can't understand {part:?}"
+                ));
             };
             let field = field.trim();
             if !supported.contains(&field) {
@@ -186,7 +196,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -102,8 +102,9 @@ impl Config {
     /// Loads with `env` as the environment (tests pass their own).
     pub fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         let path = env(ENV_CONFIG).unwrap_or_else(|| DEFAULT_CONFIG.to_string());
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("{path}: cannot read the config file ({e}); set {ENV_CONFIG} to its path"))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!("{path}: cannot read the config file ({e}); set {ENV_CONFIG} to its path")
+        })?;
         let mut config = Config::parse(Path::new(&path), &text)?;
         if let Some(dir) = env(ENV_DATA_DIR) {
             config.data_dir = PathBuf::from(dir);
@@ -128,19 +129,25 @@ impl Config {
         let mut nodes = Vec::new();
         for (i, n) in raw.nodes.iter().enumerate() {
             let field = |f: &str| format!("{file}: nodes[{i}].{f}");
-            mube_apis::validation::dns1123_subdomain(&n.name).map_err(|e| format!("{}: {e}", field("name")))?;
+            mube_apis::validation::dns1123_subdomain(&n.name)
+                .map_err(|e| format!("{}: {e}", field("name")))?;
             if !seen.insert(n.name.clone()) {
-                return Err(format!("{}: duplicate node name {:?}", field("name"), n.name));
+                return Err(format!(
+                    "{}: duplicate node name {:?}",
+                    field("name"),
+                    n.name
+                ));
             }
-            let ip: IpAddr = n
-                .ip
-                .trim()
-                .parse()
-                .map_err(|_| format!("{}: {:?} is not a valid IP address", field("ip"), n.ip))?;
+            let ip: IpAddr =
+                n.ip.trim().parse().map_err(|_| {
+                    format!("{}: {:?} is not a valid IP address", field("ip"), n.ip)
+                })?;
             let port = u16::try_from(n.port)
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{}: {} is out of range (1-65535)", field("port"), n.port))?;
+                .ok_or_else(|| {
+                    format!("{}: {} is out of range (1-65535)", field("port"), n.port)
+                })?;
             nodes.push(RegisteredNode {
                 name: n.name.clone(),
                 ip,
@@ -194,11 +201,23 @@ mod tests {
         let cases = [
             ("listenAddress: [", "apiserver.yaml"),
             ("listenAdress: \":1\"", "unknown field `listenAdress`"),
-            ("nodes:\n - {name: a, ip: 1.2.3.4, port: 1}\n - {name: a, ip: 1.2.3.4, port: 2}", "nodes[1].name: duplicate"),
+            (
+                "nodes:\n - {name: a, ip: 1.2.3.4, port: 1}\n - {name: a, ip: 1.2.3.4, port: 2}",
+                "nodes[1].name: duplicate",
+            ),
             ("nodes:\n - {name: a, ip: 1.2.3, port: 1}", "nodes[0].ip"),
-            ("nodes:\n - {name: a, ip: 1.2.3.4, port: 70000}", "nodes[0].port: 70000 is out of range"),
-            ("nodes:\n - {name: a, ip: 1.2.3.4, port: 0}", "nodes[0].port"),
-            ("nodes:\n - {name: A_b, ip: 1.2.3.4, port: 1}", "nodes[0].name"),
+            (
+                "nodes:\n - {name: a, ip: 1.2.3.4, port: 70000}",
+                "nodes[0].port: 70000 is out of range",
+            ),
+            (
+                "nodes:\n - {name: a, ip: 1.2.3.4, port: 0}",
+                "nodes[0].port",
+            ),
+            (
+                "nodes:\n - {name: A_b, ip: 1.2.3.4, port: 1}",
+                "nodes[0].name",
+            ),
             ("listenAddress: \"8080\"", "listenAddress"),
             ("watchBookmarkInterval: soon", "watchBookmarkInterval"),
         ];
@@ -221,10 +240,16 @@ mod tests {
                 if name == ENV_CONFIG {
                     return Some(p.clone());
                 }
-                vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
             }
         };
-        let c = Config::load(&env(&[(ENV_DATA_DIR, "d2"), (ENV_NOTREADY_TIMEOUT, "1m30s")])).unwrap();
+        let c = Config::load(&env(&[
+            (ENV_DATA_DIR, "d2"),
+            (ENV_NOTREADY_TIMEOUT, "1m30s"),
+        ]))
+        .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("d2"));
         assert_eq!(c.notready_timeout, Duration::from_secs(90));
         let e = Config::load(&env(&[(ENV_SHUTDOWN_TIMEOUT, "fast")])).unwrap_err();

@@ -9,13 +9,23 @@ use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: Status,
+    /// Boxed: errors travel through every `Result` in the server, and a
+    /// `Status` is a few hundred bytes.
+    pub status: Box<Status>,
+}
+
+impl From<Status> for ApiError {
+    fn from(status: Status) -> ApiError {
+        ApiError {
+            status: Box::new(status),
+        }
+    }
 }
 
 impl ApiError {
     pub fn new(reason: Reason, message: impl Into<String>) -> ApiError {
         ApiError {
-            status: status::failure(reason, message),
+            status: Box::new(status::failure(reason, message)),
         }
     }
 
@@ -25,14 +35,14 @@ impl ApiError {
 
     pub fn not_found(resource: &Resource, name: &str) -> ApiError {
         ApiError {
-            status: status::failure_for(
+            status: Box::new(status::failure_for(
                 Reason::NotFound,
                 format!("{} \"{name}\" not found", resource.qualified_plural()),
                 resource.group,
                 resource.plural,
                 name,
                 vec![],
-            ),
+            )),
         }
     }
 
@@ -52,14 +62,14 @@ impl ApiError {
             })
             .collect();
         ApiError {
-            status: status::failure_for(
+            status: Box::new(status::failure_for(
                 Reason::Invalid,
                 format!("{} \"{name}\" is invalid: {detail}", resource.kind),
                 resource.group,
                 resource.kind,
                 name,
                 causes,
-            ),
+            )),
         }
     }
 
@@ -67,7 +77,14 @@ impl ApiError {
     pub fn from_store(error: StoreError, resource: &Resource, name: &str) -> ApiError {
         let plural = resource.qualified_plural();
         let with_details = |reason: Reason, message: String| ApiError {
-            status: status::failure_for(reason, message, resource.group, resource.plural, name, vec![]),
+            status: Box::new(status::failure_for(
+                reason,
+                message,
+                resource.group,
+                resource.plural,
+                name,
+                vec![],
+            )),
         };
         match error {
             StoreError::NotFound { .. } => ApiError::not_found(resource, name),
@@ -84,14 +101,20 @@ impl ApiError {
     }
 
     pub fn code(&self) -> u16 {
-        self.status.code.and_then(|c| u16::try_from(c).ok()).unwrap_or(500)
+        self.status
+            .code
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(500)
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::Compacted { requested, compacted } => ApiError::new(
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::new(
                 Reason::Expired,
                 format!("too old resource version: {requested} ({compacted})"),
             ),
@@ -99,11 +122,14 @@ impl From<StoreError> for ApiError {
                 Reason::Expired,
                 "watch closed: the client fell too far behind; relist and watch again",
             ),
-            StoreError::Closed => ApiError::new(Reason::ServiceUnavailable, "the API server is shutting down"),
+            StoreError::Closed => ApiError::new(
+                Reason::ServiceUnavailable,
+                "the API server is shutting down",
+            ),
             StoreError::InvalidObject(m) => ApiError::bad_request(m),
-            e @ (StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::Conflict { .. }) => {
-                ApiError::new(Reason::Conflict, e.to_string())
-            }
+            e @ (StoreError::NotFound { .. }
+            | StoreError::AlreadyExists { .. }
+            | StoreError::Conflict { .. }) => ApiError::new(Reason::Conflict, e.to_string()),
             StoreError::Backend(m) => ApiError::new(Reason::InternalError, m),
         }
     }

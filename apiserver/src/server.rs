@@ -49,9 +49,13 @@ pub async fn run(config: Config) -> Result<(), String> {
         lease_duration: config.notready_timeout,
     };
 
-    let controller = NodeLifecycle::new(Arc::new(LocalClient::new(registry.clone())), config.notready_timeout);
+    let controller = NodeLifecycle::new(
+        Arc::new(LocalClient::new(registry.clone())),
+        config.notready_timeout,
+    );
     let controller = tokio::spawn(controller.run(shutdown.child_token()));
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
     ready.store(true, Ordering::Release);
     tracing::info!(

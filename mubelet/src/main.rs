@@ -1,1 +1,7 @@
-fn main() {}
+//! `mubelet`: placeholder so the workspace has its final layout; the next issue
+//! ("mubelet and mubectl, and a local cluster in one command") fills it in.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("mubelet: not implemented yet");
+    std::process::ExitCode::FAILURE
+}

@@ -1,1 +1,402 @@
+//! Helpers for end-to-end tests: start the real binaries on free ports with
+//! temporary data directories, and talk to them over real sockets.
+//!
+//! The binaries are taken from the same target directory as the test
+//! executable (`make test` builds them first); `MUBE_BIN_DIR` overrides that.
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mube_apis::watch::WatchEvent;
+use serde_json::Value;
+
+/// Path of a workspace binary, built by `cargo build --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("MUBE_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/{profile}/deps/<test> -> target/{profile}
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A node line for the config.
+pub struct NodeSpec {
+    pub name: &'static str,
+    pub ip: &'static str,
+    pub port: u16,
+}
+
+pub fn node(name: &'static str) -> NodeSpec {
+    NodeSpec {
+        name,
+        ip: "127.0.0.1",
+        port: 10250,
+    }
+}
+
+/// How to start an API server.
+pub struct Options {
+    pub nodes: Vec<NodeSpec>,
+    pub notready_timeout: &'static str,
+    /// Extra YAML lines appended to the config.
+    pub extra_config: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: vec![node("node-a")],
+            notready_timeout: "60s",
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// A running `mube-apiserver`, killed when dropped.
+pub struct ApiServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
+}
+
+impl ApiServer {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("apiserver.yaml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes a config, starts the server and waits for /readyz.
+    pub async fn start(options: Options) -> ApiServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut server = ApiServer {
+            port,
+            dir,
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            env: vec![
+                (
+                    "MUBE_NODE_NOTREADY_TIMEOUT".into(),
+                    options.notready_timeout.into(),
+                ),
+                ("MUBE_APISERVER_SHUTDOWN_TIMEOUT".into(), "3s".into()),
+            ],
+        };
+        server.write_config(&options.nodes, &options.extra_config);
+        server.spawn();
+        server.wait_ready().await;
+        server
+    }
+
+    pub fn write_config(&self, nodes: &[NodeSpec], extra: &str) {
+        let mut yaml = format!(
+            "listenAddress: \"127.0.0.1:{}\"\ndataDir: {}\n",
+            self.port,
+            self.data_dir().display()
+        );
+        if nodes.is_empty() {
+            yaml.push_str("nodes: []\n");
+        } else {
+            yaml.push_str("nodes:\n");
+            for n in nodes {
+                yaml.push_str(&format!(
+                    "  - name: {}\n    ip: {}\n    port: {}\n",
+                    n.name, n.ip, n.port
+                ));
+            }
+        }
+        yaml.push_str(extra);
+        std::fs::write(self.config_path(), yaml).expect("write config");
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("mube-apiserver"));
+        cmd.env("MUBE_APISERVER_CONFIG", self.config_path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let mut child = self.command().spawn().expect("start mube-apiserver");
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        self.child = Some(child);
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "mube-apiserver exited with {status} during start-up:\n{}",
+                        self.logs()
+                    );
+                }
+            }
+            if let Ok(r) = client.get(format!("{}/readyz", self.url())).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mube-apiserver not ready in 20s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "mube-apiserver did not stop within 10s of SIGTERM:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A thin client for the tests.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// Status code and JSON body.
+pub struct Reply {
+    pub code: u16,
+    pub body: Value,
+}
+
+impl Api {
+    pub fn new(server: &ApiServer) -> Api {
+        Api {
+            base: server.url(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn reply(r: reqwest::RequestBuilder) -> Reply {
+        let resp = r.send().await.expect("request");
+        let code = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        Reply { code, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Self::reply(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        Self::reply(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        Self::reply(self.http.put(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        Self::reply(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
+        Self::reply(
+            self.http
+                .request(method, format!("{}{path}", self.base))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn heartbeat(&self, name: &str) -> Reply {
+        self.post(
+            "/api/v1/nodes/heartbeat",
+            &serde_json::json!({"name": name, "runtime": "containerd", "version": "0.1.0", "capacity": 10}),
+        )
+        .await
+    }
+
+    /// Opens a watch; `query` is everything after `?watch=true&`.
+    pub async fn watch(&self, path: &str, query: &str) -> Watch {
+        let resp = self
+            .http
+            .get(format!("{}{path}?watch=true&{query}", self.base))
+            .send()
+            .await
+            .expect("watch request");
+        assert_eq!(resp.status().as_u16(), 200, "watch {path}?{query}");
+        Watch {
+            stream: Box::pin(resp.bytes_stream()),
+            buffer: Vec::new(),
+            ended: false,
+        }
+    }
+}
+
+pub fn state(node: &Value) -> &str {
+    node.pointer("/status/state")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+pub fn rv(object: &Value) -> u64 {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .expect("resourceVersion")
+}
+
+type ByteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// A watch response read line by line.
+pub struct Watch {
+    stream: ByteStream,
+    buffer: Vec<u8>,
+    pub ended: bool,
+}
+
+impl Watch {
+    /// The next event, or `None` if none came within `wait` or the stream ended.
+    pub async fn next(&mut self, wait: Duration) -> Option<WatchEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                return Some(serde_json::from_slice(&line).expect("watch line is a JSON event"));
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
+                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
+            }
+        }
+    }
+
+    /// Reads until the stream ends (or `wait` passes) and returns the events.
+    pub async fn drain(&mut self, wait: Duration) -> Vec<WatchEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        while let Some(e) = self
+            .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            out.push(e);
+        }
+        out
+    }
+}

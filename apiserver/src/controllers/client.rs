@@ -18,7 +18,11 @@ use crate::store::{EventKind, Revision};
 #[async_trait]
 pub trait ApiClient: Send + Sync {
     /// Every object of a kind, and the resourceVersion to watch from.
-    async fn list(&self, plural: &str, namespace: Option<&str>) -> Result<(Vec<Value>, String), ApiError>;
+    async fn list(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Value>, String), ApiError>;
 
     /// Changes after `resource_version`. The stream ends with an error (410
     /// when history is gone) or when the server stops.
@@ -29,12 +33,28 @@ pub trait ApiClient: Send + Sync {
         resource_version: &str,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError>;
 
-    async fn get(&self, plural: &str, namespace: Option<&str>, name: &str) -> Result<Value, ApiError>;
+    async fn get(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError>;
 
     /// `PUT .../{name}/status`; the object's resourceVersion is a precondition.
-    async fn update_status(&self, plural: &str, namespace: Option<&str>, name: &str, object: Value) -> Result<Value, ApiError>;
+    async fn update_status(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        object: Value,
+    ) -> Result<Value, ApiError>;
 
-    async fn delete(&self, plural: &str, namespace: Option<&str>, name: &str) -> Result<(), ApiError>;
+    async fn delete(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), ApiError>;
 }
 
 /// The in-process client.
@@ -50,10 +70,20 @@ impl LocalClient {
 
 #[async_trait]
 impl ApiClient for LocalClient {
-    async fn list(&self, plural: &str, namespace: Option<&str>) -> Result<(Vec<Value>, String), ApiError> {
+    async fn list(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Value>, String), ApiError> {
         let r = self.registry.resource(plural)?;
-        let (items, revision) = self.registry.list(&r, namespace, &Filter::default()).await?;
-        let items = items.iter().map(|i| i.value()).collect::<Result<Vec<_>, _>>()?;
+        let (items, revision) = self
+            .registry
+            .list(&r, namespace, &Filter::default())
+            .await?;
+        let items = items
+            .iter()
+            .map(|i| i.value())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((items, revision.to_string()))
     }
 
@@ -64,9 +94,9 @@ impl ApiClient for LocalClient {
         resource_version: &str,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
         let r = self.registry.resource(plural)?;
-        let after: Revision = resource_version
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {resource_version:?}")))?;
+        let after: Revision = resource_version.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid resourceVersion {resource_version:?}"))
+        })?;
         let stream = self.registry.watch(&r, namespace, after)?;
         let events = futures::stream::unfold(Some(stream), |stream| async move {
             let mut stream = stream?;
@@ -79,7 +109,10 @@ impl ApiClient for LocalClient {
                     };
                     let object = serde_json::from_slice(&event.object)
                         .map_err(|e| ApiError::bad_request(format!("corrupt event: {e}")));
-                    Some((object.map(|object| WatchEvent { type_, object }), Some(stream)))
+                    Some((
+                        object.map(|object| WatchEvent { type_, object }),
+                        Some(stream),
+                    ))
                 }
                 // Deliver the error, then end.
                 Err(e) => Some((Err(ApiError::from(e)), None)),
@@ -88,18 +121,41 @@ impl ApiClient for LocalClient {
         Ok(events.boxed())
     }
 
-    async fn get(&self, plural: &str, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    async fn get(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let r = self.registry.resource(plural)?;
         Ok(self.registry.get(&r, namespace, name).await?.value()?)
     }
 
-    async fn update_status(&self, plural: &str, namespace: Option<&str>, name: &str, object: Value) -> Result<Value, ApiError> {
+    async fn update_status(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        object: Value,
+    ) -> Result<Value, ApiError> {
         let r = self.registry.resource(plural)?;
-        Ok(self.registry.update(&r, namespace, name, Part::Status, object).await?.value()?)
+        Ok(self
+            .registry
+            .update(&r, namespace, name, Part::Status, object)
+            .await?
+            .value()?)
     }
 
-    async fn delete(&self, plural: &str, namespace: Option<&str>, name: &str) -> Result<(), ApiError> {
+    async fn delete(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let r = self.registry.resource(plural)?;
-        self.registry.delete(&r, namespace, name, None).await.map(|_| ())
+        self.registry
+            .delete(&r, namespace, name, None)
+            .await
+            .map(|_| ())
     }
 }

@@ -53,7 +53,19 @@ fn timestamp_at(value: &Value, pointer: &str) -> Option<Timestamp> {
 }
 
 fn name_of(value: &Value) -> Option<String> {
-    value.pointer("/metadata/name")?.as_str().map(str::to_string)
+    value
+        .pointer("/metadata/name")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The controller writes only the transitions time causes: to NotReady.
+/// Unknown is set when a node is created and Ready by the heartbeat that
+/// makes it so, in the same write as what that heartbeat reports; were the
+/// controller to promote too, a watcher could see two writes for one
+/// heartbeat (the controller's Ready, then the heartbeat's nodeInfo).
+fn needs_write(eval: Evaluation, current: Option<NodeState>) -> bool {
+    eval.state == NodeState::NotReady && current != Some(NodeState::NotReady)
 }
 
 /// Why the watch loop stopped.
@@ -69,7 +81,9 @@ impl NodeLifecycle {
         NodeLifecycle {
             client,
             timeout,
-            grace_until: Timestamp::now().saturating_add(timeout).unwrap_or(Timestamp::MAX),
+            grace_until: Timestamp::now()
+                .saturating_add(timeout)
+                .unwrap_or(Timestamp::MAX),
             nodes: HashMap::new(),
             due: BTreeSet::new(),
         }
@@ -92,9 +106,15 @@ impl NodeLifecycle {
 
     async fn list_and_watch(&mut self, shutdown: &CancellationToken) -> Result<Stop, ApiError> {
         let (nodes, nodes_rv) = self.client.list("nodes", None).await?;
-        let (leases, leases_rv) = self.client.list("leases", Some(NODE_LEASE_NAMESPACE)).await?;
+        let (leases, leases_rv) = self
+            .client
+            .list("leases", Some(NODE_LEASE_NAMESPACE))
+            .await?;
         let mut node_events = self.client.watch("nodes", None, &nodes_rv).await?;
-        let mut lease_events = self.client.watch("leases", Some(NODE_LEASE_NAMESPACE), &leases_rv).await?;
+        let mut lease_events = self
+            .client
+            .watch("leases", Some(NODE_LEASE_NAMESPACE), &leases_rv)
+            .await?;
 
         self.nodes.clear();
         self.due.clear();
@@ -114,7 +134,8 @@ impl NodeLifecycle {
             let sleep = async {
                 match next_due {
                     Some(t) => {
-                        let wait = Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO);
+                        let wait = Duration::try_from(t.duration_since(Timestamp::now()))
+                            .unwrap_or(Duration::ZERO);
                         tokio::time::sleep(wait).await
                     }
                     None => std::future::pending().await,
@@ -150,7 +171,8 @@ impl NodeLifecycle {
 
     fn observe_node(&mut self, node: &Value) -> Option<String> {
         let name = name_of(node)?;
-        let registered = timestamp_at(node, "/metadata/creationTimestamp").unwrap_or_else(Timestamp::now);
+        let registered =
+            timestamp_at(node, "/metadata/creationTimestamp").unwrap_or_else(Timestamp::now);
         let state = rules::state_of(node);
         let entry = self.nodes.entry(name.clone()).or_insert(Tracked {
             registered,
@@ -182,8 +204,14 @@ impl NodeLifecycle {
                 if let Some(name) = name_of(&event.object) {
                     self.forget(&name);
                     // The Lease belongs to the node (as its ownerReference says).
-                    match self.client.delete("leases", Some(NODE_LEASE_NAMESPACE), &name).await {
-                        Err(e) if e.code() != 404 => tracing::warn!(node = %name, error = %e, "could not delete the lease of a deleted node"),
+                    match self
+                        .client
+                        .delete("leases", Some(NODE_LEASE_NAMESPACE), &name)
+                        .await
+                    {
+                        Err(e) if e.code() != 404 => {
+                            tracing::warn!(node = %name, error = %e, "could not delete the lease of a deleted node")
+                        }
                         _ => {}
                     }
                 }
@@ -209,7 +237,9 @@ impl NodeLifecycle {
     }
 
     fn schedule(&mut self, name: &str, deadline: Option<Timestamp>) {
-        let Some(t) = self.nodes.get_mut(name) else { return };
+        let Some(t) = self.nodes.get_mut(name) else {
+            return;
+        };
         if let Some(old) = t.deadline.take() {
             self.due.remove(&(old, name.to_string()));
         }
@@ -226,10 +256,12 @@ impl NodeLifecycle {
 
     /// Re-evaluates one node and writes its state if it changed.
     async fn reconcile(&mut self, name: &str) {
-        let Some(tracked) = self.nodes.get(name).cloned() else { return };
+        let Some(tracked) = self.nodes.get(name).cloned() else {
+            return;
+        };
         let now = Timestamp::now();
         let eval = self.evaluate(&tracked, now);
-        if Some(eval.state) != tracked.state {
+        if needs_write(eval, tracked.state) {
             match self.write_state(name).await {
                 Ok(Some(written)) => {
                     if let Some(t) = self.nodes.get_mut(name) {
@@ -244,7 +276,13 @@ impl NodeLifecycle {
                 }
                 Err(e) => {
                     tracing::warn!(node = %name, error = %e, "could not write node state; retrying in 1s");
-                    self.schedule(name, Some(now.saturating_add(SignedDuration::from_secs(1)).unwrap_or(now)));
+                    self.schedule(
+                        name,
+                        Some(
+                            now.saturating_add(SignedDuration::from_secs(1))
+                                .unwrap_or(now),
+                        ),
+                    );
                     return;
                 }
             }
@@ -262,7 +300,11 @@ impl NodeLifecycle {
                 Err(e) if e.code() == 404 => return Ok(None),
                 other => other?,
             };
-            let heartbeat = match self.client.get("leases", Some(NODE_LEASE_NAMESPACE), name).await {
+            let heartbeat = match self
+                .client
+                .get("leases", Some(NODE_LEASE_NAMESPACE), name)
+                .await
+            {
                 Err(e) if e.code() == 404 => None,
                 other => timestamp_at(&other?, "/spec/renewTime"),
             };
@@ -270,15 +312,21 @@ impl NodeLifecycle {
             if let Some(t) = self.nodes.get_mut(name) {
                 t.heartbeat = heartbeat.max(t.heartbeat);
             }
-            let Some(tracked) = self.nodes.get(name).cloned() else { return Ok(None) };
+            let Some(tracked) = self.nodes.get(name).cloned() else {
+                return Ok(None);
+            };
             let now = Timestamp::now();
             let eval = self.evaluate(&tracked, now);
-            if Some(eval.state) == tracked.state {
+            if !needs_write(eval, tracked.state) {
                 return Ok(Some(eval));
             }
             let mut updated = node.clone();
             rules::set_state(&mut updated, eval.state, now, tracked.heartbeat);
-            match self.client.update_status("nodes", None, name, updated).await {
+            match self
+                .client
+                .update_status("nodes", None, name, updated)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(
                         node = %name,
@@ -293,6 +341,8 @@ impl NodeLifecycle {
                 Err(e) => return Err(e),
             }
         }
-        Err(ApiError::bad_request(format!("node {name}: too many conflicts writing its state")))
+        Err(ApiError::bad_request(format!(
+            "node {name}: too many conflicts writing its state"
+        )))
     }
 }

@@ -74,7 +74,10 @@ async fn fallback(request: Request) -> ApiError {
 async fn heartbeat(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let bytes = response::read_body(body).await?;
     let hb = Heartbeat::parse(&bytes).map_err(|e| {
-        let mut s = status::failure(Reason::BadRequest, format!("invalid heartbeat: {}", e.message));
+        let mut s = status::failure(
+            Reason::BadRequest,
+            format!("invalid heartbeat: {}", e.message),
+        );
         s.details = Some(status::StatusDetails {
             causes: Some(vec![StatusCause {
                 field: Some(e.field.to_string()),
@@ -83,7 +86,7 @@ async fn heartbeat(State(state): State<AppState>, body: Body) -> Result<Response
             }]),
             ..Default::default()
         });
-        ApiError { status: s }
+        ApiError::from(s)
     })?;
     let node = node::heartbeat(&state.registry, &hb, state.lease_duration).await?;
     Ok(response::json(StatusCode::ACCEPTED, node.json))

@@ -51,11 +51,18 @@ mod tests {
     #[test]
     fn shapes() {
         let t = parse(None, "v1/nodes").unwrap();
-        assert_eq!((t.group.as_str(), t.version.as_str(), t.plural.as_str()), ("", "v1", "nodes"));
+        assert_eq!(
+            (t.group.as_str(), t.version.as_str(), t.plural.as_str()),
+            ("", "v1", "nodes")
+        );
         let t = parse(None, "v1/nodes/n1/status").unwrap();
         assert_eq!(t.name.as_deref(), Some("n1"));
         assert_eq!(t.subresource.as_deref(), Some("status"));
-        let t = parse(Some(""), "coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1").unwrap();
+        let t = parse(
+            Some(""),
+            "coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
+        )
+        .unwrap();
         assert_eq!(t.group, "coordination.k8s.io");
         assert_eq!(t.namespace.as_deref(), Some("kube-node-lease"));
         assert_eq!(t.name.as_deref(), Some("n1"));

@@ -13,7 +13,12 @@ use crate::error::ApiError;
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 pub fn json(code: StatusCode, body: impl Into<Bytes>) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], Body::from(body.into())).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body.into()),
+    )
+        .into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -28,18 +33,20 @@ impl IntoResponse for ApiError {
 
 /// Reads a request body of at most `MAX_BODY_BYTES`.
 pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::new(
-                Reason::RequestEntityTooLarge,
-                format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {e}"))
-        }
-    })
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::new(
+                    Reason::RequestEntityTooLarge,
+                    format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })
 }
 
 /// Reads and decodes an object body: JSON, or YAML when the Content-Type says so.
@@ -48,7 +55,12 @@ pub async fn read_object(headers: &HeaderMap, body: Body) -> Result<Value, ApiEr
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let yaml = match media.as_str() {
         "application/json" | "" => false,
         "application/yaml" | "application/x-yaml" | "text/yaml" => true,

@@ -34,7 +34,9 @@ fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
     match value {
         "true" | "1" | "True" => Ok(true),
         "false" | "0" | "False" | "" => Ok(false),
-        other => Err(ApiError::bad_request(format!("{name}: invalid boolean {other:?}"))),
+        other => Err(ApiError::bad_request(format!(
+            "{name}: invalid boolean {other:?}"
+        ))),
     }
 }
 
@@ -51,8 +53,13 @@ impl Params {
             })?)),
         };
         Ok(Params {
-            watch: get("watch").map(|v| flag("watch", v)).transpose()?.unwrap_or(false),
-            resource_version: get("resourceVersion").filter(|v| !v.is_empty()).map(str::to_string),
+            watch: get("watch")
+                .map(|v| flag("watch", v))
+                .transpose()?
+                .unwrap_or(false),
+            resource_version: get("resourceVersion")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
             timeout,
             allow_bookmarks: get("allowWatchBookmarks")
                 .map(|v| flag("allowWatchBookmarks", v))
@@ -72,7 +79,10 @@ impl Params {
         match self.resource_version.as_deref() {
             None | Some("0") => Ok(None),
             Some(s) => s.parse().map(Some).map_err(|_| {
-                ApiError::new(Reason::BadRequest, format!("resourceVersion: invalid value {s:?}: must be a number"))
+                ApiError::new(
+                    Reason::BadRequest,
+                    format!("resourceVersion: invalid value {s:?}: must be a number"),
+                )
             }),
         }
     }
@@ -98,16 +108,25 @@ pub async fn grouped(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let target = path::parse(Some(""), &rest).ok_or_else(|| not_found_path(&format!("/apis/{rest}")))?;
+    let target =
+        path::parse(Some(""), &rest).ok_or_else(|| not_found_path(&format!("/apis/{rest}")))?;
     serve(state, target, method, query, headers, body).await
 }
 
 pub fn not_found_path(path: &str) -> ApiError {
-    ApiError::new(Reason::NotFound, format!("the server could not find the requested resource ({path})"))
+    ApiError::new(
+        Reason::NotFound,
+        format!("the server could not find the requested resource ({path})"),
+    )
 }
 
 fn method_not_allowed(method: &Method, what: &str) -> ApiError {
-    ApiError::new(Reason::MethodNotAllowed, format!("the server does not allow this method on the requested resource: {method} on {what}"))
+    ApiError::new(
+        Reason::MethodNotAllowed,
+        format!(
+            "the server does not allow this method on the requested resource: {method} on {what}"
+        ),
+    )
 }
 
 fn object_response(code: StatusCode, object: &StoredObject) -> Response {
@@ -127,7 +146,10 @@ async fn serve(
         .lookup(&target.group, &target.version, &target.plural)
         .ok_or_else(|| not_found_path(&target.plural))?;
     if target.namespace.is_some() && !r.namespaced {
-        return Err(ApiError::new(Reason::NotFound, format!("{} are not namespaced", r.plural)));
+        return Err(ApiError::new(
+            Reason::NotFound,
+            format!("{} are not namespaced", r.plural),
+        ));
     }
     let ns = target.namespace.as_deref();
     let registry = &state.registry;
@@ -135,7 +157,11 @@ async fn serve(
     match (&target.name, target.subresource.as_deref()) {
         (None, _) => match method {
             Method::GET => {
-                let filter = Filter::parse(&r, params.label_selector.as_deref(), params.field_selector.as_deref())?;
+                let filter = Filter::parse(
+                    &r,
+                    params.label_selector.as_deref(),
+                    params.field_selector.as_deref(),
+                )?;
                 if params.watch {
                     watch::serve(&state, r, ns, filter, &params).await
                 } else {
@@ -147,7 +173,7 @@ async fn serve(
                 let created = registry.create(&r, ns, object).await?;
                 Ok(object_response(StatusCode::CREATED, &created))
             }
-            _ => Err(method_not_allowed(&method, &r.plural)),
+            _ => Err(method_not_allowed(&method, r.plural)),
         },
         (Some(name), sub @ (None | Some("status"))) => {
             let part = if sub.is_some() {
@@ -159,7 +185,10 @@ async fn serve(
                 Part::Main
             };
             match method {
-                Method::GET => Ok(object_response(StatusCode::OK, &registry.get(&r, ns, name).await?)),
+                Method::GET => Ok(object_response(
+                    StatusCode::OK,
+                    &registry.get(&r, ns, name).await?,
+                )),
                 Method::PUT => {
                     let object = read_object(&headers, body).await?;
                     let updated = registry.update(&r, ns, name, part, object).await?;
@@ -183,21 +212,30 @@ async fn delete_precondition(body: Body) -> Result<Option<Revision>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let options: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}")))?;
+    let options: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
+    })?;
     match options.pointer("/preconditions/resourceVersion") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("preconditions.resourceVersion: invalid value {s:?}"))),
-        Some(other) => Err(ApiError::bad_request(format!("preconditions.resourceVersion: invalid value {other}"))),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "preconditions.resourceVersion: invalid value {s:?}"
+            ))
+        }),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "preconditions.resourceVersion: invalid value {other}"
+        ))),
     }
 }
 
 /// `{kind}List` with the revision it was read at. Items are the stored JSON
 /// bytes, spliced in without re-encoding.
-async fn list(state: &AppState, r: &Arc<Resource>, ns: Option<&str>, filter: &Filter) -> Result<Response, ApiError> {
+async fn list(
+    state: &AppState,
+    r: &Arc<Resource>,
+    ns: Option<&str>,
+    filter: &Filter,
+) -> Result<Response, ApiError> {
     let (items, revision) = state.registry.list(r, ns, filter).await?;
     let head = serde_json::json!({
         "kind": format!("{}List", r.kind),

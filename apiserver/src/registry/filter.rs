@@ -15,7 +15,11 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn parse(r: &Resource, labels: Option<&str>, fields: Option<&str>) -> Result<Filter, ApiError> {
+    pub fn parse(
+        r: &Resource,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<Filter, ApiError> {
         let labels = LabelSelector::parse(labels.unwrap_or(""))
             .map_err(|m| ApiError::bad_request(format!("unable to parse labelSelector: {m}")))?;
         let fields = FieldSelector::parse(fields.unwrap_or(""), r.strategy.selectable_fields())

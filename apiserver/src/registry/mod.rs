@@ -94,14 +94,19 @@ pub trait Strategy: Send + Sync {
             "metadata.namespace" => "/metadata/namespace",
             _ => return None,
         };
-        object.pointer(pointer).and_then(Value::as_str).map(str::to_string)
+        object
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 }
 
 /// Decodes into a typed k8s-openapi struct only to check the shape; the JSON
 /// as sent is what gets stored, so no field a client sends is dropped.
 pub fn decode_as<T: DeserializeOwned>(object: &Value) -> Result<(), String> {
-    T::deserialize(object).map(|_| ()).map_err(|e| e.to_string())
+    T::deserialize(object)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Failure inside a read-modify-write: either from the store (mapped with the
@@ -169,7 +174,9 @@ impl Registry {
             .iter()
             .find(|r| r.plural == plural)
             .cloned()
-            .ok_or_else(|| ApiError::new(Reason::NotFound, format!("resource {plural} is not served")))
+            .ok_or_else(|| {
+                ApiError::new(Reason::NotFound, format!("resource {plural} is not served"))
+            })
     }
 
     pub async fn get(
@@ -223,7 +230,11 @@ impl Registry {
     ) -> Result<StoredObject, ApiError> {
         check_type(r, &mut object)?;
         let meta = metadata_mut(&mut object)?;
-        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if name.is_empty() {
             if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
                 let suffix = uuid::Uuid::new_v4().simple().to_string();
@@ -236,7 +247,12 @@ impl Registry {
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), time(now));
         meta.insert("generation".into(), json!(1));
-        for server_owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for server_owned in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(server_owned);
         }
         r.strategy.prepare_for_create(&mut object, now);
@@ -326,13 +342,22 @@ impl Registry {
                     new.get_mut("metadata").and_then(Value::as_object_mut),
                     old.get("metadata").and_then(Value::as_object),
                 ) {
-                    for kept in ["uid", "creationTimestamp", "generation", "namespace", "name"] {
+                    for kept in [
+                        "uid",
+                        "creationTimestamp",
+                        "generation",
+                        "namespace",
+                        "name",
+                    ] {
                         match old_meta.get(kept) {
                             Some(v) => new_meta.insert(kept.into(), v.clone()),
                             None => new_meta.remove(kept),
                         };
                     }
-                    new_meta.insert("resourceVersion".into(), json!(current.revision.to_string()));
+                    new_meta.insert(
+                        "resourceVersion".into(),
+                        json!(current.revision.to_string()),
+                    );
                 }
                 if new == old {
                     return Ok(None);
@@ -393,7 +418,8 @@ fn merge_update(r: &Resource, part: Part, old: Value, mut new: Value) -> Value {
 }
 
 fn time(ts: Timestamp) -> Value {
-    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)).unwrap_or(Value::Null)
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts))
+        .unwrap_or(Value::Null)
 }
 
 /// `apiVersion` and `kind` must name this resource; missing ones are filled in.
@@ -457,14 +483,19 @@ fn set_namespace(
 fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     if name.is_empty() {
-        errors.push(FieldError::new("metadata.name", "Required value: name or generateName is required"));
+        errors.push(FieldError::new(
+            "metadata.name",
+            "Required value: name or generateName is required",
+        ));
     } else if let Err(m) = validation::dns1123_subdomain(name) {
         errors.push(FieldError::new("metadata.name", m));
     }
     let meta = object.get("metadata");
     let labels = meta.and_then(|m| m.get("labels"));
     let annotations = meta.and_then(|m| m.get("annotations"));
-    let as_map = |v: Option<&Value>, field: &str| -> Result<Option<std::collections::BTreeMap<String, String>>, ApiError> {
+    let as_map = |v: Option<&Value>,
+                  field: &str|
+     -> Result<Option<std::collections::BTreeMap<String, String>>, ApiError> {
         match v {
             None | Some(Value::Null) => Ok(None),
             Some(v) => serde_json::from_value(v.clone())
@@ -474,11 +505,16 @@ fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
     };
     let labels = as_map(labels, "metadata.labels")?;
     let annotations = as_map(annotations, "metadata.annotations")?;
-    errors.extend(validation::labels_and_annotations(labels.as_ref(), annotations.as_ref()));
-    let kind_errors = r
-        .strategy
-        .validate(object)
-        .map_err(|m| ApiError::bad_request(format!("{} in version \"{}\" cannot be handled: {m}", r.kind, r.version)))?;
+    errors.extend(validation::labels_and_annotations(
+        labels.as_ref(),
+        annotations.as_ref(),
+    ));
+    let kind_errors = r.strategy.validate(object).map_err(|m| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled: {m}",
+            r.kind, r.version
+        ))
+    })?;
     errors.extend(kind_errors);
     if errors.is_empty() {
         Ok(())

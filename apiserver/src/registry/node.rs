@@ -79,8 +79,14 @@ impl Strategy for NodeStrategy {
 
     fn field_value(&self, object: &Value, field: &str) -> Option<String> {
         match field {
-            "metadata.name" => object.pointer("/metadata/name")?.as_str().map(str::to_string),
-            "status.state" => object.pointer("/status/state")?.as_str().map(str::to_string),
+            "metadata.name" => object
+                .pointer("/metadata/name")?
+                .as_str()
+                .map(str::to_string),
+            "status.state" => object
+                .pointer("/status/state")?
+                .as_str()
+                .map(str::to_string),
             "spec.unschedulable" => Some(
                 object
                     .pointer("/spec/unschedulable")
@@ -104,7 +110,10 @@ pub struct RegisteredNode {
 /// Brings the stored nodes in line with the config: creates missing nodes,
 /// corrects ip/port (the config is authoritative), and deletes nodes the
 /// config registered earlier but no longer lists.
-pub async fn register_from_config(registry: &Registry, nodes: &[RegisteredNode]) -> Result<(), ApiError> {
+pub async fn register_from_config(
+    registry: &Registry,
+    nodes: &[RegisteredNode],
+) -> Result<(), ApiError> {
     let r = registry.resource("nodes")?;
     for node in nodes {
         let ip = node.ip.to_string();
@@ -123,12 +132,15 @@ pub async fn register_from_config(registry: &Registry, nodes: &[RegisteredNode])
                 registry
                     .modify(&r, None, &node.name, |_, mut object| {
                         let mut changed = state_rules::set_address(&mut object, &ip, node.port);
-                        if object.pointer(&format!("/metadata/annotations/{}", REGISTERED_BY.replace('/', "~1")))
-                            != Some(&json!("config"))
+                        if object.pointer(&format!(
+                            "/metadata/annotations/{}",
+                            REGISTERED_BY.replace('/', "~1")
+                        )) != Some(&json!("config"))
                         {
                             let meta = object["metadata"].as_object_mut();
                             if let Some(meta) = meta {
-                                let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+                                let annotations =
+                                    meta.entry("annotations").or_insert_with(|| json!({}));
                                 if let Some(a) = annotations.as_object_mut() {
                                     a.insert(REGISTERED_BY.into(), json!("config"));
                                     changed = true;
@@ -144,14 +156,19 @@ pub async fn register_from_config(registry: &Registry, nodes: &[RegisteredNode])
     let (existing, _) = registry.list(&r, None, &Default::default()).await?;
     for stored in existing {
         let object = stored.value()?;
-        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let from_config = object
             .pointer("/metadata/annotations")
             .and_then(|a| a.get(REGISTERED_BY))
             .and_then(Value::as_str)
             == Some("config");
         if from_config && !nodes.iter().any(|n| n.name == name) {
-            registry.delete(&r, None, name, Some(stored.revision)).await?;
+            registry
+                .delete(&r, None, name, Some(stored.revision))
+                .await?;
             tracing::info!(node = %name, "deleted node no longer listed in config");
         }
     }
@@ -161,7 +178,11 @@ pub async fn register_from_config(registry: &Registry, nodes: &[RegisteredNode])
 /// Handles one heartbeat: renews the node's Lease, and writes the Node only
 /// when something a client would see changes (runtime, version, capacity, or
 /// the state becoming Ready), so steady heartbeats cause no Node events.
-pub async fn heartbeat(registry: &Registry, hb: &Heartbeat, lease_duration: Duration) -> Result<StoredObject, ApiError> {
+pub async fn heartbeat(
+    registry: &Registry,
+    hb: &Heartbeat,
+    lease_duration: Duration,
+) -> Result<StoredObject, ApiError> {
     let nodes = registry.resource("nodes")?;
     let not_registered = || {
         ApiError::new(
@@ -195,10 +216,18 @@ pub async fn heartbeat(registry: &Registry, hb: &Heartbeat, lease_duration: Dura
 }
 
 fn micro_time(ts: Timestamp) -> Value {
-    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(ts)).unwrap_or(Value::Null)
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        ts,
+    ))
+    .unwrap_or(Value::Null)
 }
 
-async fn renew_lease(registry: &Registry, node: &str, now: Timestamp, duration: Duration) -> Result<(), ApiError> {
+async fn renew_lease(
+    registry: &Registry,
+    node: &str,
+    now: Timestamp,
+    duration: Duration,
+) -> Result<(), ApiError> {
     let leases = registry.resource("leases")?;
     let seconds = duration.as_secs_f64().ceil().max(1.0) as i64;
     let spec = |lease: &mut Value| {
@@ -233,7 +262,10 @@ async fn renew_lease(registry: &Registry, node: &str, now: Timestamp, duration: 
                 {
                     lease["metadata"]["ownerReferences"][0]["uid"] = uid;
                 }
-                match registry.create(&leases, Some(NODE_LEASE_NAMESPACE), lease).await {
+                match registry
+                    .create(&leases, Some(NODE_LEASE_NAMESPACE), lease)
+                    .await
+                {
                     Err(e) if e.code() == 409 => continue,
                     other => return other.map(|_| ()),
                 }
@@ -241,5 +273,8 @@ async fn renew_lease(registry: &Registry, node: &str, now: Timestamp, duration: 
             other => return other.map(|_| ()),
         }
     }
-    Err(ApiError::new(Reason::Conflict, format!("could not renew the lease of node {node:?}")))
+    Err(ApiError::new(
+        Reason::Conflict,
+        format!("could not renew the lease of node {node:?}"),
+    ))
 }

@@ -81,8 +81,12 @@ impl SledStore {
     /// Opens (or creates) the store under `dir`. Fails if another API server
     /// already holds that directory. Must be called inside a tokio runtime.
     pub fn open(dir: &Path, options: SledStoreOptions) -> Result<SledStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| backend(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            backend(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let lock_path = dir.join("apiserver.lock");
         let lock = File::options()
             .create(true)
@@ -119,9 +123,8 @@ impl SledStore {
         let mut objects = BTreeMap::new();
         for item in tree.scan_prefix([OBJECT_PREFIX]) {
             let (k, v) = item.map_err(backend)?;
-            let key: Arc<str> = Arc::from(
-                std::str::from_utf8(&k[1..]).map_err(|_| backend("corrupt object key"))?,
-            );
+            let key: Arc<str> =
+                Arc::from(std::str::from_utf8(&k[1..]).map_err(|_| backend("corrupt object key"))?);
             let json = Bytes::copy_from_slice(&v);
             let object_revision = serde_json::from_slice::<Value>(&json)
                 .ok()
@@ -200,9 +203,9 @@ impl SledStore {
                     codec::stamp(value, revision)?,
                 ),
                 None => {
-                    let last = current
-                        .as_ref()
-                        .ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
+                    let last = current.as_ref().ok_or_else(|| StoreError::NotFound {
+                        key: key.to_string(),
+                    })?;
                     (EventKind::Deleted, codec::stamp(last.value()?, revision)?)
                 }
             };
@@ -339,8 +342,8 @@ impl History for SledHistory {
         let mut out = Vec::new();
         for item in self.tree.range(from..=to).take(max) {
             let (k, v) = item.map_err(backend)?;
-            let revision = codec::revision_of_history_key(&k)
-                .ok_or_else(|| backend("corrupt history key"))?;
+            let revision =
+                codec::revision_of_history_key(&k).ok_or_else(|| backend("corrupt history key"))?;
             out.push(codec::decode_event(revision, &v)?);
         }
         Ok(out)
@@ -361,7 +364,10 @@ impl Store for SledStore {
         let state = self.shared.lock_state();
         let items = state
             .objects
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v.clone())
             .collect();
@@ -373,7 +379,9 @@ impl Store for SledStore {
 
     async fn create(&self, key: &str, object: Value) -> Result<StoredObject, StoreError> {
         self.write(key, |current| match current {
-            Some(_) => Err(StoreError::AlreadyExists { key: key.to_string() }),
+            Some(_) => Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            }),
             None => Ok(Some(object)),
         })
         .await
@@ -410,7 +418,10 @@ impl Store for SledStore {
             let tx = channels
                 .entry(resource_of(prefix).to_string())
                 .or_insert_with(|| broadcast::channel(self.shared.options.watch_buffer.max(1)).0);
-            (tx.subscribe(), self.shared.published.load(Ordering::Acquire))
+            (
+                tx.subscribe(),
+                self.shared.published.load(Ordering::Acquire),
+            )
         };
         let compacted = self.shared.compacted.load(Ordering::Acquire);
         if after < compacted {
@@ -461,7 +472,9 @@ fn check_precondition(
     current: Option<&StoredObject>,
     expected: Option<Revision>,
 ) -> Result<(), StoreError> {
-    let current = current.ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
+    let current = current.ok_or_else(|| StoreError::NotFound {
+        key: key.to_string(),
+    })?;
     match expected {
         Some(expected) if expected != current.revision => Err(StoreError::Conflict {
             key: key.to_string(),

@@ -80,7 +80,9 @@ impl WatchStream {
                         return Some(Ok(event));
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => return Some(Err(StoreError::TooSlow)),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Some(Err(StoreError::TooSlow))
+                }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
@@ -118,9 +120,7 @@ impl WatchStream {
         // The publisher sends a batch's events before it stores `published`,
         // so an empty queue after this load means all of them were received.
         let published = self.published.load(Ordering::Acquire);
-        self.live
-            .is_empty()
-            .then_some(published.max(self.last))
+        self.live.is_empty().then_some(published.max(self.last))
     }
 
     /// The last revision delivered or skipped.

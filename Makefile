@@ -1,0 +1,36 @@
+# mube: common tasks. `make run` starts a local control plane; `make test` runs every test.
+CARGO ?= cargo
+
+.PHONY: all build run run-apiserver run-mubelet test lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+# The API server on the embedded store (data under ./data), with the
+# node registry from configs/apiserver.yaml.
+run: run-apiserver
+
+# Each target loads its .env file if present (copy the .example next to it).
+run-apiserver:
+	set -a; [ ! -f .env.apiserver ] || . ./.env.apiserver; set +a; \
+	$(CARGO) run --release -p mube-apiserver
+
+run-mubelet:
+	set -a; [ ! -f .env.mubelet ] || . ./.env.mubelet; set +a; \
+	$(CARGO) run --release -p mubelet
+
+# End-to-end tests start the real binaries, so build them first.
+test: build
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
