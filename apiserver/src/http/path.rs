@@ -12,16 +12,16 @@ pub struct Target {
     pub subresource: Option<String>,
 }
 
-/// `group` is `None` under `/api` (the core group); `rest` is what follows
-/// the group prefix. `None` when the path is not a resource path.
-pub fn parse(group: Option<&str>, rest: &str) -> Option<Target> {
-    let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+/// `None` when the path is not a resource path.
+pub fn parse(path: &str) -> Option<Target> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if segments.iter().any(|s| s.is_empty()) {
         return None;
     }
-    let (group, segments) = match group {
-        None => ("", &segments[..]),
-        Some(_) => (*segments.first()?, &segments[1..]),
+    let (group, segments) = match segments.split_first()? {
+        (&"api", rest) => ("", rest),
+        (&"apis", [group, rest @ ..]) => (*group, rest),
+        _ => return None,
     };
     let (version, segments) = segments.split_first()?;
     let (namespace, segments) = match segments {
@@ -50,26 +50,23 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let t = parse(None, "v1/nodes").unwrap();
+        let t = parse("/api/v1/nodes").unwrap();
         assert_eq!(
             (t.group.as_str(), t.version.as_str(), t.plural.as_str()),
             ("", "v1", "nodes")
         );
-        let t = parse(None, "v1/nodes/n1/status").unwrap();
+        let t = parse("/api/v1/nodes/n1/status").unwrap();
         assert_eq!(t.name.as_deref(), Some("n1"));
         assert_eq!(t.subresource.as_deref(), Some("status"));
-        let t = parse(
-            Some(""),
-            "coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
-        )
-        .unwrap();
+        let t = parse("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1").unwrap();
         assert_eq!(t.group, "coordination.k8s.io");
         assert_eq!(t.namespace.as_deref(), Some("kube-node-lease"));
         assert_eq!(t.name.as_deref(), Some("n1"));
-        let t = parse(Some(""), "coordination.k8s.io/v1/leases").unwrap();
+        let t = parse("/apis/coordination.k8s.io/v1/leases").unwrap();
         assert_eq!(t.namespace, None);
-        assert!(parse(None, "v1").is_none());
-        assert!(parse(None, "v1//nodes").is_none());
-        assert!(parse(None, "v1/nodes/a/b/c").is_none());
+        assert!(parse("/api/v1").is_none());
+        assert!(parse("/api/v1//nodes").is_none());
+        assert!(parse("/api/v1/nodes/a/b/c").is_none());
+        assert!(parse("/other/v1/nodes").is_none());
     }
 }

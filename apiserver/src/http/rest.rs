@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use mube_apis::status::Reason;
 use serde_json::Value;
@@ -88,29 +88,24 @@ impl Params {
     }
 }
 
-pub async fn core(
+/// Serves `/api/...` (the core group) and `/apis/...` (named groups).
+pub async fn handle(
     State(state): State<AppState>,
-    Path(rest): Path<String>,
+    uri: Uri,
     method: Method,
-    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let target = path::parse(None, &rest).ok_or_else(|| not_found_path(&format!("/api/{rest}")))?;
-    serve(state, target, method, query, headers, body).await
-}
-
-pub async fn grouped(
-    State(state): State<AppState>,
-    Path(rest): Path<String>,
-    method: Method,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let target =
-        path::parse(Some(""), &rest).ok_or_else(|| not_found_path(&format!("/apis/{rest}")))?;
-    serve(state, target, method, query, headers, body).await
+    let target = path::parse(uri.path()).ok_or_else(|| not_found_path(uri.path()))?;
+    serve(
+        state,
+        target,
+        method,
+        uri.query().map(str::to_string),
+        headers,
+        body,
+    )
+    .await
 }
 
 pub fn not_found_path(path: &str) -> ApiError {
