@@ -7,9 +7,11 @@
 //! `status.state`) and the generic API machinery (Status errors, watch events,
 //! selectors, name validation) that `k8s-openapi` does not provide.
 
+pub mod address;
 pub mod duration;
 pub mod heartbeat;
 pub mod node;
+pub mod resources;
 pub mod selector;
 pub mod status;
 pub mod validation;

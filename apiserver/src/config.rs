@@ -56,26 +56,6 @@ pub struct Config {
     pub notready_timeout: Duration,
 }
 
-/// Go's `net.Listen` forms: `:8080` is every interface, `host:port` one.
-pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
-    let text = text.trim();
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{text:?} is not host:port (for example \":8080\")"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{text:?}: port {port:?} is not a number from 0 to 65535"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = match host {
-        "" => IpAddr::from([0, 0, 0, 0]),
-        "localhost" => IpAddr::from([127, 0, 0, 1]),
-        h => h
-            .parse()
-            .map_err(|_| format!("{text:?}: host {h:?} is not an IP address"))?,
-    };
-    Ok(SocketAddr::new(ip, port))
-}
-
 fn duration_env(
     env: &dyn Fn(&str) -> Option<String>,
     name: &str,
@@ -123,8 +103,9 @@ impl Config {
             serde_yaml::from_str(text)
         }
         .map_err(|e| format!("{file}: {e}"))?;
-        let listen_address = parse_listen_address(raw.listen_address.as_deref().unwrap_or(":8080"))
-            .map_err(|e| format!("{file}: listenAddress: {e}"))?;
+        let listen_address =
+            mube_apis::address::parse_listen(raw.listen_address.as_deref().unwrap_or(":8080"))
+                .map_err(|e| format!("{file}: listenAddress: {e}"))?;
         let mut seen = HashSet::new();
         let mut nodes = Vec::new();
         for (i, n) in raw.nodes.iter().enumerate() {

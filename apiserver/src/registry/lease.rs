@@ -8,13 +8,7 @@ use super::{decode_as, Resource, Strategy};
 
 pub fn resource() -> Resource {
     Resource {
-        group: "coordination.k8s.io",
-        version: "v1",
-        kind: "Lease",
-        plural: "leases",
-        singular: "lease",
-        short_names: &[],
-        namespaced: true,
+        info: &mube_apis::resources::LEASES,
         status_subresource: false,
         strategy: Box::new(LeaseStrategy),
     }

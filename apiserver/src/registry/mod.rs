@@ -14,6 +14,7 @@ pub mod node;
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use mube_apis::resources::ResourceInfo;
 use mube_apis::status::Reason;
 use mube_apis::validation::{self, FieldError};
 use serde::de::DeserializeOwned;
@@ -24,40 +25,25 @@ pub use filter::Filter;
 use crate::error::ApiError;
 use crate::store::{Revision, Store, StoreError, StoredObject, WatchStream};
 
-/// A kind's declaration.
+/// A kind's declaration: its names (shared with clients through
+/// `mube_apis::resources`), whether it has a status subresource, and its hooks.
 pub struct Resource {
-    /// API group; empty for the core group.
-    pub group: &'static str,
-    pub version: &'static str,
-    pub kind: &'static str,
-    pub plural: &'static str,
-    pub singular: &'static str,
-    pub short_names: &'static [&'static str],
-    pub namespaced: bool,
+    pub info: &'static ResourceInfo,
     /// With a status subresource, the main resource's writes keep the old
     /// status and `/status` writes keep everything but the status.
     pub status_subresource: bool,
     pub strategy: Box<dyn Strategy>,
 }
 
+impl std::ops::Deref for Resource {
+    type Target = ResourceInfo;
+
+    fn deref(&self) -> &ResourceInfo {
+        self.info
+    }
+}
+
 impl Resource {
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    /// `nodes`, `leases.coordination.k8s.io`: how Kubernetes names a resource in messages.
-    pub fn qualified_plural(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
-    }
-
     /// `/registry/{plural}/{namespace}/{name}`, or `/registry/{plural}/{name}`
     /// for cluster-scoped kinds.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {

@@ -23,13 +23,7 @@ pub const REGISTERED_BY: &str = "mube.io/registered-by";
 
 pub fn resource() -> Resource {
     Resource {
-        group: "",
-        version: "v1",
-        kind: "Node",
-        plural: "nodes",
-        singular: "node",
-        short_names: &["no"],
-        namespaced: false,
+        info: &mube_apis::resources::NODES,
         status_subresource: true,
         strategy: Box::new(NodeStrategy),
     }
