@@ -8,18 +8,19 @@ all: build
 build:
 	$(CARGO) build --workspace --bins
 
-# The API server on the embedded store (data under ./data), with the
-# node registry from configs/apiserver.yaml.
-run: run-apiserver
+# A local cluster: the API server on the embedded store (data under ./data)
+# and one mubelet registered as mube-node-1. Ctrl-C stops both.
+run: build
+	./scripts/local-cluster.sh
 
 # Each target loads its .env file if present (copy the .example next to it).
 run-apiserver:
 	set -a; [ ! -f .env.apiserver ] || . ./.env.apiserver; set +a; \
-	$(CARGO) run --release -p mube-apiserver
+	$(CARGO) run -p mube-apiserver
 
 run-mubelet:
 	set -a; [ ! -f .env.mubelet ] || . ./.env.mubelet; set +a; \
-	$(CARGO) run --release -p mubelet
+	$(CARGO) run -p mubelet
 
 # End-to-end tests start the real binaries, so build them first.
 test: build

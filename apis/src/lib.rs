@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod duration;
+pub mod errors;
 pub mod heartbeat;
 pub mod node;
 pub mod resources;

@@ -1,7 +1,141 @@
-//! `mubectl`: placeholder so the workspace has its final layout; the next issue
-//! ("mubelet and mubectl, and a local cluster in one command") fills it in.
+//! `mubectl`: the command-line client for mube.
+
+mod apply;
+mod client;
+mod describe;
+mod get;
+mod table;
+mod watch;
+
+use clap::{Args, Parser, Subcommand};
+
+use client::{Client, CtlError};
+
+#[derive(Parser, Debug)]
+#[command(name = "mubectl", version, about = "Command-line client for the mube API server", long_about = None)]
+struct Cli {
+    /// API server URL (else MUBE_API_SERVER, else http://127.0.0.1:8080).
+    #[arg(
+        long,
+        global = true,
+        env = "MUBE_API_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List resources, or show one, as a table or as objects; -w follows changes.
+    ///
+    /// Examples:
+    ///   mubectl get nodes
+    ///   mubectl get nodes -o wide
+    ///   mubectl get node mube-node-1 -o yaml
+    ///   mubectl get nodes -l mube.io/pool=example
+    ///   mubectl get nodes -w
+    ///   mubectl get leases -n kube-node-lease
+    Get(GetArgs),
+    /// Show the details of a node: addresses, state, conditions, versions, capacity, lease.
+    Describe {
+        /// Resource type: node.
+        resource: String,
+        /// Node name.
+        name: String,
+    },
+    /// Create or update objects from a YAML or JSON file (several documents allowed; - for stdin).
+    Apply {
+        /// File to apply.
+        #[arg(short = 'f', long = "filename", required = true)]
+        file: String,
+        /// Namespace for namespaced objects that do not name one.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete a resource by name.
+    ///
+    /// Example: mubectl delete node mube-node-2
+    Delete {
+        /// Resource type: node, lease.
+        resource: String,
+        /// Name of the object.
+        name: String,
+        /// Namespace (for leases).
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Resource type: nodes (node, no) or leases (lease).
+    pub resource: String,
+    /// Show only the object with this name.
+    pub name: Option<String>,
+    /// Output format: wide, json, yaml or name.
+    #[arg(short = 'o', long)]
+    pub output: Option<String>,
+    /// Label selector, e.g. -l 'env=prod,tier in (web)'.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Field selector, e.g. --field-selector status.state=Ready.
+    #[arg(long)]
+    pub field_selector: Option<String>,
+    /// After listing, watch for changes and print each one.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Watch for changes without listing first.
+    #[arg(long)]
+    pub watch_only: bool,
+    /// Namespace (for leases).
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// List across all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    let client = Client::new(&cli.server)?;
+    match cli.command {
+        Command::Get(args) => get::run(&client, args).await,
+        Command::Describe { resource, name } => describe::run(&client, &resource, &name).await,
+        Command::Apply { file, namespace } => apply::run(&client, &file, &namespace).await,
+        Command::Delete {
+            resource,
+            name,
+            namespace,
+        } => {
+            let info = get::resource(&resource)?;
+            client
+                .delete(&info.path(Some(&namespace), Some(&name)))
+                .await?;
+            println!("{} \"{name}\" deleted", info.singular);
+            Ok(())
+        }
+    }
+}
 
 fn main() -> std::process::ExitCode {
-    eprintln!("mubectl: not implemented yet");
-    std::process::ExitCode::FAILURE
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,178 @@
+//! HTTP access to the API server, with errors people can act on.
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use mube_apis::status::Status;
+use mube_apis::watch::WatchEvent;
+use serde_json::Value;
+
+/// What went wrong, printed as one line by `main`.
+#[derive(Debug)]
+pub enum CtlError {
+    /// No answer from the server at all.
+    Unreachable { server: String, cause: String },
+    /// The server answered with a Status error.
+    Server(Box<Status>),
+    /// Anything else (bad input file, unexpected answer).
+    Other(String),
+}
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CtlError::Unreachable { server, cause } => write!(
+                f,
+                "error: cannot reach the API server at {server}: {cause} (is mube-apiserver running? set --server or MUBE_API_SERVER)"
+            ),
+            // kubectl's form, with the server's message as is.
+            CtlError::Server(s) => write!(
+                f,
+                "Error from server ({}): {}",
+                s.reason.as_deref().unwrap_or("Unknown"),
+                s.message.as_deref().unwrap_or("")
+            ),
+            CtlError::Other(m) => write!(f, "error: {m}"),
+        }
+    }
+}
+
+impl CtlError {
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            CtlError::Server(s) => s.code,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    server: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Client, CtlError> {
+        let server = server.trim_end_matches('/').to_string();
+        reqwest::Url::parse(&server)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| CtlError::Other(format!("--server {server:?} is not an http(s) URL")))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| CtlError::Other(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client { server, http })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> CtlError {
+        CtlError::Unreachable {
+            server: self.server.clone(),
+            cause: mube_apis::errors::root_cause(&e),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CtlError> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let code = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        Err(match serde_json::from_slice::<Status>(&bytes) {
+            Ok(status) if status.reason.is_some() || status.message.is_some() => {
+                CtlError::Server(Box::new(status))
+            }
+            _ => CtlError::Other(format!(
+                "the server answered {code}: {}",
+                String::from_utf8_lossy(&bytes).trim()
+            )),
+        })
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, CtlError> {
+        let response = self.send(request).await?;
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CtlError::Other(format!("the server's answer is not JSON: {e}")))
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.server)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, CtlError> {
+        self.json(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CtlError> {
+        self.json(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, CtlError> {
+        self.json(self.http.put(self.url(path)).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, CtlError> {
+        self.json(self.http.delete(self.url(path))).await
+    }
+
+    /// Opens a watch and yields its events as they arrive.
+    pub async fn watch(
+        &self,
+        path_and_query: &str,
+    ) -> Result<BoxStream<'static, Result<WatchEvent, CtlError>>, CtlError> {
+        let response = self.send(self.http.get(self.url(path_and_query))).await?;
+        let server = self.server.clone();
+        let bytes = response.bytes_stream();
+        Ok(lines(bytes)
+            .map(move |line| {
+                let line = line.map_err(|e| CtlError::Unreachable {
+                    server: server.clone(),
+                    cause: mube_apis::errors::root_cause(&e),
+                })?;
+                serde_json::from_slice::<WatchEvent>(&line)
+                    .map_err(|e| CtlError::Other(format!("unexpected watch event: {e}")))
+            })
+            .boxed())
+    }
+}
+
+/// Splits a byte stream into lines (newline-delimited JSON).
+fn lines(
+    bytes: impl Stream<Item = reqwest::Result<Bytes>> + Unpin,
+) -> impl Stream<Item = reqwest::Result<Vec<u8>>> {
+    futures::stream::unfold(
+        (bytes, Vec::<u8>::new(), false),
+        |(mut bytes, mut buffer, ended)| async move {
+            loop {
+                if let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=pos).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    return Some((Ok(line), (bytes, buffer, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(e), (bytes, buffer, true))),
+                    None => {
+                        if buffer.iter().all(u8::is_ascii_whitespace) {
+                            return None;
+                        }
+                        buffer.push(b'\n');
+                        return Some((Ok(std::mem::take(&mut buffer)), (bytes, buffer, true)));
+                    }
+                }
+            }
+        },
+    )
+}

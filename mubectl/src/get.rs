@@ -1,0 +1,165 @@
+//! `mubectl get`: tables, objects, and (through `watch`) changes.
+
+use jiff::Timestamp;
+use mube_apis::resources::{self, ResourceInfo};
+use mube_apis::NODE_LEASE_NAMESPACE;
+use serde_json::Value;
+
+use crate::client::{Client, CtlError};
+use crate::table::{self, Columns, Format, Heartbeats};
+use crate::GetArgs;
+
+pub fn resource(word: &str) -> Result<&'static ResourceInfo, CtlError> {
+    resources::by_name(word).ok_or_else(|| {
+        CtlError::Other(format!(
+            "the server doesn't have a resource type \"{word}\" (mube serves: {})",
+            resources::ALL
+                .iter()
+                .map(|r| r.plural)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// The query string for selectors.
+pub fn selector_query(args: &GetArgs) -> form_urlencoded::Serializer<'static, String> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if let Some(l) = &args.selector {
+        q.append_pair("labelSelector", l);
+    }
+    if let Some(f) = &args.field_selector {
+        q.append_pair("fieldSelector", f);
+    }
+    q
+}
+
+/// What a printed object needs besides itself.
+pub struct Printer {
+    pub format: Format,
+    pub all_namespaces: bool,
+    pub heartbeats: Heartbeats,
+    pub columns: Columns,
+}
+
+impl Printer {
+    pub fn headers(&self, kind: &str) -> Vec<String> {
+        table::headers(kind, self.format == Format::Wide, self.all_namespaces)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn row(&self, object: &Value) -> Vec<String> {
+        table::row(
+            object,
+            self.format == Format::Wide,
+            self.all_namespaces,
+            &self.heartbeats,
+            Timestamp::now(),
+        )
+    }
+
+    /// Prints objects in the chosen format; a table gets its header line
+    /// when `header` is set.
+    pub fn print(&mut self, kind: &str, objects: &[Value], header: bool) -> Result<(), CtlError> {
+        match self.format {
+            Format::Table | Format::Wide => {
+                let mut rows: Vec<Vec<String>> = objects.iter().map(|o| self.row(o)).collect();
+                if header {
+                    rows.insert(0, self.headers(kind));
+                }
+                self.columns.fit(&rows);
+                for r in rows {
+                    println!("{}", self.columns.line(&r));
+                }
+            }
+            Format::Json => {
+                for o in objects {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(o)
+                            .map_err(|e| CtlError::Other(e.to_string()))?
+                    );
+                }
+            }
+            Format::Yaml => {
+                for o in objects {
+                    print!(
+                        "---\n{}",
+                        serde_yaml::to_string(o).map_err(|e| CtlError::Other(e.to_string()))?
+                    );
+                }
+            }
+            Format::Name => {
+                for o in objects {
+                    let name = o
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    println!("{}/{name}", kind.to_ascii_lowercase());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Latest heartbeat per node, from the node Leases.
+pub async fn heartbeats(client: &Client) -> Heartbeats {
+    let path = resources::LEASES.path(Some(NODE_LEASE_NAMESPACE), None);
+    let Ok(list) = client.get(&path).await else {
+        return Heartbeats::new();
+    };
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            Some((
+                l.pointer("/metadata/name")?.as_str()?.to_string(),
+                table::time_at(l, "/spec/renewTime")?,
+            ))
+        })
+        .collect()
+}
+
+pub async fn run(client: &Client, args: GetArgs) -> Result<(), CtlError> {
+    let info = resource(&args.resource)?;
+    let format = Format::parse(args.output.as_deref()).map_err(CtlError::Other)?;
+    let all_namespaces = info.namespaced && args.all_namespaces;
+    let namespace = (!all_namespaces).then_some(args.namespace.as_str());
+    let mut printer = Printer {
+        format,
+        all_namespaces,
+        heartbeats: if format == Format::Wide && info.kind == "Node" {
+            heartbeats(client).await
+        } else {
+            Heartbeats::new()
+        },
+        columns: Columns::default(),
+    };
+    if let Some(name) = &args.name {
+        if args.watch || args.watch_only {
+            return Err(CtlError::Other("watching a single object by name is not supported; use --field-selector metadata.name=NAME".into()));
+        }
+        let object = client.get(&info.path(namespace, Some(name))).await?;
+        return printer.print(info.kind, &[object], true);
+    }
+    if args.watch || args.watch_only {
+        return crate::watch::run(client, info, namespace, &args, printer).await;
+    }
+    let query = selector_query(&args).finish();
+    let list = client
+        .get(&format!("{}?{query}", info.path(namespace, None)))
+        .await?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() && matches!(format, Format::Table | Format::Wide) {
+        match namespace.filter(|_| info.namespaced) {
+            Some(ns) => eprintln!("No resources found in {ns} namespace."),
+            None => eprintln!("No resources found"),
+        }
+        return Ok(());
+    }
+    printer.print(info.kind, &items, true)
+}

@@ -1,0 +1,67 @@
+//! The agent: owns its components and stops them in order. Today these are
+//! the heartbeat and the health endpoint; running pods through the container
+//! runtime will be one more component started here, beside them.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health;
+use crate::heartbeat::{Heartbeater, SharedStatus};
+
+pub async fn run(config: Config) -> Result<(), String> {
+    let config = Arc::new(config);
+    let status = SharedStatus::default();
+    let heartbeater = Heartbeater::new(&config, status.clone())?;
+    let listener = tokio::net::TcpListener::bind(config.health_listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "MUBELET_HEALTH_LISTEN: cannot listen on {}: {e}",
+                config.health_listen
+            )
+        })?;
+
+    let shutdown = CancellationToken::new();
+    let health = axum::serve(listener, health::router(config.clone(), status))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let health = tokio::spawn(async move { health.await });
+    let heartbeat = tokio::spawn(heartbeater.run(shutdown.clone()));
+    tracing::info!(
+        node = %config.node_name,
+        api_server = %config.api_server,
+        interval = ?config.heartbeat_interval,
+        health = %config.health_listen,
+        "mubelet started"
+    );
+
+    wait_for_signal().await;
+    tracing::info!(timeout = ?config.shutdown_timeout, "shutting down");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(config.shutdown_timeout, async {
+        let _ = heartbeat.await;
+        let _ = health.await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("shutdown timeout reached; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

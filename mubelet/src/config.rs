@@ -1,0 +1,118 @@
+//! The agent's settings, from the environment, with the original Mube's
+//! names and defaults. An invalid value stops start-up naming the variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub runtime: String,
+    pub version: String,
+    pub capacity: i64,
+    pub api_server: reqwest::Url,
+    pub heartbeat_interval: Duration,
+    pub health_listen: SocketAddr,
+    pub shutdown_timeout: Duration,
+}
+
+fn hostname() -> String {
+    // Kubernetes lowercases the hostname for the node name; so do we.
+    gethostname::gethostname()
+        .to_string_lossy()
+        .trim()
+        .to_lowercase()
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, String> {
+        Config::load(&|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// Loads with `env` as the environment (tests pass their own).
+    pub fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let text = |name: &str, default: &str| env(name).unwrap_or_else(|| default.to_string());
+        let duration = |name: &str, default: &str| -> Result<Duration, String> {
+            let d = mube_apis::duration::parse(&text(name, default))
+                .map_err(|e| format!("{name}: {e}"))?;
+            if d.is_zero() {
+                return Err(format!("{name}: must be greater than zero"));
+            }
+            Ok(d)
+        };
+
+        let node_name = env("MUBELET_NODE_NAME").unwrap_or_else(hostname);
+        mube_apis::validation::dns1123_subdomain(&node_name).map_err(|e| {
+            format!("MUBELET_NODE_NAME: {node_name:?} is not a valid node name: {e}")
+        })?;
+        let capacity_text = text("MUBELET_CAPACITY", "10");
+        let capacity: i64 = capacity_text
+            .trim()
+            .parse()
+            .map_err(|_| format!("MUBELET_CAPACITY: {capacity_text:?} is not a whole number"))?;
+        if capacity < 1 {
+            return Err(format!(
+                "MUBELET_CAPACITY: must be at least 1, got {capacity}"
+            ));
+        }
+        let server_text = text("MUBE_API_SERVER", "http://127.0.0.1:8080");
+        let api_server = reqwest::Url::parse(server_text.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| format!("MUBE_API_SERVER: {server_text:?} is not an http(s) URL such as http://127.0.0.1:8080"))?;
+        let health_listen =
+            mube_apis::address::parse_listen(&text("MUBELET_HEALTH_LISTEN", ":10250"))
+                .map_err(|e| format!("MUBELET_HEALTH_LISTEN: {e}"))?;
+        Ok(Config {
+            node_name,
+            runtime: text("MUBELET_RUNTIME", "containerd"),
+            version: text("MUBELET_VERSION", "0.1.0"),
+            capacity,
+            api_server,
+            heartbeat_interval: duration("MUBELET_HEARTBEAT_INTERVAL", "10s")?,
+            health_listen,
+            shutdown_timeout: duration("MUBELET_SHUTDOWN_TIMEOUT", "5s")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn defaults_are_the_original_ones() {
+        let c = load(&[("MUBELET_NODE_NAME", "n1")]).unwrap();
+        assert_eq!(c.runtime, "containerd");
+        assert_eq!(c.version, "0.1.0");
+        assert_eq!(c.capacity, 10);
+        assert_eq!(c.api_server.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.health_listen, "0.0.0.0:10250".parse().unwrap());
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("MUBELET_CAPACITY", "0"),
+            ("MUBELET_CAPACITY", "ten"),
+            ("MUBE_API_SERVER", "localhost:8080"),
+            ("MUBELET_HEARTBEAT_INTERVAL", "often"),
+            ("MUBELET_HEALTH_LISTEN", "10250"),
+            ("MUBELET_SHUTDOWN_TIMEOUT", "0"),
+            ("MUBELET_NODE_NAME", "Bad_Name"),
+        ] {
+            let e = load(&[(var, value), ("MUBELET_NODE_NAME", "n1")]).unwrap_err();
+            assert!(e.starts_with(var), "{var}={value}: {e}");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The agent's own HTTP endpoint: `GET /healthz` and `GET /status`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::heartbeat::SharedStatus;
+
+#[derive(Clone)]
+struct HealthState {
+    config: Arc<Config>,
+    heartbeat: SharedStatus,
+}
+
+pub fn router(config: Arc<Config>, heartbeat: SharedStatus) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status))
+        .with_state(HealthState { config, heartbeat })
+}
+
+async fn status(State(state): State<HealthState>) -> Json<Value> {
+    let hb = state
+        .heartbeat
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let c = &state.config;
+    Json(json!({
+        "nodeName": c.node_name,
+        "runtime": c.runtime,
+        "version": c.version,
+        "capacity": c.capacity,
+        "apiServer": c.api_server.as_str(),
+        "heartbeatInterval": format!("{:?}", c.heartbeat_interval),
+        "lastHeartbeat": hb.last_heartbeat,
+        "consecutiveFailures": hb.consecutive_failures,
+    }))
+}

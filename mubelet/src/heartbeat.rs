@@ -1,0 +1,220 @@
+//! The heartbeat client: tells the API server this node is alive.
+//!
+//! One kept-alive connection, a per-request timeout shorter than the
+//! interval, and while the server is unreachable (or answers 5xx) retries
+//! with capped exponential backoff and jitter. The cap is the interval
+//! itself, so the agent is back on its normal beat within one interval of the
+//! server's return. Each outage is logged once when it starts and once when
+//! it ends, not once per try.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use mube_apis::heartbeat::Heartbeat;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// What the last heartbeat achieved; shown by `GET /status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastHeartbeat {
+    pub time: Timestamp,
+    /// `accepted`, `rejected` (the server refused it: 4xx) or `unreachable`
+    /// (no answer, timeout, or 5xx).
+    pub result: &'static str,
+    /// HTTP status code, when the server answered.
+    pub code: Option<u16>,
+    pub message: String,
+}
+
+/// Heartbeat state shared with the health server.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatStatus {
+    pub last_heartbeat: Option<LastHeartbeat>,
+    pub consecutive_failures: u32,
+}
+
+pub type SharedStatus = Arc<Mutex<HeartbeatStatus>>;
+
+enum Outcome {
+    Accepted,
+    /// A 4xx: retrying sooner would not help.
+    Rejected {
+        code: u16,
+        message: String,
+    },
+    /// No answer or a 5xx: back off and try again.
+    Unavailable {
+        code: Option<u16>,
+        message: String,
+    },
+}
+
+pub struct Heartbeater {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    body: Heartbeat,
+    interval: Duration,
+    status: SharedStatus,
+}
+
+/// First retry after this, doubling up to the heartbeat interval.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+
+impl Heartbeater {
+    pub fn new(config: &Config, status: SharedStatus) -> Result<Heartbeater, String> {
+        let timeout = (config.heartbeat_interval / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let url = config
+            .api_server
+            .join("api/v1/nodes/heartbeat")
+            .map_err(|e| format!("MUBE_API_SERVER: {e}"))?;
+        Ok(Heartbeater {
+            client,
+            url,
+            body: Heartbeat {
+                name: config.node_name.clone(),
+                runtime: config.runtime.clone(),
+                version: config.version.clone(),
+                capacity: config.capacity,
+            },
+            interval: config.heartbeat_interval,
+            status,
+        })
+    }
+
+    async fn send(&self) -> Outcome {
+        let response = match self
+            .client
+            .post(self.url.clone())
+            .json(&self.body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let message = if e.is_timeout() {
+                    format!(
+                        "no answer within the request timeout: {}",
+                        mube_apis::errors::chain(&e)
+                    )
+                } else {
+                    mube_apis::errors::chain(&e)
+                };
+                return Outcome::Unavailable {
+                    code: None,
+                    message,
+                };
+            }
+        };
+        let code = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        // A Status body's message says what went wrong; fall back to the text.
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or(text);
+        match code {
+            200..=299 => Outcome::Accepted,
+            500..=599 => Outcome::Unavailable {
+                code: Some(code),
+                message,
+            },
+            _ => Outcome::Rejected { code, message },
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        let capped = exp.min(self.interval);
+        // Full jitter over the upper half: spread agents out, never stall.
+        capped.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+
+    fn record(
+        &self,
+        result: &'static str,
+        code: Option<u16>,
+        message: String,
+        failed: bool,
+    ) -> u32 {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_heartbeat = Some(LastHeartbeat {
+            time: Timestamp::now(),
+            result,
+            code,
+            message,
+        });
+        status.consecutive_failures = if failed {
+            status.consecutive_failures + 1
+        } else {
+            0
+        };
+        status.consecutive_failures
+    }
+
+    /// Beats until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let server = self.url.origin().ascii_serialization();
+        // Which kind of trouble was last logged, so each streak logs once.
+        let mut logged: Option<u16> = None;
+        loop {
+            let wait = match self.send().await {
+                Outcome::Accepted => {
+                    self.record("accepted", Some(202), "accepted".into(), false);
+                    if logged.take().is_some() {
+                        tracing::info!(api_server = %server, "heartbeats accepted again");
+                    } else {
+                        tracing::debug!("heartbeat accepted");
+                    }
+                    self.interval
+                }
+                Outcome::Rejected { code, message } => {
+                    self.record("rejected", Some(code), message.clone(), true);
+                    if logged != Some(code) {
+                        logged = Some(code);
+                        if code == 403 {
+                            tracing::error!(
+                                node = %self.body.name,
+                                %message,
+                                "configuration error: the API server does not know this node; add it to nodes in configs/apiserver.yaml (name: {}, ip, port) and restart the API server, or set MUBELET_NODE_NAME to a registered name; retrying every {:?}",
+                                self.body.name,
+                                self.interval
+                            );
+                        } else {
+                            tracing::error!(code, %message, "the API server rejected the heartbeat; retrying every {:?}", self.interval);
+                        }
+                    }
+                    self.interval
+                }
+                Outcome::Unavailable { code, message } => {
+                    let failures = self.record("unreachable", code, message.clone(), true);
+                    if logged != Some(0) {
+                        logged = Some(0);
+                        tracing::warn!(api_server = %server, error = %message, "API server unavailable; retrying with backoff (logged once per outage)");
+                    }
+                    self.backoff(failures)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
