@@ -19,10 +19,20 @@ use crate::client::{Client, CtlError};
 use crate::get::{selector_query, Printer};
 use crate::GetArgs;
 
+/// What a list prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Show {
+    /// The first list of `get -w`: the whole table.
+    Everything,
+    /// The first list of `--watch-only`: only the header; it sets the start.
+    Nothing,
+    /// A relist: only what differs from what was printed.
+    Differences,
+}
+
 enum State {
     /// Nothing known yet, or history is gone (410): list the current state.
-    /// `print_all` is set for the first list of `get -w`.
-    List { print_all: bool },
+    List { show: Show },
     /// Watch changes after `from`.
     Watch { from: String },
     /// The server could not be reached: wait, then resume (or relist when
@@ -83,18 +93,12 @@ pub async fn run(
         known: BTreeMap::new(),
         reported_outage: false,
     };
-    let header = watcher.printer.headers(info.kind);
-    watcher.printer.columns.fit(std::slice::from_ref(&header));
-    if matches!(
-        watcher.printer.format,
-        crate::table::Format::Table | crate::table::Format::Wide
-    ) && args.watch_only
-    {
-        println!("{}", watcher.printer.columns.line(&header));
-    }
-    let mut state = State::List {
-        print_all: !args.watch_only,
+    let show = if args.watch_only {
+        Show::Nothing
+    } else {
+        Show::Everything
     };
+    let mut state = State::List { show };
     loop {
         state = watcher.step(state).await?;
     }
@@ -104,9 +108,11 @@ impl Watcher<'_> {
     /// One transition. Returns `Err` only for errors a retry cannot fix.
     async fn step(&mut self, state: State) -> Result<State, CtlError> {
         match state {
-            State::List { print_all } => match self.list(print_all).await {
+            State::List { show } => match self.list(show).await {
                 Ok(from) => Ok(State::Watch { from }),
-                Err(CtlError::Unreachable { .. }) if !print_all => Ok(self.lost(None, 0)),
+                Err(CtlError::Unreachable { .. }) if show == Show::Differences => {
+                    Ok(self.lost(None, 0))
+                }
                 Err(e) => Err(e),
             },
             State::Watch { from } => self.watch(from).await,
@@ -116,7 +122,9 @@ impl Watcher<'_> {
                 tokio::time::sleep(delay).await;
                 Ok(match from {
                     Some(from) => State::Watch { from },
-                    None => State::List { print_all: false },
+                    None => State::List {
+                        show: Show::Differences,
+                    },
                 })
             }
         }
@@ -136,9 +144,9 @@ impl Watcher<'_> {
         }
     }
 
-    /// Lists and prints: everything on the first list; on a relist only
-    /// what differs from what was printed (changed, new, and gone objects).
-    async fn list(&mut self, print_all: bool) -> Result<String, CtlError> {
+    /// Lists, remembers, and prints what `show` asks for; on a relist the
+    /// differences are changed, new, and gone objects.
+    async fn list(&mut self, show: Show) -> Result<String, CtlError> {
         let list = self
             .client
             .get(&format!("{}?{}", self.collection, self.selectors))
@@ -148,7 +156,8 @@ impl Watcher<'_> {
         let mut changed = Vec::new();
         for item in items {
             let k = key(&item);
-            if print_all || self.known.get(&k).map(revision) != Some(revision(&item)) {
+            if show == Show::Everything || self.known.get(&k).map(revision) != Some(revision(&item))
+            {
                 changed.push(item.clone());
             }
             current.insert(k, item);
@@ -159,7 +168,15 @@ impl Watcher<'_> {
             }
         }
         self.known = current;
-        self.printer.print(self.info.kind, &changed, print_all)?;
+        // The header comes first in both first lists (for `--watch-only` it
+        // says the watch has started); a relist adds rows under it.
+        let rows = if show == Show::Nothing {
+            &[][..]
+        } else {
+            &changed[..]
+        };
+        self.printer
+            .print(self.info.kind, rows, show != Show::Differences)?;
         resource_version(&list)
             .ok_or_else(|| CtlError::Other("the list has no resourceVersion".into()))
     }
@@ -173,7 +190,9 @@ impl Watcher<'_> {
             Ok(events) => events,
             Err(CtlError::Unreachable { .. }) => return Ok(self.lost(Some(from), 0)),
             Err(CtlError::Server(s)) if s.code == Some(410) => {
-                return Ok(State::List { print_all: false })
+                return Ok(State::List {
+                    show: Show::Differences,
+                })
             }
             Err(e) => return Err(e),
         };
@@ -221,7 +240,9 @@ impl Watcher<'_> {
                 }
                 EventType::Error => {
                     if event.object.get("code").and_then(Value::as_i64) == Some(410) {
-                        return Ok(State::List { print_all: false });
+                        return Ok(State::List {
+                            show: Show::Differences,
+                        });
                     }
                     let message = event
                         .object

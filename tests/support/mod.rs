@@ -400,3 +400,211 @@ impl Watch {
         out
     }
 }
+
+/// Lines a child process prints, with when each arrived.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<(Instant, String)>,
+    pub seen: Vec<(Instant, String)>,
+}
+
+impl Lines {
+    pub fn follow(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `wait` for a line matching `want`; returns it with its arrival time.
+    pub fn wait_for(
+        &mut self,
+        wait: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(item) => {
+                    self.seen.push(item.clone());
+                    if want(&item.1) {
+                        return Some(item);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Everything that arrived within `wait`.
+    pub fn collect(&mut self, wait: Duration) -> Vec<String> {
+        let _ = self.wait_for(wait, |_| false);
+        self.seen.iter().map(|(_, l)| l.clone()).collect()
+    }
+}
+
+/// A running `mubelet`, killed when dropped.
+pub struct Mubelet {
+    child: Option<Child>,
+    pub health_port: u16,
+    pub log: Lines,
+    env: Vec<(String, String)>,
+}
+
+impl Mubelet {
+    /// Starts an agent for `node` against `server`, beating every `interval`.
+    pub fn start(server: &str, node: &str, interval: &str) -> Mubelet {
+        let health_port = free_port();
+        let env = vec![
+            ("MUBELET_NODE_NAME".to_string(), node.to_string()),
+            ("MUBE_API_SERVER".to_string(), server.to_string()),
+            (
+                "MUBELET_HEARTBEAT_INTERVAL".to_string(),
+                interval.to_string(),
+            ),
+            (
+                "MUBELET_HEALTH_LISTEN".to_string(),
+                format!("127.0.0.1:{health_port}"),
+            ),
+            ("MUBELET_SHUTDOWN_TIMEOUT".to_string(), "2s".to_string()),
+        ];
+        let (child, log) = Self::spawn(&env);
+        Mubelet {
+            child: Some(child),
+            health_port,
+            log,
+            env,
+        }
+    }
+
+    fn spawn(env: &[(String, String)]) -> (Child, Lines) {
+        let mut child = Command::new(bin("mubelet"))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mubelet");
+        let log = Lines::follow(child.stdout.take().expect("stdout"));
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("mubelet stderr: {line}");
+                }
+            });
+        }
+        (child, log)
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the agent first");
+        let (child, log) = Self::spawn(&self.env);
+        self.child = Some(child);
+        self.log = log;
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn wait(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `GET /status` of the agent's health endpoint.
+    pub async fn status(&self) -> Value {
+        reqwest::get(format!("http://127.0.0.1:{}/status", self.health_port))
+            .await
+            .expect("mubelet /status")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+}
+
+impl Drop for Mubelet {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `mubectl` to completion: (exit code, stdout, stderr).
+pub fn mubectl(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("mubectl"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mubectl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A long-running `mubectl` (for `get -w`), killed when dropped.
+pub struct MubectlWatch {
+    child: Child,
+    pub out: Lines,
+    pub err: Lines,
+}
+
+impl MubectlWatch {
+    pub fn start(server: &str, args: &[&str]) -> MubectlWatch {
+        let mut child = Command::new(bin("mubectl"))
+            .arg("--server")
+            .arg(server)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mubectl");
+        let out = Lines::follow(child.stdout.take().expect("stdout"));
+        let err = Lines::follow(child.stderr.take().expect("stderr"));
+        MubectlWatch { child, out, err }
+    }
+}
+
+impl Drop for MubectlWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,381 @@
+//! End-to-end tests of the three binaries together: mube-apiserver, mubelet
+//! and mubectl, as a user runs them.
+
+use std::time::{Duration, Instant};
+
+use mube_e2e::{mubectl, node, state, Api, ApiServer, MubectlWatch, Mubelet, Options};
+
+/// A `get nodes -w` row for `name` whose STATUS column is `status`.
+fn row_is(line: &str, name: &str, status: &str) -> bool {
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    cols.first() == Some(&name) && cols.get(1) == Some(&status)
+}
+
+#[tokio::test]
+async fn agent_start_kill_and_restart_show_up_in_mubectl_watch() {
+    let server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        notready_timeout: "2s",
+        ..Default::default()
+    })
+    .await;
+    let url = server.url();
+    let mut watch = MubectlWatch::start(&url, &["get", "nodes", "-w"]);
+    assert!(watch
+        .out
+        .wait_for(Duration::from_secs(5), |l| l.starts_with("NAME")
+            && l.contains("STATUS"))
+        .is_some());
+    assert!(watch
+        .out
+        .wait_for(Duration::from_secs(5), |l| row_is(l, "node-a", "Unknown"))
+        .is_some());
+
+    let mut agent = Mubelet::start(&url, "node-a", "300ms");
+    assert!(
+        watch
+            .out
+            .wait_for(Duration::from_secs(5), |l| row_is(l, "node-a", "Ready"))
+            .is_some(),
+        "agent start -> Ready; saw {:?}",
+        watch.out.seen
+    );
+
+    // Let a few heartbeats pass, then kill the agent without warning.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    agent.kill9();
+    let killed = Instant::now();
+    let (at, _) = watch
+        .out
+        .wait_for(Duration::from_secs(6), |l| row_is(l, "node-a", "NotReady"))
+        .expect("agent killed -> NotReady");
+    let took = at.duration_since(killed);
+    assert!(
+        took <= Duration::from_secs(3),
+        "NotReady {took:?} after the kill (timeout 2s + 1s)"
+    );
+
+    agent.restart();
+    assert!(
+        watch
+            .out
+            .wait_for(Duration::from_secs(5), |l| row_is(l, "node-a", "Ready"))
+            .is_some(),
+        "agent restarted -> Ready"
+    );
+    // Heartbeats are not changes: no more rows while the agent runs steadily.
+    let extra = watch
+        .out
+        .wait_for(Duration::from_millis(1200), |l| l.contains("node-a"));
+    assert!(extra.is_none(), "heartbeat noise in the watch: {extra:?}");
+}
+
+#[tokio::test]
+async fn agent_rides_out_an_api_server_outage() {
+    let mut server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        notready_timeout: "10s",
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    let mut agent = Mubelet::start(&server.url(), "node-a", "300ms");
+    let ready = async {
+        for _ in 0..100 {
+            if state(&api.get("/api/v1/nodes/node-a").await.body) == "Ready" {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(ready.await, "agent start -> Ready");
+
+    // Down for much longer than the interval.
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let status = agent.status().await;
+    assert_eq!(status["lastHeartbeat"]["result"], "unreachable", "{status}");
+    assert!(
+        status["consecutiveFailures"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+    assert!(agent.is_running());
+
+    server.restart().await;
+    let back = Instant::now();
+    let mut recovered = None;
+    while back.elapsed() < Duration::from_secs(3) {
+        let s = agent.status().await;
+        if s["lastHeartbeat"]["result"] == "accepted" {
+            recovered = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let recovered = recovered.expect("the agent must recover on its own");
+    // Backoff is capped at the interval (300ms): back within one interval, plus slack for a loaded machine.
+    assert!(
+        recovered <= Duration::from_millis(1300),
+        "recovered {recovered:?} after the server returned"
+    );
+    assert_eq!(state(&api.get("/api/v1/nodes/node-a").await.body), "Ready");
+
+    let log = agent.log.collect(Duration::from_millis(200));
+    let outages = log
+        .iter()
+        .filter(|l| l.contains("API server unavailable"))
+        .count();
+    assert_eq!(
+        outages,
+        1,
+        "one log line per outage, got:\n{}",
+        log.join("\n")
+    );
+    assert!(log.iter().any(|l| l.contains("heartbeats accepted again")));
+}
+
+#[tokio::test]
+async fn an_unregistered_agent_reports_403_and_keeps_running() {
+    let server = ApiServer::start(Options::default()).await;
+    let mut agent = Mubelet::start(&server.url(), "ghost", "200ms");
+    let line = agent.log.wait_for(Duration::from_secs(5), |l| {
+        l.contains("configuration error")
+    });
+    let line = line.expect("a configuration error in the log").1;
+    assert!(
+        line.contains("configs/apiserver.yaml") && line.contains("ghost"),
+        "{line}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(agent.is_running(), "a 403 must not stop the agent");
+    let status = agent.status().await;
+    assert_eq!(status["nodeName"], "ghost");
+    assert_eq!(status["lastHeartbeat"]["code"], 403, "{status}");
+    assert_eq!(status["lastHeartbeat"]["result"], "rejected");
+    assert!(status["lastHeartbeat"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not registered"));
+    assert!(status["consecutiveFailures"].as_u64().unwrap() >= 2);
+    let repeats = agent
+        .log
+        .collect(Duration::from_millis(100))
+        .iter()
+        .filter(|l| l.contains("configuration error"))
+        .count();
+    assert_eq!(repeats, 1, "the 403 is logged once, then retried quietly");
+
+    // SIGTERM: a clean, quick exit.
+    let started = Instant::now();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.pid().to_string())
+        .status()
+        .unwrap();
+    let exit = agent
+        .wait(Duration::from_secs(3))
+        .expect("mubelet stops on SIGTERM");
+    assert!(exit.success(), "{exit}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn mubelet_refuses_bad_settings_naming_the_variable() {
+    for (var, value) in [
+        ("MUBELET_CAPACITY", "0"),
+        ("MUBELET_HEARTBEAT_INTERVAL", "often"),
+        ("MUBE_API_SERVER", "nowhere"),
+    ] {
+        let out = std::process::Command::new(mube_e2e::bin("mubelet"))
+            .env("MUBELET_NODE_NAME", "n1")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(var),
+            "{var}={value}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mubectl_reports_errors_in_one_line_with_a_non_zero_exit() {
+    let nowhere = format!("http://127.0.0.1:{}", mube_e2e::free_port());
+    let (code, out, err) = mubectl(&nowhere, &["get", "nodes"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&nowhere) && err.contains("cannot reach the API server"),
+        "{err}"
+    );
+
+    let server = ApiServer::start(Options::default()).await;
+    let (code, _, err) = mubectl(&server.url(), &["get", "node", "nope"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "Error from server (NotFound): nodes \"nope\" not found"
+    );
+    let (code, _, err) = mubectl(&server.url(), &["delete", "node", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NotFound"), "{err}");
+    let (code, _, err) = mubectl(&server.url(), &["get", "pods"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("pods"), "{err}");
+}
+
+#[tokio::test]
+async fn mubectl_gets_describes_applies_and_deletes() {
+    let server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        notready_timeout: "30s",
+        ..Default::default()
+    })
+    .await;
+    let url = server.url();
+    let api = Api::new(&server);
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+
+    let (code, out, _) = mubectl(&url, &["get", "nodes"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "STATUS", "AGE", "VERSION"]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!((row[0], row[1], row[3]), ("node-a", "Ready", "0.1.0"));
+
+    let (_, out, _) = mubectl(&url, &["get", "nodes", "-o", "wide"]);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "STATUS",
+            "AGE",
+            "VERSION",
+            "INTERNAL-IP",
+            "PORT",
+            "RUNTIME",
+            "CAPACITY",
+            "LAST-HEARTBEAT"
+        ]
+    );
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[4..8], ["127.0.0.1", "10250", "containerd", "10"]);
+    assert!(row[8].ends_with('s') && row[9] == "ago", "{row:?}");
+
+    let (_, out, _) = mubectl(&url, &["get", "node", "node-a", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["status"]["state"], "Ready");
+    let (_, out, _) = mubectl(&url, &["get", "nodes", "-o", "yaml"]);
+    assert!(
+        out.contains("kind: Node") && out.contains("state: Ready"),
+        "{out}"
+    );
+
+    let (code, out, _) = mubectl(&url, &["describe", "node", "node-a"]);
+    assert_eq!(code, 0);
+    for want in [
+        "InternalIP:  127.0.0.1",
+        "Port:               10250",
+        "State:              Ready",
+        "KubeletReady",
+        "containerd",
+        "pods:  10",
+        "HolderIdentity:  node-a",
+        "RenewTime:",
+    ] {
+        assert!(out.contains(want), "describe lacks {want:?}:\n{out}");
+    }
+
+    let (_, out, _) = mubectl(&url, &["get", "leases", "-n", "kube-node-lease"]);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..2], ["node-a", "node-a"]);
+
+    // apply: created, then unchanged, then configured; labels select it.
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
+    let manifest = manifest.to_str().unwrap();
+    assert_eq!(
+        mubectl(&url, &["apply", "-f", manifest]).1.trim(),
+        "node/mube-node-2 created"
+    );
+    assert_eq!(
+        mubectl(&url, &["apply", "-f", manifest]).1.trim(),
+        "node/mube-node-2 unchanged"
+    );
+    let edited = server.dir.path().join("edited.yaml");
+    let text = std::fs::read_to_string(manifest)
+        .unwrap()
+        .replace("mube.io/pool: example", "mube.io/pool: edited");
+    std::fs::write(&edited, text).unwrap();
+    assert_eq!(
+        mubectl(&url, &["apply", "-f", edited.to_str().unwrap()])
+            .1
+            .trim(),
+        "node/mube-node-2 configured"
+    );
+    let (_, out, _) = mubectl(
+        &url,
+        &["get", "nodes", "-l", "mube.io/pool=edited", "-o", "name"],
+    );
+    assert_eq!(out.trim(), "node/mube-node-2");
+
+    let (code, out, _) = mubectl(&url, &["delete", "node", "mube-node-2"]);
+    assert_eq!((code, out.trim()), (0, "node \"mube-node-2\" deleted"));
+    let (_, out, _) = mubectl(&url, &["get", "nodes", "-o", "name"]);
+    assert_eq!(out.trim(), "node/node-a");
+}
+
+#[tokio::test]
+async fn mubectl_watch_survives_an_api_server_restart_without_loss_or_repeats() {
+    let mut server = ApiServer::start(Options {
+        nodes: vec![],
+        ..Default::default()
+    })
+    .await;
+    let url = server.url();
+    let api = Api::new(&server);
+    let new_node = |name: &str| serde_json::json!({"metadata": {"name": name}});
+    assert_eq!(api.post("/api/v1/nodes", &new_node("n1")).await.code, 201);
+
+    let mut watch = MubectlWatch::start(&url, &["get", "nodes", "--watch-only"]);
+    assert!(watch
+        .out
+        .wait_for(Duration::from_secs(5), |l| l.starts_with("NAME"))
+        .is_some());
+    assert_eq!(api.post("/api/v1/nodes", &new_node("n2")).await.code, 201);
+    assert!(watch
+        .out
+        .wait_for(Duration::from_secs(5), |l| l.starts_with("n2 "))
+        .is_some());
+
+    server.kill9();
+    assert!(watch
+        .err
+        .wait_for(Duration::from_secs(5), |l| l
+            .contains("lost the connection"))
+        .is_some());
+    server.restart().await;
+    assert_eq!(api.post("/api/v1/nodes", &new_node("n3")).await.code, 201);
+    assert_eq!(api.delete("/api/v1/nodes/n1").await.code, 200);
+    assert!(
+        watch
+            .out
+            .wait_for(Duration::from_secs(8), |l| l.starts_with("n1 "))
+            .is_some(),
+        "the delete after the restart: {:?}",
+        watch.out.seen
+    );
+    let lines = watch.out.collect(Duration::from_millis(500));
+    let count = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
+    assert_eq!(
+        (count("n1 "), count("n2 "), count("n3 ")),
+        (1, 1, 1),
+        "each change exactly once: {lines:?}"
+    );
+}
