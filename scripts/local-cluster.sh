@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A single-machine mube cluster: the API server on the embedded store and one
 # mubelet registered as mube-node-1 (see configs/apiserver.yaml). Logs of both
-# go to this terminal; Ctrl-C stops both cleanly.
+# go to this terminal; Ctrl-C stops both cleanly. Stopping the agent alone
+# (to see its node go NotReady) leaves the API server running.
 #
 # Loads .env.apiserver and .env.mubelet if present. Binaries come from
 # target/debug (run `cargo build --workspace --bins` first; `make run` does).
@@ -35,6 +36,13 @@ done
 mubelet=$!
 echo "mube: API server at $server, mubelet as ${MUBELET_NODE_NAME:-mube-node-1}. In another terminal: target/debug/mubectl get nodes -w. Ctrl-C stops both." >&2
 
-# Either process ending ends the cluster.
-wait -n "$apiserver" "$mubelet" || true
+# The cluster lives as long as the API server. The agent may be stopped (to
+# watch its node go NotReady) and started again by hand; that ends nothing.
+while kill -0 "$apiserver" 2>/dev/null; do
+  wait -n || true
+  if [ -z "${noted:-}" ] && ! kill -0 "$mubelet" 2>/dev/null; then
+    noted=1
+    echo "mube: mubelet stopped; the API server keeps running (Ctrl-C stops it)." >&2
+  fi
+done
 stop

@@ -379,3 +379,77 @@ async fn mubectl_watch_survives_an_api_server_restart_without_loss_or_repeats() 
         "each change exactly once: {lines:?}"
     );
 }
+
+#[tokio::test]
+async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = mube_e2e::free_port();
+    let health = mube_e2e::free_port();
+    let config = dir.path().join("apiserver.yaml");
+    std::fs::write(
+        &config,
+        format!("listenAddress: \"127.0.0.1:{port}\"\ndataDir: {}\nnodes:\n  - {{name: mube-node-1, ip: 127.0.0.1, port: 10250}}\n", dir.path().join("data").display()),
+    )
+    .unwrap();
+    let bin_dir = mube_e2e::bin("mubelet").parent().unwrap().to_path_buf();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/local-cluster.sh");
+    let mut child = std::process::Command::new("bash")
+        .arg(script)
+        .env("MUBE_BIN_DIR", bin_dir)
+        .env("MUBE_APISERVER_CONFIG", &config)
+        .env("MUBE_API_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("MUBELET_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
+        .env("MUBELET_HEARTBEAT_INTERVAL", "200ms")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+    };
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = api
+            .http
+            .get(format!("{}/api/v1/nodes/mube-node-1", api.base))
+            .send()
+            .await
+        {
+            if let Ok(node) = r.json::<serde_json::Value>().await {
+                if state(&node) == "Ready" {
+                    ready = true;
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the local cluster must bring mube-node-1 to Ready");
+
+    std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the script did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = status;
+    for p in [port, health] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),
+            "port {p} still served after Ctrl-C"
+        );
+    }
+}
