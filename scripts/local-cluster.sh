@@ -19,7 +19,7 @@ stop() {
   kill -TERM "${mubelet:-}" "$apiserver" 2>/dev/null || true
   wait 2>/dev/null || true
 }
-trap stop INT TERM
+trap 'stop; exit 0' INT TERM
 
 # Wait for the API server before starting the agent.
 server=${MUBE_API_SERVER:-http://127.0.0.1:8080}
