@@ -15,6 +15,7 @@ pub mod node;
 pub mod resources;
 pub mod selector;
 pub mod status;
+pub mod table;
 pub mod validation;
 pub mod watch;
 

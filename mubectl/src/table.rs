@@ -30,28 +30,7 @@ impl Format {
     }
 }
 
-/// kubectl's short human durations: 45s, 3m12s, 5h, 2d3h, 40d.
-pub fn age(since: Option<Timestamp>, now: Timestamp) -> String {
-    let Some(since) = since else {
-        return "<unknown>".into();
-    };
-    let secs = now.duration_since(since).as_secs().max(0);
-    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 600 => format!("{m}m{}s", s % 60),
-        s if s < 3 * 3600 => format!("{m}m"),
-        s if s < 8 * 3600 => format!("{h}h{}m", m % 60),
-        s if s < 48 * 3600 => format!("{h}h"),
-        s if s < 8 * 86400 => format!("{d}d{}h", h % 24),
-        s if s < 730 * 86400 => format!("{d}d"),
-        _ => format!("{}y", d / 365),
-    }
-}
-
-pub fn time_at(object: &Value, pointer: &str) -> Option<Timestamp> {
-    object.pointer(pointer)?.as_str()?.parse().ok()
-}
+pub use mube_apis::table::{human_age as age, time_at};
 
 fn text(object: &Value, pointer: &str) -> String {
     match object.pointer(pointer) {
@@ -198,25 +177,6 @@ impl Columns {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages_like_kubectl() {
-        let now: Timestamp = "2026-01-10T00:00:00Z".parse().unwrap();
-        let ago = |s: i64| {
-            age(
-                Some(now.checked_sub(jiff::SignedDuration::from_secs(s)).unwrap()),
-                now,
-            )
-        };
-        assert_eq!(ago(5), "5s");
-        assert_eq!(ago(150), "2m30s");
-        assert_eq!(ago(1800), "30m");
-        assert_eq!(ago(4 * 3600 + 120), "4h2m");
-        assert_eq!(ago(30 * 3600), "30h");
-        assert_eq!(ago(3 * 86400 + 3600), "3d1h");
-        assert_eq!(ago(40 * 86400), "40d");
-        assert_eq!(age(None, now), "<unknown>");
-    }
 
     #[test]
     fn node_rows() {

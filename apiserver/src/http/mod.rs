@@ -1,9 +1,11 @@
 //! The HTTP surface: health endpoints, the heartbeat, and one generic REST
 //! handler for every registered kind.
 
+mod discovery;
 mod path;
 mod response;
 mod rest;
+mod table;
 mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
         .route("/readyz", get(readyz))
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::core_versions))
+        .route("/apis", get(discovery::group_list))
         .route("/api/v1/nodes/heartbeat", post(heartbeat))
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis/{*rest}", any(rest::handle))

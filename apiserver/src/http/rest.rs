@@ -6,28 +6,35 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
+use base64::Engine;
 use mube_apis::status::Reason;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::path::{self, Target};
 use super::response::{json, read_body, read_object};
-use super::{watch, AppState};
+use super::table::{self, TableRequest};
+use super::{discovery, watch, AppState};
 use crate::error::ApiError;
+use crate::registry::patch::Patch;
 use crate::registry::{Filter, Part, Resource};
 use crate::store::{Revision, StoredObject};
 
-/// Query parameters of list, watch and delete.
+/// Query parameters of get, list, watch and delete.
 #[derive(Debug, Default)]
 pub struct Params {
     pub watch: bool,
     pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
     pub timeout: Option<Duration>,
     pub allow_bookmarks: bool,
     pub send_initial_events: bool,
     pub label_selector: Option<String>,
     pub field_selector: Option<String>,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub include_object: Option<String>,
 }
 
 fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
@@ -45,32 +52,33 @@ impl Params {
         let pairs: HashMap<String, String> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-        let get = |k: &str| pairs.get(k).map(String::as_str);
-        let timeout = match get("timeoutSeconds") {
-            None | Some("") => None,
-            Some(s) => Some(Duration::from_secs(s.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("timeoutSeconds: invalid value {s:?}"))
-            })?)),
+        let get = |k: &str| pairs.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let number = |k: &str| -> Result<Option<u64>, ApiError> {
+            get(k)
+                .map(|s| {
+                    s.parse::<u64>()
+                        .map_err(|_| ApiError::bad_request(format!("{k}: invalid value {s:?}")))
+                })
+                .transpose()
+        };
+        let boolean = |k: &str| {
+            get(k)
+                .map(|v| flag(k, v))
+                .transpose()
+                .map(|b| b.unwrap_or(false))
         };
         Ok(Params {
-            watch: get("watch")
-                .map(|v| flag("watch", v))
-                .transpose()?
-                .unwrap_or(false),
-            resource_version: get("resourceVersion")
-                .filter(|v| !v.is_empty())
-                .map(str::to_string),
-            timeout,
-            allow_bookmarks: get("allowWatchBookmarks")
-                .map(|v| flag("allowWatchBookmarks", v))
-                .transpose()?
-                .unwrap_or(false),
-            send_initial_events: get("sendInitialEvents")
-                .map(|v| flag("sendInitialEvents", v))
-                .transpose()?
-                .unwrap_or(false),
+            watch: boolean("watch")?,
+            resource_version: get("resourceVersion").map(str::to_string),
+            resource_version_match: get("resourceVersionMatch").map(str::to_string),
+            timeout: number("timeoutSeconds")?.map(Duration::from_secs),
+            allow_bookmarks: boolean("allowWatchBookmarks")?,
+            send_initial_events: boolean("sendInitialEvents")?,
             label_selector: get("labelSelector").map(str::to_string),
             field_selector: get("fieldSelector").map(str::to_string),
+            limit: number("limit")?.filter(|l| *l > 0).map(|l| l as usize),
+            continue_token: get("continue").map(str::to_string),
+            include_object: get("includeObject").map(str::to_string),
         })
     }
 
@@ -88,7 +96,8 @@ impl Params {
     }
 }
 
-/// Serves `/api/...` (the core group) and `/apis/...` (named groups).
+/// Serves `/api/...` (the core group) and `/apis/...` (named groups):
+/// resources, and the discovery documents between them.
 pub async fn handle(
     State(state): State<AppState>,
     uri: Uri,
@@ -96,16 +105,17 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let target = path::parse(uri.path()).ok_or_else(|| not_found_path(uri.path()))?;
-    serve(
-        state,
-        target,
-        method,
-        uri.query().map(str::to_string),
-        headers,
-        body,
-    )
-    .await
+    let Some(target) = path::parse(uri.path()) else {
+        let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+        let found = match (method == Method::GET, segments.as_slice()) {
+            (true, ["api", version]) => discovery::serve(&state, "", Some(version)),
+            (true, ["apis", group]) => discovery::serve(&state, group, None),
+            (true, ["apis", group, version]) => discovery::serve(&state, group, Some(version)),
+            _ => None,
+        };
+        return found.ok_or_else(|| not_found_path(uri.path()));
+    };
+    serve(state, target, method, uri.query(), headers, body).await
 }
 
 pub fn not_found_path(path: &str) -> ApiError {
@@ -124,15 +134,31 @@ fn method_not_allowed(method: &Method, what: &str) -> ApiError {
     )
 }
 
-fn object_response(code: StatusCode, object: &StoredObject) -> Response {
-    json(code, object.json.clone())
+/// One object: as stored, or as a one-row Table.
+fn object_response(
+    r: &Resource,
+    code: StatusCode,
+    object: &StoredObject,
+    table: Option<TableRequest>,
+) -> Result<Response, ApiError> {
+    match table {
+        None => Ok(json(code, object.json.clone())),
+        Some(t) => {
+            let value = object.value()?;
+            let meta = json!({"resourceVersion": object.revision.to_string()});
+            Ok(json(
+                code,
+                table::render(r, t, &[value], meta, true).to_string(),
+            ))
+        }
+    }
 }
 
 async fn serve(
     state: AppState,
     target: Target,
     method: Method,
-    query: Option<String>,
+    query: Option<&str>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -148,7 +174,8 @@ async fn serve(
     }
     let ns = target.namespace.as_deref();
     let registry = &state.registry;
-    let params = Params::parse(query.as_deref())?;
+    let params = Params::parse(query)?;
+    let table = table::negotiate(&headers, params.include_object.as_deref())?;
     match (&target.name, target.subresource.as_deref()) {
         (None, _) => match method {
             Method::GET => {
@@ -158,15 +185,15 @@ async fn serve(
                     params.field_selector.as_deref(),
                 )?;
                 if params.watch {
-                    watch::serve(&state, r, ns, filter, &params).await
+                    watch::serve(&state, r, ns, filter, &params, table).await
                 } else {
-                    list(&state, &r, ns, &filter).await
+                    list(&state, &r, ns, &filter, &params, table).await
                 }
             }
             Method::POST if ns.is_some() || !r.namespaced => {
                 let object = read_object(&headers, body).await?;
                 let created = registry.create(&r, ns, object).await?;
-                Ok(object_response(StatusCode::CREATED, &created))
+                object_response(&r, StatusCode::CREATED, &created, None)
             }
             _ => Err(method_not_allowed(&method, r.plural)),
         },
@@ -180,19 +207,37 @@ async fn serve(
                 Part::Main
             };
             match method {
-                Method::GET => Ok(object_response(
+                Method::GET => object_response(
+                    &r,
                     StatusCode::OK,
                     &registry.get(&r, ns, name).await?,
-                )),
+                    table,
+                ),
                 Method::PUT => {
                     let object = read_object(&headers, body).await?;
                     let updated = registry.update(&r, ns, name, part, object).await?;
-                    Ok(object_response(StatusCode::OK, &updated))
+                    object_response(&r, StatusCode::OK, &updated, None)
+                }
+                Method::PATCH => {
+                    let content_type = headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let bytes = read_body(body).await?;
+                    let patch = match Patch::parse(content_type, &bytes) {
+                        Some(p) => p.map_err(ApiError::bad_request)?,
+                        None => return Err(ApiError::new(
+                            Reason::UnsupportedMediaType,
+                            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?}; server-side apply is not supported)"),
+                        )),
+                    };
+                    let patched = registry.patch(&r, ns, name, part, &patch).await?;
+                    object_response(&r, StatusCode::OK, &patched, None)
                 }
                 Method::DELETE if part == Part::Main => {
                     let precondition = delete_precondition(body).await?;
                     let deleted = registry.delete(&r, ns, name, precondition).await?;
-                    Ok(object_response(StatusCode::OK, &deleted))
+                    object_response(&r, StatusCode::OK, &deleted, None)
                 }
                 _ => Err(method_not_allowed(&method, &format!("{}/{name}", r.plural))),
             }
@@ -223,21 +268,85 @@ async fn delete_precondition(body: Body) -> Result<Option<Revision>, ApiError> {
     }
 }
 
-/// `{kind}List` with the revision it was read at. Items are the stored JSON
-/// bytes, spliced in without re-encoding.
+/// A continue token: the revision of the list's first page and the last key
+/// served. Opaque to clients (base64 of JSON), as in Kubernetes.
+fn encode_continue(revision: Revision, last_key: &str) -> String {
+    let raw = json!({"rv": revision, "start": last_key}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
+    let bad = || ApiError::bad_request("continue: invalid continue token");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_string();
+    Ok((rv, start))
+}
+
+/// `{kind}List` (or a Table) with the revision it was read at, a page of at
+/// most `limit` items with a continue token for the rest.
+///
+/// Pages after the first are read from the current state (mube keeps no
+/// snapshots of past revisions), starting after the last key served, and
+/// report the first page's revision; a token whose revision history has been
+/// compacted is 410 Expired, so the client starts over.
 async fn list(
     state: &AppState,
     r: &Arc<Resource>,
     ns: Option<&str>,
     filter: &Filter,
+    params: &Params,
+    table: Option<TableRequest>,
 ) -> Result<Response, ApiError> {
-    let (items, revision) = state.registry.list(r, ns, filter).await?;
-    let head = serde_json::json!({
+    let (mut items, mut revision) = state.registry.list(r, ns, filter).await?;
+    if let Some(token) = &params.continue_token {
+        let (rv, start) = decode_continue(token)?;
+        if rv < state.registry.store().compacted() {
+            return Err(ApiError::new(
+                Reason::Expired,
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ));
+        }
+        items.retain(|i| *i.key > *start);
+        revision = rv;
+    } else {
+        check_list_version(state, params, revision)?;
+    }
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(limit) = params.limit {
+        if items.len() > limit {
+            let remaining = items.len() - limit;
+            items.truncate(limit);
+            if let Some(last) = items.last() {
+                metadata["continue"] = json!(encode_continue(revision, &last.key));
+                metadata["remainingItemCount"] = json!(remaining);
+            }
+        }
+    }
+    if let Some(t) = table {
+        let values = items
+            .iter()
+            .map(|i| i.value())
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(json(
+            StatusCode::OK,
+            table::render(r, t, &values, metadata, true).to_string(),
+        ));
+    }
+    let head = json!({
         "kind": format!("{}List", r.kind),
         "apiVersion": r.api_version(),
-        "metadata": {"resourceVersion": revision.to_string()},
+        "metadata": metadata,
     })
     .to_string();
+    // Items are the stored JSON bytes, spliced in without re-encoding.
     let total: usize = items.iter().map(|i| i.json.len() + 1).sum();
     let mut out = Vec::with_capacity(head.len() + total + 16);
     out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
@@ -250,4 +359,40 @@ async fn list(
     }
     out.extend_from_slice(b"]}");
     Ok(json(StatusCode::OK, out))
+}
+
+/// `resourceVersion` + `resourceVersionMatch` on a list. mube serves lists at
+/// the current revision only: "not older than N" is always met unless N is in
+/// the future; "exactly N" only when N is the current revision.
+fn check_list_version(
+    state: &AppState,
+    params: &Params,
+    current: Revision,
+) -> Result<(), ApiError> {
+    let requested = params.revision()?;
+    match (params.resource_version_match.as_deref(), requested) {
+        (None | Some("NotOlderThan"), Some(n)) if n > current => Err(ApiError::new(
+            Reason::Timeout,
+            format!("Too large resource version: {n}, current: {current}"),
+        )),
+        (None | Some("NotOlderThan"), _) => Ok(()),
+        (Some("Exact"), Some(n)) if n == current => Ok(()),
+        (Some("Exact"), Some(n)) if n > current => Err(ApiError::new(
+            Reason::Timeout,
+            format!("Too large resource version: {n}, current: {current}"),
+        )),
+        (Some("Exact"), Some(n)) => Err(ApiError::new(
+            Reason::Expired,
+            format!(
+                "too old resource version: {n} ({}); mube serves lists at the current revision only",
+                state.registry.store().compacted().max(current)
+            ),
+        )),
+        (Some("Exact"), None) => Err(ApiError::bad_request(
+            "resourceVersionMatch=Exact requires a resourceVersion other than 0",
+        )),
+        (Some(other), _) => Err(ApiError::bad_request(format!(
+            "resourceVersionMatch: unsupported value {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+        ))),
+    }
 }

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::rest::Params;
+use super::table::{self, TableRequest};
 use super::AppState;
 use crate::error::ApiError;
 use crate::registry::{Filter, Resource};
@@ -86,6 +87,7 @@ pub async fn serve(
     ns: Option<&str>,
     filter: Filter,
     params: &Params,
+    table: Option<TableRequest>,
 ) -> Result<Response, ApiError> {
     let requested = params.revision()?;
     let (initial, after): (Vec<StoredObject>, u64) = match requested {
@@ -106,6 +108,8 @@ pub async fn serve(
                 initial_events_end: params.send_initial_events,
                 bookmark_every: state.bookmark_interval,
                 timeout: params.timeout,
+                table,
+                table_headers_sent: false,
             };
             tokio::spawn(task.run(initial, after, stream));
         }
@@ -136,9 +140,28 @@ struct WatchTask {
     initial_events_end: bool,
     bookmark_every: std::time::Duration,
     timeout: Option<std::time::Duration>,
+    /// Send each object as a one-row Table (kubectl get -w).
+    table: Option<TableRequest>,
+    /// Column definitions go with the first Table only, as Kubernetes does.
+    table_headers_sent: bool,
 }
 
 impl WatchTask {
+    /// The event line for `object`, as a Table if one was asked for.
+    fn event(&mut self, kind: EventType, object: &[u8]) -> Bytes {
+        let Some(t) = self.table else {
+            return line(kind, object);
+        };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(object) else {
+            return line(kind, object);
+        };
+        let meta = json!({"resourceVersion": value.pointer("/metadata/resourceVersion").cloned().unwrap_or_default()});
+        let headers = !self.table_headers_sent;
+        self.table_headers_sent = true;
+        let rendered = table::render(&self.r, t, &[value], meta, headers);
+        line(kind, rendered.to_string().as_bytes())
+    }
+
     /// Sends one line; false once the client is gone or the server stops.
     async fn send(&self, bytes: Bytes) -> bool {
         tokio::select! {
@@ -147,10 +170,11 @@ impl WatchTask {
         }
     }
 
-    async fn run(self, initial: Vec<StoredObject>, after: u64, mut stream: WatchStream) {
+    async fn run(mut self, initial: Vec<StoredObject>, after: u64, mut stream: WatchStream) {
         let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
         for object in &initial {
-            if !self.send(line(EventType::Added, &object.json)).await {
+            let event = self.event(EventType::Added, &object.json);
+            if !self.send(event).await {
                 return;
             }
         }
@@ -186,7 +210,8 @@ impl WatchTask {
                     None => return,
                     Some(Ok(event)) => {
                         if let Some(kind) = translate(&self.r, &self.filter, &event) {
-                            if !self.send(line(kind, &event.object)).await {
+                            let event = self.event(kind, &event.object);
+                            if !self.send(event).await {
                                 return;
                             }
                         }

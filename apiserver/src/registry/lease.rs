@@ -1,10 +1,12 @@
 //! `coordination.k8s.io/v1` Lease: one per node in `kube-node-lease`, renewed by heartbeats.
 
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
+use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::{decode_as, Resource, Strategy};
+use super::{age_of, decode_as, name_of, Resource, Strategy};
 
 pub fn resource() -> Resource {
     Resource {
@@ -32,5 +34,31 @@ impl Strategy for LeaseStrategy {
             }
         }
         Ok(errors)
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::name(),
+            Column::new(
+                "Holder",
+                "string",
+                "",
+                "The holder of the lease (the node, for node leases).",
+                0,
+            ),
+            Column::age(),
+        ]
+    }
+
+    fn cells(&self, object: &Value, now: Timestamp) -> Vec<Value> {
+        let holder = object
+            .pointer("/spec/holderIdentity")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        vec![
+            json!(name_of(object)),
+            json!(holder),
+            json!(age_of(object, now)),
+        ]
     }
 }

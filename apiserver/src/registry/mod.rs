@@ -10,12 +10,14 @@
 mod filter;
 pub mod lease;
 pub mod node;
+pub mod patch;
 
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use mube_apis::resources::ResourceInfo;
 use mube_apis::status::Reason;
+use mube_apis::table::Column;
 use mube_apis::validation::{self, FieldError};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -85,6 +87,32 @@ pub trait Strategy: Send + Sync {
             .and_then(Value::as_str)
             .map(str::to_string)
     }
+
+    /// The columns of this kind's Table (what `kubectl get` prints).
+    fn columns(&self) -> Vec<Column> {
+        vec![Column::name(), Column::age()]
+    }
+
+    /// One Table row's cells, in the order of `columns`.
+    fn cells(&self, object: &Value, now: Timestamp) -> Vec<Value> {
+        vec![json!(name_of(object)), json!(age_of(object, now))]
+    }
+}
+
+/// `metadata.name`, or "" for a nameless object.
+pub fn name_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// The Age cell: time since `metadata.creationTimestamp`, as kubectl prints it.
+pub fn age_of(object: &Value, now: Timestamp) -> String {
+    mube_apis::table::human_age(
+        mube_apis::table::time_at(object, "/metadata/creationTimestamp"),
+        now,
+    )
 }
 
 /// Decodes into a typed k8s-openapi struct only to check the shape; the JSON
@@ -357,6 +385,43 @@ impl Registry {
             UpdateFailure::Store(e) => ApiError::from_store(e, r, name),
             UpdateFailure::Api(e) => e,
         })
+    }
+
+    /// PATCH of the whole object (`Part::Main`) or of `/status`. A
+    /// `metadata.resourceVersion` the patch sets is a precondition.
+    pub async fn patch(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        patch: &patch::Patch,
+    ) -> Result<StoredObject, ApiError> {
+        self.modify(r, namespace, name, |current, old| {
+            let mut patched = old.clone();
+            patch
+                .apply(&mut patched)
+                .map_err(|m| ApiError::new(Reason::Invalid, m))?;
+            let wanted = patched
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str);
+            if let Some(wanted) = wanted {
+                if wanted != current.revision.to_string() {
+                    return Err(ApiError::from_store(
+                        StoreError::Conflict {
+                            key: current.key.to_string(),
+                            expected: wanted.parse().unwrap_or(0),
+                            actual: current.revision,
+                        },
+                        r,
+                        name,
+                    ));
+                }
+            }
+            check_type(r, &mut patched)?;
+            Ok(Some(merge_update(r, part, old, patched)))
+        })
+        .await
     }
 
     /// DELETE, with an optional resourceVersion precondition.

@@ -9,11 +9,12 @@ use k8s_openapi::api::core::v1::Node;
 use mube_apis::heartbeat::Heartbeat;
 use mube_apis::node::{self as state_rules, NodeState};
 use mube_apis::status::Reason;
+use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
 use mube_apis::NODE_LEASE_NAMESPACE;
 use serde_json::{json, Value};
 
-use super::{decode_as, Registry, Resource, Strategy};
+use super::{age_of, decode_as, name_of, Registry, Resource, Strategy};
 use crate::error::ApiError;
 use crate::store::StoredObject;
 
@@ -90,6 +91,110 @@ impl Strategy for NodeStrategy {
             ),
             _ => None,
         }
+    }
+
+    /// The columns a Kubernetes API server prints for nodes.
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::name(),
+            Column::new("Status", "string", "", "The status of the node", 0),
+            Column::new("Roles", "string", "", "The roles of the node", 0),
+            Column::age(),
+            Column::new("Version", "string", "", "Kubelet Version reported by the node.", 0),
+            Column::new("Internal-IP", "string", "", "List of addresses reachable to the node.", 1),
+            Column::new("External-IP", "string", "", "List of addresses reachable to the node.", 1),
+            Column::new("OS-Image", "string", "", "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).", 1),
+            Column::new("Kernel-Version", "string", "", "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).", 1),
+            Column::new("Container-Runtime", "string", "", "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).", 1),
+        ]
+    }
+
+    fn cells(&self, object: &Value, now: Timestamp) -> Vec<Value> {
+        let text = |p: &str, none: &str| {
+            object
+                .pointer(p)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(none)
+                .to_string()
+        };
+        let address = |kind: &str| {
+            object
+                .pointer("/status/addresses")
+                .and_then(Value::as_array)
+                .and_then(|a| {
+                    a.iter()
+                        .find(|x| x.get("type").and_then(Value::as_str) == Some(kind))
+                })
+                .and_then(|x| x.get("address").and_then(Value::as_str))
+                .unwrap_or("<none>")
+                .to_string()
+        };
+        vec![
+            json!(name_of(object)),
+            json!(node_status_column(object)),
+            json!(node_roles(object)),
+            json!(age_of(object, now)),
+            json!(text("/status/nodeInfo/kubeletVersion", "")),
+            json!(address("InternalIP")),
+            json!(address("ExternalIP")),
+            json!(text("/status/nodeInfo/osImage", "<unknown>")),
+            json!(text("/status/nodeInfo/kernelVersion", "<unknown>")),
+            json!(text(
+                "/status/nodeInfo/containerRuntimeVersion",
+                "<unknown>"
+            )),
+        ]
+    }
+}
+
+/// STATUS as Kubernetes prints it: from the Ready condition (`Ready` when
+/// True, `NotReady` otherwise, `Unknown` without one), plus
+/// `SchedulingDisabled` when cordoned.
+fn node_status_column(object: &Value) -> String {
+    let mut status = match state_rules::ready_condition(object)
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+    {
+        Some("True") => "Ready".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if object
+        .pointer("/spec/unschedulable")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        status.push_str(",SchedulingDisabled");
+    }
+    status
+}
+
+/// ROLES: `node-role.kubernetes.io/<role>` labels and `kubernetes.io/role`.
+fn node_roles(object: &Value) -> String {
+    let mut roles: Vec<String> = Vec::new();
+    if let Some(labels) = object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in labels {
+            if let Some(role) = k.strip_prefix("node-role.kubernetes.io/") {
+                if !role.is_empty() {
+                    roles.push(role.to_string());
+                }
+            } else if k == "kubernetes.io/role" {
+                if let Some(v) = v.as_str().filter(|v| !v.is_empty()) {
+                    roles.push(v.to_string());
+                }
+            }
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
     }
 }
 

@@ -127,6 +127,10 @@ pub trait Store: Send + Sync + 'static {
     /// The newest revision whose writes are durable and visible to watchers.
     fn revision(&self) -> Revision;
 
+    /// The newest revision whose history has been dropped: watching (or
+    /// continuing a list) from before it is 410 Gone.
+    fn compacted(&self) -> Revision;
+
     /// Makes everything durable and stops background work.
     async fn close(&self);
 }

@@ -448,6 +448,10 @@ impl Store for SledStore {
         self.shared.published.load(Ordering::Acquire)
     }
 
+    fn compacted(&self) -> Revision {
+        self.shared.compacted.load(Ordering::Acquire)
+    }
+
     async fn close(&self) {
         self.shared.lock_state().closed = true;
         self.shared.kick.notify_one();
