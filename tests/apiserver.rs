@@ -389,7 +389,7 @@ async fn errors_are_kubernetes_status_objects() {
     assert_status(&api.post(NODES, &bad_label).await, 422, "Invalid");
 
     assert_status(&api.get("/api/v1/nodes/missing").await, 404, "NotFound");
-    assert_status(&api.get("/api/v1/pods").await, 404, "NotFound");
+    assert_status(&api.get("/api/v1/deployments").await, 404, "NotFound");
     assert_status(
         &api.raw(reqwest::Method::POST, NODES, "text/plain", b"x".to_vec())
             .await,

@@ -35,8 +35,28 @@ pub const LEASES: ResourceInfo = ResourceInfo {
     namespaced: true,
 };
 
+pub const PODS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    short_names: &["po"],
+    namespaced: true,
+};
+
+pub const EVENTS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    short_names: &["ev"],
+    namespaced: true,
+};
+
 /// Every kind mube serves.
-pub const ALL: &[&ResourceInfo] = &[&NODES, &LEASES];
+pub const ALL: &[&ResourceInfo] = &[&NODES, &LEASES, &PODS, &EVENTS];
 
 impl ResourceInfo {
     pub fn api_version(&self) -> String {
@@ -118,6 +138,7 @@ mod tests {
         assert_eq!(by_name("no"), Some(&NODES));
         assert_eq!(by_name("Lease"), Some(&LEASES));
         assert_eq!(by_type("coordination.k8s.io/v1", "Lease"), Some(&LEASES));
-        assert_eq!(by_type("v1", "Pod"), None);
+        assert_eq!(by_type("v1", "Pod"), Some(&PODS));
+        assert_eq!(by_type("apps/v1", "Deployment"), None);
     }
 }

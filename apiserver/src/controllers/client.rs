@@ -55,6 +55,13 @@ pub trait ApiClient: Send + Sync {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(), ApiError>;
+
+    async fn create(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<Value, ApiError>;
 }
 
 /// The in-process client.
@@ -157,5 +164,15 @@ impl ApiClient for LocalClient {
             .delete(&r, namespace, name, None)
             .await
             .map(|_| ())
+    }
+
+    async fn create(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<Value, ApiError> {
+        let r = self.registry.resource(plural)?;
+        Ok(self.registry.create(&r, namespace, object).await?.value()?)
     }
 }

@@ -46,7 +46,18 @@ pub struct NodeLifecycle {
     grace_until: Timestamp,
     nodes: HashMap<String, Tracked>,
     due: BTreeSet<(Timestamp, String)>,
+    /// The state each node was last reported in (by an Event, or as found
+    /// by a list), so that each transition is recorded exactly once, whoever
+    /// wrote it (a heartbeat or this controller).
+    reported: HashMap<String, NodeState>,
+    last_sweep: Timestamp,
 }
+
+/// Events older than this are deleted (Kubernetes' default `--event-ttl`).
+const EVENT_TTL: SignedDuration = SignedDuration::from_secs(3600);
+/// The Events recording node transitions live here, as in Kubernetes.
+const EVENT_NAMESPACE: &str = "default";
+const COMPONENT: &str = "node-lifecycle-controller";
 
 fn timestamp_at(value: &Value, pointer: &str) -> Option<Timestamp> {
     value.pointer(pointer)?.as_str()?.parse().ok()
@@ -86,6 +97,8 @@ impl NodeLifecycle {
                 .unwrap_or(Timestamp::MAX),
             nodes: HashMap::new(),
             due: BTreeSet::new(),
+            reported: HashMap::new(),
+            last_sweep: Timestamp::now(),
         }
     }
 
@@ -118,8 +131,11 @@ impl NodeLifecycle {
 
         self.nodes.clear();
         self.due.clear();
+        self.reported.clear();
         for node in &nodes {
-            self.observe_node(node);
+            if let (Some(name), Some(state)) = (self.observe_node(node), rules::state_of(node)) {
+                self.reported.insert(name, state);
+            }
         }
         for lease in &leases {
             self.observe_lease(lease);
@@ -197,12 +213,14 @@ impl NodeLifecycle {
         match event.type_ {
             EventType::Added | EventType::Modified => {
                 if let Some(name) = self.observe_node(&event.object) {
+                    self.report(&event.object).await;
                     self.reconcile(&name).await;
                 }
             }
             EventType::Deleted => {
                 if let Some(name) = name_of(&event.object) {
                     self.forget(&name);
+                    self.reported.remove(&name);
                     // The Lease belongs to the node (as its ownerReference says).
                     match self
                         .client
@@ -224,6 +242,78 @@ impl NodeLifecycle {
         if matches!(event.type_, EventType::Added | EventType::Modified) {
             if let Some(name) = self.observe_lease(&event.object) {
                 self.reconcile(&name).await;
+            }
+        }
+    }
+
+    /// Records an Event if `node` is in a state not yet reported.
+    async fn report(&mut self, node: &Value) {
+        let (Some(name), Some(state)) = (name_of(node), rules::state_of(node)) else {
+            return;
+        };
+        if self.reported.get(&name) == Some(&state) {
+            return;
+        }
+        self.reported.insert(name.clone(), state);
+        let reason = match state {
+            NodeState::Ready => "NodeReady",
+            NodeState::NotReady => "NodeNotReady",
+            NodeState::Unknown => "NodeUnknown",
+        };
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::now(),
+        ))
+        .unwrap_or_default();
+        let event = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": format!("{name}."), "namespace": EVENT_NAMESPACE},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "name": name,
+                "uid": node.pointer("/metadata/uid").cloned().unwrap_or_default(),
+            },
+            "reason": reason,
+            "message": format!("Node {name} status is now: {reason}"),
+            "type": "Normal",
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": "mube-apiserver",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        if let Err(e) = self
+            .client
+            .create("events", Some(EVENT_NAMESPACE), event)
+            .await
+        {
+            tracing::warn!(node = %name, error = %e, "could not record the node's event");
+        }
+        self.sweep_events().await;
+    }
+
+    /// Deletes node Events older than `EVENT_TTL`; at most once a minute.
+    async fn sweep_events(&mut self) {
+        let now = Timestamp::now();
+        if now.duration_since(self.last_sweep) < SignedDuration::from_secs(60) {
+            return;
+        }
+        self.last_sweep = now;
+        let Ok((events, _)) = self.client.list("events", Some(EVENT_NAMESPACE)).await else {
+            return;
+        };
+        for event in events {
+            let old = timestamp_at(&event, "/lastTimestamp")
+                .is_some_and(|t| now.duration_since(t) > EVENT_TTL);
+            let ours =
+                event.pointer("/source/component").and_then(Value::as_str) == Some(COMPONENT);
+            if let (true, true, Some(name)) = (old, ours, name_of(&event)) {
+                let _ = self
+                    .client
+                    .delete("events", Some(EVENT_NAMESPACE), &name)
+                    .await;
             }
         }
     }

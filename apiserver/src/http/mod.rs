@@ -2,6 +2,7 @@
 //! handler for every registered kind.
 
 mod discovery;
+mod openapi;
 mod path;
 mod response;
 mod rest;
@@ -49,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(discovery::version))
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
+        .route("/openapi/v3", get(openapi::root))
+        .route("/openapi/v3/{*gv}", get(openapi::group_version))
         .route("/api/v1/nodes/heartbeat", post(heartbeat))
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis/{*rest}", any(rest::handle))

@@ -18,7 +18,7 @@ use super::table::{self, TableRequest};
 use super::{discovery, watch, AppState};
 use crate::error::ApiError;
 use crate::registry::patch::Patch;
-use crate::registry::{Filter, Part, Resource};
+use crate::registry::{check_fields, FieldValidation, Filter, Part, Resource};
 use crate::store::{Revision, StoredObject};
 
 /// Query parameters of get, list, watch and delete.
@@ -35,6 +35,7 @@ pub struct Params {
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
     pub include_object: Option<String>,
+    pub field_validation: Option<String>,
 }
 
 fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
@@ -79,6 +80,7 @@ impl Params {
             limit: number("limit")?.filter(|l| *l > 0).map(|l| l as usize),
             continue_token: get("continue").map(str::to_string),
             include_object: get("includeObject").map(str::to_string),
+            field_validation: get("fieldValidation").map(str::to_string),
         })
     }
 
@@ -192,8 +194,16 @@ async fn serve(
             }
             Method::POST if ns.is_some() || !r.namespaced => {
                 let object = read_object(&headers, body).await?;
+                let warnings = check_fields(
+                    &r,
+                    &object,
+                    FieldValidation::parse(params.field_validation.as_deref())?,
+                )?;
                 let created = registry.create(&r, ns, object).await?;
-                object_response(&r, StatusCode::CREATED, &created, None)
+                Ok(with_warnings(
+                    object_response(&r, StatusCode::CREATED, &created, None)?,
+                    &warnings,
+                ))
             }
             _ => Err(method_not_allowed(&method, r.plural)),
         },
@@ -215,8 +225,16 @@ async fn serve(
                 ),
                 Method::PUT => {
                     let object = read_object(&headers, body).await?;
+                    let warnings = check_fields(
+                        &r,
+                        &object,
+                        FieldValidation::parse(params.field_validation.as_deref())?,
+                    )?;
                     let updated = registry.update(&r, ns, name, part, object).await?;
-                    object_response(&r, StatusCode::OK, &updated, None)
+                    Ok(with_warnings(
+                        object_response(&r, StatusCode::OK, &updated, None)?,
+                        &warnings,
+                    ))
                 }
                 Method::PATCH => {
                     let content_type = headers
@@ -231,8 +249,19 @@ async fn serve(
                             format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?}; server-side apply is not supported)"),
                         )),
                     };
+                    let warnings = match &patch {
+                        Patch::Merge(body) | Patch::Strategic(body) => check_fields(
+                            &r,
+                            body,
+                            FieldValidation::parse(params.field_validation.as_deref())?,
+                        )?,
+                        Patch::Json(_) => Vec::new(),
+                    };
                     let patched = registry.patch(&r, ns, name, part, &patch).await?;
-                    object_response(&r, StatusCode::OK, &patched, None)
+                    Ok(with_warnings(
+                        object_response(&r, StatusCode::OK, &patched, None)?,
+                        &warnings,
+                    ))
                 }
                 Method::DELETE if part == Part::Main => {
                     let precondition = delete_precondition(body).await?;
@@ -244,6 +273,17 @@ async fn serve(
         }
         (Some(name), Some(sub)) => Err(not_found_path(&format!("{}/{name}/{sub}", r.plural))),
     }
+}
+
+/// Adds a `Warning` header (code 299, as Kubernetes sends) per warning.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(value) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
 }
 
 /// `DeleteOptions.preconditions.resourceVersion`, if the body carries one.

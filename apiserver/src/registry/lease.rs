@@ -6,7 +6,7 @@ use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
 use serde_json::{json, Value};
 
-use super::{age_of, decode_as, name_of, Resource, Strategy};
+use super::{age_of, name_of, roundtrip, Resource, Strategy};
 
 pub fn resource() -> Resource {
     Resource {
@@ -19,8 +19,11 @@ pub fn resource() -> Resource {
 struct LeaseStrategy;
 
 impl Strategy for LeaseStrategy {
-    fn validate(&self, object: &Value) -> Result<Vec<FieldError>, String> {
-        decode_as::<Lease>(object)?;
+    fn canonical(&self, object: &Value) -> Result<Value, String> {
+        roundtrip::<Lease>(object)
+    }
+
+    fn validate(&self, object: &Value) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if let Some(d) = object
             .pointer("/spec/leaseDurationSeconds")
@@ -33,7 +36,7 @@ impl Strategy for LeaseStrategy {
                 ));
             }
         }
-        Ok(errors)
+        errors
     }
 
     fn columns(&self) -> Vec<Column> {

@@ -7,10 +7,12 @@
 //! is written once here. Adding a kind is one file and one line in
 //! `Registry::standard`.
 
+pub mod event;
 mod filter;
 pub mod lease;
 pub mod node;
 pub mod patch;
+pub mod pod;
 
 use std::sync::Arc;
 
@@ -63,9 +65,19 @@ impl Resource {
 
 /// The per-kind hooks. Defaults suit a kind with no special rules.
 pub trait Strategy: Send + Sync {
-    /// Kind-specific validation. `object` has already decoded as the typed
-    /// Kubernetes struct (see `decode_as`) and passed the generic checks.
-    fn validate(&self, object: &Value) -> Result<Vec<FieldError>, String>;
+    /// The object through the kind's typed Kubernetes struct (`roundtrip`):
+    /// an error if it does not have the kind's shape.
+    fn canonical(&self, object: &Value) -> Result<Value, String>;
+
+    /// Fields mube adds to the Kubernetes type (they are not unknown).
+    fn extra_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Kind-specific validation, after the shape and the generic checks.
+    fn validate(&self, _object: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
 
     /// Defaulting on create (e.g. a Node starts in state Unknown).
     fn prepare_for_create(&self, _object: &mut Value, _now: Timestamp) {}
@@ -115,12 +127,49 @@ pub fn age_of(object: &Value, now: Timestamp) -> String {
     )
 }
 
-/// Decodes into a typed k8s-openapi struct only to check the shape; the JSON
-/// as sent is what gets stored, so no field a client sends is dropped.
-pub fn decode_as<T: DeserializeOwned>(object: &Value) -> Result<(), String> {
-    T::deserialize(object)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// Decodes into the typed k8s-openapi struct and encodes it again: what a
+/// Kubernetes server would keep of `object`. Used to check the shape and to
+/// find unknown fields; the JSON as sent is what gets stored, so no field a
+/// client sends is dropped.
+pub fn roundtrip<T: DeserializeOwned + serde::Serialize>(object: &Value) -> Result<Value, String> {
+    let typed = T::deserialize(object).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+/// Paths (`spec.foo`) of fields in `sent` that the typed form `kept` lacks:
+/// the unknown fields `fieldValidation=Strict` refuses. `extra` lists mube's
+/// own additions, which are known. Nulls and `$` directives are not fields.
+pub fn unknown_fields(
+    sent: &Value,
+    kept: &Value,
+    path: &str,
+    extra: &[&str],
+    out: &mut Vec<String>,
+) {
+    match (sent, kept) {
+        (Value::Object(s), Value::Object(k)) => {
+            for (key, value) in s {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                if value.is_null() || key.starts_with('$') || extra.contains(&child.as_str()) {
+                    continue;
+                }
+                match k.get(key) {
+                    Some(kept_value) => unknown_fields(value, kept_value, &child, extra, out),
+                    None => out.push(child),
+                }
+            }
+        }
+        (Value::Array(s), Value::Array(k)) => {
+            for (i, (a, b)) in s.iter().zip(k.iter()).enumerate() {
+                unknown_fields(a, b, &format!("{path}[{i}]"), extra, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Failure inside a read-modify-write: either from the store (mapped with the
@@ -162,7 +211,12 @@ impl Registry {
     pub fn standard(store: Arc<dyn Store>) -> Registry {
         Registry {
             store,
-            resources: vec![Arc::new(node::resource()), Arc::new(lease::resource())],
+            resources: vec![
+                Arc::new(node::resource()),
+                Arc::new(lease::resource()),
+                Arc::new(pod::resource()),
+                Arc::new(event::resource()),
+            ],
         }
     }
 
@@ -530,8 +584,74 @@ fn set_namespace(
     }
 }
 
+fn shape_error(r: &Resource, message: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: {message}",
+        r.kind, r.version, r.kind
+    ))
+}
+
+/// `fieldValidation`: what to do with fields the kind does not define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(value: Option<&str>) -> Result<FieldValidation, ApiError> {
+        match value {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation: invalid value {other:?}: supported values: \"Ignore\", \"Warn\", \"Strict\""
+            ))),
+        }
+    }
+}
+
+/// Checks a request body (an object, or a merge/strategic patch) for fields
+/// the kind does not define. Strict refuses them (400, as Kubernetes does);
+/// Warn returns them as warnings; either way nothing is dropped from storage.
+pub fn check_fields(
+    r: &Resource,
+    body: &Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    if mode == FieldValidation::Ignore || !body.is_object() {
+        return Ok(Vec::new());
+    }
+    let mut typed = body.clone();
+    if let Some(obj) = typed.as_object_mut() {
+        obj.insert("apiVersion".into(), json!(r.api_version()));
+        obj.insert("kind".into(), json!(r.kind));
+    }
+    let kept = r
+        .strategy
+        .canonical(&typed)
+        .map_err(|m| shape_error(r, &m))?;
+    let mut unknown = Vec::new();
+    unknown_fields(&typed, &kept, "", r.strategy.extra_fields(), &mut unknown);
+    let messages: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    if mode == FieldValidation::Strict && !messages.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            messages.join(", ")
+        )));
+    }
+    Ok(messages)
+}
+
 /// Generic checks (name, labels, annotations) plus the kind's own.
 fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
+    r.strategy
+        .canonical(object)
+        .map_err(|m| shape_error(r, &m))?;
     let mut errors = Vec::new();
     if name.is_empty() {
         errors.push(FieldError::new(
@@ -560,13 +680,7 @@ fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
         labels.as_ref(),
         annotations.as_ref(),
     ));
-    let kind_errors = r.strategy.validate(object).map_err(|m| {
-        ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled: {m}",
-            r.kind, r.version
-        ))
-    })?;
-    errors.extend(kind_errors);
+    errors.extend(r.strategy.validate(object));
     if errors.is_empty() {
         Ok(())
     } else {

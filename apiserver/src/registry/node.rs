@@ -14,7 +14,7 @@ use mube_apis::validation::FieldError;
 use mube_apis::NODE_LEASE_NAMESPACE;
 use serde_json::{json, Value};
 
-use super::{age_of, decode_as, name_of, Registry, Resource, Strategy};
+use super::{age_of, name_of, roundtrip, Registry, Resource, Strategy};
 use crate::error::ApiError;
 use crate::store::StoredObject;
 
@@ -33,8 +33,15 @@ pub fn resource() -> Resource {
 struct NodeStrategy;
 
 impl Strategy for NodeStrategy {
-    fn validate(&self, object: &Value) -> Result<Vec<FieldError>, String> {
-        decode_as::<Node>(object)?;
+    fn canonical(&self, object: &Value) -> Result<Value, String> {
+        roundtrip::<Node>(object)
+    }
+
+    fn extra_fields(&self) -> &'static [&'static str] {
+        &["status.state"]
+    }
+
+    fn validate(&self, object: &Value) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if let Some(state) = object.pointer("/status/state") {
             match state.as_str().and_then(NodeState::parse) {
@@ -59,7 +66,7 @@ impl Strategy for NodeStrategy {
                 }
             }
         }
-        Ok(errors)
+        errors
     }
 
     /// Every new node starts Unknown, waiting for its first heartbeat; the
