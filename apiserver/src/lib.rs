@@ -9,6 +9,7 @@ pub mod config;
 pub mod controllers;
 pub mod error;
 pub mod http;
+pub mod kubeconfig;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::controllers::client::LocalClient;
 use crate::controllers::node_lifecycle::NodeLifecycle;
 use crate::http::{router, AppState};
+use crate::kubeconfig;
 use crate::registry::{node, Registry};
 use crate::store::{SledStore, SledStoreOptions, Store};
 
@@ -34,11 +35,20 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_address))?
-        // Small JSON responses on kept-alive connections: don't let Nagle hold them.
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_address))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listen address: {e}"))?;
+    let kubeconfig = kubeconfig::write(&config.data_dir, bound).map_err(|e| {
+        format!(
+            "cannot write the kubeconfig under {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    // Small JSON responses on kept-alive connections: don't let Nagle hold them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -59,7 +69,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let server = tokio::spawn(async move { server.await });
     ready.store(true, Ordering::Release);
     tracing::info!(
-        address = %config.listen_address,
+        address = %bound,
+        kubeconfig = %kubeconfig.display(),
         data_dir = %config.data_dir.display(),
         nodes = config.nodes.len(),
         notready_timeout = ?config.notready_timeout,

@@ -4,6 +4,7 @@ mod apply;
 mod client;
 mod describe;
 mod get;
+mod kubeconfig;
 mod table;
 mod watch;
 
@@ -14,14 +15,15 @@ use client::{Client, CtlError};
 #[derive(Parser, Debug)]
 #[command(name = "mubectl", version, about = "Command-line client for the mube API server", long_about = None)]
 struct Cli {
-    /// API server URL (else MUBE_API_SERVER, else http://127.0.0.1:8080).
-    #[arg(
-        long,
-        global = true,
-        env = "MUBE_API_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    server: String,
+    /// API server URL. Without it: the server of --kubeconfig's current
+    /// context, else MUBE_API_SERVER, else http://127.0.0.1:8080.
+    #[arg(long, global = true)]
+    server: Option<String>,
+
+    /// A kubeconfig to take the server from (mube-apiserver writes one to
+    /// <dataDir>/kubeconfig).
+    #[arg(long, global = true)]
+    kubeconfig: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -98,8 +100,22 @@ pub struct GetArgs {
     pub all_namespaces: bool,
 }
 
+/// Where the API server is, in order of precedence.
+fn server(cli: &Cli) -> Result<String, CtlError> {
+    if let Some(s) = &cli.server {
+        return Ok(s.clone());
+    }
+    if let Some(path) = &cli.kubeconfig {
+        return kubeconfig::server(path).map_err(CtlError::Other);
+    }
+    Ok(std::env::var("MUBE_API_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8080".to_string()))
+}
+
 async fn run(cli: Cli) -> Result<(), CtlError> {
-    let client = Client::new(&cli.server)?;
+    let client = Client::new(&server(&cli)?)?;
     match cli.command {
         Command::Get(args) => get::run(&client, args).await,
         Command::Describe { resource, name } => describe::run(&client, &resource, &name).await,
