@@ -623,7 +623,8 @@ pub fn check_fields(
     if mode == FieldValidation::Ignore || !body.is_object() {
         return Ok(Vec::new());
     }
-    let mut typed = body.clone();
+    // A patch deletes with null and steers with `$` directives: neither is a field.
+    let mut typed = without_nulls_and_directives(body.clone());
     if let Some(obj) = typed.as_object_mut() {
         obj.insert("apiVersion".into(), json!(r.api_version()));
         obj.insert("kind".into(), json!(r.kind));
@@ -645,6 +646,19 @@ pub fn check_fields(
         )));
     }
     Ok(messages)
+}
+
+fn without_nulls_and_directives(value: Value) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(k, v)| !v.is_null() && !k.starts_with('$'))
+                .map(|(k, v)| (k, without_nulls_and_directives(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls_and_directives).collect()),
+        other => other,
+    }
 }
 
 /// Generic checks (name, labels, annotations) plus the kind's own.

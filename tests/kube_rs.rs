@@ -1,0 +1,1 @@
+//! kube-rs against mube (filled in below).

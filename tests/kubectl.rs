@@ -1,0 +1,554 @@
+//! kubectl against mube: the real `kubectl` on PATH, pointed at a real
+//! mube-apiserver through the kubeconfig the server writes, checked by its
+//! output. Without kubectl these tests are ignored (see build.rs).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mube_e2e::{node, Api, ApiServer, Lines, Options};
+use serde_json::{json, Value};
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(server: &ApiServer) -> Kubectl {
+        let kubeconfig = server.data_dir().join("kubeconfig");
+        assert!(
+            kubeconfig.exists(),
+            "the API server must write {}",
+            kubeconfig.display()
+        );
+        Kubectl {
+            kubeconfig,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs to completion: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .command(args)
+            .output()
+            .expect("kubectl runs (is it on PATH?)");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "kubectl {args:?} failed:\n{err}\n{out}");
+        out
+    }
+
+    /// Starts a long-running kubectl (`get -w`) and follows its output.
+    fn follow(&self, args: &[&str]) -> (std::process::Child, Lines) {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Lines::follow(child.stdout.take().unwrap());
+        (child, lines)
+    }
+}
+
+/// The whitespace-separated columns of each line.
+fn table(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+async fn cluster(nodes: &[&'static str], timeout: &'static str) -> (ApiServer, Api, Kubectl) {
+    let server = ApiServer::start(Options {
+        nodes: nodes.iter().map(|n| node(n)).collect(),
+        notready_timeout: timeout,
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    let kubectl = Kubectl::new(&server);
+    (server, api, kubectl)
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn discovery_lists_exactly_what_mube_serves() {
+    let (_server, _api, k) = cluster(&["node-a"], "60s").await;
+    let resources = table(&k.ok(&["api-resources"]));
+    assert_eq!(
+        resources[0],
+        ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    );
+    let mut rows: Vec<Vec<String>> = resources[1..].to_vec();
+    rows.sort();
+    let expected: Vec<Vec<String>> = vec![
+        vec!["events", "ev", "v1", "true", "Event"],
+        vec!["leases", "coordination.k8s.io/v1", "true", "Lease"],
+        vec!["nodes", "no", "v1", "false", "Node"],
+        vec!["pods", "po", "v1", "true", "Pod"],
+    ]
+    .into_iter()
+    .map(|r| r.into_iter().map(String::from).collect())
+    .collect();
+    assert_eq!(rows, expected);
+    let wide = k.ok(&["api-resources", "-o", "wide"]);
+    let nodes_line = wide.lines().find(|l| l.starts_with("nodes")).unwrap();
+    assert!(
+        nodes_line.contains("create,delete,get,list,patch,update,watch")
+            || nodes_line.contains("[create delete get list patch update watch]"),
+        "{nodes_line}"
+    );
+    assert_eq!(
+        k.ok(&["api-versions"]).lines().collect::<Vec<_>>(),
+        ["coordination.k8s.io/v1", "v1"]
+    );
+    let version: Value = serde_json::from_str(&k.ok(&["version", "-o", "json"])).unwrap();
+    assert_eq!(version["serverVersion"]["major"], "1");
+    let raw: Value = serde_json::from_str(&k.ok(&["get", "--raw", "/api/v1/nodes"])).unwrap();
+    assert_eq!(raw["kind"], "NodeList");
+    let raw: Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/apis/coordination.k8s.io/v1"])).unwrap();
+    assert_eq!(raw["kind"], "APIResourceList");
+    let (code, _, err) = k.run(&["get", "deployments"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the server doesn't have a resource type"),
+        "{err}"
+    );
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn get_prints_the_kubernetes_node_columns_and_every_output_format() {
+    let (_server, api, k) = cluster(&["node-a", "node-b", "node-c"], "60s").await;
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+
+    let t = table(&k.ok(&["get", "nodes"]));
+    assert_eq!(t[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!(
+        (
+            t[1][0].as_str(),
+            t[1][1].as_str(),
+            t[1][2].as_str(),
+            t[1][4].as_str()
+        ),
+        ("node-a", "Ready", "<none>", "0.1.0")
+    );
+    // node-b never heartbeated: its Ready condition is Unknown, which Kubernetes prints as NotReady.
+    assert_eq!((t[2][0].as_str(), t[2][1].as_str()), ("node-b", "NotReady"));
+
+    let wide = table(&k.ok(&["get", "nodes", "-o", "wide"]));
+    assert_eq!(
+        wide[0],
+        [
+            "NAME",
+            "STATUS",
+            "ROLES",
+            "AGE",
+            "VERSION",
+            "INTERNAL-IP",
+            "EXTERNAL-IP",
+            "OS-IMAGE",
+            "KERNEL-VERSION",
+            "CONTAINER-RUNTIME"
+        ]
+    );
+    assert_eq!(
+        &wide[1][5..],
+        [
+            "127.0.0.1",
+            "<none>",
+            "<unknown>",
+            "<unknown>",
+            "containerd"
+        ]
+    );
+
+    let json: Value = serde_json::from_str(&k.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 3);
+    assert_eq!(json["items"][0]["status"]["state"], "Ready");
+    assert!(k
+        .ok(&["get", "node", "node-a", "-o", "yaml"])
+        .contains("state: Ready"));
+    assert_eq!(
+        k.ok(&["get", "nodes", "-o", "name"])
+            .lines()
+            .collect::<Vec<_>>(),
+        ["node/node-a", "node/node-b", "node/node-c"]
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "node",
+            "node-a",
+            "-o",
+            "jsonpath={.status.nodeInfo.containerRuntimeVersion}"
+        ]),
+        "containerd"
+    );
+    let cc = table(&k.ok(&[
+        "get",
+        "nodes",
+        "-o",
+        "custom-columns=NAME:.metadata.name,STATE:.status.state",
+    ]));
+    assert_eq!(cc[1], ["node-a", "Ready"]);
+    assert_eq!(cc[2], ["node-b", "Unknown"]);
+
+    k.ok(&["label", "node", "node-b", "tier=web"]);
+    let labels = table(&k.ok(&["get", "nodes", "--show-labels"]));
+    assert_eq!(labels[0].last().unwrap(), "LABELS");
+    assert_eq!(labels[2].last().unwrap(), "tier=web");
+    assert_eq!(
+        k.ok(&["get", "nodes", "-l", "tier=web", "-o", "name"])
+            .trim(),
+        "node/node-b"
+    );
+    assert_eq!(
+        k.ok(&["get", "nodes", "-l", "tier notin (web)", "-o", "name"])
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "nodes",
+            "--field-selector",
+            "metadata.name=node-c",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "node/node-c"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "nodes",
+            "--field-selector",
+            "status.state=Ready",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "node/node-a"
+    );
+    let sorted = table(&k.ok(&[
+        "get",
+        "nodes",
+        "--sort-by",
+        "{.metadata.labels.tier}",
+        "--no-headers",
+    ]));
+    assert_eq!(sorted.last().unwrap()[0], "node-b");
+    // Pagination: pages of one, all three nodes printed.
+    let chunked = table(&k.ok(&["get", "nodes", "--chunk-size", "1", "--no-headers"]));
+    assert_eq!(
+        chunked.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
+        ["node-a", "node-b", "node-c"]
+    );
+
+    let leases = table(&k.ok(&["get", "leases", "-n", "kube-node-lease"]));
+    assert_eq!(leases[0], ["NAME", "HOLDER", "AGE"]);
+    assert_eq!(&leases[1][..2], ["node-a", "node-a"]);
+    let all = table(&k.ok(&["get", "leases", "-A"]));
+    assert_eq!(all[0], ["NAMESPACE", "NAME", "HOLDER", "AGE"]);
+    assert_eq!(&all[1][..3], ["kube-node-lease", "node-a", "node-a"]);
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn writes_label_annotate_cordon_patch_apply_create_replace_delete() {
+    let (server, api, k) = cluster(&["node-a"], "60s").await;
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+
+    assert_eq!(
+        k.ok(&["label", "node", "node-a", "env=prod"]).trim(),
+        "node/node-a labeled"
+    );
+    assert_eq!(
+        k.ok(&["annotate", "node", "node-a", "note=hello"]).trim(),
+        "node/node-a annotated"
+    );
+    assert_eq!(k.ok(&["cordon", "node-a"]).trim(), "node/node-a cordoned");
+    let t = table(&k.ok(&["get", "nodes"]));
+    assert_eq!(t[1][1], "Ready,SchedulingDisabled");
+    assert_eq!(
+        k.ok(&["uncordon", "node-a"]).trim(),
+        "node/node-a uncordoned"
+    );
+    k.ok(&[
+        "patch",
+        "node",
+        "node-a",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"labels":{"m":"1"}}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "node",
+        "node-a",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/labels/j","value":"2"}]"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "node",
+        "node-a",
+        "-p",
+        r#"{"metadata":{"labels":{"s":"3","env":null}}}"#,
+    ]);
+    let node = api.get("/api/v1/nodes/node-a").await.body;
+    assert_eq!(
+        node["metadata"]["labels"],
+        json!({"m": "1", "j": "2", "s": "3"})
+    );
+    assert_eq!(node["metadata"]["annotations"]["note"], "hello");
+    assert_ne!(node["spec"]["unschedulable"], json!(true), "uncordoned");
+    assert_eq!(
+        node["status"]["state"], "Ready",
+        "writes to the main resource keep the status"
+    );
+    let (code, _, err) = k.run(&[
+        "patch",
+        "node",
+        "node-a",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/nope"}]"#,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("the JSON patch cannot be applied"), "{err}");
+
+    // apply / create / replace / delete with the example manifest.
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
+    let manifest = manifest.to_str().unwrap();
+    assert_eq!(
+        k.ok(&["apply", "-f", manifest]).trim(),
+        "node/mube-node-2 created"
+    );
+    let before =
+        api.get("/api/v1/nodes/mube-node-2").await.body["metadata"]["resourceVersion"].clone();
+    assert_eq!(
+        k.ok(&["apply", "-f", manifest]).trim(),
+        "node/mube-node-2 unchanged"
+    );
+    let after =
+        api.get("/api/v1/nodes/mube-node-2").await.body["metadata"]["resourceVersion"].clone();
+    assert_eq!(
+        before, after,
+        "re-applying an unchanged manifest changes nothing"
+    );
+    let edited = server.dir.path().join("edited.yaml");
+    std::fs::write(
+        &edited,
+        std::fs::read_to_string(manifest)
+            .unwrap()
+            .replace("pool: example", "pool: edited"),
+    )
+    .unwrap();
+    assert_eq!(
+        k.ok(&["apply", "-f", edited.to_str().unwrap()]).trim(),
+        "node/mube-node-2 configured"
+    );
+    assert_eq!(
+        api.get("/api/v1/nodes/mube-node-2").await.body["metadata"]["labels"]["mube.io/pool"],
+        "edited"
+    );
+    assert_eq!(
+        k.ok(&["delete", "node", "mube-node-2"]).trim(),
+        "node \"mube-node-2\" deleted"
+    );
+    assert_eq!(
+        k.ok(&["create", "-f", manifest]).trim(),
+        "node/mube-node-2 created"
+    );
+    let (code, _, err) = k.run(&["create", "-f", manifest]);
+    assert_ne!(code, 0);
+    assert!(err.contains("AlreadyExists"), "{err}");
+    let current = server.dir.path().join("current.json");
+    std::fs::write(
+        &current,
+        k.ok(&["get", "node", "mube-node-2", "-o", "json"]),
+    )
+    .unwrap();
+    assert_eq!(
+        k.ok(&["replace", "-f", current.to_str().unwrap()]).trim(),
+        "node/mube-node-2 replaced"
+    );
+
+    // kubectl's default validation is done by the server: unknown fields are refused.
+    let bad = server.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: bad-node\nspec:\n  bogus: 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = k.run(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown field \"spec.bogus\""), "{err}");
+    assert_eq!(api.get("/api/v1/nodes/bad-node").await.code, 404);
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn describe_shows_the_node_and_its_events() {
+    let (_server, api, k) = cluster(&["node-a"], "1s").await;
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+    // Let it go NotReady so there are two transitions to show.
+    let mut gone = false;
+    for _ in 0..60 {
+        if mube_e2e::state(&api.get("/api/v1/nodes/node-a").await.body) == "NotReady" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone);
+    let (code, out, err) = k.run(&["describe", "node", "node-a"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "describe must not report errors: {err}");
+    for want in [
+        "Name:               node-a",
+        "InternalIP:  127.0.0.1",
+        "Ready",
+        "Capacity:",
+        "pods:",
+        "Container Runtime Version:  containerd",
+        "Non-terminated Pods:          (0 in total)",
+        "NodeReady",
+        "NodeNotReady",
+        "node-lifecycle-controller",
+    ] {
+        assert!(out.contains(want), "describe lacks {want:?}:\n{out}");
+    }
+    let events = table(&k.ok(&["get", "events", "-A"]));
+    assert_eq!(&events[0][..4], ["NAMESPACE", "LAST", "SEEN", "TYPE"]);
+    assert!(events.iter().any(|r| r.contains(&"NodeReady".to_string()) && r.contains(&"node/node-a".to_string())), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|r| r.contains(&"NodeNotReady".to_string())),
+        "{events:?}"
+    );
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+// Multi-threaded: kubectl runs blocking while a task deletes the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_and_wait() {
+    let (_server, api, k) = cluster(&["node-a", "node-b"], "60s").await;
+    let (mut watch, mut lines) = k.follow(&["get", "nodes", "-w"]);
+    assert!(lines
+        .wait_for(Duration::from_secs(10), |l| l.starts_with("NAME"))
+        .is_some());
+    assert!(lines
+        .wait_for(Duration::from_secs(5), |l| l.starts_with("node-b "))
+        .is_some());
+    let (mut only, mut only_lines) = k.follow(&["get", "nodes", "--watch-only"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+    let row = lines
+        .wait_for(Duration::from_secs(5), |l| {
+            l.starts_with("node-a ") && l.contains(" Ready ")
+        })
+        .expect("the Ready change");
+    assert!(row.1.contains("0.1.0"), "{}", row.1);
+    assert!(only_lines
+        .wait_for(Duration::from_secs(5), |l| l.starts_with("node-a ")
+            && l.contains(" Ready "))
+        .is_some());
+    let printed_by_only = only_lines.collect(Duration::from_millis(300));
+    assert!(
+        !printed_by_only.iter().any(|l| l.starts_with("node-b")),
+        "--watch-only must not list first: {printed_by_only:?}"
+    );
+    let _ = watch.kill();
+    let _ = only.kill();
+
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-a",
+        "--timeout=5s",
+    ]);
+    let (code, _, _) = k.run(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-b",
+        "--timeout=1s",
+    ]);
+    assert_ne!(code, 0, "node-b is not Ready: wait must time out");
+
+    let deleter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            api.delete("/api/v1/nodes/node-b").await.code
+        })
+    };
+    let out = k.ok(&["wait", "--for=delete", "node/node-b", "--timeout=10s"]);
+    assert!(
+        out.contains("node/node-b condition met") || out.contains("deleted"),
+        "{out}"
+    );
+    assert_eq!(deleter.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn an_expired_continue_token_is_410() {
+    let server = ApiServer::start(Options {
+        nodes: vec![node("a"), node("b"), node("c")],
+        extra_config: "historyRetention: 5\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    let page = api.get("/api/v1/nodes?limit=1").await.body;
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token")
+        .to_string();
+    assert_eq!(page["metadata"]["remainingItemCount"], 2);
+    let next = api
+        .get(&format!("/api/v1/nodes?limit=1&continue={token}"))
+        .await;
+    assert_eq!(next.body["items"][0]["metadata"]["name"], "b");
+    for i in 0..10 {
+        let mut n = api.get("/api/v1/nodes/a").await.body;
+        n["metadata"]["labels"] = json!({"i": i.to_string()});
+        assert_eq!(api.put("/api/v1/nodes/a", &n).await.code, 200);
+    }
+    let expired = api
+        .get(&format!("/api/v1/nodes?limit=1&continue={token}"))
+        .await;
+    assert_eq!(expired.code, 410, "{}", expired.body);
+    assert_eq!(expired.body["reason"], "Expired");
+}
