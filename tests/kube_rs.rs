@@ -1,1 +1,199 @@
-//! kube-rs against mube (filled in below).
+//! kube-rs against mube: `kube::Api` and `kube::runtime::watcher` with a
+//! reflector, in list-then-watch and streaming-list modes, across an API
+//! server restart.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use mube_e2e::{node, ApiServer, Options};
+use serde_json::json;
+
+fn client(server: &ApiServer) -> Client {
+    let config = kube::Config::new(server.url().parse().expect("server URL"));
+    Client::try_from(config).expect("kube client")
+}
+
+fn named(name: &str) -> Node {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn api_lists_gets_patches_and_watches_nodes() {
+    let server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        ..Default::default()
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(client(&server));
+
+    let list = nodes.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let rv = list.metadata.resource_version.clone().unwrap();
+    let a = nodes.get("node-a").await.unwrap();
+    assert_eq!(
+        a.status.as_ref().unwrap().addresses.as_ref().unwrap()[0].address,
+        "127.0.0.1"
+    );
+
+    let mut stream = nodes
+        .watch(&WatchParams::default().timeout(10), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let patched = nodes
+        .patch(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "infra"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.labels().get("team").map(String::as_str),
+        Some("infra")
+    );
+    let strategic = nodes
+        .patch(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(strategic.spec.as_ref().unwrap().unschedulable, Some(true));
+    nodes
+        .create(&PostParams::default(), &named("node-b"))
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Modified(n)))) => seen.push(("MODIFIED", n.name_any())),
+            Ok(Ok(Some(WatchEvent::Added(n)))) => seen.push(("ADDED", n.name_any())),
+            Ok(Ok(Some(WatchEvent::Bookmark(_)))) => {}
+            other => panic!("unexpected watch result {other:?} after {seen:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("MODIFIED", "node-a".into()),
+            ("MODIFIED", "node-a".into()),
+            ("ADDED", "node-b".into())
+        ]
+    );
+
+    let err = nodes.get("missing").await.unwrap_err();
+    match err {
+        kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (404, "NotFound")),
+        other => panic!("expected a Status error, got {other:?}"),
+    }
+}
+
+/// name -> resourceVersion, as the server has it.
+async fn server_state(nodes: &Api<Node>) -> BTreeMap<String, String> {
+    nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|n| (n.name_any(), n.resource_version().unwrap_or_default()))
+        .collect()
+}
+
+fn store_state(store: &reflector::Store<Node>) -> BTreeMap<String, String> {
+    store
+        .state()
+        .iter()
+        .map(|n| (n.name_any(), n.resource_version().unwrap_or_default()))
+        .collect()
+}
+
+/// Waits until the reflector's store equals the server's state.
+async fn converges(store: &reflector::Store<Node>, nodes: &Api<Node>, what: &str) {
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    for _ in 0..200 {
+        let want = server_state(nodes).await;
+        let have = store_state(store);
+        if want == have {
+            return;
+        }
+        last = (want, have);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{what}: the reflector never matched the server:\nserver {:?}\nstore  {:?}",
+        last.0, last.1
+    );
+}
+
+async fn reflector_survives_restart(config: watcher::Config) {
+    let mut server = ApiServer::start(Options {
+        nodes: vec![node("node-a"), node("node-b")],
+        ..Default::default()
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(client(&server));
+    let (store, writer) = reflector::store::<Node>();
+    let stream = reflector(writer, watcher(nodes.clone(), config))
+        .default_backoff()
+        .touched_objects();
+    let task = tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    converges(&store, &nodes, "initial list").await;
+
+    nodes
+        .create(&PostParams::default(), &named("node-c"))
+        .await
+        .unwrap();
+    nodes
+        .patch(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+        )
+        .await
+        .unwrap();
+    converges(&store, &nodes, "live changes").await;
+
+    server.kill9();
+    server.restart().await;
+    nodes.delete("node-b", &Default::default()).await.unwrap();
+    nodes
+        .create(&PostParams::default(), &named("node-d"))
+        .await
+        .unwrap();
+    nodes
+        .patch(
+            "node-c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"y": "2"}}})),
+        )
+        .await
+        .unwrap();
+    converges(&store, &nodes, "after an API server restart").await;
+    let names: Vec<String> = store_state(&store).into_keys().collect();
+    assert_eq!(names, ["node-a", "node-c", "node-d"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn reflector_stays_equal_across_a_restart_with_list_then_watch() {
+    reflector_survives_restart(watcher::Config::default()).await;
+}
+
+#[tokio::test]
+async fn reflector_stays_equal_across_a_restart_with_streaming_lists() {
+    reflector_survives_restart(watcher::Config::default().streaming_lists()).await;
+}
