@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(discovery::version))
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
+        .route("/openapi/v2", get(openapi::v2))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*gv}", get(openapi::group_version))
         .route("/api/v1/nodes/heartbeat", post(heartbeat))

@@ -7,7 +7,7 @@
 
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::response::json as json_response;
@@ -30,6 +30,51 @@ fn group_versions(state: &AppState) -> Vec<String> {
         }
     }
     out
+}
+
+/// The protobuf media type of `/openapi/v2` answers. Clients ask for
+/// `...spec.v2@v1.0+protobuf`, but `@` is not valid in a Content-Type (Go's
+/// MIME parser rejects it), so the answer spells it with a dot, as
+/// Kubernetes does.
+const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// One length-delimited protobuf field.
+fn protobuf_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    let varint = |mut v: u64, out: &mut Vec<u8>| {
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    };
+    varint(u64::from(field << 3 | 2), out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// `/openapi/v2`: an empty Swagger 2.0 document. Older kubectl (1.27, 1.28)
+/// fetch it before `apply` and stop if it is missing; with no paths in it
+/// they fall back to their built-in knowledge of the Kubernetes types and
+/// to the server's field validation. Clients ask for protobuf (gnostic's
+/// `openapi.v2.Document`); the four fields it needs are encoded by hand
+/// rather than pulling in a protobuf toolchain for them.
+pub async fn v2(headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("protobuf") {
+        let mut info = Vec::new();
+        protobuf_field(&mut info, 1, b"mube");
+        protobuf_field(&mut info, 2, env!("CARGO_PKG_VERSION").as_bytes());
+        let mut doc = Vec::new();
+        protobuf_field(&mut doc, 1, b"2.0"); // swagger
+        protobuf_field(&mut doc, 2, &info); // info
+        protobuf_field(&mut doc, 8, &[]); // paths
+        return ([(axum::http::header::CONTENT_TYPE, V2_PROTOBUF)], doc).into_response();
+    }
+    let doc = json!({"swagger": "2.0", "info": {"title": "mube", "version": env!("CARGO_PKG_VERSION")}, "paths": {}});
+    json_response(StatusCode::OK, doc.to_string())
 }
 
 pub async fn root(State(state): State<AppState>) -> Response {
