@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         "mube-apiserver ready"
     );
 
-    wait_for_signal().await;
+    mube_process::shutdown_signal().await;
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down");
     shutdown.cancel();
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
@@ -91,26 +91,4 @@ pub async fn run(config: Config) -> Result<(), String> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -36,7 +36,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         "mubelet started"
     );
 
-    wait_for_signal().await;
+    mube_process::shutdown_signal().await;
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down");
     shutdown.cancel();
     let stopped = tokio::time::timeout(config.shutdown_timeout, async {
@@ -49,19 +49,4 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

@@ -178,6 +178,7 @@ async fn serve(
     let registry = &state.registry;
     let params = Params::parse(query)?;
     let table = table::negotiate(&headers, params.include_object.as_deref())?;
+    let validation = FieldValidation::parse(params.field_validation.as_deref())?;
     match (&target.name, target.subresource.as_deref()) {
         (None, _) => match method {
             Method::GET => {
@@ -194,11 +195,7 @@ async fn serve(
             }
             Method::POST if ns.is_some() || !r.namespaced => {
                 let object = read_object(&headers, body).await?;
-                let warnings = check_fields(
-                    &r,
-                    &object,
-                    FieldValidation::parse(params.field_validation.as_deref())?,
-                )?;
+                let warnings = check_fields(&r, &object, validation)?;
                 let created = registry.create(&r, ns, object).await?;
                 Ok(with_warnings(
                     object_response(&r, StatusCode::CREATED, &created, None)?,
@@ -225,11 +222,7 @@ async fn serve(
                 ),
                 Method::PUT => {
                     let object = read_object(&headers, body).await?;
-                    let warnings = check_fields(
-                        &r,
-                        &object,
-                        FieldValidation::parse(params.field_validation.as_deref())?,
-                    )?;
+                    let warnings = check_fields(&r, &object, validation)?;
                     let updated = registry.update(&r, ns, name, part, object).await?;
                     Ok(with_warnings(
                         object_response(&r, StatusCode::OK, &updated, None)?,
@@ -250,11 +243,9 @@ async fn serve(
                         )),
                     };
                     let warnings = match &patch {
-                        Patch::Merge(body) | Patch::Strategic(body) => check_fields(
-                            &r,
-                            body,
-                            FieldValidation::parse(params.field_validation.as_deref())?,
-                        )?,
+                        Patch::Merge(body) | Patch::Strategic(body) => {
+                            check_fields(&r, body, validation)?
+                        }
                         Patch::Json(_) => Vec::new(),
                     };
                     let patched = registry.patch(&r, ns, name, part, &patch).await?;

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Event;
 use mube_apis::table::{human_age, time_at, Column};
 use serde_json::{json, Value};
 
-use super::{name_of, roundtrip, Resource, Strategy};
+use super::{name_of, roundtrip, string_at, Resource, Strategy};
 
 pub fn resource() -> Resource {
     Resource {
@@ -52,10 +52,7 @@ impl Strategy for EventStrategy {
             "source" => "/source/component".to_string(),
             other => format!("/{}", other.replace('.', "/")),
         };
-        object
-            .pointer(&pointer)
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        string_at(object, &pointer)
     }
 
     /// The columns a Kubernetes server prints for events.

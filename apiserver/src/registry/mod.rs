@@ -94,10 +94,7 @@ pub trait Strategy: Send + Sync {
             "metadata.namespace" => "/metadata/namespace",
             _ => return None,
         };
-        object
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        string_at(object, pointer)
     }
 
     /// The columns of this kind's Table (what `kubectl get` prints).
@@ -109,6 +106,14 @@ pub trait Strategy: Send + Sync {
     fn cells(&self, object: &Value, now: Timestamp) -> Vec<Value> {
         vec![json!(name_of(object)), json!(age_of(object, now))]
     }
+}
+
+/// The string at a JSON pointer, if there is one.
+pub fn string_at(object: &Value, pointer: &str) -> Option<String> {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// `metadata.name`, or "" for a nameless object.

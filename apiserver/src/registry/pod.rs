@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use mube_apis::table::Column;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, roundtrip, Resource, Strategy};
+use super::{age_of, name_of, roundtrip, string_at, Resource, Strategy};
 
 pub fn resource() -> Resource {
     Resource {
@@ -41,10 +41,7 @@ impl Strategy for PodStrategy {
             "status.phase" => "/status/phase",
             _ => return None,
         };
-        object
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        string_at(object, pointer)
     }
 
     fn columns(&self) -> Vec<Column> {
