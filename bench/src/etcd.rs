@@ -1,0 +1,165 @@
+//! etcd, the store Kubernetes uses, under the same heartbeat-shaped durable
+//! write load: one key per node, a value the size of a Lease, C concurrent
+//! clients. The benchmark starts etcd itself on loopback with a temporary
+//! data directory; it installs nothing.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::load::{run, LoadStats};
+use crate::server::{free_port, node_name};
+
+pub struct Etcd {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> Result<Etcd, String> {
+        let binary = which("etcd").ok_or(
+            "etcd is not installed: `apt-get install etcd-server` (Debian) provides /usr/bin/etcd",
+        )?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(binary)
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("bench={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start etcd: {e}"))?;
+        let etcd = Etcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..500 {
+            if let Ok(r) = client.get(format!("{}/health", etcd.url)).send().await {
+                if r.status().is_success() {
+                    return Ok(etcd);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("etcd did not become healthy in 10s".into())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A value the size of a node Lease as mube stores it.
+pub fn lease_value(node: usize) -> String {
+    format!(
+        r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"creationTimestamp":"2026-01-01T00:00:00Z","generation":1,"name":"{n}","namespace":"kube-node-lease","ownerReferences":[{{"apiVersion":"v1","kind":"Node","name":"{n}","uid":"6f1c1b2e-8d3a-4c1e-9a55-2b7e0f3c9d41"}}],"resourceVersion":"1","uid":"0e6b7d0c-4f55-4d8f-8a62-1f0c2f7d8e93"}},"spec":{{"holderIdentity":"{n}","leaseDurationSeconds":30,"renewTime":"2026-01-01T00:00:00.000000Z"}}}}"#,
+        n = node_name(node)
+    )
+}
+
+fn key(node: usize) -> String {
+    format!("/registry/leases/kube-node-lease/{}", node_name(node))
+}
+
+/// Puts through etcd's JSON gateway (`POST /v3/kv/put`).
+pub async fn gateway_puts(
+    url: &str,
+    nodes: usize,
+    connections: usize,
+    duration: Duration,
+) -> LoadStats {
+    let put_url: Arc<str> = Arc::from(format!("{url}/v3/kv/put"));
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    run(connections, duration, move |c| {
+        let put_url = put_url.clone();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .build()
+            .expect("client");
+        let mut node = c % nodes.max(1);
+        move || {
+            let body = format!(
+                r#"{{"key":"{}","value":"{}"}}"#,
+                b64(&key(node)),
+                b64(&lease_value(node))
+            );
+            node = (node + connections) % nodes.max(1);
+            let client = client.clone();
+            let put_url = put_url.clone();
+            async move {
+                match client.post(&*put_url).body(body).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Puts through etcd's gRPC API with the etcd-client crate.
+#[cfg(feature = "etcd-grpc")]
+pub async fn grpc_puts(
+    url: &str,
+    nodes: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<LoadStats, String> {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(
+            etcd_client::Client::connect([url], None)
+                .await
+                .map_err(|e| format!("etcd gRPC connect: {e}"))?,
+        );
+    }
+    let clients = Arc::new(std::sync::Mutex::new(clients));
+    Ok(run(connections, duration, move |c| {
+        let mut client = clients
+            .lock()
+            .map(|mut v| v.pop())
+            .ok()
+            .flatten()
+            .expect("one client per connection");
+        let mut node = c % nodes.max(1);
+        move || {
+            let (k, v) = (key(node), lease_value(node));
+            node = (node + connections) % nodes.max(1);
+            let mut kv = client.kv_client();
+            async move { kv.put(k, v, None).await.is_ok() }
+        }
+    })
+    .await)
+}

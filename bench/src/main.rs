@@ -1,0 +1,452 @@
+//! `mube-bench`: measures mube-apiserver over real HTTP on loopback,
+//! simulating nodes rather than running agents. See BENCHMARKS.md.
+//!
+//! Output: a readable table, then one last line of `key=value` pairs.
+
+mod etcd;
+mod load;
+mod server;
+mod watchers;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use server::{dir_size, proc_stats, Server};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mube-bench",
+    about = "Benchmarks for mube-apiserver (and etcd, for comparison)"
+)]
+struct Cli {
+    /// The mube-apiserver binary to measure (default: the release build next to this one).
+    #[arg(long, global = true)]
+    apiserver: Option<PathBuf>,
+
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Scenario {
+    /// C connections posting heartbeats for N nodes as fast as they are answered.
+    Heartbeat {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+    /// N nodes each heartbeating every interval, with W watchers on nodes and leases.
+    Paced {
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
+    /// Time to list N nodes as JSON and as a Table.
+    List {
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+    },
+    /// Time from start to /readyz after kill -9, with N nodes and a full event history.
+    Restart {
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+    },
+    /// The heartbeat-shaped durable write load against mube and against etcd, in one run.
+    Etcd {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+}
+
+/// Rows for the table and pairs for the last line.
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, String)>,
+}
+
+impl Report {
+    fn add(&mut self, key: &str, value: impl std::fmt::Display) {
+        self.rows.push((key.to_string(), value.to_string()));
+    }
+
+    fn print(&self) {
+        let width = self.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in &self.rows {
+            println!("{k:<width$}  {v}");
+        }
+        let line: Vec<String> = self
+            .rows
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace(' ', "_")))
+            .collect();
+        println!("{}", line.join(" "));
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    mube_apis::duration::parse(text)
+}
+
+fn default_apiserver() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mube-apiserver")))
+        .unwrap_or_else(|| PathBuf::from("target/release/mube-apiserver"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1048576.0)
+}
+
+fn load_rows(report: &mut Report, prefix: &str, stats: &load::LoadStats) {
+    report.add(
+        &format!("{prefix}_rate_per_s"),
+        format!("{:.0}", stats.rate()),
+    );
+    report.add(&format!("{prefix}_ok"), stats.ok);
+    report.add(&format!("{prefix}_errors"), stats.errors);
+    report.add(
+        &format!("{prefix}_p50_ms"),
+        format!("{:.2}", stats.ms(0.50)),
+    );
+    report.add(
+        &format!("{prefix}_p99_ms"),
+        format!("{:.2}", stats.ms(0.99)),
+    );
+    report.add(
+        &format!("{prefix}_p999_ms"),
+        format!("{:.2}", stats.ms(0.999)),
+    );
+}
+
+async fn heartbeat(
+    bin: &PathBuf,
+    nodes: usize,
+    connections: usize,
+    d: Duration,
+    report: &mut Report,
+) -> Result<(), String> {
+    let server = Server::start(bin, nodes, "").await?;
+    let before = proc_stats(server.pid());
+    let stats = load::closed_loop(&server.url, nodes, connections, d).await;
+    let after = proc_stats(server.pid());
+    report.add("scenario", "heartbeat");
+    report.add("nodes", nodes);
+    report.add("connections", connections);
+    load_rows(report, "mube_heartbeat", &stats);
+    report.add(
+        "apiserver_cpu_cores",
+        format!(
+            "{:.2}",
+            (after.cpu_seconds - before.cpu_seconds) / stats.elapsed.as_secs_f64()
+        ),
+    );
+    report.add("apiserver_peak_rss_mib", mib(after.peak_rss_bytes));
+    Ok(())
+}
+
+async fn paced(
+    bin: &PathBuf,
+    nodes: usize,
+    interval: Duration,
+    d: Duration,
+    watchers: usize,
+    connections: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    // Retention covers the whole run, so every watcher can be served from history.
+    let server = Server::start(bin, nodes, "watchBuffer: 65536\n").await?;
+    let client = reqwest::Client::new();
+    let rv_of = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("{}{path}?limit=1", server.url);
+        async move {
+            let v: serde_json::Value = client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            v.pointer("/metadata/resourceVersion")
+                .and_then(|r| r.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| "no resourceVersion".to_string())
+        }
+    };
+    let lease_tally = watchers::WatchTally::new();
+    let node_tally = watchers::WatchTally::new();
+    let start_rv = rv_of("/api/v1/nodes").await?;
+    let mut handles = Vec::new();
+    for w in 0..watchers {
+        let (path, tally) = if w % 2 == 0 {
+            ("/apis/coordination.k8s.io/v1/leases", lease_tally.clone())
+        } else {
+            ("/api/v1/nodes", node_tally.clone())
+        };
+        handles.push(watchers::spawn(&server.url, path, &start_rv, tally).await?);
+    }
+    let lease_watchers = watchers.div_ceil(2) as u64;
+
+    let pid = server.pid();
+    let data_dir = server.data_dir();
+    let sampler = tokio::spawn(async move {
+        let mut sizes = Vec::new();
+        let started = Instant::now();
+        loop {
+            sizes.push((started.elapsed().as_secs(), dir_size(&data_dir)));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if started.elapsed() > d + Duration::from_secs(5) {
+                sizes.push((started.elapsed().as_secs(), dir_size(&data_dir)));
+                return sizes;
+            }
+        }
+    });
+    let before = proc_stats(pid);
+    let stats = load::paced(&server.url, nodes, connections, interval, d).await;
+    let after = proc_stats(pid);
+    let expected = stats.ok * lease_watchers;
+    watchers::settle(&lease_tally, expected, Duration::from_secs(30)).await;
+    let received = lease_tally.events.load(Ordering::Relaxed);
+    for h in handles {
+        h.abort();
+    }
+    let sizes = sampler.await.unwrap_or_default();
+
+    report.add("scenario", "paced");
+    report.add("nodes", nodes);
+    report.add("interval_s", interval.as_secs_f64());
+    report.add(
+        "target_rate_per_s",
+        format!("{:.0}", nodes as f64 / interval.as_secs_f64()),
+    );
+    report.add("watchers", watchers);
+    load_rows(report, "heartbeat", &stats);
+    report.add(
+        "watch_lag_p50_ms",
+        format!("{:.1}", lease_tally.lag_ms(0.50)),
+    );
+    report.add(
+        "watch_lag_p99_ms",
+        format!("{:.1}", lease_tally.lag_ms(0.99)),
+    );
+    report.add("lease_events_expected", expected);
+    report.add("lease_events_received", received);
+    report.add("events_missed", expected.saturating_sub(received));
+    report.add(
+        "events_duplicated_or_reordered",
+        lease_tally.out_of_order.load(Ordering::Relaxed)
+            + node_tally.out_of_order.load(Ordering::Relaxed),
+    );
+    report.add(
+        "apiserver_cpu_cores",
+        format!(
+            "{:.2}",
+            (after.cpu_seconds - before.cpu_seconds) / stats.elapsed.as_secs_f64()
+        ),
+    );
+    report.add("apiserver_peak_rss_mib", mib(after.peak_rss_bytes));
+    report.add(
+        "data_dir_mib_over_time",
+        sizes
+            .iter()
+            .map(|(t, s)| format!("{t}s:{}", mib(*s)))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    Ok(())
+}
+
+async fn time_get(url: &str, accept: &str) -> Result<(Duration, usize), String> {
+    let client = reqwest::Client::new();
+    let mut best = Duration::MAX;
+    let mut size = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let body = client
+            .get(url)
+            .header("accept", accept)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        best = best.min(started.elapsed());
+        size = body.len();
+    }
+    Ok((best, size))
+}
+
+async fn list(bin: &PathBuf, nodes: usize, report: &mut Report) -> Result<(), String> {
+    let server = Server::start(bin, nodes, "").await?;
+    let url = format!("{}/api/v1/nodes", server.url);
+    let (json, json_bytes) = time_get(&url, "application/json").await?;
+    let (table, _) = time_get(&url, "application/json;as=Table;v=v1;g=meta.k8s.io").await?;
+    report.add("scenario", "list");
+    report.add("nodes", nodes);
+    report.add(
+        "list_json_ms",
+        format!("{:.1}", json.as_secs_f64() * 1000.0),
+    );
+    report.add("list_json_mib", mib(json_bytes as u64));
+    report.add(
+        "list_table_ms",
+        format!("{:.1}", table.as_secs_f64() * 1000.0),
+    );
+    report.add(
+        "apiserver_peak_rss_mib",
+        mib(proc_stats(server.pid()).peak_rss_bytes),
+    );
+    Ok(())
+}
+
+async fn restart(bin: &PathBuf, nodes: usize, report: &mut Report) -> Result<(), String> {
+    let mut server = Server::start(bin, nodes, "").await?;
+    // A full history: a heartbeat from every node, and more, past the retention.
+    let mut sent = 0usize;
+    while sent < 100_000.max(nodes) {
+        let s = load::closed_loop(&server.url, nodes, 64, Duration::from_secs(2)).await;
+        sent += s.ok as usize;
+        if s.ok == 0 {
+            return Err("no heartbeat was accepted while filling the history".into());
+        }
+    }
+    let size = dir_size(&server.data_dir());
+    server.kill9();
+    server.spawn()?;
+    let ready = server.wait_ready(Duration::from_secs(600)).await?;
+    report.add("scenario", "restart");
+    report.add("nodes", nodes);
+    report.add("writes_before_kill", sent);
+    report.add("data_dir_mib", mib(size));
+    report.add(
+        "restart_to_ready_ms",
+        format!("{:.0}", ready.as_secs_f64() * 1000.0),
+    );
+    report.add(
+        "apiserver_rss_after_restart_mib",
+        mib(proc_stats(server.pid()).rss_bytes),
+    );
+    Ok(())
+}
+
+async fn versus_etcd(
+    bin: &PathBuf,
+    nodes: usize,
+    connections: usize,
+    d: Duration,
+    report: &mut Report,
+) -> Result<(), String> {
+    report.add("scenario", "etcd");
+    report.add("nodes", nodes);
+    report.add("connections", connections);
+    let mube = {
+        let server = Server::start(bin, nodes, "").await?;
+        load::closed_loop(&server.url, nodes, connections, d).await
+    };
+    load_rows(report, "mube_heartbeat", &mube);
+    let etcd = etcd::Etcd::start().await?;
+    let gateway = etcd::gateway_puts(&etcd.url, nodes, connections, d).await;
+    load_rows(report, "etcd_gateway_put", &gateway);
+    #[cfg(feature = "etcd-grpc")]
+    let grpc_rate = {
+        let grpc = etcd::grpc_puts(&etcd.url, nodes, connections, d).await?;
+        load_rows(report, "etcd_grpc_put", &grpc);
+        grpc.rate()
+    };
+    #[cfg(not(feature = "etcd-grpc"))]
+    let grpc_rate = {
+        report.add(
+            "etcd_grpc_put",
+            "not_built_(cargo_build_--features_etcd-grpc)",
+        );
+        0.0
+    };
+    let best = gateway.rate().max(grpc_rate);
+    report.add(
+        "ratio_mube_over_best_etcd",
+        format!("{:.2}", mube.rate() / best.max(1e-9)),
+    );
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<Report, String> {
+    let bin = cli.apiserver.unwrap_or_else(default_apiserver);
+    let mut report = Report::default();
+    match cli.scenario {
+        Scenario::Heartbeat {
+            nodes,
+            connections,
+            duration: d,
+        } => heartbeat(&bin, nodes, connections, duration(&d)?, &mut report).await?,
+        Scenario::Paced {
+            nodes,
+            interval,
+            duration: d,
+            watchers,
+            connections,
+        } => {
+            paced(
+                &bin,
+                nodes,
+                duration(&interval)?,
+                duration(&d)?,
+                watchers,
+                connections,
+                &mut report,
+            )
+            .await?
+        }
+        Scenario::List { nodes } => list(&bin, nodes, &mut report).await?,
+        Scenario::Restart { nodes } => restart(&bin, nodes, &mut report).await?,
+        Scenario::Etcd {
+            nodes,
+            connections,
+            duration: d,
+        } => versus_etcd(&bin, nodes, connections, duration(&d)?, &mut report).await?,
+    }
+    Ok(report)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mube-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(report) => {
+            report.print();
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mube-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The process under test: a mube-apiserver (release build) started on a
+//! free loopback port with a temporary data directory and N registered nodes,
+//! observed through /proc.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+pub fn node_name(i: usize) -> String {
+    format!("node-{i:06}")
+}
+
+/// CPU time and memory of a process, from /proc (Linux).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcStats {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+pub fn proc_stats(pid: u32) -> ProcStats {
+    let mut out = ProcStats::default();
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Fields after the command name (which may contain spaces) start after ')'.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = 100.0; // USER_HZ on Linux
+            let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            out.cpu_seconds = (utime + stime) / ticks;
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        for line in status.lines() {
+            let kb = |l: &str| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 1024
+            };
+            if line.starts_with("VmRSS:") {
+                out.rss_bytes = kb(line);
+            } else if line.starts_with("VmHWM:") {
+                out.peak_rss_bytes = kb(line);
+            }
+        }
+    }
+    out
+}
+
+/// Total size of the files under `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub struct Server {
+    binary: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Writes a config with `nodes` registered nodes and starts the server;
+    /// returns once /readyz answers.
+    pub async fn start(binary: &Path, nodes: usize, extra_yaml: &str) -> Result<Server, String> {
+        if !binary.exists() {
+            return Err(format!(
+                "{} is missing: build it first with `cargo build --release -p mube-apiserver`",
+                binary.display()
+            ));
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let port = free_port()?;
+        let mut yaml = format!(
+            "listenAddress: \"127.0.0.1:{port}\"\ndataDir: {}\n{extra_yaml}\nnodes:\n",
+            dir.path().join("data").display()
+        );
+        for i in 0..nodes {
+            yaml.push_str(&format!(
+                "  - {{name: {}, ip: 127.0.0.1, port: 10250}}\n",
+                node_name(i)
+            ));
+        }
+        std::fs::write(dir.path().join("apiserver.yaml"), yaml)
+            .map_err(|e| format!("config: {e}"))?;
+        let mut server = Server {
+            binary: binary.to_path_buf(),
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            child: None,
+        };
+        server.spawn()?;
+        server.wait_ready(Duration::from_secs(600)).await?;
+        Ok(server)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new(&self.binary)
+            .env(
+                "MUBE_APISERVER_CONFIG",
+                self.dir.path().join("apiserver.yaml"),
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls /readyz; returns how long it took.
+    pub async fn wait_ready(&mut self, limit: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!("mube-apiserver exited during start-up: {status}"));
+            }
+            if let Ok(r) = client.get(format!("{}/readyz", self.url)).send().await {
+                if r.status().is_success() {
+                    return Ok(started.elapsed());
+                }
+            }
+            if started.elapsed() > limit {
+                return Err("mube-apiserver did not become ready".into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
