@@ -131,10 +131,20 @@ impl NodeLifecycle {
 
         self.nodes.clear();
         self.due.clear();
-        self.reported.clear();
+        // Transitions that happened while the watch was down (known from an
+        // earlier list) are reported now; nodes seen for the first time are not.
+        let known = std::mem::take(&mut self.reported);
         for node in &nodes {
             if let (Some(name), Some(state)) = (self.observe_node(node), rules::state_of(node)) {
-                self.reported.insert(name, state);
+                match known.get(&name) {
+                    Some(previous) => {
+                        self.reported.insert(name, *previous);
+                        self.report(node).await;
+                    }
+                    None => {
+                        self.reported.insert(name, state);
+                    }
+                }
             }
         }
         for lease in &leases {
@@ -417,7 +427,8 @@ impl NodeLifecycle {
                 .update_status("nodes", None, name, updated)
                 .await
             {
-                Ok(_) => {
+                Ok(written) => {
+                    self.report(&written).await;
                     tracing::info!(
                         node = %name,
                         from = tracked.state.map(NodeState::as_str).unwrap_or("none"),

@@ -109,6 +109,10 @@ impl SledStore {
             .path(&db_path)
             // Durability comes from the group-commit flusher, not a timer.
             .flush_every_ms(None)
+            // Reads are served from memory (the object map); sled's own cache
+            // only helps start-up and watchers catching up from history, so
+            // it need not take its default 1 GiB.
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| backend(format!("cannot open store {}: {e}", db_path.display())))?;
         let tree: sled::Tree = (*db).clone();
