@@ -16,6 +16,12 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn main() {
+    // etcd (Debian: etcd-server) for the benchmark's etcd scenario smoke run.
+    println!("cargo:rustc-check-cfg=cfg(has_etcd)");
+    match find_on_path("etcd") {
+        Some(_) => println!("cargo:rustc-cfg=has_etcd"),
+        None => println!("cargo:warning=etcd is not on PATH: the benchmark's etcd smoke run is SKIPPED (reported as ignored)"),
+    }
     println!("cargo:rustc-check-cfg=cfg(has_kubectl)");
     println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-env-changed=CI");

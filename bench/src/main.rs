@@ -63,6 +63,9 @@ enum Scenario {
     Restart {
         #[arg(long, default_value_t = 100_000)]
         nodes: usize,
+        /// Heartbeats to send before the kill (the default fills the default history).
+        #[arg(long, default_value_t = 100_000)]
+        writes: usize,
     },
     /// The heartbeat-shaped durable write load against mube and against etcd, in one run.
     Etcd {
@@ -319,12 +322,17 @@ async fn list(bin: &PathBuf, nodes: usize, report: &mut Report) -> Result<(), St
     Ok(())
 }
 
-async fn restart(bin: &PathBuf, nodes: usize, report: &mut Report) -> Result<(), String> {
+async fn restart(
+    bin: &PathBuf,
+    nodes: usize,
+    writes: usize,
+    report: &mut Report,
+) -> Result<(), String> {
     let mut server = Server::start(bin, nodes, "").await?;
     // A full history: a heartbeat from every node, and more, past the retention.
     let mut sent = 0usize;
-    while sent < 100_000.max(nodes) {
-        let s = load::closed_loop(&server.url, nodes, 64, Duration::from_secs(2)).await;
+    while sent < writes.max(nodes) {
+        let s = load::closed_loop(&server.url, nodes, 64, Duration::from_millis(500)).await;
         sent += s.ok as usize;
         if s.ok == 0 {
             return Err("no heartbeat was accepted while filling the history".into());
@@ -417,7 +425,7 @@ async fn run(cli: Cli) -> Result<Report, String> {
             .await?
         }
         Scenario::List { nodes } => list(&bin, nodes, &mut report).await?,
-        Scenario::Restart { nodes } => restart(&bin, nodes, &mut report).await?,
+        Scenario::Restart { nodes, writes } => restart(&bin, nodes, writes, &mut report).await?,
         Scenario::Etcd {
             nodes,
             connections,

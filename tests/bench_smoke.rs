@@ -1,0 +1,96 @@
+//! A small, fast run of every benchmark scenario, so the benchmark program
+//! cannot rot. Numbers are not checked here (benchmarks are run by hand, see
+//! BENCHMARKS.md); that each scenario runs, reports, and (for `paced`) loses
+//! and repeats no watch event is.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+/// Runs `mube-bench` against the debug API server; returns the final
+/// `key=value` line as a map.
+fn bench(args: &[&str]) -> HashMap<String, String> {
+    let out = Command::new(mube_e2e::bin("mube-bench"))
+        .arg("--apiserver")
+        .arg(mube_e2e::bin("mube-apiserver"))
+        .args(args)
+        .output()
+        .expect("run mube-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mube-bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("a final key=value line");
+    last.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn number(result: &HashMap<String, String>, key: &str) -> f64 {
+    result
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {result:?}"))
+}
+
+#[test]
+fn heartbeat_scenario() {
+    let r = bench(&[
+        "heartbeat",
+        "--nodes",
+        "5",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+    ]);
+    assert!(number(&r, "mube_heartbeat_ok") > 0.0);
+    assert_eq!(number(&r, "mube_heartbeat_errors"), 0.0);
+}
+
+#[test]
+fn paced_scenario_loses_and_repeats_nothing() {
+    let r = bench(&[
+        "paced",
+        "--nodes",
+        "20",
+        "--interval",
+        "500ms",
+        "--duration",
+        "2s",
+        "--watchers",
+        "4",
+        "--connections",
+        "2",
+    ]);
+    assert!(number(&r, "heartbeat_ok") >= 40.0, "{r:?}");
+    assert_eq!(number(&r, "events_missed"), 0.0, "{r:?}");
+    assert_eq!(number(&r, "events_duplicated_or_reordered"), 0.0, "{r:?}");
+    assert!(number(&r, "lease_events_received") >= number(&r, "heartbeat_ok") * 2.0);
+}
+
+#[test]
+fn list_and_restart_scenarios() {
+    let r = bench(&["list", "--nodes", "50"]);
+    assert!(number(&r, "list_json_ms") > 0.0);
+    let r = bench(&["restart", "--nodes", "10", "--writes", "100"]);
+    assert!(number(&r, "restart_to_ready_ms") > 0.0);
+}
+
+#[cfg_attr(not(has_etcd), ignore = "etcd not found on PATH (Debian: etcd-server)")]
+#[test]
+fn etcd_scenario() {
+    let r = bench(&[
+        "etcd",
+        "--nodes",
+        "5",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+    ]);
+    assert!(number(&r, "etcd_gateway_put_ok") > 0.0, "{r:?}");
+    assert!(number(&r, "ratio_mube_over_best_etcd") > 0.0);
+}
