@@ -147,7 +147,7 @@ pub async fn grpc_puts(
     }
     let clients = Arc::new(std::sync::Mutex::new(clients));
     Ok(run(connections, duration, move |c| {
-        let mut client = clients
+        let client = clients
             .lock()
             .map(|mut v| v.pop())
             .ok()

@@ -8,7 +8,7 @@ mod load;
 mod server;
 mod watchers;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -140,7 +140,7 @@ fn load_rows(report: &mut Report, prefix: &str, stats: &load::LoadStats) {
 }
 
 async fn heartbeat(
-    bin: &PathBuf,
+    bin: &Path,
     nodes: usize,
     connections: usize,
     d: Duration,
@@ -166,7 +166,7 @@ async fn heartbeat(
 }
 
 async fn paced(
-    bin: &PathBuf,
+    bin: &Path,
     nodes: usize,
     interval: Duration,
     d: Duration,
@@ -299,7 +299,7 @@ async fn time_get(url: &str, accept: &str) -> Result<(Duration, usize), String> 
     Ok((best, size))
 }
 
-async fn list(bin: &PathBuf, nodes: usize, report: &mut Report) -> Result<(), String> {
+async fn list(bin: &Path, nodes: usize, report: &mut Report) -> Result<(), String> {
     let server = Server::start(bin, nodes, "").await?;
     let url = format!("{}/api/v1/nodes", server.url);
     let (json, json_bytes) = time_get(&url, "application/json").await?;
@@ -323,7 +323,7 @@ async fn list(bin: &PathBuf, nodes: usize, report: &mut Report) -> Result<(), St
 }
 
 async fn restart(
-    bin: &PathBuf,
+    bin: &Path,
     nodes: usize,
     writes: usize,
     report: &mut Report,
@@ -358,7 +358,7 @@ async fn restart(
 }
 
 async fn versus_etcd(
-    bin: &PathBuf,
+    bin: &Path,
     nodes: usize,
     connections: usize,
     d: Duration,
