@@ -146,11 +146,10 @@ fn object_response(
     match table {
         None => Ok(json(code, object.json.clone())),
         Some(t) => {
-            let value = object.value()?;
             let meta = json!({"resourceVersion": object.revision.to_string()});
             Ok(json(
                 code,
-                table::render(r, t, &[value], meta, true).to_string(),
+                table::render(r, t, [&object.json[..]], meta, true)?,
             ))
         }
     }
@@ -362,13 +361,10 @@ async fn list(
         }
     }
     if let Some(t) = table {
-        let values = items
-            .iter()
-            .map(|i| i.value())
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = items.iter().map(|i| &i.json[..]);
         return Ok(json(
             StatusCode::OK,
-            table::render(r, t, &values, metadata, true).to_string(),
+            table::render(r, t, rows, metadata, true)?,
         ));
     }
     let head = json!({

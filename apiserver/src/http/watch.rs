@@ -158,8 +158,10 @@ impl WatchTask {
         let meta = json!({"resourceVersion": value.pointer("/metadata/resourceVersion").cloned().unwrap_or_default()});
         let headers = !self.table_headers_sent;
         self.table_headers_sent = true;
-        let rendered = table::render(&self.r, t, &[value], meta, headers);
-        line(kind, rendered.to_string().as_bytes())
+        match table::render(&self.r, t, [object], meta, headers) {
+            Ok(rendered) => line(kind, &rendered),
+            Err(_) => line(kind, object),
+        }
     }
 
     /// Sends one line; false once the client is gone or the server stops.
