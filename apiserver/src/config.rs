@@ -33,8 +33,6 @@ struct ConfigFile {
     watch_buffer: Option<usize>,
     /// How often watches that asked for bookmarks get one (default 1m).
     watch_bookmark_interval: Option<String>,
-    /// How long the group commit waits for more writes before a flush (default: not at all).
-    commit_linger: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,7 +52,6 @@ pub struct Config {
     pub history_retention: u64,
     pub watch_buffer: usize,
     pub watch_bookmark_interval: Duration,
-    pub commit_linger: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub notready_timeout: Duration,
 }
@@ -145,13 +142,6 @@ impl Config {
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| format!("{file}: watchBookmarkInterval: invalid duration {v:?}; use forms like 500ms, 5s, 1m30s"))?,
         };
-        let commit_linger = match raw.commit_linger.as_deref() {
-            None => None,
-            Some(v) => Some(
-                mube_apis::duration::parse(v).map_err(|e| format!("{file}: commitLinger: {e}"))?,
-            )
-            .filter(|d| !d.is_zero()),
-        };
         if raw.history_retention == Some(0) {
             return Err(format!("{file}: historyRetention: must be at least 1"));
         }
@@ -165,7 +155,6 @@ impl Config {
             history_retention: raw.history_retention.unwrap_or(100_000),
             watch_buffer: raw.watch_buffer.unwrap_or(4096),
             watch_bookmark_interval,
-            commit_linger,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),
         })

@@ -24,7 +24,6 @@ pub async fn run(config: Config) -> Result<(), String> {
         SledStoreOptions {
             history_retention: config.history_retention,
             watch_buffer: config.watch_buffer,
-            commit_linger: config.commit_linger,
         },
     )
     .map_err(|e| e.to_string())?;
