@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use mube_apis::watch::EventType;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -27,8 +27,10 @@ use crate::error::ApiError;
 use crate::registry::{Filter, Resource};
 use crate::store::{Event, EventKind, StoredObject, WatchStream};
 
-/// Lines buffered between the watch task and a slow client.
+/// Chunks buffered between the watch task and a slow client.
 const LINES_IN_FLIGHT: usize = 64;
+/// Largest chunk of events sent in one write.
+const MAX_CHUNK: usize = 256 * 1024;
 
 fn line(kind: EventType, object: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(object.len() + 32);
@@ -208,22 +210,49 @@ impl WatchTask {
                         }
                     }
                 }
-                next = stream.next() => match next {
-                    None => return,
-                    Some(Ok(event)) => {
-                        if let Some(kind) = translate(&self.r, &self.filter, &event) {
-                            let event = self.event(kind, &event.object);
-                            if !self.send(event).await {
-                                return;
+                next = stream.next() => {
+                    // Events already waiting go out in one chunk: a watcher
+                    // that is behind costs one write, not one per event.
+                    let mut chunk = Vec::new();
+                    let mut next = next;
+                    let mut ended = None;
+                    loop {
+                        match next {
+                            None => {
+                                ended = Some(None);
+                                break;
+                            }
+                            Some(Ok(event)) => {
+                                if let Some(kind) = translate(&self.r, &self.filter, &event) {
+                                    chunk.extend_from_slice(&self.event(kind, &event.object));
+                                }
+                            }
+                            Some(Err(e)) => {
+                                ended = Some(Some(e));
+                                break;
                             }
                         }
+                        if chunk.len() >= MAX_CHUNK {
+                            break;
+                        }
+                        match stream.next().now_or_never() {
+                            Some(more) => next = more,
+                            None => break,
+                        }
                     }
-                    Some(Err(e)) => {
-                        tracing::info!(resource = self.r.plural, error = %e, "watch ended with an error");
-                        let _ = self.send(error_line(ApiError::from(e))).await;
+                    if !chunk.is_empty() && !self.send(Bytes::from(chunk)).await {
                         return;
                     }
-                },
+                    match ended {
+                        None => {}
+                        Some(None) => return,
+                        Some(Some(e)) => {
+                            tracing::info!(resource = self.r.plural, error = %e, "watch ended with an error");
+                            let _ = self.send(error_line(ApiError::from(e))).await;
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
