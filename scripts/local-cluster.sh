@@ -5,10 +5,11 @@
 # (to see its node go NotReady) leaves the API server running.
 #
 # Loads .env.apiserver and .env.mubelet if present. Binaries come from
-# target/debug (run `cargo build --workspace --bins` first; `make run` does).
+# target/debug, or $CARGO_TARGET_DIR/debug (run `cargo build --workspace --bins`
+# first; `make run` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${MUBE_BIN_DIR:-target/debug}
+bin=${MUBE_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 
 load() { set -a; [ ! -f "$1" ] || . "./$1"; set +a; }
 
