@@ -100,11 +100,3 @@ pub fn failure_for(
     });
     status
 }
-
-/// A `Status` with `status: Success`, as Kubernetes returns for some deletes.
-pub fn success() -> Status {
-    Status {
-        status: Some("Success".to_string()),
-        ..Default::default()
-    }
-}

@@ -44,20 +44,6 @@ pub fn dns1123_subdomain(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// RFC 1123 label: the rule for namespace names.
-pub fn dns1123_label(value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.chars().all(|c| is_lower_alnum(c) || c == '-')
-        && value.starts_with(is_lower_alnum)
-        && value.ends_with(is_lower_alnum);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("Invalid value: {value:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"))
-    }
-}
-
 fn qualified_name_part(value: &str) -> bool {
     let alnum = |c: char| c.is_ascii_alphanumeric();
     !value.is_empty()

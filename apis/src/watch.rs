@@ -33,12 +33,3 @@ pub struct WatchEvent {
     pub type_: EventType,
     pub object: serde_json::Value,
 }
-
-impl WatchEvent {
-    /// `metadata.resourceVersion` of the carried object, if any.
-    pub fn resource_version(&self) -> Option<&str> {
-        self.object
-            .pointer("/metadata/resourceVersion")
-            .and_then(|v| v.as_str())
-    }
-}

@@ -66,7 +66,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let controller = tokio::spawn(controller.run(shutdown.child_token()));
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
     ready.store(true, Ordering::Release);
     tracing::info!(
         address = %bound,
@@ -77,17 +81,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         "mube-apiserver ready"
     );
 
-    mube_process::shutdown_signal().await;
-    tracing::info!(timeout = ?config.shutdown_timeout, "shutting down");
-    shutdown.cancel();
-    let drained = tokio::time::timeout(config.shutdown_timeout, async {
-        let _ = server.await;
-        let _ = controller.await;
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("shutdown timeout reached with requests still in flight");
-    }
+    mube_process::stop_on_signal(&shutdown, config.shutdown_timeout, vec![server, controller])
+        .await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -18,10 +18,6 @@ pub struct LoadStats {
 }
 
 impl LoadStats {
-    pub fn empty() -> LoadStats {
-        LoadStats::new()
-    }
-
     pub fn record(&mut self, ok: bool, took: Duration) {
         if ok {
             self.ok += 1;
@@ -31,7 +27,7 @@ impl LoadStats {
         }
     }
 
-    fn new() -> LoadStats {
+    pub fn new() -> LoadStats {
         LoadStats {
             ok: 0,
             errors: 0,
@@ -121,7 +117,7 @@ where
         .map(|c| {
             let mut request = factory(c);
             tokio::spawn(async move {
-                let mut stats = LoadStats::empty();
+                let mut stats = LoadStats::new();
                 while started.elapsed() < duration {
                     let t = Instant::now();
                     let ok = request().await;
@@ -131,7 +127,7 @@ where
             })
         })
         .collect();
-    let mut total = LoadStats::empty();
+    let mut total = LoadStats::new();
     for t in tasks {
         if let Ok(s) = t.await {
             total.merge(&s);

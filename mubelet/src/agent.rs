@@ -26,7 +26,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     let health = axum::serve(listener, health::router(config.clone(), status))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let health = tokio::spawn(async move { health.await });
+    let health = tokio::spawn(async move {
+        if let Err(e) = health.await {
+            tracing::error!(error = %e, "health server failed");
+        }
+    });
     let heartbeat = tokio::spawn(heartbeater.run(shutdown.clone()));
     tracing::info!(
         node = %config.node_name,
@@ -36,17 +40,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         "mubelet started"
     );
 
-    mube_process::shutdown_signal().await;
-    tracing::info!(timeout = ?config.shutdown_timeout, "shutting down");
-    shutdown.cancel();
-    let stopped = tokio::time::timeout(config.shutdown_timeout, async {
-        let _ = heartbeat.await;
-        let _ = health.await;
-    })
-    .await;
-    if stopped.is_err() {
-        tracing::warn!("shutdown timeout reached; exiting anyway");
-    }
+    mube_process::stop_on_signal(&shutdown, config.shutdown_timeout, vec![heartbeat, health]).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -73,3 +73,26 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+/// Waits for SIGINT/SIGTERM, then cancels `shutdown` and gives `tasks` up to
+/// `timeout` to finish. Returns false if they did not finish in time.
+pub async fn stop_on_signal(
+    shutdown: &tokio_util::sync::CancellationToken,
+    timeout: std::time::Duration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> bool {
+    shutdown_signal().await;
+    tracing::info!(?timeout, "shutting down");
+    shutdown.cancel();
+    let finished = tokio::time::timeout(timeout, async {
+        for task in tasks {
+            let _ = task.await;
+        }
+    })
+    .await
+    .is_ok();
+    if !finished {
+        tracing::warn!("shutdown timeout reached with work still in flight");
+    }
+    finished
+}

@@ -124,9 +124,6 @@ pub trait Store: Send + Sync + 'static {
     /// Every change under `prefix` after revision `after`, then live changes.
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
 
-    /// The newest revision whose writes are durable and visible to watchers.
-    fn revision(&self) -> Revision;
-
     /// The newest revision whose history has been dropped: watching (or
     /// continuing a list) from before it is 410 Gone.
     fn compacted(&self) -> Revision;

@@ -174,11 +174,6 @@ impl SledStore {
         })
     }
 
-    /// Bytes sled reports on disk (for benchmarks and logs).
-    pub fn size_on_disk(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0)
-    }
-
     /// Applies one write under the state lock, then waits until it is durable.
     async fn write(
         &self,
@@ -464,10 +459,6 @@ impl Store for SledStore {
             live,
             self.shared.published.clone(),
         ))
-    }
-
-    fn revision(&self) -> Revision {
-        self.shared.published.load(Ordering::Acquire)
     }
 
     fn compacted(&self) -> Revision {

@@ -122,9 +122,4 @@ impl WatchStream {
         let published = self.published.load(Ordering::Acquire);
         self.live.is_empty().then_some(published.max(self.last))
     }
-
-    /// The last revision delivered or skipped.
-    pub fn last_revision(&self) -> Revision {
-        self.last
-    }
 }
