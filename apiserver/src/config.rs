@@ -33,6 +33,9 @@ struct ConfigFile {
     watch_buffer: Option<usize>,
     /// How often watches that asked for bookmarks get one (default 1m).
     watch_bookmark_interval: Option<String>,
+    /// Bytes per write-ahead log segment (default 32Mi); space is freed a
+    /// segment at a time.
+    log_segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +55,7 @@ pub struct Config {
     pub history_retention: u64,
     pub watch_buffer: usize,
     pub watch_bookmark_interval: Duration,
+    pub log_segment_bytes: u64,
     pub shutdown_timeout: Duration,
     pub notready_timeout: Duration,
 }
@@ -145,6 +149,9 @@ impl Config {
         if raw.history_retention == Some(0) {
             return Err(format!("{file}: historyRetention: must be at least 1"));
         }
+        if raw.log_segment_bytes.is_some_and(|b| b < 4096) {
+            return Err(format!("{file}: logSegmentBytes: must be at least 4096"));
+        }
         if raw.watch_buffer == Some(0) {
             return Err(format!("{file}: watchBuffer: must be at least 1"));
         }
@@ -155,6 +162,7 @@ impl Config {
             history_retention: raw.history_retention.unwrap_or(100_000),
             watch_buffer: raw.watch_buffer.unwrap_or(4096),
             watch_bookmark_interval,
+            log_segment_bytes: raw.log_segment_bytes.unwrap_or(32 * 1024 * 1024),
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),
         })

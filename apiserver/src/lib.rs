@@ -1,6 +1,6 @@
 //! mube's API server: a Kubernetes-shaped REST API over one narrow store.
 //!
-//! Layers, bottom up: `store` (the storage interface and the sled backend),
+//! Layers, bottom up: `store` (the storage interface and the write-ahead-log backend),
 //! `registry` (resource kinds as declarations plus hooks, served by generic
 //! code), `http` (routes, watch streaming, Status errors), and `controllers`
 //! (API clients that act on what they watch). `server` wires them together.

@@ -13,17 +13,18 @@ use crate::controllers::node_lifecycle::NodeLifecycle;
 use crate::http::{router, AppState};
 use crate::kubeconfig;
 use crate::registry::{node, Registry};
-use crate::store::{SledStore, SledStoreOptions, Store};
+use crate::store::{LogStore, LogStoreOptions, Store};
 
 /// Runs the API server until SIGINT/SIGTERM, then stops accepting, ends
 /// watches, lets in-flight requests finish (within the shutdown timeout),
 /// and flushes the store.
 pub async fn run(config: Config) -> Result<(), String> {
-    let store = SledStore::open(
+    let store = LogStore::open(
         &config.data_dir,
-        SledStoreOptions {
+        LogStoreOptions {
             history_retention: config.history_retention,
             watch_buffer: config.watch_buffer,
+            segment_bytes: config.log_segment_bytes,
         },
     )
     .map_err(|e| e.to_string())?;

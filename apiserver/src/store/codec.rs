@@ -1,104 +1,126 @@
-//! On-disk layout of the sled store. One sled tree holds three key spaces so
-//! that an object, its history record and the revision counter are written by
-//! one atomic batch:
-//!   `o{key}`           -> object JSON
-//!   `h{revision:be64}` -> history record (see `encode_event`)
-//!   `m/revision`, `m/compacted` -> be64 counters
+//! What the log store writes inside each frame (see `frame`).
+//!
+//! Write-ahead log record (one per change, the same `Event` watchers get):
+//!   revision:u64 | kind:u8 | key | object | previous
+//! where key, object and previous are `len:u32 | bytes` and previous has
+//! len = u32::MAX when there was no previous state. Keeping `previous` makes
+//! history after a restart as complete as before it (a filtered watch needs
+//! it to turn "left my selector" into DELETED).
+//!
+//! Snapshot records:
+//!   header:  "mube-snapshot" | format:u32 | revision:u64
+//!   object:  b'o' | revision:u64 | key | json
+//!   trailer: b'e' | objects:u64
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Event, EventKind, Revision, StoreError};
+use super::frame::{self, Reader};
+use super::{Event, EventKind, Revision, StoreError, StoredObject};
 
-pub const OBJECT_PREFIX: u8 = b'o';
-pub const HISTORY_PREFIX: u8 = b'h';
-pub const META_REVISION: &[u8] = b"m/revision";
-pub const META_COMPACTED: &[u8] = b"m/compacted";
+const NO_PREVIOUS: u32 = u32::MAX;
+pub const SNAPSHOT_MAGIC: &[u8] = b"mube-snapshot";
+pub const SNAPSHOT_FORMAT: u32 = 1;
 
-pub fn object_key(key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(OBJECT_PREFIX);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-pub fn history_key(revision: Revision) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = HISTORY_PREFIX;
-    k[1..].copy_from_slice(&revision.to_be_bytes());
-    k
-}
-
-pub fn revision_of_history_key(key: &[u8]) -> Option<Revision> {
-    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(Revision::from_be_bytes(bytes))
-}
-
-pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-// A history record is length-prefixed binary rather than JSON: it is written
-// on every request and read back only by watchers catching up.
-//   kind:u8 | key_len:u32 | key | object_len:u32 | object | previous_len:u32 | previous
-// (previous_len = u32::MAX when there is no previous state)
-pub fn encode_event(event: &Event) -> Vec<u8> {
-    let prev_len = event.previous.as_ref().map_or(0, |p| p.len());
-    let mut out = Vec::with_capacity(13 + event.key.len() + event.object.len() + prev_len);
-    out.push(match event.kind {
-        EventKind::Added => 0,
-        EventKind::Modified => 1,
-        EventKind::Deleted => 2,
+/// Appends the log record of `event` to `out`, framed.
+pub fn put_event(out: &mut Vec<u8>, event: &Event) {
+    frame::put_with(out, |b| {
+        b.extend_from_slice(&event.revision.to_be_bytes());
+        b.push(match event.kind {
+            EventKind::Added => 0,
+            EventKind::Modified => 1,
+            EventKind::Deleted => 2,
+        });
+        frame::put_sized(b, event.key.as_bytes());
+        frame::put_sized(b, &event.object);
+        match &event.previous {
+            Some(p) => frame::put_sized(b, p),
+            None => b.extend_from_slice(&NO_PREVIOUS.to_be_bytes()),
+        }
     });
-    let put = |out: &mut Vec<u8>, b: &[u8]| {
-        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        out.extend_from_slice(b);
-    };
-    put(&mut out, event.key.as_bytes());
-    put(&mut out, &event.object);
-    match &event.previous {
-        Some(p) => put(&mut out, p),
-        None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
-    }
-    out
 }
 
-pub fn decode_event(revision: Revision, bytes: &[u8]) -> Result<Event, StoreError> {
-    let corrupt = || StoreError::Backend(format!("history record {revision} is corrupt"));
-    let mut pos = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], StoreError> {
-        let slice = bytes.get(pos..pos + n).ok_or_else(corrupt)?;
-        pos += n;
-        Ok(slice)
-    };
-    let kind = match take(1)?[0] {
+/// Decodes one log record body (the frame already checked its checksum).
+pub fn decode_event(body: &[u8]) -> Option<Event> {
+    let mut r = Reader::new(body);
+    let revision = r.u64()?;
+    let kind = match r.u8()? {
         0 => EventKind::Added,
         1 => EventKind::Modified,
         2 => EventKind::Deleted,
-        _ => return Err(corrupt()),
+        _ => return None,
     };
-    let len = |b: &[u8]| -> Result<u32, StoreError> {
-        Ok(u32::from_be_bytes(b.try_into().map_err(|_| corrupt())?))
+    let key: Arc<str> = Arc::from(std::str::from_utf8(r.sized()?).ok()?);
+    let object = Bytes::copy_from_slice(r.sized()?);
+    let previous = match r.u32()? {
+        NO_PREVIOUS => None,
+        n => Some(Bytes::copy_from_slice(r.bytes(n as usize)?)),
     };
-    let key_len = len(take(4)?)? as usize;
-    let key = std::str::from_utf8(take(key_len)?).map_err(|_| corrupt())?;
-    let key: Arc<str> = Arc::from(key);
-    let obj_len = len(take(4)?)? as usize;
-    let object = Bytes::copy_from_slice(take(obj_len)?);
-    let prev_len = len(take(4)?)?;
-    let previous = if prev_len == u32::MAX {
-        None
-    } else {
-        Some(Bytes::copy_from_slice(take(prev_len as usize)?))
-    };
-    Ok(Event {
+    Some(Event {
         revision,
         kind,
         key,
         object,
         previous,
     })
+}
+
+pub fn put_snapshot_header(out: &mut Vec<u8>, revision: Revision) {
+    frame::put_with(out, |b| {
+        b.extend_from_slice(SNAPSHOT_MAGIC);
+        b.extend_from_slice(&SNAPSHOT_FORMAT.to_be_bytes());
+        b.extend_from_slice(&revision.to_be_bytes());
+    });
+}
+
+pub fn put_snapshot_object(out: &mut Vec<u8>, object: &StoredObject) {
+    frame::put_with(out, |b| {
+        b.push(b'o');
+        b.extend_from_slice(&object.revision.to_be_bytes());
+        frame::put_sized(b, object.key.as_bytes());
+        b.extend_from_slice(&object.json);
+    });
+}
+
+pub fn put_snapshot_trailer(out: &mut Vec<u8>, objects: u64) {
+    frame::put_with(out, |b| {
+        b.push(b'e');
+        b.extend_from_slice(&objects.to_be_bytes());
+    });
+}
+
+/// One decoded snapshot record.
+pub enum SnapshotRecord {
+    Object(StoredObject),
+    Trailer { objects: u64 },
+}
+
+/// The snapshot's revision, if `body` is a header of a format we read.
+pub fn decode_snapshot_header(body: &[u8]) -> Option<Revision> {
+    let mut r = Reader::new(body);
+    if r.bytes(SNAPSHOT_MAGIC.len())? != SNAPSHOT_MAGIC || r.u32()? != SNAPSHOT_FORMAT {
+        return None;
+    }
+    r.u64()
+}
+
+pub fn decode_snapshot_record(body: &[u8]) -> Option<SnapshotRecord> {
+    let mut r = Reader::new(body);
+    match r.u8()? {
+        b'o' => {
+            let revision = r.u64()?;
+            let key: Arc<str> = Arc::from(std::str::from_utf8(r.sized()?).ok()?);
+            let json = Bytes::copy_from_slice(r.rest());
+            Some(SnapshotRecord::Object(StoredObject {
+                key,
+                revision,
+                json,
+            }))
+        }
+        b'e' => Some(SnapshotRecord::Trailer { objects: r.u64()? }),
+        _ => None,
+    }
 }
 
 /// Stamps `metadata.resourceVersion` and serializes.
@@ -123,6 +145,7 @@ pub fn stamp(mut object: serde_json::Value, revision: Revision) -> Result<Bytes,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::frame::Frames;
 
     #[test]
     fn event_round_trip() {
@@ -130,16 +153,50 @@ mod tests {
             let e = Event {
                 revision: 7,
                 kind: EventKind::Modified,
-                key: Arc::from("/registry/nodes//n1"),
+                key: Arc::from("/registry/nodes/n1"),
                 object: Bytes::from_static(b"{\"b\":2}"),
                 previous: previous.clone(),
             };
-            let d = decode_event(7, &encode_event(&e)).unwrap();
+            let mut buf = Vec::new();
+            put_event(&mut buf, &e);
+            let body = Frames::new(&buf).next().unwrap();
+            let d = decode_event(body).unwrap();
+            assert_eq!(d.revision, 7);
             assert_eq!(d.kind, EventKind::Modified);
-            assert_eq!(&*d.key, "/registry/nodes//n1");
+            assert_eq!(&*d.key, "/registry/nodes/n1");
             assert_eq!(d.object, e.object);
             assert_eq!(d.previous, previous);
         }
-        assert!(decode_event(1, b"\x01\x00").is_err());
+        assert!(decode_event(b"\x00\x00\x00\x00\x00\x00\x00\x01\x09").is_none());
+    }
+
+    #[test]
+    fn snapshot_records_round_trip() {
+        let mut buf = Vec::new();
+        put_snapshot_header(&mut buf, 42);
+        put_snapshot_object(
+            &mut buf,
+            &StoredObject {
+                key: Arc::from("/registry/leases/kube-node-lease/n1"),
+                revision: 40,
+                json: Bytes::from_static(b"{}"),
+            },
+        );
+        put_snapshot_trailer(&mut buf, 1);
+        let mut frames = Frames::new(&buf);
+        assert_eq!(decode_snapshot_header(frames.next().unwrap()), Some(42));
+        match decode_snapshot_record(frames.next().unwrap()) {
+            Some(SnapshotRecord::Object(o)) => {
+                assert_eq!(o.revision, 40);
+                assert_eq!(&*o.key, "/registry/leases/kube-node-lease/n1");
+                assert_eq!(&o.json[..], b"{}");
+            }
+            _ => panic!("expected an object record"),
+        }
+        assert!(matches!(
+            decode_snapshot_record(frames.next().unwrap()),
+            Some(SnapshotRecord::Trailer { objects: 1 })
+        ));
+        assert!(frames.next().is_none() && !frames.torn);
     }
 }

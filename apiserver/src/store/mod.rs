@@ -4,11 +4,17 @@
 //! global revision counts every write, each stored object remembers the
 //! revision of its last write (which is its `metadata.resourceVersion`), and a
 //! watch is "every change after revision N". Nothing above this module knows
-//! which backend holds the data (sled now; etcd can be added behind the same
-//! trait).
+//! which backend holds the data (mube's own log now; etcd can be added behind
+//! the same trait).
 
 mod codec;
-mod sled_store;
+mod frame;
+mod log_store;
+mod recovery;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+mod wal;
 mod watch;
 
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 
-pub use sled_store::{SledStore, SledStoreOptions};
+pub use log_store::{LogStore, LogStoreOptions};
 pub use watch::WatchStream;
 
 /// A point in the store's history. Every write gets the next one.

@@ -17,7 +17,12 @@ use super::{Event, Revision, StoreError};
 /// Where a catching-up watcher reads past events from.
 pub trait History: Send + Sync {
     /// Up to `max` events with revisions in `(after, upto]`, in order.
-    fn read(&self, after: Revision, upto: Revision, max: usize) -> Result<Vec<Event>, StoreError>;
+    fn read(
+        &self,
+        after: Revision,
+        upto: Revision,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError>;
     /// The newest revision whose history has been dropped.
     fn compacted(&self) -> Revision;
 }
@@ -105,7 +110,7 @@ impl WatchStream {
         for event in batch {
             self.last = event.revision;
             if event.key.starts_with(&self.prefix) {
-                self.buffer.push_back(Arc::new(event));
+                self.buffer.push_back(event);
             }
         }
         Ok(())
