@@ -136,12 +136,13 @@ impl NodeLifecycle {
         // Transitions that happened while the watch was down (known from an
         // earlier list) are reported now; nodes seen for the first time are not.
         let known = std::mem::take(&mut self.reported);
-        for node in &nodes {
-            if let (Some(name), Some(state)) = (self.observe_node(node), rules::state_of(node)) {
+        for node in nodes {
+            let node = node?;
+            if let (Some(name), Some(state)) = (self.observe_node(&node), rules::state_of(&node)) {
                 match known.get(&name) {
                     Some(previous) => {
                         self.reported.insert(name, *previous);
-                        self.report(node).await;
+                        self.report(&node).await;
                     }
                     None => {
                         self.reported.insert(name, state);
@@ -149,8 +150,8 @@ impl NodeLifecycle {
                 }
             }
         }
-        for lease in &leases {
-            self.observe_lease(lease);
+        for lease in leases {
+            self.observe_lease(&lease?);
         }
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         for name in names {
@@ -303,7 +304,7 @@ impl NodeLifecycle {
         let Ok((events, _)) = self.client.list("events", Some(EVENT_NAMESPACE)).await else {
             return;
         };
-        for event in events {
+        for event in events.flatten() {
             let old = timestamp_at(&event, "/lastTimestamp")
                 .is_some_and(|t| now.duration_since(t) > EVENT_TTL);
             let ours =
