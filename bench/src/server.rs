@@ -124,9 +124,19 @@ impl Server {
                 "MUBE_APISERVER_CONFIG",
                 self.dir.path().join("apiserver.yaml"),
             )
-            .env("RUST_LOG", "warn")
+            // Quiet by default; RUST_LOG=mube_apiserver::store=debug shows
+            // snapshot pauses and segment rotations during a run.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The server logs to stdout: shown only when asked for with RUST_LOG.
+            .stdout(if std::env::var_os("RUST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;

@@ -28,7 +28,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -402,8 +402,14 @@ fn flusher(shared: Arc<Shared>, mut segment: SegmentWriter, compactor: mpsc::Sen
             (records, s.pending_first, s.revision)
         };
         if segment.bytes >= shared.options.segment_bytes {
+            let started = Instant::now();
             match SegmentWriter::create(&shared.dir, first) {
                 Ok(next) => {
+                    tracing::debug!(
+                        first,
+                        micros = started.elapsed().as_micros() as u64,
+                        "log segment started"
+                    );
                     segment = next;
                     shared.lock_segments().push(Segment {
                         first,
@@ -451,20 +457,26 @@ fn compactor(shared: Arc<Shared>, ticks: mpsc::Receiver<()>) {
 }
 
 fn take_snapshot(shared: &Shared, log_bytes_before: u64) -> std::io::Result<()> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let start = shared.lock_state().revision;
+    // The longest time writers waited on the snapshot (one chunk's copy).
+    let mut longest_pause = Duration::ZERO;
     let next_chunk = |after: Option<&str>| -> Vec<StoredObject> {
+        let locked = Instant::now();
         let state = shared.lock_state();
         let from = match after {
             Some(k) => std::ops::Bound::Excluded(k),
             None => std::ops::Bound::Unbounded,
         };
-        state
+        let chunk = state
             .objects
             .range::<str, _>((from, std::ops::Bound::Unbounded))
             .take(SNAPSHOT_CHUNK)
             .map(|(_, o)| o.clone())
-            .collect()
+            .collect::<Vec<_>>();
+        drop(state);
+        longest_pause = longest_pause.max(locked.elapsed());
+        chunk
     };
     // Objects copied late may be newer than `start`; they must be durable
     // in the log before the snapshot may stand in for it.
@@ -498,6 +510,7 @@ fn take_snapshot(shared: &Shared, log_bytes_before: u64) -> std::io::Result<()> 
         revision = start,
         bytes = size,
         millis = started.elapsed().as_millis() as u64,
+        longest_pause_us = longest_pause.as_micros() as u64,
         "snapshot written"
     );
     Ok(())
