@@ -3,6 +3,7 @@
 //!
 //! Output: a readable table, then one last line of `key=value` pairs.
 
+mod ceiling;
 mod etcd;
 mod load;
 mod server;
@@ -67,7 +68,8 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         writes: usize,
     },
-    /// The heartbeat-shaped durable write load against mube and against etcd, in one run.
+    /// The heartbeat-shaped durable write load against mube and against etcd, in one run
+    /// (and against a bare HTTP endpoint that only parses the body: the machine's ceiling).
     Etcd {
         #[arg(long, default_value_t = 10_000)]
         nodes: usize,
@@ -75,6 +77,12 @@ enum Scenario {
         connections: usize,
         #[arg(long, default_value = "10s")]
         duration: String,
+    },
+    /// The bare endpoint the etcd scenario measures as the ceiling (run by it).
+    #[command(hide = true)]
+    ServeBare {
+        #[arg(long)]
+        port: u16,
     },
 }
 
@@ -394,6 +402,16 @@ async fn versus_etcd(
         "ratio_mube_over_best_etcd",
         format!("{:.2}", mube.rate() / best.max(1e-9)),
     );
+    drop(etcd);
+    let bare = {
+        let bare = ceiling::Bare::start().await?;
+        load::closed_loop(&bare.url, nodes, connections, d).await
+    };
+    load_rows(report, "bare_http", &bare);
+    report.add(
+        "ratio_bare_http_over_best_etcd",
+        format!("{:.2}", bare.rate() / best.max(1e-9)),
+    );
     Ok(())
 }
 
@@ -431,6 +449,7 @@ async fn run(cli: Cli) -> Result<Report, String> {
             connections,
             duration: d,
         } => versus_etcd(&bin, nodes, connections, duration(&d)?, &mut report).await?,
+        Scenario::ServeBare { port } => ceiling::serve(port).await?,
     }
     Ok(report)
 }
