@@ -29,6 +29,8 @@ struct ConfigFile {
     nodes: Vec<NodeEntry>,
     /// Change events kept for resuming watches (default 100000).
     history_retention: Option<u64>,
+    /// ... and none older than this (default 5m).
+    history_max_age: Option<String>,
     /// Events a watcher may fall behind before it is dropped (default 4096).
     watch_buffer: Option<usize>,
     /// How often watches that asked for bookmarks get one (default 1m).
@@ -53,6 +55,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub nodes: Vec<RegisteredNode>,
     pub history_retention: u64,
+    pub history_max_age: Duration,
     pub watch_buffer: usize,
     pub watch_bookmark_interval: Duration,
     pub log_segment_bytes: u64,
@@ -139,13 +142,27 @@ impl Config {
                 port,
             });
         }
-        let watch_bookmark_interval = match raw.watch_bookmark_interval.as_deref() {
-            None => Duration::from_secs(60),
+        let positive_duration = |field: &str, v: Option<&str>, default: Duration| match v {
+            None => Ok(default),
             Some(v) => mube_apis::duration::parse(v)
                 .ok()
                 .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("{file}: watchBookmarkInterval: invalid duration {v:?}; use forms like 500ms, 5s, 1m30s"))?,
+                .ok_or_else(|| {
+                    format!(
+                        "{file}: {field}: invalid duration {v:?}; use forms like 500ms, 5s, 1m30s"
+                    )
+                }),
         };
+        let watch_bookmark_interval = positive_duration(
+            "watchBookmarkInterval",
+            raw.watch_bookmark_interval.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        let history_max_age = positive_duration(
+            "historyMaxAge",
+            raw.history_max_age.as_deref(),
+            Duration::from_secs(300),
+        )?;
         if raw.history_retention == Some(0) {
             return Err(format!("{file}: historyRetention: must be at least 1"));
         }
@@ -160,6 +177,7 @@ impl Config {
             data_dir: PathBuf::from(raw.data_dir.unwrap_or_else(|| "data".to_string())),
             nodes,
             history_retention: raw.history_retention.unwrap_or(100_000),
+            history_max_age,
             watch_buffer: raw.watch_buffer.unwrap_or(4096),
             watch_bookmark_interval,
             log_segment_bytes: raw.log_segment_bytes.unwrap_or(32 * 1024 * 1024),
@@ -209,6 +227,8 @@ mod tests {
             ),
             ("listenAddress: \"8080\"", "listenAddress"),
             ("watchBookmarkInterval: soon", "watchBookmarkInterval"),
+            ("historyMaxAge: 0s", "historyMaxAge"),
+            ("logSegmentBytes: 10", "logSegmentBytes"),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();

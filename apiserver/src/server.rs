@@ -23,6 +23,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         &config.data_dir,
         LogStoreOptions {
             history_retention: config.history_retention,
+            history_max_age: config.history_max_age,
             watch_buffer: config.watch_buffer,
             segment_bytes: config.log_segment_bytes,
         },

@@ -47,6 +47,10 @@ use super::{
 pub struct LogStoreOptions {
     /// How many change events history keeps for resuming watches.
     pub history_retention: u64,
+    /// Events older than this are dropped from history even below
+    /// `history_retention`: a small cluster would otherwise keep (in memory
+    /// and on disk) days of lease renewals no watcher will ask for.
+    pub history_max_age: Duration,
     /// Events a watcher may fall behind before it is dropped.
     pub watch_buffer: usize,
     /// A log segment is closed once it holds this many bytes. Snapshots are
@@ -58,6 +62,7 @@ impl Default for LogStoreOptions {
     fn default() -> Self {
         LogStoreOptions {
             history_retention: 100_000,
+            history_max_age: Duration::from_secs(300),
             watch_buffer: 4096,
             segment_bytes: 32 * 1024 * 1024,
         }
@@ -72,8 +77,9 @@ struct State {
     revision: Revision,
     compacted: Revision,
     objects: BTreeMap<Arc<str>, StoredObject>,
-    /// Events `(compacted, revision]`, oldest first.
-    history: VecDeque<Arc<Event>>,
+    /// Events `(compacted, revision]`, oldest first, with when they were
+    /// written (or, after a restart, loaded).
+    history: VecDeque<(Instant, Arc<Event>)>,
     /// Durable in order but not yet published to watchers.
     unpublished: Vec<Arc<Event>>,
     /// Framed log records not yet handed to the flusher.
@@ -204,7 +210,10 @@ impl LogStore {
                 revision,
                 compacted,
                 objects,
-                history,
+                history: {
+                    let loaded = Instant::now();
+                    history.into_iter().map(|e| (loaded, e)).collect()
+                },
                 unpublished: Vec::new(),
                 pending: Vec::new(),
                 pending_first: 0,
@@ -298,14 +307,20 @@ impl LogStore {
             codec::put_event(&mut state.pending, &event);
             state.revision = revision;
 
-            // History keeps exactly `history_retention` events, dropping one
-            // per write: bounded work on every write, never a long pause.
-            state.history.push_back(event.clone());
+            // History keeps the newest `history_retention` events, none older
+            // than `history_max_age`. Trimming happens here, a few events per
+            // write: bounded work on every write, never a long pause.
+            let now = Instant::now();
+            state.history.push_back((now, event.clone()));
             let retention = self.shared.options.history_retention.max(1) as usize;
-            while state.history.len() > retention {
-                if let Some(old) = state.history.pop_front() {
-                    state.compacted = old.revision;
+            let max_age = self.shared.options.history_max_age;
+            while let Some((written, old)) = state.history.front() {
+                let expired = now.duration_since(*written) > max_age && old.revision < revision;
+                if state.history.len() <= retention && !expired {
+                    break;
                 }
+                state.compacted = old.revision;
+                state.history.pop_front();
             }
             self.shared
                 .compacted
@@ -549,15 +564,15 @@ impl History for LogHistory {
         max: usize,
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         let state = self.shared.lock_state();
-        let Some(front) = state.history.front().map(|e| e.revision) else {
+        let Some(front) = state.history.front().map(|(_, e)| e.revision) else {
             return Ok(Vec::new());
         };
         // Revisions in history are consecutive, so the position is arithmetic.
         let skip = usize::try_from((after + 1).saturating_sub(front)).unwrap_or(usize::MAX);
         Ok(state
             .history
-            .iter()
-            .skip(skip)
+            .range(skip.min(state.history.len())..)
+            .map(|(_, e)| e)
             .take_while(|e| e.revision <= upto)
             .take(max)
             .cloned()

@@ -11,6 +11,7 @@ use super::{EventKind, LogStore, LogStoreOptions, Store};
 fn options(segment_bytes: u64, history_retention: u64) -> LogStoreOptions {
     LogStoreOptions {
         history_retention,
+        history_max_age: std::time::Duration::from_secs(300),
         watch_buffer: 1024,
         segment_bytes,
     }
@@ -199,5 +200,26 @@ async fn overwrites_do_not_grow_the_log() {
     // History is the newest 50 events; older is 410.
     assert!(store.watch("/registry/leases/", before.0 - 50).is_ok());
     assert!(store.watch("/registry/leases/", before.0 - 51).is_err());
+    store.close().await;
+}
+
+/// A small cluster's history is bounded by age, not only by count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_older_than_its_max_age_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(1 << 20, 1000);
+    opts.history_max_age = std::time::Duration::from_millis(50);
+    let store = LogStore::open(dir.path(), opts).unwrap();
+    for i in 0..5 {
+        store.create(&lease_key(i), lease(i, 0)).await.unwrap();
+    }
+    assert!(store.watch("/registry/leases/", 0).is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    store.create(&lease_key(5), lease(5, 0)).await.unwrap();
+    // Only the newest write is young enough to keep.
+    assert_eq!(store.compacted(), 5);
+    assert!(store.watch("/registry/leases/", 4).is_err());
+    let mut watch = store.watch("/registry/leases/", 5).unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap().revision, 6);
     store.close().await;
 }
