@@ -68,6 +68,8 @@ async fn ok() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if let Some(failure) = state.registry.store().failure() {
+        (StatusCode::SERVICE_UNAVAILABLE, failure).into_response()
     } else if state.ready.load(Ordering::Acquire) {
         "ok".into_response()
     } else {

@@ -677,6 +677,10 @@ impl Store for LogStore {
         self.shared.compacted.load(Ordering::Acquire)
     }
 
+    fn failure(&self) -> Option<String> {
+        self.shared.lock_state().failed.clone()
+    }
+
     async fn close(&self) {
         self.shared.lock_state().closed = true;
         self.shared.work.notify_one();

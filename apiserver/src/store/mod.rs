@@ -134,6 +134,10 @@ pub trait Store: Send + Sync + 'static {
     /// continuing a list) from before it is 410 Gone.
     fn compacted(&self) -> Revision;
 
+    /// Why the store cannot accept writes (say, the disk is full), if it
+    /// cannot; `/readyz` reports it so that the process gets restarted.
+    fn failure(&self) -> Option<String>;
+
     /// Makes everything durable and stops background work.
     async fn close(&self);
 }
