@@ -474,11 +474,12 @@ fn compactor(shared: Arc<Shared>, ticks: mpsc::Receiver<()>) {
 fn take_snapshot(shared: &Shared, log_bytes_before: u64) -> std::io::Result<()> {
     let started = Instant::now();
     let start = shared.lock_state().revision;
-    // The longest time writers waited on the snapshot (one chunk's copy).
+    // The longest the snapshot held the state lock (one chunk's copy): the
+    // longest it can have made a writer wait.
     let mut longest_pause = Duration::ZERO;
     let next_chunk = |after: Option<&str>| -> Vec<StoredObject> {
-        let locked = Instant::now();
         let state = shared.lock_state();
+        let locked = Instant::now();
         let from = match after {
             Some(k) => std::ops::Bound::Excluded(k),
             None => std::ops::Bound::Unbounded,
