@@ -329,6 +329,13 @@ pub async fn heartbeat(
     };
     let now = Timestamp::now();
     renew_lease(registry, &hb.name, now, lease_duration).await?;
+    // Read again after the renewal, so a NotReady the controller wrote in
+    // between is seen and undone here.
+    if let Ok(node) = registry.get(&nodes, None, &hb.name).await {
+        if state_rules::heartbeat_would_change(&node.json, hb) == Some(false) {
+            return Ok(node);
+        }
+    }
     let result = registry
         .modify(&nodes, None, &hb.name, |_, mut node| {
             let mut changed = state_rules::apply_heartbeat(&mut node, hb);
