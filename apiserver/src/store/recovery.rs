@@ -64,9 +64,12 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
             }
             // The write in progress when the process died; it was never
             // acknowledged. Cut it off so the segment reads cleanly next time.
+            // (Damage in the middle of the newest segment looks the same and
+            // would also cut off what follows; the byte counts tell them apart.)
             tracing::warn!(
                 segment = %segment.path.display(),
                 kept_bytes = contents.valid_len,
+                dropped_bytes = contents.file_len - contents.valid_len,
                 "dropping a torn record at the end of the log"
             );
             let file = std::fs::OpenOptions::new()

@@ -52,6 +52,7 @@ pub struct SegmentContents {
     pub events: Vec<Event>,
     /// Bytes of whole records; anything after them is a torn tail.
     pub valid_len: u64,
+    pub file_len: u64,
     pub torn: bool,
 }
 
@@ -75,6 +76,7 @@ pub fn read(segment: &Segment) -> Result<SegmentContents, String> {
     Ok(SegmentContents {
         events,
         valid_len: frames.valid_len() as u64,
+        file_len: data.len() as u64,
         torn: frames.torn,
     })
 }
