@@ -357,6 +357,15 @@ impl LogStore {
     }
 }
 
+impl Drop for LogStore {
+    /// Without `close`, still let the flusher drain what is pending and end
+    /// (it holds the shared state and would otherwise wait forever).
+    fn drop(&mut self) {
+        self.shared.lock_state().closed = true;
+        self.shared.work.notify_one();
+    }
+}
+
 impl Shared {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // The state is only changed in whole steps under the lock, and the
