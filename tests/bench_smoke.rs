@@ -93,4 +93,6 @@ fn etcd_scenario() {
     ]);
     assert!(number(&r, "etcd_gateway_put_ok") > 0.0, "{r:?}");
     assert!(number(&r, "ratio_mube_over_best_etcd") > 0.0);
+    assert!(number(&r, "bare_http_ok") > 0.0, "{r:?}");
+    assert!(number(&r, "ratio_bare_http_over_best_etcd") > 0.0);
 }
