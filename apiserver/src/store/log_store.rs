@@ -58,17 +58,6 @@ pub struct LogStoreOptions {
     pub segment_bytes: u64,
 }
 
-impl Default for LogStoreOptions {
-    fn default() -> Self {
-        LogStoreOptions {
-            history_retention: 100_000,
-            history_max_age: Duration::from_secs(300),
-            watch_buffer: 4096,
-            segment_bytes: 32 * 1024 * 1024,
-        }
-    }
-}
-
 /// Objects copied per lock acquisition while a snapshot is written: small
 /// enough that writers barely notice (well under a millisecond).
 const SNAPSHOT_CHUNK: usize = 512;
