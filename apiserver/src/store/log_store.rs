@@ -64,7 +64,6 @@ const SNAPSHOT_CHUNK: usize = 512;
 
 struct State {
     revision: Revision,
-    compacted: Revision,
     objects: BTreeMap<Arc<str>, StoredObject>,
     /// Events `(compacted, revision]`, oldest first, with when they were
     /// written (or, after a restart, loaded).
@@ -96,6 +95,8 @@ struct Shared {
     /// with respect to publishing (no event can fall between history and live).
     channels: Mutex<HashMap<String, broadcast::Sender<Arc<Event>>>>,
     published: Arc<AtomicU64>,
+    /// The newest revision dropped from history: written only under the
+    /// state lock (with `history`), read without it by watches and cleanup.
     compacted: AtomicU64,
     durable: watch::Sender<Durable>,
     /// Every segment on disk, oldest first; the last is being appended to.
@@ -197,7 +198,6 @@ impl LogStore {
             dir: log_dir,
             state: Mutex::new(State {
                 revision,
-                compacted,
                 objects,
                 history: {
                     let loaded = Instant::now();
@@ -308,12 +308,9 @@ impl LogStore {
                 if state.history.len() <= retention && !expired {
                     break;
                 }
-                state.compacted = old.revision;
+                self.shared.compacted.store(old.revision, Ordering::Release);
                 state.history.pop_front();
             }
-            self.shared
-                .compacted
-                .store(state.compacted, Ordering::Release);
 
             let stored = StoredObject {
                 key: key.clone(),

@@ -79,7 +79,7 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
             file.set_len(contents.valid_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        if contents.events.is_empty() {
+        if contents.records.is_empty() {
             if is_last {
                 empty_tail = Some(i);
                 continue;
@@ -89,7 +89,7 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
                 segment.path.display()
             )));
         }
-        for event in contents.events {
+        for (event, bytes) in contents.records {
             let expected = last.map_or(segment.first, |l| l + 1);
             if event.revision != expected {
                 return Err(corrupt(format!(
@@ -106,7 +106,7 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
             }
             last = Some(event.revision);
             if event.revision > snapshot_revision {
-                log_bytes_since_snapshot += (event.object.len() + event.key.len()) as u64;
+                log_bytes_since_snapshot += bytes;
                 apply(&mut objects, &event);
             }
             history.push_back(Arc::new(event));

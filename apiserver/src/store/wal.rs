@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::codec;
-use super::frame::Frames;
+use super::frame::{self, Frames};
 use super::{Event, Revision};
 
 #[derive(Debug, Clone)]
@@ -49,7 +49,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// What reading one segment found.
 pub struct SegmentContents {
-    pub events: Vec<Event>,
+    /// Each record's change and its size in the file.
+    pub records: Vec<(Event, u64)>,
     /// Bytes of whole records; anything after them is a torn tail.
     pub valid_len: u64,
     pub file_len: u64,
@@ -60,21 +61,21 @@ pub fn read(segment: &Segment) -> Result<SegmentContents, String> {
     let data = std::fs::read(&segment.path)
         .map_err(|e| format!("cannot read {}: {e}", segment.path.display()))?;
     let mut frames = Frames::new(&data);
-    let mut events = Vec::new();
+    let mut records: Vec<(Event, u64)> = Vec::new();
     for body in frames.by_ref() {
         let event = codec::decode_event(body).ok_or_else(|| {
             format!(
                 "{}: record after revision {} cannot be decoded",
                 segment.path.display(),
-                events
+                records
                     .last()
-                    .map_or(segment.first.saturating_sub(1), |e: &Event| e.revision)
+                    .map_or(segment.first.saturating_sub(1), |(e, _)| e.revision)
             )
         })?;
-        events.push(event);
+        records.push((event, (frame::HEADER + body.len()) as u64));
     }
     Ok(SegmentContents {
-        events,
+        records,
         valid_len: frames.valid_len() as u64,
         file_len: data.len() as u64,
         torn: frames.torn,
