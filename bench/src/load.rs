@@ -127,12 +127,7 @@ where
             })
         })
         .collect();
-    let mut total = LoadStats::new();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            total.merge(&s);
-        }
-    }
+    let mut total = merged(tasks).await;
     total.elapsed = started.elapsed();
     total
 }
@@ -179,12 +174,19 @@ pub async fn paced(
             })
         })
         .collect();
+    let mut total = merged(tasks).await;
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// The stats of every connection's task, added up (a task that panicked
+/// counts for nothing).
+async fn merged(tasks: Vec<tokio::task::JoinHandle<LoadStats>>) -> LoadStats {
     let mut total = LoadStats::new();
     for t in tasks {
         if let Ok(s) = t.await {
             total.merge(&s);
         }
     }
-    total.elapsed = started.elapsed();
     total
 }
