@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Event;
 use mube_apis::table::{human_age, time_at, Column};
 use serde_json::{json, Value};
 
-use super::{name_of, roundtrip, string_at, Resource, Strategy};
+use super::{name_of, string_at, Resource, Strategy, Typed, TypedAs};
 
 pub fn resource() -> Resource {
     Resource {
@@ -36,8 +36,8 @@ const FIELDS: &[&str] = &[
 ];
 
 impl Strategy for EventStrategy {
-    fn canonical(&self, object: &Value) -> Result<Value, String> {
-        roundtrip::<Event>(object)
+    fn typed(&self) -> &'static dyn Typed {
+        &TypedAs::<Event>::NEW
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {

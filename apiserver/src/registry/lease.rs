@@ -6,7 +6,7 @@ use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, roundtrip, Resource, Strategy};
+use super::{age_of, name_of, Resource, Strategy, Typed, TypedAs};
 
 pub fn resource() -> Resource {
     Resource {
@@ -19,8 +19,8 @@ pub fn resource() -> Resource {
 struct LeaseStrategy;
 
 impl Strategy for LeaseStrategy {
-    fn canonical(&self, object: &Value) -> Result<Value, String> {
-        roundtrip::<Lease>(object)
+    fn typed(&self) -> &'static dyn Typed {
+        &TypedAs::<Lease>::NEW
     }
 
     fn validate(&self, object: &Value) -> Vec<FieldError> {

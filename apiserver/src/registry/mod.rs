@@ -65,9 +65,8 @@ impl Resource {
 
 /// The per-kind hooks. Defaults suit a kind with no special rules.
 pub trait Strategy: Send + Sync {
-    /// The object through the kind's typed Kubernetes struct (`roundtrip`):
-    /// an error if it does not have the kind's shape.
-    fn canonical(&self, object: &Value) -> Result<Value, String>;
+    /// The kind's typed Kubernetes struct (`&TypedAs::<Node>::NEW`).
+    fn typed(&self) -> &'static dyn Typed;
 
     /// Fields mube adds to the Kubernetes type (they are not unknown).
     fn extra_fields(&self) -> &'static [&'static str] {
@@ -132,13 +131,34 @@ pub fn age_of(object: &Value, now: Timestamp) -> String {
     )
 }
 
-/// Decodes into the typed k8s-openapi struct and encodes it again: what a
-/// Kubernetes server would keep of `object`. Used to check the shape and to
-/// find unknown fields; the JSON as sent is what gets stored, so no field a
-/// client sends is dropped.
-pub fn roundtrip<T: DeserializeOwned + serde::Serialize>(object: &Value) -> Result<Value, String> {
-    let typed = T::deserialize(object).map_err(|e| e.to_string())?;
-    serde_json::to_value(typed).map_err(|e| e.to_string())
+/// A kind's typed k8s-openapi struct, as the registry uses it. The JSON as
+/// sent is what gets stored (no field a client sends is dropped); the typed
+/// struct only checks the shape and tells which fields are unknown.
+pub trait Typed: Send + Sync {
+    /// Whether `object` decodes into the type. Every write asks, so this
+    /// only decodes.
+    fn check(&self, object: &Value) -> Result<(), String>;
+    /// Decoded and encoded again: what a Kubernetes server would keep of
+    /// `object` (for `fieldValidation`).
+    fn canonical(&self, object: &Value) -> Result<Value, String>;
+}
+
+/// `Typed` for a k8s-openapi type `T`.
+pub struct TypedAs<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> TypedAs<T> {
+    pub const NEW: TypedAs<T> = TypedAs(std::marker::PhantomData);
+}
+
+impl<T: DeserializeOwned + serde::Serialize> Typed for TypedAs<T> {
+    fn check(&self, object: &Value) -> Result<(), String> {
+        T::deserialize(object).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn canonical(&self, object: &Value) -> Result<Value, String> {
+        let typed = T::deserialize(object).map_err(|e| e.to_string())?;
+        serde_json::to_value(typed).map_err(|e| e.to_string())
+    }
 }
 
 /// Paths (`spec.foo`) of fields in `sent` that the typed form `kept` lacks:
@@ -636,6 +656,7 @@ pub fn check_fields(
     }
     let kept = r
         .strategy
+        .typed()
         .canonical(&typed)
         .map_err(|m| shape_error(r, &m))?;
     let mut unknown = Vec::new();
@@ -669,7 +690,8 @@ fn without_nulls_and_directives(value: Value) -> Value {
 /// Generic checks (name, labels, annotations) plus the kind's own.
 fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
     r.strategy
-        .canonical(object)
+        .typed()
+        .check(object)
         .map_err(|m| shape_error(r, &m))?;
     let mut errors = Vec::new();
     if name.is_empty() {

@@ -14,7 +14,7 @@ use mube_apis::validation::FieldError;
 use mube_apis::NODE_LEASE_NAMESPACE;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, roundtrip, Registry, Resource, Strategy};
+use super::{age_of, name_of, Registry, Resource, Strategy, Typed, TypedAs};
 use crate::error::ApiError;
 use crate::store::StoredObject;
 
@@ -33,8 +33,8 @@ pub fn resource() -> Resource {
 struct NodeStrategy;
 
 impl Strategy for NodeStrategy {
-    fn canonical(&self, object: &Value) -> Result<Value, String> {
-        roundtrip::<Node>(object)
+    fn typed(&self) -> &'static dyn Typed {
+        &TypedAs::<Node>::NEW
     }
 
     fn extra_fields(&self) -> &'static [&'static str] {

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use mube_apis::table::Column;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, roundtrip, string_at, Resource, Strategy};
+use super::{age_of, name_of, string_at, Resource, Strategy, Typed, TypedAs};
 
 pub fn resource() -> Resource {
     Resource {
@@ -20,8 +20,8 @@ pub fn resource() -> Resource {
 struct PodStrategy;
 
 impl Strategy for PodStrategy {
-    fn canonical(&self, object: &Value) -> Result<Value, String> {
-        roundtrip::<Pod>(object)
+    fn typed(&self) -> &'static dyn Typed {
+        &TypedAs::<Pod>::NEW
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {
