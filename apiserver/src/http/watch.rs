@@ -149,15 +149,13 @@ struct WatchTask {
 }
 
 impl WatchTask {
-    /// The event line for `object`, as a Table if one was asked for.
-    fn event(&mut self, kind: EventType, object: &[u8]) -> Bytes {
+    /// The event line for `object` (stored at `revision`), as a Table if one
+    /// was asked for.
+    fn event(&mut self, kind: EventType, object: &[u8], revision: u64) -> Bytes {
         let Some(t) = self.table else {
             return line(kind, object);
         };
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(object) else {
-            return line(kind, object);
-        };
-        let meta = json!({"resourceVersion": value.pointer("/metadata/resourceVersion").cloned().unwrap_or_default()});
+        let meta = json!({"resourceVersion": revision.to_string()});
         let headers = !self.table_headers_sent;
         self.table_headers_sent = true;
         match table::render(&self.r, t, [object], meta, headers) {
@@ -177,7 +175,7 @@ impl WatchTask {
     async fn run(mut self, initial: Vec<StoredObject>, after: u64, mut stream: WatchStream) {
         let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
         for object in &initial {
-            let event = self.event(EventType::Added, &object.json);
+            let event = self.event(EventType::Added, &object.json, object.revision);
             if !self.send(event).await {
                 return;
             }
@@ -224,7 +222,7 @@ impl WatchTask {
                             }
                             Some(Ok(event)) => {
                                 if let Some(kind) = translate(&self.r, &self.filter, &event) {
-                                    chunk.extend_from_slice(&self.event(kind, &event.object));
+                                    chunk.extend_from_slice(&self.event(kind, &event.object, event.revision));
                                 }
                             }
                             Some(Err(e)) => {
