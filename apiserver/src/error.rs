@@ -73,6 +73,35 @@ impl ApiError {
         }
     }
 
+    /// 422 Invalid for bad request options (`CreateOptions`, `DeleteOptions`,
+    /// ...), as Kubernetes answers them: `{kind}.meta.k8s.io "" is invalid`.
+    /// Each cause is (field, message, reason), e.g. `FieldValueNotSupported`.
+    pub fn invalid_options(kind: &str, causes: Vec<(String, String, &str)>) -> ApiError {
+        let detail = causes
+            .iter()
+            .map(|(field, message, _)| format!("{field}: {message}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let causes = causes
+            .into_iter()
+            .map(|(field, message, reason)| StatusCause {
+                field: Some(field),
+                message: Some(message),
+                reason: Some(reason.to_string()),
+            })
+            .collect();
+        ApiError {
+            status: Box::new(status::failure_for(
+                Reason::Invalid,
+                format!("{kind}.meta.k8s.io \"\" is invalid: {detail}"),
+                "meta.k8s.io",
+                kind,
+                "",
+                causes,
+            )),
+        }
+    }
+
     /// Maps a store failure to the Status Kubernetes returns for it.
     pub fn from_store(error: StoreError, resource: &Resource, name: &str) -> ApiError {
         let plural = resource.qualified_plural();
@@ -95,6 +124,12 @@ impl ApiError {
             StoreError::Conflict { .. } => with_details(
                 Reason::Conflict,
                 format!("Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+            ),
+            // Kubernetes reports a failed precondition as a storage
+            // "invalid object" error wrapped in a 409; clients match the text.
+            StoreError::PreconditionFailed { key, message } => with_details(
+                Reason::Conflict,
+                format!("Operation cannot be fulfilled on {plural} \"{name}\": StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: {message}"),
             ),
             other => ApiError::from(other),
         }
@@ -129,7 +164,10 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidObject(m) => ApiError::bad_request(m),
             e @ (StoreError::NotFound { .. }
             | StoreError::AlreadyExists { .. }
-            | StoreError::Conflict { .. }) => ApiError::new(Reason::Conflict, e.to_string()),
+            | StoreError::Conflict { .. }
+            | StoreError::PreconditionFailed { .. }) => {
+                ApiError::new(Reason::Conflict, e.to_string())
+            }
             StoreError::Backend(m) => ApiError::new(Reason::InternalError, m),
         }
     }

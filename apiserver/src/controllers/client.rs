@@ -12,7 +12,7 @@ use mube_apis::watch::{EventType, WatchEvent};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::registry::{Filter, Part, Registry};
+use crate::registry::{DryRun, Filter, Part, Registry};
 use crate::store::{EventKind, Revision};
 
 /// A list's items, decoded one at a time as they are taken: a controller
@@ -150,7 +150,7 @@ impl ApiClient for LocalClient {
         let r = self.registry.resource(plural)?;
         Ok(self
             .registry
-            .update(&r, namespace, name, Part::Status, object)
+            .update(&r, namespace, name, Part::Status, object, DryRun::No)
             .await?
             .value()?)
     }
@@ -163,7 +163,7 @@ impl ApiClient for LocalClient {
     ) -> Result<(), ApiError> {
         let r = self.registry.resource(plural)?;
         self.registry
-            .delete(&r, namespace, name, None)
+            .delete(&r, namespace, name, &Default::default(), DryRun::No)
             .await
             .map(|_| ())
     }
@@ -175,6 +175,10 @@ impl ApiClient for LocalClient {
         object: Value,
     ) -> Result<Value, ApiError> {
         let r = self.registry.resource(plural)?;
-        Ok(self.registry.create(&r, namespace, object).await?.value()?)
+        Ok(self
+            .registry
+            .create(&r, namespace, object, DryRun::No)
+            .await?
+            .value()?)
     }
 }

@@ -100,7 +100,14 @@ pub async fn group_list(axum::extract::State(state): axum::extract::State<AppSta
 }
 
 const VERBS: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
 ];
 
 fn resource_entries(r: &Resource) -> Vec<APIResource> {

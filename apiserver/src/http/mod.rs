@@ -3,6 +3,7 @@
 
 mod discovery;
 mod openapi;
+mod options;
 mod path;
 mod response;
 mod rest;
@@ -82,7 +83,20 @@ async fn fallback(request: Request) -> ApiError {
 }
 
 /// `POST /api/v1/nodes/heartbeat` with the original body; 202 with the Node.
-async fn heartbeat(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+/// A heartbeat always writes (the Lease, and the Node when it changes), so a
+/// dry run of one is refused rather than ignored.
+async fn heartbeat(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if uri.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "dryRun" && !v.is_empty())
+    }) {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the heartbeat: a heartbeat always renews the node's Lease",
+        ));
+    }
     let bytes = response::read_body(body).await?;
     let hb = Heartbeat::parse(&bytes).map_err(|e| {
         let mut s = status::failure(

@@ -1,6 +1,8 @@
 //! `/openapi/v3`: just enough OpenAPI for clients to learn what the server
 //! supports. kubectl reads it to see that PATCH takes `fieldValidation`, and
-//! then leaves validation of `apply`/`create` to the server (Strict). Each
+//! then leaves validation of `apply`/`create` to the server (Strict); every
+//! write lists `dryRun`, as Kubernetes' document does, so that no client
+//! falls back to a client-side dry run. Each
 //! operation carries `x-kubernetes-group-version-kind` and
 //! `x-kubernetes-action` as Kubernetes' own document does. Object schemas
 //! are not served (`kubectl explain` is not supported).
@@ -109,6 +111,13 @@ fn paths_for(r: &Resource) -> Vec<(String, Value)> {
             "Ignore, Warn (default) or Strict: what to do with unknown fields.",
         )
     };
+    let dry_run = || {
+        query_param(
+            "dryRun",
+            "All: run every step of the write (validation, preconditions, conflicts) and persist nothing.",
+        )
+    };
+    let write = || vec![dry_run(), validation()];
     let prefix = if r.group.is_empty() {
         format!("/api/{}", r.version)
     } else {
@@ -143,16 +152,21 @@ fn paths_for(r: &Resource) -> Vec<(String, Value)> {
             collection,
             json!({
                 "get": operation(r, "list", list_params()),
-                "post": operation(r, "post", vec![validation()]),
+                "post": operation(r, "post", write()),
+                "delete": operation(r, "deletecollection", {
+                    let mut params = list_params();
+                    params.push(dry_run());
+                    params
+                }),
             }),
         ),
         (
             item.clone(),
             json!({
                 "get": operation(r, "get", vec![]),
-                "put": operation(r, "put", vec![validation()]),
-                "patch": operation(r, "patch", vec![validation()]),
-                "delete": operation(r, "delete", vec![]),
+                "put": operation(r, "put", write()),
+                "patch": operation(r, "patch", write()),
+                "delete": operation(r, "delete", vec![dry_run()]),
             }),
         ),
     ];
@@ -161,8 +175,8 @@ fn paths_for(r: &Resource) -> Vec<(String, Value)> {
             format!("{item}/status"),
             json!({
                 "get": operation(r, "get", vec![]),
-                "put": operation(r, "put", vec![validation()]),
-                "patch": operation(r, "patch", vec![validation()]),
+                "put": operation(r, "put", write()),
+                "patch": operation(r, "patch", write()),
             }),
         ));
     }

@@ -12,6 +12,7 @@ use base64::Engine;
 use mube_apis::status::Reason;
 use serde_json::{json, Value};
 
+use super::options;
 use super::path::{self, Target};
 use super::response::{json, read_body, read_object};
 use super::table::{self, TableRequest};
@@ -193,12 +194,32 @@ async fn serve(
                 }
             }
             Method::POST if ns.is_some() || !r.namespaced => {
+                let dry_run = options::dry_run(query, "CreateOptions")?;
                 let object = read_object(&headers, body).await?;
                 let warnings = check_fields(&r, &object, validation)?;
-                let created = registry.create(&r, ns, object).await?;
+                let created = registry.create(&r, ns, object, dry_run).await?;
                 Ok(with_warnings(
                     object_response(&r, StatusCode::CREATED, &created, None)?,
                     &warnings,
+                ))
+            }
+            Method::DELETE => {
+                let filter = Filter::parse(
+                    &r,
+                    params.label_selector.as_deref(),
+                    params.field_selector.as_deref(),
+                )?;
+                let deletion = options::deletion(query, &read_body(body).await?)?;
+                let (deleted, revision) = registry
+                    .delete_collection(&r, ns, &filter, &deletion.preconditions, deletion.dry_run)
+                    .await?;
+                Ok(json(
+                    StatusCode::OK,
+                    list_body(
+                        &r,
+                        &deleted,
+                        json!({"resourceVersion": revision.to_string()}),
+                    ),
                 ))
             }
             _ => Err(method_not_allowed(&method, r.plural)),
@@ -220,15 +241,17 @@ async fn serve(
                     table,
                 ),
                 Method::PUT => {
+                    let dry_run = options::dry_run(query, "UpdateOptions")?;
                     let object = read_object(&headers, body).await?;
                     let warnings = check_fields(&r, &object, validation)?;
-                    let updated = registry.update(&r, ns, name, part, object).await?;
+                    let updated = registry.update(&r, ns, name, part, object, dry_run).await?;
                     Ok(with_warnings(
                         object_response(&r, StatusCode::OK, &updated, None)?,
                         &warnings,
                     ))
                 }
                 Method::PATCH => {
+                    let dry_run = options::dry_run(query, "PatchOptions")?;
                     let content_type = headers
                         .get(header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok())
@@ -247,15 +270,17 @@ async fn serve(
                         }
                         Patch::Json(_) => Vec::new(),
                     };
-                    let patched = registry.patch(&r, ns, name, part, &patch).await?;
+                    let patched = registry.patch(&r, ns, name, part, &patch, dry_run).await?;
                     Ok(with_warnings(
                         object_response(&r, StatusCode::OK, &patched, None)?,
                         &warnings,
                     ))
                 }
                 Method::DELETE if part == Part::Main => {
-                    let precondition = delete_precondition(body).await?;
-                    let deleted = registry.delete(&r, ns, name, precondition).await?;
+                    let deletion = options::deletion(query, &read_body(body).await?)?;
+                    let deleted = registry
+                        .delete(&r, ns, name, &deletion.preconditions, deletion.dry_run)
+                        .await?;
                     object_response(&r, StatusCode::OK, &deleted, None)
                 }
                 _ => Err(method_not_allowed(&method, &format!("{}/{name}", r.plural))),
@@ -274,28 +299,6 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
         }
     }
     response
-}
-
-/// `DeleteOptions.preconditions.resourceVersion`, if the body carries one.
-async fn delete_precondition(body: Body) -> Result<Option<Revision>, ApiError> {
-    let bytes = read_body(body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let options: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
-    })?;
-    match options.pointer("/preconditions/resourceVersion") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
-            ApiError::bad_request(format!(
-                "preconditions.resourceVersion: invalid value {s:?}"
-            ))
-        }),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "preconditions.resourceVersion: invalid value {other}"
-        ))),
-    }
 }
 
 /// A continue token: the revision of the list's first page and the last key
@@ -367,13 +370,18 @@ async fn list(
             table::render(r, t, rows, metadata, true)?,
         ));
     }
+    Ok(json(StatusCode::OK, list_body(r, &items, metadata)))
+}
+
+/// `{kind}List` of `items`: the stored JSON bytes, spliced in without
+/// re-encoding.
+fn list_body(r: &Resource, items: &[StoredObject], metadata: Value) -> Vec<u8> {
     let head = json!({
         "kind": format!("{}List", r.kind),
         "apiVersion": r.api_version(),
         "metadata": metadata,
     })
     .to_string();
-    // Items are the stored JSON bytes, spliced in without re-encoding.
     let total: usize = items.iter().map(|i| i.json.len() + 1).sum();
     let mut out = Vec::with_capacity(head.len() + total + 16);
     out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
@@ -385,7 +393,7 @@ async fn list(
         out.extend_from_slice(&item.json);
     }
     out.extend_from_slice(b"]}");
-    Ok(json(StatusCode::OK, out))
+    out
 }
 
 /// `resourceVersion` + `resourceVersionMatch` on a list. mube serves lists at

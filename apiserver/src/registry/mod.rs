@@ -7,12 +7,15 @@
 //! is written once here. Adding a kind is one file and one line in
 //! `Registry::standard`.
 
+mod dry_run;
 pub mod event;
 mod filter;
 pub mod lease;
 pub mod node;
 pub mod patch;
 pub mod pod;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -24,10 +27,12 @@ use mube_apis::validation::{self, FieldError};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+pub use dry_run::DryRun;
 pub use filter::Filter;
 
 use crate::error::ApiError;
-use crate::store::{Revision, Store, StoreError, StoredObject, WatchStream};
+use crate::store::{Preconditions, Revision, Store, StoreError, StoredObject, WatchStream};
+use dry_run::DryRunStore;
 
 /// A kind's declaration: its names (shared with clients through
 /// `mube_apis::resources`), whether it has a status subresource, and its hooks.
@@ -228,6 +233,8 @@ pub enum Part {
 /// Every kind this server serves, over one store.
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// What dry-run writes go through: reads from `store`, writes nothing.
+    dry_run: DryRunStore,
     resources: Vec<Arc<Resource>>,
 }
 
@@ -235,6 +242,7 @@ impl Registry {
     /// The kinds mube serves today.
     pub fn standard(store: Arc<dyn Store>) -> Registry {
         Registry {
+            dry_run: DryRunStore::new(store.clone()),
             store,
             resources: vec![
                 Arc::new(node::resource()),
@@ -247,6 +255,15 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The store a write goes to: the real one, or for a dry run one that
+    /// makes every check and writes nothing.
+    fn store_for(&self, dry_run: DryRun) -> &dyn Store {
+        match dry_run {
+            DryRun::No => self.store.as_ref(),
+            DryRun::All => &self.dry_run,
+        }
     }
 
     pub fn resources(&self) -> &[Arc<Resource>] {
@@ -320,6 +337,7 @@ impl Registry {
         r: &Resource,
         namespace: Option<&str>,
         mut object: Value,
+        dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
         check_type(r, &mut object)?;
         let meta = metadata_mut(&mut object)?;
@@ -350,7 +368,7 @@ impl Registry {
         }
         r.strategy.prepare_for_create(&mut object, now);
         validate(r, &name, &object)?;
-        self.store
+        self.store_for(dry_run)
             .create(&r.key(namespace, &name), object)
             .await
             .map_err(|e| ApiError::from_store(e, r, &name))
@@ -367,6 +385,7 @@ impl Registry {
         name: &str,
         part: Part,
         mut object: Value,
+        dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
         check_type(r, &mut object)?;
         let meta = metadata_mut(&mut object)?;
@@ -393,22 +412,28 @@ impl Registry {
                 )))
             }
         };
-        self.modify(r, namespace, name, |current, old| {
-            if let Some(expected) = precondition {
-                if expected != current.revision {
-                    return Err(ApiError::from_store(
-                        StoreError::Conflict {
-                            key: current.key.to_string(),
-                            expected,
-                            actual: current.revision,
-                        },
-                        r,
-                        name,
-                    ));
+        self.modify_in(
+            self.store_for(dry_run),
+            r,
+            namespace,
+            name,
+            |current, old| {
+                if let Some(expected) = precondition {
+                    if expected != current.revision {
+                        return Err(ApiError::from_store(
+                            StoreError::Conflict {
+                                key: current.key.to_string(),
+                                expected,
+                                actual: current.revision,
+                            },
+                            r,
+                            name,
+                        ));
+                    }
                 }
-            }
-            Ok(Some(merge_update(r, part, old, object.clone())))
-        })
+                Ok(Some(merge_update(r, part, old, object.clone())))
+            },
+        )
         .await
     }
 
@@ -420,11 +445,24 @@ impl Registry {
         r: &Resource,
         namespace: Option<&str>,
         name: &str,
+        change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
+    ) -> Result<StoredObject, ApiError> {
+        self.modify_in(self.store.as_ref(), r, namespace, name, change)
+            .await
+    }
+
+    /// `modify` through `store`: the real one, or the dry-run one.
+    async fn modify_in(
+        &self,
+        store: &dyn Store,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
         mut change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
     ) -> Result<StoredObject, ApiError> {
         let key = r.key(namespace, name);
         let result = crate::store::guaranteed_update(
-            self.store.as_ref(),
+            store,
             &key,
             |current, old: Value| -> Result<Option<Value>, UpdateFailure> {
                 let Some(mut new) = change(current, old.clone())? else {
@@ -475,47 +513,93 @@ impl Registry {
         name: &str,
         part: Part,
         patch: &patch::Patch,
+        dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
-        self.modify(r, namespace, name, |current, old| {
-            let mut patched = old.clone();
-            patch
-                .apply(&mut patched)
-                .map_err(|m| ApiError::new(Reason::Invalid, m))?;
-            let wanted = patched
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str);
-            if let Some(wanted) = wanted {
-                if wanted != current.revision.to_string() {
-                    return Err(ApiError::from_store(
-                        StoreError::Conflict {
-                            key: current.key.to_string(),
-                            expected: wanted.parse().unwrap_or(0),
-                            actual: current.revision,
-                        },
-                        r,
-                        name,
-                    ));
+        self.modify_in(
+            self.store_for(dry_run),
+            r,
+            namespace,
+            name,
+            |current, old| {
+                let mut patched = old.clone();
+                patch
+                    .apply(&mut patched)
+                    .map_err(|m| ApiError::new(Reason::Invalid, m))?;
+                let wanted = patched
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str);
+                if let Some(wanted) = wanted {
+                    if wanted != current.revision.to_string() {
+                        return Err(ApiError::from_store(
+                            StoreError::Conflict {
+                                key: current.key.to_string(),
+                                expected: wanted.parse().unwrap_or(0),
+                                actual: current.revision,
+                            },
+                            r,
+                            name,
+                        ));
+                    }
                 }
-            }
-            check_type(r, &mut patched)?;
-            Ok(Some(merge_update(r, part, old, patched)))
-        })
+                check_type(r, &mut patched)?;
+                Ok(Some(merge_update(r, part, old, patched)))
+            },
+        )
         .await
     }
 
-    /// DELETE, with an optional resourceVersion precondition.
+    /// DELETE. The preconditions (uid, resourceVersion) are checked by the
+    /// store atomically with the removal. Every kind mube serves today is
+    /// removed at once (none has graceful deletion or finalizers yet).
     pub async fn delete(
         &self,
         r: &Resource,
         namespace: Option<&str>,
         name: &str,
-        precondition: Option<Revision>,
+        preconditions: &Preconditions,
+        dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
-        self.store
-            .delete(&r.key(namespace, name), precondition)
+        self.store_for(dry_run)
+            .delete(&r.key(namespace, name), preconditions)
             .await
             .map_err(|e| ApiError::from_store(e, r, name))
     }
+
+    /// DELETE on a collection: every object the filter matches, each deleted
+    /// as by `delete` (same preconditions, same dry run). Objects deleted by
+    /// someone else meanwhile are skipped; the first other failure stops the
+    /// call and is returned, as Kubernetes does. Returns what was deleted and
+    /// the revision the collection was listed at.
+    pub async fn delete_collection(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        filter: &Filter,
+        preconditions: &Preconditions,
+        dry_run: DryRun,
+    ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
+        let (items, revision) = self.list(r, namespace, filter).await?;
+        let mut deleted = Vec::with_capacity(items.len());
+        for item in items {
+            let name = name_of(&item.value()?).to_string();
+            let ns = item_namespace(r, &item.key);
+            match self.delete(r, ns, &name, preconditions, dry_run).await {
+                Ok(gone) => deleted.push(gone),
+                Err(e) if e.code() == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((deleted, revision))
+    }
+}
+
+/// The namespace in a stored key (`/registry/{plural}/{namespace}/{name}`),
+/// for namespaced kinds.
+fn item_namespace<'k>(r: &Resource, key: &'k str) -> Option<&'k str> {
+    if !r.namespaced {
+        return None;
+    }
+    key.trim_start_matches('/').split('/').nth(2)
 }
 
 /// The new object of an update: with a status subresource, a main update

@@ -14,9 +14,9 @@ use mube_apis::validation::FieldError;
 use mube_apis::NODE_LEASE_NAMESPACE;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, Registry, Resource, Strategy, Typed, TypedAs};
+use super::{age_of, name_of, DryRun, Registry, Resource, Strategy, Typed, TypedAs};
 use crate::error::ApiError;
-use crate::store::StoredObject;
+use crate::store::{Preconditions, StoredObject};
 
 /// Marks nodes that the config registered, so that start-up can delete the
 /// ones no longer listed without touching nodes created through the API.
@@ -251,7 +251,13 @@ pub async fn register_from_config(
             == Some("config");
         if from_config && !listed.contains(name) {
             registry
-                .delete(&r, None, name, Some(stored.revision))
+                .delete(
+                    &r,
+                    None,
+                    name,
+                    &Preconditions::revision(stored.revision),
+                    DryRun::No,
+                )
                 .await?;
             tracing::info!(node = %name, "deleted node no longer listed in config");
         }
@@ -273,7 +279,7 @@ async fn register_one(
                 "spec": {},
             });
             state_rules::set_address(&mut object, &ip, node.port);
-            registry.create(r, None, object).await?;
+            registry.create(r, None, object, DryRun::No).await?;
             tracing::debug!(node = %node.name, %ip, port = node.port, "registered node from config");
             Ok(true)
         }
@@ -400,7 +406,7 @@ async fn renew_lease(
                     lease["metadata"]["ownerReferences"][0]["uid"] = uid;
                 }
                 match registry
-                    .create(&leases, Some(NODE_LEASE_NAMESPACE), lease)
+                    .create(&leases, Some(NODE_LEASE_NAMESPACE), lease, DryRun::No)
                     .await
                 {
                     Err(e) if e.code() == 409 => continue,

@@ -38,8 +38,8 @@ use super::recovery::{self, Recovered};
 use super::wal::{self, Segment, SegmentWriter};
 use super::watch::{History, WatchStream};
 use super::{
-    codec, resource_of, snapshot, Event, EventKind, ListResult, Revision, Store, StoreError,
-    StoredObject,
+    codec, resource_of, snapshot, Event, EventKind, ListResult, Preconditions, Revision, Store,
+    StoreError, StoredObject,
 };
 
 /// Tuning for the log store; see `configs/apiserver.yaml` for the user-facing names.
@@ -629,10 +629,13 @@ impl Store for LogStore {
     async fn delete(
         &self,
         key: &str,
-        expected: Option<Revision>,
+        preconditions: &Preconditions,
     ) -> Result<StoredObject, StoreError> {
         self.write(key, |current| {
-            check_precondition(key, current, expected)?;
+            let current = current.ok_or_else(|| StoreError::NotFound {
+                key: key.to_string(),
+            })?;
+            preconditions.check(current)?;
             Ok(None)
         })
         .await

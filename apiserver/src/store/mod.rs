@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 
+pub use codec::stamp;
 pub use log_store::{LogStore, LogStoreOptions};
 pub use watch::WatchStream;
 
@@ -97,6 +98,69 @@ pub enum StoreError {
     Backend(String),
     #[error("invalid object: {0}")]
     InvalidObject(String),
+    /// A delete's `Preconditions` did not hold; the message is Kubernetes'
+    /// ("Precondition failed: UID in precondition: ...").
+    #[error("{message}")]
+    PreconditionFailed { key: String, message: String },
+}
+
+/// What a delete requires of the object it removes, as Kubernetes'
+/// `DeleteOptions.preconditions`. Checked by the store under the same lock
+/// (or transaction) as the delete itself, so that an object recreated under
+/// the same name, or changed since the client looked, is never removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<Revision>,
+}
+
+impl Preconditions {
+    /// Only "the object is still at revision `revision`".
+    pub fn revision(revision: Revision) -> Preconditions {
+        Preconditions {
+            uid: None,
+            resource_version: Some(revision),
+        }
+    }
+
+    /// Checks `current` against these preconditions, with Kubernetes'
+    /// messages. Reads the uid out of the stored JSON only when one is asked for.
+    pub fn check(&self, current: &StoredObject) -> Result<(), StoreError> {
+        let failed = |message: String| StoreError::PreconditionFailed {
+            key: current.key.to_string(),
+            message,
+        };
+        if let Some(want) = &self.uid {
+            #[derive(serde::Deserialize)]
+            struct Meta {
+                #[serde(default)]
+                uid: String,
+            }
+            #[derive(serde::Deserialize)]
+            struct Uid {
+                metadata: Meta,
+            }
+            let actual = serde_json::from_slice::<Uid>(&current.json)
+                .map(|o| o.metadata.uid)
+                .map_err(|e| {
+                    StoreError::Backend(format!("stored object {} is corrupt: {e}", current.key))
+                })?;
+            if *want != actual {
+                return Err(failed(format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {actual}"
+                )));
+            }
+        }
+        if let Some(want) = self.resource_version {
+            if want != current.revision {
+                return Err(failed(format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {}",
+                    current.revision
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The narrow interface under every resource. Writes return only once they
@@ -120,11 +184,12 @@ pub trait Store: Send + Sync + 'static {
         object: Value,
     ) -> Result<StoredObject, StoreError>;
 
-    /// Removes an object, with the same precondition as `update`.
+    /// Removes an object if it meets `preconditions` (else
+    /// `PreconditionFailed`), checked atomically with the removal.
     async fn delete(
         &self,
         key: &str,
-        expected: Option<Revision>,
+        preconditions: &Preconditions,
     ) -> Result<StoredObject, StoreError>;
 
     /// Every change under `prefix` after revision `after`, then live changes.

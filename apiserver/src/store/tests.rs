@@ -88,7 +88,10 @@ async fn state_and_history_survive_a_restart() {
     assert_eq!(updated.revision, 11);
     let conflict = store.update(&lease_key(3), Some(4), lease(3, 2)).await;
     assert!(matches!(conflict, Err(super::StoreError::Conflict { .. })));
-    store.delete(&lease_key(9), None).await.unwrap();
+    store
+        .delete(&lease_key(9), &Default::default())
+        .await
+        .unwrap();
     let before = contents(&store).await;
     store.close().await;
     drop(store);
@@ -274,4 +277,55 @@ async fn every_cut_of_the_newest_segment_recovers_a_prefix() {
         assert_eq!(contents(&store).await.0, kept as u64 + 1);
         store.close().await;
     }
+}
+
+/// A delete's uid and resourceVersion preconditions are checked with the
+/// delete: a mismatch leaves the object and uses no revision.
+#[tokio::test]
+async fn delete_checks_uid_and_resource_version_preconditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), options(1 << 20, 100)).unwrap();
+    let key = lease_key(1);
+    let created = store
+        .create(&key, json!({"metadata": {"name": "node-1", "uid": "u-1"}}))
+        .await
+        .unwrap();
+    for (uid, rv, message) in [
+        (
+            Some("wrong"),
+            None,
+            "Precondition failed: UID in precondition: wrong, UID in object meta: u-1",
+        ),
+        (
+            None,
+            Some(created.revision + 5),
+            "Precondition failed: ResourceVersion in precondition: 6, ResourceVersion in object meta: 1",
+        ),
+        (
+            Some("u-1"),
+            Some(created.revision + 5),
+            "Precondition failed: ResourceVersion in precondition: 6, ResourceVersion in object meta: 1",
+        ),
+    ] {
+        let preconditions = super::Preconditions {
+            uid: uid.map(String::from),
+            resource_version: rv,
+        };
+        match store.delete(&key, &preconditions).await {
+            Err(super::StoreError::PreconditionFailed { message: m, .. }) => assert_eq!(m, message),
+            other => panic!("expected a failed precondition, got {other:?}"),
+        }
+    }
+    assert_eq!(store.get(&key).await.unwrap().unwrap().revision, 1);
+    assert_eq!(store.list("/registry/").await.unwrap().revision, 1);
+    let preconditions = super::Preconditions {
+        uid: Some("u-1".into()),
+        resource_version: Some(1),
+    };
+    assert_eq!(
+        store.delete(&key, &preconditions).await.unwrap().revision,
+        2
+    );
+    assert!(store.get(&key).await.unwrap().is_none());
+    store.close().await;
 }

@@ -1,0 +1,281 @@
+//! The options of writes, read and checked at the edge as Kubernetes does:
+//! `dryRun` on every write (`CreateOptions`, `UpdateOptions`,
+//! `PatchOptions`), and `DeleteOptions` on deletes. Past this module the
+//! registry sees only its typed `DryRun` and the store's `Preconditions`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::registry::DryRun;
+use crate::store::{Preconditions, Revision};
+
+/// The only `dryRun` value Kubernetes defines.
+const DRY_RUN_ALL: &str = "All";
+
+/// Every value of a query parameter that may repeat (`dryRun=All&dryRun=All`).
+fn all_values(query: Option<&str>, name: &str) -> Vec<String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// Go's `%#v` of a `[]string`, which Kubernetes' message prints.
+fn go_strings(values: &[String]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    format!("[]string{{{}}}", quoted.join(", "))
+}
+
+/// `dryRun` as `ValidateDryRun` checks it: absent, or only "All".
+fn parse_dry_run(values: &[String]) -> Result<DryRun, (String, String, &'static str)> {
+    if values.is_empty() {
+        Ok(DryRun::No)
+    } else if values.iter().all(|v| v == DRY_RUN_ALL) {
+        Ok(DryRun::All)
+    } else {
+        Err((
+            "dryRun".to_string(),
+            format!(
+                "Unsupported value: {}: supported values: \"{DRY_RUN_ALL}\"",
+                go_strings(values)
+            ),
+            "FieldValueNotSupported",
+        ))
+    }
+}
+
+/// `dryRun` of a create, update or patch, named by its options kind
+/// (`CreateOptions`, ...) in the 422 for a bad value, as Kubernetes does.
+pub fn dry_run(query: Option<&str>, options_kind: &str) -> Result<DryRun, ApiError> {
+    parse_dry_run(&all_values(query, "dryRun"))
+        .map_err(|cause| ApiError::invalid_options(options_kind, vec![cause]))
+}
+
+/// What a delete (or a delete of a collection) asks for.
+#[derive(Debug, Default)]
+pub struct Deletion {
+    pub preconditions: Preconditions,
+    pub dry_run: DryRun,
+}
+
+/// `DeleteOptions` from the body, or from the query when the body is empty
+/// (as Kubernetes reads them). Every option is either honoured or refused:
+///
+/// - `preconditions.uid` / `.resourceVersion`: checked by the store, atomically
+///   with the delete;
+/// - `dryRun`;
+/// - `propagationPolicy: Background` (kubectl's default): honoured. mube
+///   removes an object at once, and the one kind of dependent it creates
+///   today, a node's Lease, is deleted after its Node by the node lifecycle
+///   controller, as Kubernetes' garbage collector would;
+/// - `Orphan` (and `orphanDependents: true`) and `Foreground` need finalizers
+///   and a garbage collector, which mube does not have yet: refused (422);
+/// - `gracePeriodSeconds`: accepted. No kind mube serves has graceful
+///   deletion yet (nothing runs pods), so, as Kubernetes does for such kinds,
+///   the object is removed at once whatever the grace period.
+pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> {
+    let options = if body.iter().all(u8::is_ascii_whitespace) {
+        from_query(query)?
+    } else {
+        from_body(body)?
+    };
+    let mut causes = Vec::new();
+    let dry_run =
+        parse_dry_run(options.dry_run.as_deref().unwrap_or_default()).unwrap_or_else(|cause| {
+            causes.push(cause);
+            DryRun::No
+        });
+    if options.orphan_dependents.is_some() && options.propagation_policy.is_some() {
+        causes.push((
+            "propagationPolicy".into(),
+            format!(
+                "Invalid value: {:?}: orphanDependents and deletionPropagation cannot be both set",
+                options.propagation_policy.as_deref().unwrap_or_default()
+            ),
+            "FieldValueInvalid",
+        ));
+    }
+    const NO_GC: &str =
+        "mube has no finalizers or garbage collector yet; use \"Background\" (kubectl's default)";
+    match options.propagation_policy.as_deref() {
+        None | Some("Background") => {}
+        Some(policy @ ("Orphan" | "Foreground")) => causes.push((
+            "propagationPolicy".into(),
+            format!("Unsupported value: {policy:?}: supported values: \"Background\" ({NO_GC})"),
+            "FieldValueNotSupported",
+        )),
+        Some(other) => causes.push((
+            "propagationPolicy".into(),
+            format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
+            "FieldValueNotSupported",
+        )),
+    }
+    if options.orphan_dependents == Some(true) {
+        causes.push((
+            "orphanDependents".into(),
+            format!("Unsupported value: true: supported values: false ({NO_GC})"),
+            "FieldValueNotSupported",
+        ));
+    }
+    if options.ignore_store_read_error_with_cluster_breaking_potential == Some(true) {
+        causes.push((
+            "ignoreStoreReadErrorWithClusterBreakingPotential".into(),
+            "Forbidden: not supported: mube never serves an object it cannot read".into(),
+            "FieldValueForbidden",
+        ));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid_options("DeleteOptions", causes));
+    }
+    let preconditions = options.preconditions.unwrap_or_default();
+    let resource_version = match preconditions.resource_version.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<Revision>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "preconditions.resourceVersion: invalid value {s:?}: must be a number"
+            ))
+        })?),
+    };
+    Ok(Deletion {
+        preconditions: Preconditions {
+            uid: preconditions.uid.filter(|u| !u.is_empty()),
+            resource_version,
+        },
+        dry_run,
+    })
+}
+
+fn from_body(body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
+    })?;
+    let options: DeleteOptions = serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(format!("the body is not a valid DeleteOptions: {e}"))
+    })?;
+    match options.kind.as_deref() {
+        None | Some("") | Some("DeleteOptions") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "the body of a delete must be a DeleteOptions, not a {other}"
+            )))
+        }
+    }
+    match options.api_version.as_deref() {
+        None | Some("") | Some("v1") | Some("meta.k8s.io/v1") => Ok(options),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "DeleteOptions: unsupported apiVersion {other:?}: supported: \"v1\", \"meta.k8s.io/v1\""
+        ))),
+    }
+}
+
+/// The query form: `?dryRun=All&propagationPolicy=...&gracePeriodSeconds=N`
+/// (preconditions have no query form).
+fn from_query(query: Option<&str>) -> Result<DeleteOptions, ApiError> {
+    let one = |name: &str| all_values(query, name).pop();
+    let dry_run = all_values(query, "dryRun");
+    let grace_period_seconds = one("gracePeriodSeconds")
+        .map(|s| {
+            s.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("gracePeriodSeconds: invalid value {s:?}"))
+            })
+        })
+        .transpose()?;
+    let boolean = |name: &str| -> Result<Option<bool>, ApiError> {
+        one(name)
+            .map(|s| match s.as_str() {
+                "true" | "True" | "1" => Ok(true),
+                "false" | "False" | "0" => Ok(false),
+                _ => Err(ApiError::bad_request(format!(
+                    "{name}: invalid boolean {s:?}"
+                ))),
+            })
+            .transpose()
+    };
+    Ok(DeleteOptions {
+        dry_run: Some(dry_run).filter(|d| !d.is_empty()),
+        grace_period_seconds,
+        orphan_dependents: boolean("orphanDependents")?,
+        propagation_policy: one("propagationPolicy"),
+        ignore_store_read_error_with_cluster_breaking_potential: boolean(
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+        )?,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: ApiError) -> String {
+        e.status.message.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn dry_run_accepts_only_all() {
+        assert_eq!(dry_run(None, "CreateOptions").unwrap(), DryRun::No);
+        assert_eq!(
+            dry_run(Some("dryRun=All"), "CreateOptions").unwrap(),
+            DryRun::All
+        );
+        assert_eq!(
+            dry_run(Some("dryRun=All&dryRun=All"), "PatchOptions").unwrap(),
+            DryRun::All
+        );
+        let e = dry_run(Some("dryRun=All&dryRun=Bogus"), "CreateOptions").unwrap_err();
+        assert_eq!(e.code(), 422);
+        assert_eq!(
+            message(e),
+            r#"CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"All", "Bogus"}: supported values: "All""#
+        );
+    }
+
+    #[test]
+    fn delete_options_come_from_the_body_else_the_query() {
+        let d = deletion(
+            Some("dryRun=Bogus"),
+            br#"{"kind":"DeleteOptions","apiVersion":"v1","dryRun":["All"],"propagationPolicy":"Background","preconditions":{"uid":"u","resourceVersion":"7"}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.dry_run, DryRun::All);
+        assert_eq!(d.preconditions.uid.as_deref(), Some("u"));
+        assert_eq!(d.preconditions.resource_version, Some(7));
+        let d = deletion(Some("dryRun=All&gracePeriodSeconds=0"), b"  ").unwrap();
+        assert_eq!(d.dry_run, DryRun::All);
+        assert_eq!(d.preconditions, Preconditions::default());
+    }
+
+    #[test]
+    fn delete_options_refuse_what_mube_cannot_honour() {
+        for (query, body, field) in [
+            (
+                None,
+                r#"{"propagationPolicy":"Foreground"}"#,
+                "propagationPolicy",
+            ),
+            (Some("propagationPolicy=Orphan"), "", "propagationPolicy"),
+            (None, r#"{"orphanDependents":true}"#, "orphanDependents"),
+            (
+                None,
+                r#"{"propagationPolicy":"Sideways"}"#,
+                "propagationPolicy",
+            ),
+            (None, r#"{"dryRun":["Some"]}"#, "dryRun"),
+        ] {
+            let e = deletion(query, body.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), 422, "{body}");
+            let m = message(e);
+            assert!(
+                m.starts_with("DeleteOptions.meta.k8s.io \"\" is invalid: "),
+                "{m}"
+            );
+            assert!(m.contains(field), "{m}");
+        }
+        let e = deletion(None, br#"{"kind":"Node"}"#).unwrap_err();
+        assert_eq!(e.code(), 400);
+        let e = deletion(None, br#"{"preconditions":{"resourceVersion":"x"}}"#).unwrap_err();
+        assert_eq!(e.code(), 400);
+        assert!(deletion(None, br#"{"orphanDependents":false}"#).is_ok());
+    }
+}
