@@ -407,7 +407,7 @@ async fn errors_are_kubernetes_status_objects() {
         404,
         "NotFound",
     );
-    assert_status(&api.delete(NODES).await, 405, "MethodNotAllowed");
+    assert_status(&api.put(NODES, &json!({})).await, 405, "MethodNotAllowed");
     assert_status(
         &api.get("/api/v1/nodes?watch=true&resourceVersion=abc")
             .await,

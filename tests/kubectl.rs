@@ -117,8 +117,8 @@ async fn discovery_lists_exactly_what_mube_serves() {
     let wide = k.ok(&["api-resources", "-o", "wide"]);
     let nodes_line = wide.lines().find(|l| l.starts_with("nodes")).unwrap();
     assert!(
-        nodes_line.contains("create,delete,get,list,patch,update,watch")
-            || nodes_line.contains("[create delete get list patch update watch]"),
+        nodes_line.contains("create,delete,deletecollection,get,list,patch,update,watch")
+            || nodes_line.contains("[create delete deletecollection get list patch update watch]"),
         "{nodes_line}"
     );
     assert_eq!(
@@ -554,4 +554,227 @@ async fn an_expired_continue_token_is_410() {
         .await;
     assert_eq!(expired.code, 410, "{}", expired.body);
     assert_eq!(expired.body["reason"], "Expired");
+}
+
+/// The list's resourceVersion and every node, to compare before and after.
+async fn nodes_snapshot(api: &Api) -> (String, Value) {
+    let list = api.get("/api/v1/nodes").await.body;
+    (
+        list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        list["items"].clone(),
+    )
+}
+
+/// Asserts that nothing was written since `before`: every node and its
+/// resourceVersion are the same, and the next event a watch from `before`
+/// sees is a real write made now.
+async fn assert_unchanged(api: &Api, before: &(String, Value), watch: &mut mube_e2e::Watch) {
+    assert_eq!(
+        &nodes_snapshot(api).await,
+        before,
+        "a dry run changed nodes"
+    );
+    let real = api
+        .post(
+            "/api/v1/nodes",
+            &json!({"metadata": {"name": "after-dry-runs"}}),
+        )
+        .await;
+    assert_eq!(real.code, 201);
+    let first = watch
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the real write's event");
+    assert_eq!(first.object["metadata"]["name"], "after-dry-runs");
+    assert_eq!(
+        mube_e2e::rv(&real.body),
+        before.0.parse::<u64>().unwrap() + 1,
+        "a dry run used a revision"
+    );
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn server_dry_runs_of_every_write_command_change_nothing() {
+    let (server, api, k) = cluster(&["node-a", "node-b"], "60s").await;
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
+    let manifest = manifest.to_str().unwrap();
+    k.ok(&["apply", "-f", manifest]);
+    let dir = server.dir.path();
+    let edited = dir.join("edited.yaml");
+    std::fs::write(
+        &edited,
+        std::fs::read_to_string(manifest)
+            .unwrap()
+            .replace("pool: example", "pool: edited"),
+    )
+    .unwrap();
+    let fresh = dir.join("fresh.yaml");
+    std::fs::write(
+        &fresh,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-fresh\n  labels:\n    a: b\n",
+    )
+    .unwrap();
+    let replaced = dir.join("replaced.json");
+    let mut node_a: Value =
+        serde_json::from_str(&k.ok(&["get", "node", "node-a", "-o", "json"])).unwrap();
+    node_a["metadata"]["labels"] = json!({"replaced": "yes"});
+    std::fs::write(&replaced, node_a.to_string()).unwrap();
+    let (edited, fresh, replaced) = (
+        edited.to_str().unwrap(),
+        fresh.to_str().unwrap(),
+        replaced.to_str().unwrap(),
+    );
+
+    let before = nodes_snapshot(&api).await;
+    let mut watch = api
+        .watch("/api/v1/nodes", &format!("resourceVersion={}", before.0))
+        .await;
+    let dry = "--dry-run=server";
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["label", "node", "node-a", "env=prod", dry],
+        vec!["label", "node", "--all", "fleet=x", dry],
+        vec!["annotate", "node", "node-a", "note=hello", dry],
+        vec!["apply", "-f", edited, dry],
+        vec!["apply", "-f", fresh, dry],
+        vec!["create", "-f", fresh, dry],
+        vec!["replace", "-f", replaced, dry],
+        vec![
+            "patch",
+            "node",
+            "node-a",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"labels":{"m":"1"}}}"#,
+            dry,
+        ],
+        vec![
+            "patch",
+            "node",
+            "node-a",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/labels","value":{"j":"2"}}]"#,
+            dry,
+        ],
+        vec![
+            "patch",
+            "node",
+            "node-a",
+            "-p",
+            r#"{"spec":{"unschedulable":true}}"#,
+            dry,
+        ],
+        vec![
+            "patch",
+            "node",
+            "node-a",
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"status":{"capacity":{"pods":"7"}}}"#,
+            dry,
+        ],
+        vec!["cordon", "node-a", dry],
+        vec!["delete", "node", "node-b", dry],
+        vec!["delete", "-f", manifest, dry],
+    ];
+    for args in &commands {
+        let (code, out, err) = k.run(args);
+        // kubectl before 1.28 has no --subresource on patch.
+        if code != 0 && err.contains("unknown flag: --subresource") {
+            continue;
+        }
+        assert_eq!(code, 0, "kubectl {args:?} failed:\n{err}\n{out}");
+        // `kubectl patch` prints no dry-run suffix (kubectl's own choice).
+        if args[0] != "patch" {
+            assert!(out.contains("(server dry run)"), "kubectl {args:?}: {out}");
+        }
+    }
+    // A dry run still checks: an existing name is refused, a bad object too.
+    let (code, _, err) = k.run(&["create", "-f", manifest, dry]);
+    assert_ne!(code, 0);
+    assert!(err.contains("AlreadyExists"), "{err}");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: Bad_Name\n",
+    )
+    .unwrap();
+    let (code, _, err) = k.run(&["apply", "-f", bad.to_str().unwrap(), dry]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is invalid"), "{err}");
+
+    assert_unchanged(&api, &before, &mut watch).await;
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn diff_shows_the_change_with_its_exit_code_and_changes_nothing() {
+    let (server, api, k) = cluster(&["node-a"], "60s").await;
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
+    let manifest = manifest.to_str().unwrap();
+    k.ok(&["apply", "-f", manifest]);
+    let edited = server.dir.path().join("edited.yaml");
+    std::fs::write(
+        &edited,
+        std::fs::read_to_string(manifest)
+            .unwrap()
+            .replace("pool: example", "pool: edited"),
+    )
+    .unwrap();
+    let fresh = server.dir.path().join("fresh.yaml");
+    std::fs::write(
+        &fresh,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-fresh\n",
+    )
+    .unwrap();
+    let before = nodes_snapshot(&api).await;
+    let mut watch = api
+        .watch("/api/v1/nodes", &format!("resourceVersion={}", before.0))
+        .await;
+
+    let (code, out, err) = k.run(&["diff", "-f", manifest]);
+    assert_eq!(code, 0, "no difference: exit 0\n{out}\n{err}");
+    assert_eq!(out.trim(), "");
+
+    let (code, out, err) = k.run(&["diff", "-f", edited.to_str().unwrap()]);
+    assert_eq!(code, 1, "a difference: exit 1\n{out}\n{err}");
+    assert!(out.contains("-    mube.io/pool: example"), "{out}");
+    assert!(out.contains("+    mube.io/pool: edited"), "{out}");
+
+    let (code, out, err) = k.run(&["diff", "-f", fresh.to_str().unwrap()]);
+    assert_eq!(code, 1, "a new object: exit 1\n{out}\n{err}");
+    assert!(out.contains("+  name: node-fresh"), "{out}");
+
+    assert_unchanged(&api, &before, &mut watch).await;
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn delete_options_kubectl_sends_are_honoured_or_refused() {
+    let (_server, api, k) = cluster(&["node-a", "node-b", "node-c"], "60s").await;
+    // --cascade=orphan needs a garbage collector: refused, node kept.
+    let (code, _, err) = k.run(&["delete", "node", "node-a", "--cascade=orphan"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("propagationPolicy"), "{err}");
+    assert_eq!(api.get("/api/v1/nodes/node-a").await.code, 200);
+    // --now and --grace-period: nodes have no graceful deletion; removed at once.
+    k.ok(&["delete", "node", "node-a", "--now"]);
+    k.ok(&["delete", "node", "node-b", "--grace-period=0", "--force"]);
+    k.ok(&[
+        "delete",
+        "node",
+        "node-c",
+        "--cascade=background",
+        "--wait=false",
+    ]);
+    assert_eq!(api.get("/api/v1/nodes").await.body["items"], json!([]));
 }
