@@ -453,3 +453,75 @@ async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
         );
     }
 }
+
+#[tokio::test]
+async fn mubectl_dry_runs_of_apply_and_delete_write_nothing() {
+    let server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        ..Default::default()
+    })
+    .await;
+    let url = server.url();
+    let api = Api::new(&server);
+    let manifest = |name: &str, pool: &str| {
+        let path = server.dir.path().join(format!("{name}-{pool}.yaml"));
+        std::fs::write(
+            &path,
+            format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    pool: {pool}\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (a, a_edited, fresh) = (
+        manifest("node-m", "a"),
+        manifest("node-m", "b"),
+        manifest("node-fresh", "a"),
+    );
+    let (code, out, err) = mubectl(&url, &["apply", "-f", &a]);
+    assert_eq!((code, out.trim()), (0, "node/node-m created"), "{err}");
+    let list = || async { api.get("/api/v1/nodes").await.body };
+    let before = list().await;
+
+    for (args, expected) in [
+        (
+            vec!["apply", "-f", &a_edited, "--dry-run=server"],
+            "node/node-m configured (server dry run)",
+        ),
+        (
+            vec!["apply", "-f", &a, "--dry-run=server"],
+            "node/node-m unchanged (server dry run)",
+        ),
+        (
+            vec!["apply", "-f", &fresh, "--dry-run=server"],
+            "node/node-fresh created (server dry run)",
+        ),
+        (
+            vec!["apply", "-f", &a_edited, "--dry-run=client"],
+            "node/node-m configured (dry run)",
+        ),
+        (
+            vec!["apply", "-f", &fresh, "--dry-run"],
+            "node/node-fresh created (dry run)",
+        ),
+        (
+            vec!["delete", "node", "node-m", "--dry-run=server"],
+            "node \"node-m\" deleted (server dry run)",
+        ),
+        (
+            vec!["delete", "node", "node-m", "--dry-run=client"],
+            "node \"node-m\" deleted (dry run)",
+        ),
+    ] {
+        let (code, out, err) = mubectl(&url, &args);
+        assert_eq!((code, out.trim()), (0, expected), "mubectl {args:?}: {err}");
+    }
+    // A server dry run is still checked by the server.
+    let bad = manifest("Bad_Name", "a");
+    let (code, _, err) = mubectl(&url, &["apply", "-f", &bad, "--dry-run=server"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is invalid"), "{err}");
+    let (code, _, err) = mubectl(&url, &["delete", "node", "nope", "--dry-run=client"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+    assert_eq!(list().await, before, "a dry run changed the cluster");
+}

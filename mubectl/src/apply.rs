@@ -3,13 +3,15 @@
 //! An update merges the manifest into the stored object (JSON merge patch
 //! semantics, RFC 7386), so fields the manifest does not mention — the
 //! status, annotations the server set — are kept, and re-applying an
-//! unchanged manifest writes nothing.
+//! unchanged manifest writes nothing. `--dry-run=server` sends the same
+//! writes with `dryRun=All`; `--dry-run=client` sends none.
 
 use mube_apis::resources;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::client::{Client, CtlError};
+use crate::DryRun;
 
 /// Every object in a file: YAML documents (`---`-separated) or JSON, with
 /// `List` kinds expanded into their items.
@@ -54,7 +56,12 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-pub async fn run(client: &Client, file: &str, default_namespace: &str) -> Result<(), CtlError> {
+pub async fn run(
+    client: &Client,
+    file: &str,
+    default_namespace: &str,
+    dry_run: DryRun,
+) -> Result<(), CtlError> {
     let text = if file == "-" {
         std::io::read_to_string(std::io::stdin())
             .map_err(|e| CtlError::Other(format!("reading stdin: {e}")))?
@@ -89,13 +96,15 @@ pub async fn run(client: &Client, file: &str, default_namespace: &str) -> Result
         let path = info.path(Some(&namespace), Some(&name));
         let outcome = match client.get(&path).await {
             Err(e) if e.code() == Some(404) => {
-                client
-                    .post(&info.path(Some(&namespace), None), &doc)
-                    .await?;
+                if dry_run != DryRun::Client {
+                    let collection = info.path(Some(&namespace), None);
+                    client.post(&dry_run.path(&collection), &doc).await?;
+                }
                 "created"
             }
             Err(e) => return Err(e),
-            Ok(mut current) => {
+            Ok(live) => {
+                let mut current = live.clone();
                 let before = current.pointer("/metadata/resourceVersion").cloned();
                 merge(&mut current, &doc);
                 // Keep the version we read: a concurrent change is a conflict, not lost.
@@ -105,15 +114,23 @@ pub async fn run(client: &Client, file: &str, default_namespace: &str) -> Result
                 ) {
                     meta.insert("resourceVersion".into(), rv.clone());
                 }
-                let updated = client.put(&path, &current).await?;
-                if updated.pointer("/metadata/resourceVersion") == before.as_ref() {
+                let unchanged = match dry_run {
+                    DryRun::Client => current == live,
+                    // A dry run takes no new resourceVersion: compare the objects.
+                    DryRun::Server => client.put(&dry_run.path(&path), &current).await? == live,
+                    DryRun::None => {
+                        let updated = client.put(&path, &current).await?;
+                        updated.pointer("/metadata/resourceVersion") == before.as_ref()
+                    }
+                };
+                if unchanged {
                     "unchanged"
                 } else {
                     "configured"
                 }
             }
         };
-        println!("{}/{name} {outcome}", info.singular);
+        println!("{}/{name} {outcome}{}", info.singular, dry_run.suffix());
     }
     Ok(())
 }

@@ -2,13 +2,14 @@
 
 mod apply;
 mod client;
+mod delete;
 mod describe;
 mod get;
 mod kubeconfig;
 mod table;
 mod watch;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use client::{Client, CtlError};
 
@@ -56,6 +57,8 @@ enum Command {
         /// Namespace for namespaced objects that do not name one.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        dry_run: DryRunArg,
     },
     /// Delete a resource by name.
     ///
@@ -68,7 +71,48 @@ enum Command {
         /// Namespace (for leases).
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        dry_run: DryRunArg,
     },
+}
+
+/// `--dry-run`, with kubectl's meaning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Write.
+    #[default]
+    None,
+    /// Send no write; print what would be done.
+    Client,
+    /// Send the write with dryRun=All: the server checks everything and persists nothing.
+    Server,
+}
+
+impl DryRun {
+    /// What kubectl appends to its message.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DryRun::None => "",
+            DryRun::Client => " (dry run)",
+            DryRun::Server => " (server dry run)",
+        }
+    }
+
+    /// `path` with the query a write sends for this mode.
+    pub fn path(self, path: &str) -> String {
+        match self {
+            DryRun::Server => format!("{path}?dryRun=All"),
+            _ => path.to_string(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DryRunArg {
+    /// none (write), client (send no write) or server (the server checks and
+    /// persists nothing). A bare --dry-run means client, as in kubectl.
+    #[arg(long = "dry-run", value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "client", require_equals = true)]
+    pub dry_run: DryRun,
 }
 
 #[derive(Args, Debug)]
@@ -119,19 +163,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.command {
         Command::Get(args) => get::run(&client, args).await,
         Command::Describe { resource, name } => describe::run(&client, &resource, &name).await,
-        Command::Apply { file, namespace } => apply::run(&client, &file, &namespace).await,
+        Command::Apply {
+            file,
+            namespace,
+            dry_run,
+        } => apply::run(&client, &file, &namespace, dry_run.dry_run).await,
         Command::Delete {
             resource,
             name,
             namespace,
-        } => {
-            let info = get::resource(&resource)?;
-            client
-                .delete(&info.path(Some(&namespace), Some(&name)))
-                .await?;
-            println!("{} \"{name}\" deleted", info.singular);
-            Ok(())
-        }
+            dry_run,
+        } => delete::run(&client, &resource, &name, &namespace, dry_run.dry_run).await,
     }
 }
 
