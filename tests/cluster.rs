@@ -479,7 +479,7 @@ async fn mubectl_dry_runs_of_apply_and_delete_write_nothing() {
     );
     let (code, out, err) = mubectl(&url, &["apply", "-f", &a]);
     assert_eq!((code, out.trim()), (0, "node/node-m created"), "{err}");
-    let list = || async { api.get("/api/v1/nodes").await.body };
+    let list = || async { api.get("/api/v1/nodes").await.body["items"].clone() };
     let before = list().await;
 
     for (args, expected) in [

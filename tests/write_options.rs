@@ -202,8 +202,8 @@ async fn a_dry_run_of_every_write_answers_as_the_write_and_changes_nothing() {
     assert_eq!(lease.body["metadata"]["namespace"], "kube-node-lease");
 
     // Nothing changed: objects, resourceVersions, and the watch stream.
-    assert_eq!(snapshot(&api, NODES).await, before);
-    assert_eq!(snapshot(&api, LEASES).await, leases_before);
+    assert_eq!(snapshot(&api, NODES).await.1, before.1);
+    assert_eq!(snapshot(&api, LEASES).await.1, leases_before.1);
     let real = api
         .post(NODES, &json!({"metadata": {"name": "node-real"}}))
         .await;
@@ -211,10 +211,12 @@ async fn a_dry_run_of_every_write_answers_as_the_write_and_changes_nothing() {
     let first = watch.next(Duration::from_secs(10)).await.expect("an event");
     assert_eq!(first.object["metadata"]["name"], "node-real");
     assert_eq!(rv(&first.object), rv(&real.body));
+    // Revisions in between went only to the server's own writes (Events).
+    let (from, to) = (before.0.parse::<u64>().unwrap(), rv(&real.body));
     assert_eq!(
-        rv(&real.body),
-        before.0.parse::<u64>().unwrap() + 1,
-        "no revision was used by a dry run"
+        (to - from - 1) as usize,
+        api.objects_written_between(from, to).await,
+        "a dry run used a revision"
     );
 }
 
@@ -275,7 +277,7 @@ async fn bad_dry_run_values_are_refused_and_the_heartbeat_never_dry_runs() {
     .await;
     assert_eq!(refused.code, 400, "{:?}", refused.body);
     assert!(refused.body["message"].as_str().unwrap().contains("dryRun"));
-    assert_eq!(snapshot(&api, NODES).await, before);
+    assert_eq!(snapshot(&api, NODES).await.1, before.1);
     assert_eq!(api.get(&format!("{LEASES}/node-a")).await.code, 404);
 }
 
@@ -433,4 +435,37 @@ async fn delete_collection_removes_exactly_what_the_selectors_match() {
     .await;
     assert_eq!(matched.code, 200);
     assert_eq!(names(&api.get(NODES).await.body), Vec::<String>::new());
+
+    // A namespaced kind: within one namespace; never across all of them.
+    for (ns, name) in [("team-a", "l1"), ("team-a", "l2"), ("team-b", "l1")] {
+        let reply = api
+            .post(
+                &format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"),
+                &json!({"metadata": {"name": name}, "spec": {}}),
+            )
+            .await;
+        assert_eq!(reply.code, 201, "{:?}", reply.body);
+    }
+    let across = send(
+        &api,
+        Method::DELETE,
+        "/apis/coordination.k8s.io/v1/leases",
+        "application/json",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(across.code, 405, "{:?}", across.body);
+    let team_a = send(
+        &api,
+        Method::DELETE,
+        "/apis/coordination.k8s.io/v1/namespaces/team-a/leases",
+        "application/json",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(team_a.code, 200, "{:?}", team_a.body);
+    assert_eq!(names(&team_a.body), ["l1", "l2"]);
+    let left = api.get("/apis/coordination.k8s.io/v1/leases").await.body;
+    assert_eq!(names(&left), ["l1"]);
+    assert_eq!(left["items"][0]["metadata"]["namespace"], "team-b");
 }

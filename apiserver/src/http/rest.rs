@@ -203,7 +203,9 @@ async fn serve(
                     &warnings,
                 ))
             }
-            Method::DELETE => {
+            // As in Kubernetes, a namespaced kind is deleted one namespace at
+            // a time: there is no delete across all namespaces.
+            Method::DELETE if ns.is_some() || !r.namespaced => {
                 let filter = Filter::parse(
                     &r,
                     params.label_selector.as_deref(),
