@@ -197,3 +197,74 @@ async fn reflector_stays_equal_across_a_restart_with_list_then_watch() {
 async fn reflector_stays_equal_across_a_restart_with_streaming_lists() {
     reflector_survives_restart(watcher::Config::default().streaming_lists()).await;
 }
+
+#[tokio::test]
+async fn dry_runs_and_preconditions_through_kube_rs() {
+    let server = ApiServer::start(Options {
+        nodes: vec![node("node-a"), node("node-b")],
+        ..Default::default()
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(client(&server));
+    let before = nodes.list(&ListParams::default()).await.unwrap().items;
+
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let created = nodes.create(&dry_post, &named("node-dry")).await.unwrap();
+    assert_eq!(created.name_any(), "node-dry");
+    assert!(created.metadata.resource_version.is_none());
+    let patched = nodes
+        .patch(
+            "node-a",
+            &PatchParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"metadata": {"labels": {"dry": "run"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.labels().get("dry").map(String::as_str), Some("run"));
+    let dry_delete = kube::api::DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    nodes.delete("node-b", &dry_delete).await.unwrap();
+    nodes
+        .delete_collection(&dry_delete, &ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        nodes.list(&ListParams::default()).await.unwrap().items,
+        before
+    );
+
+    // A uid precondition: the wrong one is a 409 Conflict, the right one deletes.
+    let wrong = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("wrong".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match nodes.delete("node-b", &wrong).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409),
+        other => panic!("expected 409, got {other:?}"),
+    }
+    let uid = before
+        .iter()
+        .find(|n| n.name_any() == "node-b")
+        .unwrap()
+        .uid();
+    let right = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    nodes.delete("node-b", &right).await.unwrap();
+    assert!(nodes.get_opt("node-b").await.unwrap().is_none());
+}
