@@ -350,8 +350,8 @@ async fn writes_label_annotate_cordon_patch_apply_create_replace_delete() {
     assert!(err.contains("the JSON patch cannot be applied"), "{err}");
 
     // apply / create / replace / delete with the example manifest.
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
-    let manifest = manifest.to_str().unwrap();
+    let (manifest, edited, _) = manifests(server.dir.path());
+    let manifest = manifest.as_str();
     assert_eq!(
         k.ok(&["apply", "-f", manifest]).trim(),
         "node/mube-node-2 created"
@@ -368,16 +368,8 @@ async fn writes_label_annotate_cordon_patch_apply_create_replace_delete() {
         before, after,
         "re-applying an unchanged manifest changes nothing"
     );
-    let edited = server.dir.path().join("edited.yaml");
-    std::fs::write(
-        &edited,
-        std::fs::read_to_string(manifest)
-            .unwrap()
-            .replace("pool: example", "pool: edited"),
-    )
-    .unwrap();
     assert_eq!(
-        k.ok(&["apply", "-f", edited.to_str().unwrap()]).trim(),
+        k.ok(&["apply", "-f", &edited]).trim(),
         "node/mube-node-2 configured"
     );
     assert_eq!(
@@ -598,19 +590,15 @@ async fn assert_unchanged(api: &Api, before: &(String, Value), watch: &mut mube_
     );
 }
 
-#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
-#[tokio::test]
-async fn server_dry_runs_of_every_write_command_change_nothing() {
-    let (server, api, k) = cluster(&["node-a", "node-b"], "60s").await;
-    assert_eq!(api.heartbeat("node-a").await.code, 202);
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
-    let manifest = manifest.to_str().unwrap();
-    k.ok(&["apply", "-f", manifest]);
-    let dir = server.dir.path();
+/// The example manifest (`manifests/node.yaml`, node mube-node-2), the same
+/// with its pool label edited, and a manifest of a node that does not exist,
+/// as paths under `dir`.
+fn manifests(dir: &std::path::Path) -> (String, String, String) {
+    let original = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
     let edited = dir.join("edited.yaml");
     std::fs::write(
         &edited,
-        std::fs::read_to_string(manifest)
+        std::fs::read_to_string(&original)
             .unwrap()
             .replace("pool: example", "pool: edited"),
     )
@@ -621,16 +609,25 @@ async fn server_dry_runs_of_every_write_command_change_nothing() {
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-fresh\n  labels:\n    a: b\n",
     )
     .unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    (path(&original), path(&edited), path(&fresh))
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn server_dry_runs_of_every_write_command_change_nothing() {
+    let (server, api, k) = cluster(&["node-a", "node-b"], "60s").await;
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+    let dir = server.dir.path();
+    let (manifest, edited, fresh) = manifests(dir);
+    let (manifest, edited, fresh) = (manifest.as_str(), edited.as_str(), fresh.as_str());
+    k.ok(&["apply", "-f", manifest]);
     let replaced = dir.join("replaced.json");
     let mut node_a: Value =
         serde_json::from_str(&k.ok(&["get", "node", "node-a", "-o", "json"])).unwrap();
     node_a["metadata"]["labels"] = json!({"replaced": "yes"});
     std::fs::write(&replaced, node_a.to_string()).unwrap();
-    let (edited, fresh, replaced) = (
-        edited.to_str().unwrap(),
-        fresh.to_str().unwrap(),
-        replaced.to_str().unwrap(),
-    );
+    let replaced = replaced.to_str().unwrap();
 
     let before = nodes_snapshot(&api).await;
     let mut watch = api
@@ -721,38 +718,23 @@ async fn server_dry_runs_of_every_write_command_change_nothing() {
 #[tokio::test]
 async fn diff_shows_the_change_with_its_exit_code_and_changes_nothing() {
     let (server, api, k) = cluster(&["node-a"], "60s").await;
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
-    let manifest = manifest.to_str().unwrap();
-    k.ok(&["apply", "-f", manifest]);
-    let edited = server.dir.path().join("edited.yaml");
-    std::fs::write(
-        &edited,
-        std::fs::read_to_string(manifest)
-            .unwrap()
-            .replace("pool: example", "pool: edited"),
-    )
-    .unwrap();
-    let fresh = server.dir.path().join("fresh.yaml");
-    std::fs::write(
-        &fresh,
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-fresh\n",
-    )
-    .unwrap();
+    let (manifest, edited, fresh) = manifests(server.dir.path());
+    k.ok(&["apply", "-f", &manifest]);
     let before = nodes_snapshot(&api).await;
     let mut watch = api
         .watch("/api/v1/nodes", &format!("resourceVersion={}", before.0))
         .await;
 
-    let (code, out, err) = k.run(&["diff", "-f", manifest]);
+    let (code, out, err) = k.run(&["diff", "-f", &manifest]);
     assert_eq!(code, 0, "no difference: exit 0\n{out}\n{err}");
     assert_eq!(out.trim(), "");
 
-    let (code, out, err) = k.run(&["diff", "-f", edited.to_str().unwrap()]);
+    let (code, out, err) = k.run(&["diff", "-f", &edited]);
     assert_eq!(code, 1, "a difference: exit 1\n{out}\n{err}");
     assert!(out.contains("-    mube.io/pool: example"), "{out}");
     assert!(out.contains("+    mube.io/pool: edited"), "{out}");
 
-    let (code, out, err) = k.run(&["diff", "-f", fresh.to_str().unwrap()]);
+    let (code, out, err) = k.run(&["diff", "-f", &fresh]);
     assert_eq!(code, 1, "a new object: exit 1\n{out}\n{err}");
     assert!(out.contains("+  name: node-fresh"), "{out}");
 

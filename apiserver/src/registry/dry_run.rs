@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::store::{
-    stamp, ListResult, Preconditions, Revision, Store, StoreError, StoredObject, WatchStream,
+    check_revision, stamp, ListResult, Preconditions, Revision, Store, StoreError, StoredObject,
+    WatchStream,
 };
 
 /// Whether a write is carried out, or only tried (`dryRun=All`).
@@ -83,15 +84,7 @@ impl Store for DryRunStore {
         object: Value,
     ) -> Result<StoredObject, StoreError> {
         let current = self.current(key).await?;
-        if let Some(expected) = expected {
-            if expected != current.revision {
-                return Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    expected,
-                    actual: current.revision,
-                });
-            }
-        }
+        check_revision(key, Some(&current), expected)?;
         Ok(StoredObject {
             json: stamp(object, current.revision)?,
             ..current

@@ -38,8 +38,8 @@ use super::recovery::{self, Recovered};
 use super::wal::{self, Segment, SegmentWriter};
 use super::watch::{History, WatchStream};
 use super::{
-    codec, resource_of, snapshot, Event, EventKind, ListResult, Preconditions, Revision, Store,
-    StoreError, StoredObject,
+    check_revision, codec, resource_of, snapshot, Event, EventKind, ListResult, Preconditions,
+    Revision, Store, StoreError, StoredObject,
 };
 
 /// Tuning for the log store; see `configs/apiserver.yaml` for the user-facing names.
@@ -620,7 +620,7 @@ impl Store for LogStore {
         object: Value,
     ) -> Result<StoredObject, StoreError> {
         self.write(key, |current| {
-            check_precondition(key, current, expected)?;
+            check_revision(key, current, expected)?;
             Ok(Some(object))
         })
         .await
@@ -700,23 +700,5 @@ impl Store for LogStore {
         }
         // Dropping the senders ends every live watch.
         self.shared.lock_channels().clear();
-    }
-}
-
-fn check_precondition(
-    key: &str,
-    current: Option<&StoredObject>,
-    expected: Option<Revision>,
-) -> Result<(), StoreError> {
-    let current = current.ok_or_else(|| StoreError::NotFound {
-        key: key.to_string(),
-    })?;
-    match expected {
-        Some(expected) if expected != current.revision => Err(StoreError::Conflict {
-            key: key.to_string(),
-            expected,
-            actual: current.revision,
-        }),
-        _ => Ok(()),
     }
 }

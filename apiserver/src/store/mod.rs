@@ -233,6 +233,27 @@ where
     }
 }
 
+/// `update`'s precondition: the object exists and, with `expected`, is at
+/// exactly that revision. Shared by every backend (and the dry-run store) so
+/// that all answer alike.
+pub fn check_revision(
+    key: &str,
+    current: Option<&StoredObject>,
+    expected: Option<Revision>,
+) -> Result<(), StoreError> {
+    let current = current.ok_or_else(|| StoreError::NotFound {
+        key: key.to_string(),
+    })?;
+    match expected {
+        Some(expected) if expected != current.revision => Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            actual: current.revision,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The resource segment of a key `/registry/{resource}/...`: watch fan-out is
 /// per resource, so a lease renewal never wakes a node watcher.
 pub fn resource_of(key: &str) -> &str {
