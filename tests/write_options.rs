@@ -225,6 +225,7 @@ async fn bad_dry_run_values_are_refused_and_the_heartbeat_never_dry_runs() {
     let (_server, api) = server(&["node-a"]).await;
     for (method, path, kind) in [
         (Method::POST, "/api/v1/nodes?dryRun=Bogus", "CreateOptions"),
+        (Method::POST, "/api/v1/nodes?dryRun=", "CreateOptions"),
         (
             Method::PUT,
             "/api/v1/nodes/node-a?dryRun=all",
@@ -267,16 +268,18 @@ async fn bad_dry_run_values_are_refused_and_the_heartbeat_never_dry_runs() {
 
     let hb = json!({"name": "node-a", "runtime": "containerd", "version": "0.1.0", "capacity": 10});
     let before = snapshot(&api, NODES).await;
-    let refused = send(
-        &api,
-        Method::POST,
-        "/api/v1/nodes/heartbeat?dryRun=All",
-        "application/json",
-        hb,
-    )
-    .await;
-    assert_eq!(refused.code, 400, "{:?}", refused.body);
-    assert!(refused.body["message"].as_str().unwrap().contains("dryRun"));
+    for query in ["dryRun=All", "dryRun="] {
+        let refused = send(
+            &api,
+            Method::POST,
+            &format!("/api/v1/nodes/heartbeat?{query}"),
+            "application/json",
+            hb.clone(),
+        )
+        .await;
+        assert_eq!(refused.code, 400, "{query}: {:?}", refused.body);
+        assert!(refused.body["message"].as_str().unwrap().contains("dryRun"));
+    }
     assert_eq!(snapshot(&api, NODES).await.1, before.1);
     assert_eq!(api.get(&format!("{LEASES}/node-a")).await.code, 404);
 }
@@ -331,6 +334,20 @@ async fn delete_preconditions_are_checked_with_the_delete() {
     let still = api.get("/api/v1/nodes/node-a").await;
     assert_eq!(still.code, 200);
     assert_eq!(rv(&still.body), version);
+
+    let empty_uid = delete(json!({"uid": ""})).await;
+    assert_eq!(empty_uid.code, 409, "an empty uid is a precondition too");
+    // dryRun in the query with a DeleteOptions body that names none: a dry run.
+    let dry = send(
+        &api,
+        Method::DELETE,
+        "/api/v1/nodes/node-a?dryRun=All",
+        "application/json",
+        json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}),
+    )
+    .await;
+    assert_eq!(dry.code, 200, "{:?}", dry.body);
+    assert_eq!(api.get("/api/v1/nodes/node-a").await.code, 200);
 
     // Options mube cannot honour are refused, not dropped.
     for options in [

@@ -115,7 +115,8 @@ pub async fn run(
                     meta.insert("resourceVersion".into(), rv.clone());
                 }
                 let unchanged = match dry_run {
-                    DryRun::Client => current == live,
+                    // The server keeps the stored status on such a write.
+                    DryRun::Client => without_status(&current) == without_status(&live),
                     // A dry run takes no new resourceVersion: compare the objects.
                     DryRun::Server => client.put(&dry_run.path(&path), &current).await? == live,
                     DryRun::None => {
@@ -133,6 +134,15 @@ pub async fn run(
         println!("{}/{name} {outcome}{}", info.singular, dry_run.suffix());
     }
     Ok(())
+}
+
+/// `object` less its `status`, which a write of the object never changes.
+fn without_status(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(o) = object.as_object_mut() {
+        o.remove("status");
+    }
+    object
 }
 
 #[cfg(test)]

@@ -90,9 +90,7 @@ async fn heartbeat(
     uri: axum::http::Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if uri.query().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "dryRun" && !v.is_empty())
-    }) {
+    if options::asks_dry_run(uri.query()) {
         return Err(ApiError::bad_request(
             "dryRun is not supported by the heartbeat: a heartbeat always renews the node's Lease",
         ));

@@ -8,17 +8,23 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::registry::DryRun;
-use crate::store::{Preconditions, Revision};
+use crate::store::Preconditions;
 
 /// The only `dryRun` value Kubernetes defines.
 const DRY_RUN_ALL: &str = "All";
 
 /// Every value of a query parameter that may repeat (`dryRun=All&dryRun=All`).
+/// An empty value is kept: `?dryRun=` is a value, and not "All".
 fn all_values(query: Option<&str>, name: &str) -> Vec<String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .filter(|(k, v)| k == name && !v.is_empty())
+        .filter(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
         .collect()
+}
+
+/// Whether the query names `dryRun` at all, with any value.
+pub fn asks_dry_run(query: Option<&str>) -> bool {
+    !all_values(query, "dryRun").is_empty()
 }
 
 /// Go's `%#v` of a `[]string`, which Kubernetes' message prints.
@@ -60,25 +66,31 @@ pub struct Deletion {
 }
 
 /// `DeleteOptions` from the body, or from the query when the body is empty
-/// (as Kubernetes reads them). Every option is either honoured or refused:
+/// (as Kubernetes reads them). One difference, on the safe side: a
+/// `dryRun` in the query counts when the body names none (Kubernetes would
+/// ignore it and delete). Every option is either honoured or refused:
 ///
 /// - `preconditions.uid` / `.resourceVersion`: checked by the store, atomically
 ///   with the delete;
 /// - `dryRun`;
-/// - `propagationPolicy: Background` (kubectl's default): honoured. mube
-///   removes an object at once, and the one kind of dependent it creates
-///   today, a node's Lease, is deleted after its Node by the node lifecycle
-///   controller, as Kubernetes' garbage collector would;
+/// - `propagationPolicy: Background` (kubectl's default): accepted; the
+///   object goes at once. There is no garbage collector yet: the one kind of
+///   dependent mube creates, a node's Lease, is deleted by the node lifecycle
+///   controller when it sees its Node's deletion;
 /// - `Orphan` (and `orphanDependents: true`) and `Foreground` need finalizers
 ///   and a garbage collector, which mube does not have yet: refused (422);
-/// - `gracePeriodSeconds`: accepted. No kind mube serves has graceful
-///   deletion yet (nothing runs pods), so, as Kubernetes does for such kinds,
-///   the object is removed at once whatever the grace period.
+/// - `gracePeriodSeconds`: accepted; every kind is removed at once. Nodes,
+///   Leases and Events have no graceful deletion in Kubernetes either; Pods
+///   do, but mube runs no pods yet, so there is nothing to stop.
 pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> {
     let options = if body.iter().all(u8::is_ascii_whitespace) {
         from_query(query)?
     } else {
-        from_body(body)?
+        let mut options = from_body(body)?;
+        if options.dry_run.is_none() && asks_dry_run(query) {
+            options.dry_run = Some(all_values(query, "dryRun"));
+        }
+        options
     };
     let mut causes = Vec::new();
     let dry_run =
@@ -128,19 +140,13 @@ pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> 
     if !causes.is_empty() {
         return Err(ApiError::invalid_options("DeleteOptions", causes));
     }
+    // Kept exactly as sent: an empty uid is a precondition too (one no
+    // object meets), as in Kubernetes.
     let preconditions = options.preconditions.unwrap_or_default();
-    let resource_version = match preconditions.resource_version.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(s.parse::<Revision>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "preconditions.resourceVersion: invalid value {s:?}: must be a number"
-            ))
-        })?),
-    };
     Ok(Deletion {
         preconditions: Preconditions {
-            uid: preconditions.uid.filter(|u| !u.is_empty()),
-            resource_version,
+            uid: preconditions.uid,
+            resource_version: preconditions.resource_version,
         },
         dry_run,
     })
@@ -161,18 +167,17 @@ fn from_body(body: &[u8]) -> Result<DeleteOptions, ApiError> {
             )))
         }
     }
-    match options.api_version.as_deref() {
-        None | Some("") | Some("v1") | Some("meta.k8s.io/v1") => Ok(options),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "DeleteOptions: unsupported apiVersion {other:?}: supported: \"v1\", \"meta.k8s.io/v1\""
-        ))),
-    }
+    // Any apiVersion: client-go's typed clients send DeleteOptions in the
+    // group version of the resource (`coordination.k8s.io/v1`), and
+    // Kubernetes accepts every group's.
+    Ok(options)
 }
 
 /// The query form: `?dryRun=All&propagationPolicy=...&gracePeriodSeconds=N`
 /// (preconditions have no query form).
 fn from_query(query: Option<&str>) -> Result<DeleteOptions, ApiError> {
-    let one = |name: &str| all_values(query, name).pop();
+    // An empty value of these is taken as absent (only dryRun is strict).
+    let one = |name: &str| all_values(query, name).pop().filter(|v| !v.is_empty());
     let dry_run = all_values(query, "dryRun");
     let grace_period_seconds = one("gracePeriodSeconds")
         .map(|s| {
@@ -223,6 +228,12 @@ mod tests {
             dry_run(Some("dryRun=All&dryRun=All"), "PatchOptions").unwrap(),
             DryRun::All
         );
+        assert_eq!(
+            dry_run(Some("dryRun="), "UpdateOptions")
+                .unwrap_err()
+                .code(),
+            422
+        );
         let e = dry_run(Some("dryRun=All&dryRun=Bogus"), "CreateOptions").unwrap_err();
         assert_eq!(e.code(), 422);
         assert_eq!(
@@ -240,7 +251,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.dry_run, DryRun::All);
         assert_eq!(d.preconditions.uid.as_deref(), Some("u"));
-        assert_eq!(d.preconditions.resource_version, Some(7));
+        assert_eq!(d.preconditions.resource_version.as_deref(), Some("7"));
         let d = deletion(Some("dryRun=All&gracePeriodSeconds=0"), b"  ").unwrap();
         assert_eq!(d.dry_run, DryRun::All);
         assert_eq!(d.preconditions, Preconditions::default());
@@ -274,8 +285,36 @@ mod tests {
         }
         let e = deletion(None, br#"{"kind":"Node"}"#).unwrap_err();
         assert_eq!(e.code(), 400);
-        let e = deletion(None, br#"{"preconditions":{"resourceVersion":"x"}}"#).unwrap_err();
-        assert_eq!(e.code(), 400);
         assert!(deletion(None, br#"{"orphanDependents":false}"#).is_ok());
+        let e = deletion(Some("dryRun="), b"").unwrap_err();
+        assert_eq!(e.code(), 422);
+    }
+
+    #[test]
+    fn delete_options_keep_what_was_sent() {
+        // Empty preconditions are preconditions (no object meets them).
+        let d = deletion(
+            None,
+            br#"{"preconditions":{"uid":"","resourceVersion":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.preconditions.uid.as_deref(), Some(""));
+        assert_eq!(d.preconditions.resource_version.as_deref(), Some("x"));
+        // A group's own DeleteOptions version, as client-go's typed clients send.
+        let d = deletion(
+            None,
+            br#"{"kind":"DeleteOptions","apiVersion":"coordination.k8s.io/v1"}"#,
+        )
+        .unwrap();
+        assert_eq!(d.dry_run, DryRun::No);
+        // The query's dryRun counts when the body names none.
+        let d = deletion(Some("dryRun=All"), br#"{"propagationPolicy":"Background"}"#).unwrap();
+        assert_eq!(d.dry_run, DryRun::All);
+        let e = deletion(
+            Some("dryRun=Bogus"),
+            br#"{"propagationPolicy":"Background"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), 422);
     }
 }

@@ -35,7 +35,17 @@ impl DryRunStore {
         DryRunStore { inner }
     }
 
+    /// A store that cannot write fails a dry run too (a 2xx would promise a
+    /// write that would fail).
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.inner.failure() {
+            Some(failure) => Err(StoreError::Backend(failure)),
+            None => Ok(()),
+        }
+    }
+
     async fn current(&self, key: &str) -> Result<StoredObject, StoreError> {
+        self.writable()?;
         self.inner
             .get(key)
             .await?
@@ -58,6 +68,7 @@ impl Store for DryRunStore {
     /// The object as it would be created: no resourceVersion, since none was
     /// used (as Kubernetes answers a dry-run create).
     async fn create(&self, key: &str, mut object: Value) -> Result<StoredObject, StoreError> {
+        self.writable()?;
         if self.inner.get(key).await?.is_some() {
             return Err(StoreError::AlreadyExists {
                 key: key.to_string(),

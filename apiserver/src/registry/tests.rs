@@ -221,6 +221,23 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
             assert_eq!(patched.revision, real.revision, "{content_type}");
         }
     }
+    // A status patch that changes the status: answered, not stored.
+    let status_patch = Patch::parse(
+        "application/merge-patch+json",
+        br#"{"status":{"addresses":[{"type":"InternalIP","address":"10.9.9.9"}]}}"#,
+    )
+    .unwrap()
+    .unwrap();
+    let patched = f
+        .registry
+        .patch(&nodes, None, "n1", Part::Status, &status_patch, dry)
+        .await
+        .unwrap();
+    assert_eq!(patched.revision, real.revision);
+    assert_eq!(
+        patched.value().unwrap()["status"]["addresses"][0]["address"],
+        "10.9.9.9"
+    );
     let stale = Patch::parse(
         "application/merge-patch+json",
         br#"{"metadata":{"resourceVersion":"99","labels":{"x":"y"}}}"#,
@@ -250,7 +267,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
         .contains("Precondition failed: UID in precondition: wrong, UID in object meta: "));
     let right = Preconditions {
         uid: Some(uid),
-        resource_version: Some(real.revision),
+        resource_version: Some(real.revision.to_string()),
     };
     let deleted = f
         .registry

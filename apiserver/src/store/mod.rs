@@ -108,10 +108,13 @@ pub enum StoreError {
 /// `DeleteOptions.preconditions`. Checked by the store under the same lock
 /// (or transaction) as the delete itself, so that an object recreated under
 /// the same name, or changed since the client looked, is never removed.
+///
+/// Both are compared as strings, as Kubernetes does: an empty or malformed
+/// value is a precondition no object meets (409), never one that is dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Preconditions {
     pub uid: Option<String>,
-    pub resource_version: Option<Revision>,
+    pub resource_version: Option<String>,
 }
 
 impl Preconditions {
@@ -119,7 +122,7 @@ impl Preconditions {
     pub fn revision(revision: Revision) -> Preconditions {
         Preconditions {
             uid: None,
-            resource_version: Some(revision),
+            resource_version: Some(revision.to_string()),
         }
     }
 
@@ -151,8 +154,8 @@ impl Preconditions {
                 )));
             }
         }
-        if let Some(want) = self.resource_version {
-            if want != current.revision {
+        if let Some(want) = &self.resource_version {
+            if *want != current.revision.to_string() {
                 return Err(failed(format!(
                     "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {}",
                     current.revision

@@ -290,6 +290,7 @@ async fn delete_checks_uid_and_resource_version_preconditions() {
         .create(&key, json!({"metadata": {"name": "node-1", "uid": "u-1"}}))
         .await
         .unwrap();
+    assert_eq!(created.revision, 1);
     for (uid, rv, message) in [
         (
             Some("wrong"),
@@ -298,18 +299,23 @@ async fn delete_checks_uid_and_resource_version_preconditions() {
         ),
         (
             None,
-            Some(created.revision + 5),
+            Some("6"),
             "Precondition failed: ResourceVersion in precondition: 6, ResourceVersion in object meta: 1",
         ),
         (
+            Some(""),
+            None,
+            "Precondition failed: UID in precondition: , UID in object meta: u-1",
+        ),
+        (
             Some("u-1"),
-            Some(created.revision + 5),
+            Some("6"),
             "Precondition failed: ResourceVersion in precondition: 6, ResourceVersion in object meta: 1",
         ),
     ] {
         let preconditions = super::Preconditions {
             uid: uid.map(String::from),
-            resource_version: rv,
+            resource_version: rv.map(String::from),
         };
         match store.delete(&key, &preconditions).await {
             Err(super::StoreError::PreconditionFailed { message: m, .. }) => assert_eq!(m, message),
@@ -320,7 +326,7 @@ async fn delete_checks_uid_and_resource_version_preconditions() {
     assert_eq!(store.list("/registry/").await.unwrap().revision, 1);
     let preconditions = super::Preconditions {
         uid: Some("u-1".into()),
-        resource_version: Some(1),
+        resource_version: Some("1".into()),
     };
     assert_eq!(
         store.delete(&key, &preconditions).await.unwrap().revision,
