@@ -3,12 +3,10 @@
 //! `PatchOptions`), and `DeleteOptions` on deletes. Past this module the
 //! registry sees only its typed `DryRun` and the store's `Preconditions`.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
-use serde_json::Value;
-
 use crate::error::ApiError;
 use crate::registry::DryRun;
 use crate::store::Preconditions;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
 
 /// The only `dryRun` value Kubernetes defines.
 const DRY_RUN_ALL: &str = "All";
@@ -87,8 +85,9 @@ pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> 
         from_query(query)?
     } else {
         let mut options = from_body(body)?;
-        if options.dry_run.is_none() && asks_dry_run(query) {
-            options.dry_run = Some(all_values(query, "dryRun"));
+        let in_query = all_values(query, "dryRun");
+        if options.dry_run.is_none() && !in_query.is_empty() {
+            options.dry_run = Some(in_query);
         }
         options
     };
@@ -153,10 +152,7 @@ pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> 
 }
 
 fn from_body(body: &[u8]) -> Result<DeleteOptions, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
-    })?;
-    let options: DeleteOptions = serde_json::from_value(value).map_err(|e| {
+    let options: DeleteOptions = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("the body is not a valid DeleteOptions: {e}"))
     })?;
     match options.kind.as_deref() {

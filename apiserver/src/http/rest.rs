@@ -85,6 +85,15 @@ impl Params {
         })
     }
 
+    /// The label and field selectors of a list, watch or deletecollection.
+    pub fn filter(&self, r: &Resource) -> Result<Filter, ApiError> {
+        Filter::parse(
+            r,
+            self.label_selector.as_deref(),
+            self.field_selector.as_deref(),
+        )
+    }
+
     /// `resourceVersion` as a revision; `None` for absent or "0" (any).
     pub fn revision(&self) -> Result<Option<Revision>, ApiError> {
         match self.resource_version.as_deref() {
@@ -182,11 +191,7 @@ async fn serve(
     match (&target.name, target.subresource.as_deref()) {
         (None, _) => match method {
             Method::GET => {
-                let filter = Filter::parse(
-                    &r,
-                    params.label_selector.as_deref(),
-                    params.field_selector.as_deref(),
-                )?;
+                let filter = params.filter(&r)?;
                 if params.watch {
                     watch::serve(&state, r, ns, filter, &params, table).await
                 } else {
@@ -206,11 +211,7 @@ async fn serve(
             // As in Kubernetes, a namespaced kind is deleted one namespace at
             // a time: there is no delete across all namespaces.
             Method::DELETE if ns.is_some() || !r.namespaced => {
-                let filter = Filter::parse(
-                    &r,
-                    params.label_selector.as_deref(),
-                    params.field_selector.as_deref(),
-                )?;
+                let filter = params.filter(&r)?;
                 let deletion = options::deletion(query, &read_body(body).await?)?;
                 let (deleted, revision) = registry
                     .delete_collection(&r, ns, &filter, &deletion.preconditions, deletion.dry_run)

@@ -566,10 +566,11 @@ impl Registry {
     }
 
     /// DELETE on a collection: every object the filter matches, each deleted
-    /// as by `delete` (same preconditions, same dry run). Objects deleted by
-    /// someone else meanwhile are skipped; the first other failure stops the
-    /// call and is returned, as Kubernetes does. Returns what was deleted and
-    /// the revision the collection was listed at.
+    /// as by `delete` (same preconditions, same dry run), by the key it was
+    /// listed under. Objects deleted by someone else meanwhile are skipped;
+    /// the first other failure stops the call and is returned, as Kubernetes
+    /// does. Returns what was deleted and the revision the collection was
+    /// listed at.
     pub async fn delete_collection(
         &self,
         r: &Resource,
@@ -579,27 +580,21 @@ impl Registry {
         dry_run: DryRun,
     ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
         let (items, revision) = self.list(r, namespace, filter).await?;
+        let store = self.store_for(dry_run);
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {
-            let name = name_of(&item.value()?).to_string();
-            let ns = item_namespace(r, &item.key);
-            match self.delete(r, ns, &name, preconditions, dry_run).await {
+            match store.delete(&item.key, preconditions).await {
                 Ok(gone) => deleted.push(gone),
-                Err(e) if e.code() == 404 => {}
-                Err(e) => return Err(e),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    // The name is the key's last segment.
+                    let name = item.key.rsplit('/').next().unwrap_or_default();
+                    return Err(ApiError::from_store(e, r, name));
+                }
             }
         }
         Ok((deleted, revision))
     }
-}
-
-/// The namespace in a stored key (`/registry/{plural}/{namespace}/{name}`),
-/// for namespaced kinds.
-fn item_namespace<'k>(r: &Resource, key: &'k str) -> Option<&'k str> {
-    if !r.namespaced {
-        return None;
-    }
-    key.trim_start_matches('/').split('/').nth(2)
 }
 
 /// The new object of an update: with a status subresource, a main update
