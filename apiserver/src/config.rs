@@ -38,6 +38,10 @@ struct ConfigFile {
     /// Bytes per write-ahead log segment (default 32Mi); space is freed a
     /// segment at a time.
     log_segment_bytes: Option<u64>,
+    /// How long a list or watch from a resourceVersion the server has not
+    /// reached waits for it before the answer is 504 (default 3s, as
+    /// Kubernetes).
+    resource_version_wait: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +63,10 @@ pub struct Config {
     pub watch_buffer: usize,
     pub watch_bookmark_interval: Duration,
     pub log_segment_bytes: u64,
+    pub resource_version_wait: Duration,
+    /// `--repair-log`: start even though the log is damaged, cutting it at
+    /// the first bad record.
+    pub repair_log: bool,
     pub shutdown_timeout: Duration,
     pub notready_timeout: Duration,
 }
@@ -83,7 +91,19 @@ fn duration_env(
 impl Config {
     /// Loads from the process environment.
     pub fn from_env() -> Result<Config, String> {
-        Config::load(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        let mut config =
+            Config::load(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))?;
+        for arg in std::env::args().skip(1) {
+            match arg.as_str() {
+                "--repair-log" => config.repair_log = true,
+                other => {
+                    return Err(format!(
+                        "unknown argument {other:?}; the only flag is --repair-log (cut a damaged write-ahead log at its first bad record); everything else is configured in {ENV_CONFIG}"
+                    ))
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Loads with `env` as the environment (tests pass their own).
@@ -163,6 +183,11 @@ impl Config {
             raw.history_max_age.as_deref(),
             Duration::from_secs(300),
         )?;
+        let resource_version_wait = positive_duration(
+            "resourceVersionWait",
+            raw.resource_version_wait.as_deref(),
+            Duration::from_secs(3),
+        )?;
         if raw.history_retention == Some(0) {
             return Err(format!("{file}: historyRetention: must be at least 1"));
         }
@@ -181,6 +206,8 @@ impl Config {
             watch_buffer: raw.watch_buffer.unwrap_or(4096),
             watch_bookmark_interval,
             log_segment_bytes: raw.log_segment_bytes.unwrap_or(32 * 1024 * 1024),
+            resource_version_wait,
+            repair_log: false,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),
         })

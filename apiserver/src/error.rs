@@ -153,6 +153,24 @@ impl From<StoreError> for ApiError {
                 Reason::Expired,
                 format!("too old resource version: {requested} ({compacted})"),
             ),
+            // Kubernetes' NewTooLargeResourceVersionError: clients (the
+            // reflector) match the cause and relist.
+            StoreError::TooLarge { requested, current } => {
+                let mut status = status::failure(
+                    Reason::Timeout,
+                    format!("Timeout: Too large resource version: {requested}, current: {current}"),
+                );
+                status.details = Some(status::StatusDetails {
+                    causes: Some(vec![StatusCause {
+                        reason: Some("ResourceVersionTooLarge".into()),
+                        message: Some("Too large resource version".into()),
+                        field: None,
+                    }]),
+                    retry_after_seconds: Some(1),
+                    ..Default::default()
+                });
+                ApiError::from(status)
+            }
             StoreError::TooSlow => ApiError::new(
                 Reason::Expired,
                 "watch closed: the client fell too far behind; relist and watch again",

@@ -25,7 +25,8 @@ pub async fn run(config: Config) -> Result<(), String> {
             history_retention: config.history_retention,
             history_max_age: config.history_max_age,
             watch_buffer: config.watch_buffer,
-            segment_bytes: config.log_segment_bytes,
+            repair: config.repair_log,
+            ..LogStoreOptions::with_segment_bytes(config.log_segment_bytes)
         },
     )
     .map_err(|e| e.to_string())?;
@@ -59,6 +60,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         ready: ready.clone(),
         bookmark_interval: config.watch_bookmark_interval,
         lease_duration: config.notready_timeout,
+        read_wait: config.resource_version_wait,
     };
 
     let controller = NodeLifecycle::new(

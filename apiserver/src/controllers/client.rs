@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::registry::{DryRun, Filter, Part, Registry};
-use crate::store::{EventKind, Revision};
+use crate::store::{EventKind, ReadAt, Revision};
 
 /// A list's items, decoded one at a time as they are taken: a controller
 /// walks 100,000 nodes without holding 100,000 decoded objects at once
@@ -90,7 +90,7 @@ impl ApiClient for LocalClient {
         let r = self.registry.resource(plural)?;
         let (items, revision) = self
             .registry
-            .list(&r, namespace, &Filter::default())
+            .list(&r, namespace, &Filter::default(), ReadAt::Newest)
             .await?;
         let items = items.into_iter().map(|i| i.value().map_err(ApiError::from));
         Ok((Box::new(items), revision.to_string()))

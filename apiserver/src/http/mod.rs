@@ -41,14 +41,13 @@ pub struct AppState {
     pub bookmark_interval: Duration,
     /// A Lease's duration: the NotReady timeout.
     pub lease_duration: Duration,
+    /// How long a read of a resourceVersion not yet reached waits for it
+    /// before it is answered 504 ResourceVersionTooLarge.
+    pub read_wait: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(ok))
-        .route("/livez", get(ok))
-        .route("/readyz", get(readyz))
-        .route("/version", get(discovery::version))
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
         .route("/openapi/v2", get(openapi::v2))
@@ -57,20 +56,47 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/heartbeat", post(heartbeat))
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis/{*rest}", any(rest::handle))
+        .route_layer(middleware::from_fn_with_state(state.clone(), refuse_if_failed))
+        .route("/healthz", get(livez))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/version", get(discovery::version))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
 
-async fn ok() -> &'static str {
-    "ok"
+/// Once the store has stopped (its log could not be written), no request
+/// for data or discovery is served: 503, with the reason. What it would
+/// answer might not be durable, and a client must not act on it.
+async fn refuse_if_failed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.registry.store().failure() {
+        Some(failure) => ApiError::new(
+            Reason::ServiceUnavailable,
+            format!("{failure}; the API server serves no data until it is restarted"),
+        )
+        .into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// Fails once the store has stopped, so that a supervisor restarts the
+/// process (a restart recovers from the log on disk).
+async fn livez(State(state): State<AppState>) -> Response {
+    match state.registry.store().failure() {
+        Some(failure) => (StatusCode::SERVICE_UNAVAILABLE, failure).into_response(),
+        None => "ok".into_response(),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.registry.store();
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else if let Some(failure) = state.registry.store().failure() {
+    } else if let Some(failure) = store.failure() {
         (StatusCode::SERVICE_UNAVAILABLE, failure).into_response()
+    } else if let Some(trouble) = store.degraded() {
+        (StatusCode::SERVICE_UNAVAILABLE, trouble).into_response()
     } else if state.ready.load(Ordering::Acquire) {
         "ok".into_response()
     } else {

@@ -20,7 +20,7 @@ use super::{discovery, watch, AppState};
 use crate::error::ApiError;
 use crate::registry::patch::Patch;
 use crate::registry::{check_fields, FieldValidation, Filter, Part, Resource};
-use crate::store::{Revision, StoredObject};
+use crate::store::{ReadAt, Revision, StoredObject};
 
 /// Query parameters of get, list, watch and delete.
 #[derive(Debug, Default)]
@@ -329,10 +329,10 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
 /// `{kind}List` (or a Table) with the revision it was read at, a page of at
 /// most `limit` items with a continue token for the rest.
 ///
-/// Pages after the first are read from the current state (mube keeps no
-/// snapshots of past revisions), starting after the last key served, and
-/// report the first page's revision; a token whose revision history has been
-/// compacted is 410 Expired, so the client starts over.
+/// Every page of a paged list is read at the first page's revision, as
+/// Kubernetes on etcd does: the store keeps that view for the pages that
+/// follow, or rebuilds it from history. Past the history the store keeps,
+/// the token is 410 Expired and the client starts over.
 async fn list(
     state: &AppState,
     r: &Arc<Resource>,
@@ -341,19 +341,24 @@ async fn list(
     params: &Params,
     table: Option<TableRequest>,
 ) -> Result<Response, ApiError> {
-    let (mut items, mut revision) = state.registry.list(r, ns, filter).await?;
-    if let Some(token) = &params.continue_token {
-        let (rv, start) = decode_continue(token)?;
-        if rv < state.registry.store().compacted() {
+    let (at, after_key) = match &params.continue_token {
+        Some(token) => {
+            let (rv, start) = decode_continue(token)?;
+            (ReadAt::Exact(rv), Some(start))
+        }
+        None => (read_at(state, params).await?, None),
+    };
+    let (mut items, revision) = match state.registry.list(r, ns, filter, at).await {
+        Err(e) if after_key.is_some() && e.code() == 410 => {
             return Err(ApiError::new(
                 Reason::Expired,
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-            ));
+            ))
         }
+        other => other?,
+    };
+    if let Some(start) = after_key {
         items.retain(|i| *i.key > *start);
-        revision = rv;
-    } else {
-        check_list_version(state, params, revision)?;
     }
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(limit) = params.limit {
@@ -399,33 +404,29 @@ fn list_body(r: &Resource, items: &[StoredObject], metadata: Value) -> Vec<u8> {
     out
 }
 
-/// `resourceVersion` + `resourceVersionMatch` on a list. mube serves lists at
-/// the current revision only: "not older than N" is always met unless N is in
-/// the future; "exactly N" only when N is the current revision.
-fn check_list_version(
-    state: &AppState,
-    params: &Params,
-    current: Revision,
-) -> Result<(), ApiError> {
+/// Which state a first page is read at, from `resourceVersion` and
+/// `resourceVersionMatch`, as Kubernetes: unset or "0" is the newest state;
+/// "not older than N" waits (briefly) for N to be durable and reads the
+/// newest; "exactly N" reads N itself, inside the history the store keeps.
+/// A revision the store does not reach in time is 504 ResourceVersionTooLarge.
+async fn read_at(state: &AppState, params: &Params) -> Result<ReadAt, ApiError> {
     let requested = params.revision()?;
+    let newest = if params.limit.is_some() {
+        ReadAt::NewestPaged
+    } else {
+        ReadAt::Newest
+    };
+    let store = state.registry.store();
     match (params.resource_version_match.as_deref(), requested) {
-        (None | Some("NotOlderThan"), Some(n)) if n > current => Err(ApiError::new(
-            Reason::Timeout,
-            format!("Too large resource version: {n}, current: {current}"),
-        )),
-        (None | Some("NotOlderThan"), _) => Ok(()),
-        (Some("Exact"), Some(n)) if n == current => Ok(()),
-        (Some("Exact"), Some(n)) if n > current => Err(ApiError::new(
-            Reason::Timeout,
-            format!("Too large resource version: {n}, current: {current}"),
-        )),
-        (Some("Exact"), Some(n)) => Err(ApiError::new(
-            Reason::Expired,
-            format!(
-                "too old resource version: {n} ({}); mube serves lists at the current revision only",
-                state.registry.store().compacted().max(current)
-            ),
-        )),
+        (None | Some("NotOlderThan"), Some(n)) => {
+            store.wait_for(n, state.read_wait).await?;
+            Ok(newest)
+        }
+        (None | Some("NotOlderThan"), None) => Ok(newest),
+        (Some("Exact"), Some(n)) => {
+            store.wait_for(n, state.read_wait).await?;
+            Ok(ReadAt::Exact(n))
+        }
         (Some("Exact"), None) => Err(ApiError::bad_request(
             "resourceVersionMatch=Exact requires a resourceVersion other than 0",
         )),

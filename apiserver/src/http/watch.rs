@@ -25,7 +25,7 @@ use super::table::{self, TableRequest};
 use super::AppState;
 use crate::error::ApiError;
 use crate::registry::{Filter, Resource};
-use crate::store::{Event, EventKind, StoredObject, WatchStream};
+use crate::store::{Event, EventKind, ReadAt, StoredObject, WatchStream};
 
 /// Chunks buffered between the watch task and a slow client.
 const LINES_IN_FLIGHT: usize = 64;
@@ -92,11 +92,26 @@ pub async fn serve(
     table: Option<TableRequest>,
 ) -> Result<Response, ApiError> {
     let requested = params.revision()?;
+    if let Some(rev) = requested {
+        // A watch from a revision the server has not reached (or not made
+        // durable) would silently skip what comes before it: wait briefly,
+        // then answer as Kubernetes does (504 ResourceVersionTooLarge).
+        state
+            .registry
+            .store()
+            .wait_for(rev, state.read_wait)
+            .await?;
+    }
     let (initial, after): (Vec<StoredObject>, u64) = match requested {
         Some(rev) if !params.send_initial_events => (Vec::new(), rev),
         // No resourceVersion, "0", or sendInitialEvents: the current state as
         // synthetic ADDED events first, then changes after that snapshot.
-        _ => state.registry.list(&r, ns, &filter).await?,
+        _ => {
+            state
+                .registry
+                .list(&r, ns, &filter, ReadAt::Newest)
+                .await?
+        }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(LINES_IN_FLIGHT);
     match state.registry.watch(&r, ns, after) {

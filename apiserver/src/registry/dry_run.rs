@@ -12,9 +12,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use std::time::Duration;
+
 use crate::store::{
-    check_revision, stamp, ListResult, Preconditions, Revision, Store, StoreError, StoredObject,
-    WatchStream,
+    check_revision, stamp, ListResult, Preconditions, ReadAt, Revision, Store, StoreError,
+    StoredObject, WatchStream,
 };
 
 /// Whether a write is carried out, or only tried (`dryRun=All`).
@@ -61,8 +63,11 @@ impl Store for DryRunStore {
         self.inner.get(key).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<ListResult, StoreError> {
-        self.inner.list(prefix).await
+    async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError> {
+        self.inner.list(prefix, at).await
+    }
+    async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError> {
+        self.inner.wait_for(revision, within).await
     }
 
     /// The object as it would be created: no resourceVersion, since none was
@@ -123,6 +128,9 @@ impl Store for DryRunStore {
 
     fn failure(&self) -> Option<String> {
         self.inner.failure()
+    }
+    fn degraded(&self) -> Option<String> {
+        self.inner.degraded()
     }
 
     /// The real store is closed by its owner, never through a dry run.

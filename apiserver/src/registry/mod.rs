@@ -31,7 +31,9 @@ pub use dry_run::DryRun;
 pub use filter::Filter;
 
 use crate::error::ApiError;
-use crate::store::{Preconditions, Revision, Store, StoreError, StoredObject, WatchStream};
+use crate::store::{
+    Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream,
+};
 use dry_run::DryRunStore;
 
 /// A kind's declaration: its names (shared with clients through
@@ -307,8 +309,9 @@ impl Registry {
         r: &Resource,
         namespace: Option<&str>,
         filter: &Filter,
+        at: ReadAt,
     ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
-        let list = self.store.list(&r.prefix(namespace)).await?;
+        let list = self.store.list(&r.prefix(namespace), at).await?;
         let items = if filter.is_empty() {
             list.items
         } else {
@@ -579,7 +582,7 @@ impl Registry {
         preconditions: &Preconditions,
         dry_run: DryRun,
     ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
-        let (items, revision) = self.list(r, namespace, filter).await?;
+        let (items, revision) = self.list(r, namespace, filter, ReadAt::Newest).await?;
         let store = self.store_for(dry_run);
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::{age_of, name_of, DryRun, Registry, Resource, Strategy, Typed, TypedAs};
 use crate::error::ApiError;
-use crate::store::{Preconditions, StoredObject};
+use crate::store::{Preconditions, ReadAt, StoredObject};
 
 /// Marks nodes that the config registered, so that start-up can delete the
 /// ones no longer listed without touching nodes created through the API.
@@ -237,7 +237,9 @@ pub async fn register_from_config(
         );
     }
     let listed: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    let (existing, _) = registry.list(&r, None, &Default::default()).await?;
+    let (existing, _) = registry
+        .list(&r, None, &Default::default(), ReadAt::Newest)
+        .await?;
     for stored in existing {
         let object = stored.value()?;
         let name = object

@@ -9,8 +9,10 @@ use serde_json::{json, Value};
 
 use super::patch::Patch;
 use super::{DryRun, Filter, Part, Registry, Resource};
+use std::time::Duration;
+
 use crate::store::{
-    ListResult, LogStore, LogStoreOptions, Preconditions, Revision, Store, StoreError,
+    ListResult, LogStore, LogStoreOptions, Preconditions, ReadAt, Revision, Store, StoreError,
     StoredObject, WatchStream,
 };
 
@@ -25,8 +27,11 @@ impl Store for CountingStore {
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
         self.inner.get(key).await
     }
-    async fn list(&self, prefix: &str) -> Result<ListResult, StoreError> {
-        self.inner.list(prefix).await
+    async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError> {
+        self.inner.list(prefix, at).await
+    }
+    async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError> {
+        self.inner.wait_for(revision, within).await
     }
     async fn create(&self, key: &str, object: Value) -> Result<StoredObject, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
@@ -58,6 +63,9 @@ impl Store for CountingStore {
     fn failure(&self) -> Option<String> {
         self.inner.failure()
     }
+    fn degraded(&self) -> Option<String> {
+        self.inner.degraded()
+    }
     async fn close(&self) {
         self.inner.close().await
     }
@@ -76,9 +84,8 @@ impl Fixture {
             dir.path(),
             LogStoreOptions {
                 history_retention: 1000,
-                history_max_age: std::time::Duration::from_secs(300),
                 watch_buffer: 1024,
-                segment_bytes: 1 << 20,
+                ..LogStoreOptions::with_segment_bytes(1 << 20)
             },
         )
         .unwrap();
@@ -103,7 +110,7 @@ impl Fixture {
     }
 
     async fn revision(&self) -> Revision {
-        self.store.list("/registry/").await.unwrap().revision
+        self.store.list("/registry/", ReadAt::Newest).await.unwrap().revision
     }
 }
 
@@ -337,7 +344,7 @@ async fn delete_collection_removes_exactly_the_matching_objects() {
     assert_eq!(names, ["a1", "a2"]);
     let (left, _) = f
         .registry
-        .list(&nodes, None, &Filter::default())
+        .list(&nodes, None, &Filter::default(), ReadAt::Newest)
         .await
         .unwrap();
     assert_eq!(left.len(), 1);

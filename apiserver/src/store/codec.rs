@@ -20,6 +20,9 @@ use super::frame::{self, Reader};
 use super::{Event, EventKind, Revision, StoreError, StoredObject};
 
 const NO_PREVIOUS: u32 = u32::MAX;
+/// The first bytes of a log segment and of a snapshot file (see `frame`).
+pub const WAL_FILE_MAGIC: &[u8; 8] = b"MUBEWAL\x02";
+pub const SNAPSHOT_FILE_MAGIC: &[u8; 8] = b"MUBESNP\x02";
 pub const SNAPSHOT_MAGIC: &[u8] = b"mube-snapshot";
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
@@ -123,6 +126,28 @@ pub fn decode_snapshot_record(body: &[u8]) -> Option<SnapshotRecord> {
     }
 }
 
+/// The revision stamped in a stored object's `metadata.resourceVersion`
+/// (every stored object has one): how an event's `previous` state is put
+/// back when a list is served at an older revision.
+pub fn revision_of(json: &[u8]) -> Option<Revision> {
+    #[derive(serde::Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, rename = "resourceVersion")]
+        resource_version: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Object<'a> {
+        #[serde(borrow)]
+        metadata: Meta<'a>,
+    }
+    serde_json::from_slice::<Object>(json)
+        .ok()?
+        .metadata
+        .resource_version?
+        .parse()
+        .ok()
+}
+
 /// Stamps `metadata.resourceVersion` and serializes.
 pub fn stamp(mut object: serde_json::Value, revision: Revision) -> Result<Bytes, StoreError> {
     let meta = object
@@ -145,7 +170,7 @@ pub fn stamp(mut object: serde_json::Value, revision: Revision) -> Result<Bytes,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::frame::Frames;
+    use crate::store::frame::{Format, Frames};
 
     #[test]
     fn event_round_trip() {
@@ -159,7 +184,7 @@ mod tests {
             };
             let mut buf = Vec::new();
             put_event(&mut buf, &e);
-            let body = Frames::new(&buf).next().unwrap();
+            let body = Frames::new(&buf, Format::V2).next().unwrap();
             let d = decode_event(body).unwrap();
             assert_eq!(d.revision, 7);
             assert_eq!(d.kind, EventKind::Modified);
@@ -183,7 +208,7 @@ mod tests {
             },
         );
         put_snapshot_trailer(&mut buf, 1);
-        let mut frames = Frames::new(&buf);
+        let mut frames = Frames::new(&buf, Format::V2);
         assert_eq!(decode_snapshot_header(frames.next().unwrap()), Some(42));
         match decode_snapshot_record(frames.next().unwrap()) {
             Some(SnapshotRecord::Object(o)) => {
@@ -197,6 +222,7 @@ mod tests {
             decode_snapshot_record(frames.next().unwrap()),
             Some(SnapshotRecord::Trailer { objects: 1 })
         ));
-        assert!(frames.next().is_none() && !frames.torn);
+        assert!(frames.next().is_none());
+        assert_eq!(frames.tail(), crate::store::frame::Tail::Clean);
     }
 }

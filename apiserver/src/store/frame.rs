@@ -1,45 +1,108 @@
-//! The one record framing used by the write-ahead log and by snapshots:
-//! `len:u32 | crc32(body):u32 | body`, big-endian. A frame whose length runs
-//! past the end of the file or whose checksum does not match is where a
-//! crash cut the file off (or where the disk lied); readers stop there.
+//! The one record framing used by the write-ahead log and by snapshots.
 //!
-//! Written by hand because it is a dozen lines; the checksum is crc32fast.
+//! A file starts with an 8-byte magic that names what it is and its format
+//! (`MUBEWAL` / `MUBESNP` and a version byte), then frames:
+//! `len:u32 | crc32(len ‖ body):u32 | body`, big-endian. The checksum covers
+//! the length, so eight zero bytes (a zero-filled block a crash left behind)
+//! are not a valid empty frame, and a flipped bit in a length is caught.
+//!
+//! Files written before the magic existed (format 1: the checksum covered
+//! only the body) are still read, so that an upgrade loses nothing.
+//!
+//! Where a frame does not check out, the reader stops and `classify` tells a
+//! torn tail from damage, as etcd's WAL decoder does (`isTornEntry`): only a
+//! tail that is all zeros, or that holds no valid frame after the bad one (a
+//! write a crash cut short: never acknowledged), is torn. A bad frame followed
+//! by a valid one is damage to acknowledged data, and is never cut silently.
+//!
+//! Written by hand because it is a few dozen lines; the checksum is crc32fast.
 
 /// Bytes of framing before each body.
 pub const HEADER: usize = 8;
 
-/// Appends one frame whose body is written by `write`, without a temporary
-/// buffer: the length and checksum are filled in afterwards.
+/// Bytes of the magic at the start of a file of format 2.
+pub const MAGIC_LEN: usize = 8;
+
+/// How a file's frames are checksummed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// crc32(body); files without a magic (mube before format 2).
+    V1,
+    /// crc32(len ‖ body), after a magic.
+    V2,
+}
+
+/// Splits `data` into its format and the frames after the magic: `magic` for
+/// format 2, anything else (a frame length's high byte is 0 in any real
+/// file of format 1) for format 1. `None`: a magic of another kind or version.
+pub fn open<'a>(data: &'a [u8], magic: &[u8; MAGIC_LEN]) -> Option<(Format, &'a [u8], usize)> {
+    match data.get(..MAGIC_LEN) {
+        Some(m) if m == magic => Some((Format::V2, &data[MAGIC_LEN..], MAGIC_LEN)),
+        // "MUBE" and a different kind or version: not ours to guess at.
+        Some(m) if m.starts_with(b"MUBE") => None,
+        _ => Some((Format::V1, data, 0)),
+    }
+}
+
+fn checksum(format: Format, len: [u8; 4], body: &[u8]) -> u32 {
+    match format {
+        Format::V1 => crc32fast::hash(body),
+        Format::V2 => {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&len);
+            h.update(body);
+            h.finalize()
+        }
+    }
+}
+
+/// Appends one frame (format 2) whose body is written by `write`, without a
+/// temporary buffer: the length and checksum are filled in afterwards.
 pub fn put_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
     write(out);
-    let body_len = (out.len() - start - HEADER) as u32;
-    let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start..start + 4].copy_from_slice(&body_len.to_be_bytes());
+    let len = ((out.len() - start - HEADER) as u32).to_be_bytes();
+    let crc = checksum(Format::V2, len, &out[start + HEADER..]);
+    out[start..start + 4].copy_from_slice(&len);
     out[start + 4..start + HEADER].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// The frame starting at `data[0]`, if it is whole and its checksum holds.
+fn frame_at(data: &[u8], format: Format) -> Option<&[u8]> {
+    let len: [u8; 4] = data.get(0..4)?.try_into().ok()?;
+    let crc = u32::from_be_bytes(data.get(4..HEADER)?.try_into().ok()?);
+    let n = u32::from_be_bytes(len) as usize;
+    let body = data.get(HEADER..HEADER.checked_add(n)?)?;
+    // No writer frames an empty body; an all-zero V1 header would otherwise
+    // check out (the CRC-32 of nothing is 0).
+    (n > 0 && checksum(format, len, body) == crc).then_some(body)
+}
+
 /// Iterates the frames of a buffer. After `None`, `valid_len` is how many
-/// bytes from the start hold whole, intact frames and `torn` says whether
-/// anything followed them.
+/// bytes from the start hold whole, intact frames.
 pub struct Frames<'a> {
     data: &'a [u8],
+    format: Format,
     pos: usize,
-    pub torn: bool,
 }
 
 impl<'a> Frames<'a> {
-    pub fn new(data: &'a [u8]) -> Frames<'a> {
+    pub fn new(data: &'a [u8], format: Format) -> Frames<'a> {
         Frames {
             data,
+            format,
             pos: 0,
-            torn: false,
         }
     }
 
     pub fn valid_len(&self) -> usize {
         self.pos
+    }
+
+    /// What follows the last whole frame (call after `None`).
+    pub fn tail(&self) -> Tail {
+        classify(self.data, self.pos, self.format)
     }
 }
 
@@ -47,27 +110,61 @@ impl<'a> Iterator for Frames<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        let rest = &self.data[self.pos..];
-        if rest.is_empty() {
-            return None;
-        }
-        let frame = (|| {
-            let len = u32::from_be_bytes(rest.get(0..4)?.try_into().ok()?) as usize;
-            let crc = u32::from_be_bytes(rest.get(4..HEADER)?.try_into().ok()?);
-            let body = rest.get(HEADER..HEADER.checked_add(len)?)?;
-            (crc32fast::hash(body) == crc).then_some(body)
-        })();
-        match frame {
+        let body = frame_at(&self.data[self.pos..], self.format)?;
+        self.pos += HEADER + body.len();
+        Some(body)
+    }
+}
+
+/// What a reader found after the last whole frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing: the data ends with a whole frame.
+    Clean,
+    /// Zeros to the end (a crash left zero-filled blocks past the last write).
+    Zeroed,
+    /// A frame cut short or garbled with no valid frame after it: a write in
+    /// progress when the process or machine stopped.
+    Torn,
+    /// A bad frame with valid frames after it: acknowledged data is damaged.
+    Damaged,
+}
+
+/// Classifies `data[pos..]`, where a frame failed to check out.
+pub fn classify(data: &[u8], pos: usize, format: Format) -> Tail {
+    let rest = &data[pos.min(data.len())..];
+    if rest.is_empty() {
+        return Tail::Clean;
+    }
+    if rest.iter().all(|&b| b == 0) {
+        return Tail::Zeroed;
+    }
+    // A valid frame anywhere after the bad one means the bad one is not the
+    // end of the log. The frame boundary after a garbled length is unknown,
+    // so every offset is tried; most fail at once on a length that runs past
+    // the end, and this only runs when start-up found a bad frame.
+    if (1..rest.len()).any(|offset| frame_at(&rest[offset..], format).is_some()) {
+        Tail::Damaged
+    } else {
+        Tail::Torn
+    }
+}
+
+/// How many valid frames there are in `data[pos..]`, skipping damage: what
+/// a repair that cuts the data at `pos` drops.
+pub fn count_valid(data: &[u8], pos: usize, format: Format) -> usize {
+    let mut count = 0;
+    let mut at = pos;
+    while at + HEADER < data.len() {
+        match frame_at(&data[at..], format) {
             Some(body) => {
-                self.pos += HEADER + body.len();
-                Some(body)
+                count += 1;
+                at += HEADER + body.len();
             }
-            None => {
-                self.torn = true;
-                None
-            }
+            None => at += 1,
         }
     }
+    count
 }
 
 /// Reads fields off the front of a frame body.
@@ -123,30 +220,94 @@ mod tests {
         put_with(out, |b| b.extend_from_slice(body));
     }
 
-    #[test]
-    fn frames_stop_at_a_torn_tail() {
+    fn three() -> (Vec<u8>, [usize; 3]) {
         let mut buf = Vec::new();
         put(&mut buf, b"one");
-        put_with(&mut buf, |b| b.extend_from_slice(b"two"));
-        let whole = buf.len();
+        let a = buf.len();
+        put(&mut buf, b"two");
+        let b = buf.len();
         put(&mut buf, b"three");
-        // Cut the last frame short, as a crash mid-write would.
-        buf.truncate(buf.len() - 2);
-        let mut frames = Frames::new(&buf);
-        assert_eq!(frames.next(), Some(&b"one"[..]));
-        assert_eq!(frames.next(), Some(&b"two"[..]));
-        assert_eq!(frames.next(), None);
-        assert!(frames.torn);
-        assert_eq!(frames.valid_len(), whole);
+        (buf.clone(), [a, b, buf.len()])
+    }
 
-        // A flipped bit is caught by the checksum.
-        let mut bad = Vec::new();
-        put(&mut bad, b"abc");
-        bad[HEADER] ^= 1;
-        let mut frames = Frames::new(&bad);
-        assert_eq!(frames.next(), None);
-        assert!(frames.torn);
-        assert_eq!(frames.valid_len(), 0);
+    fn read_all(buf: &[u8]) -> (Vec<&[u8]>, usize, Tail) {
+        let mut frames = Frames::new(buf, Format::V2);
+        let bodies: Vec<&[u8]> = frames.by_ref().collect();
+        (bodies, frames.valid_len(), frames.tail())
+    }
+
+    #[test]
+    fn a_record_cut_short_at_the_end_is_torn() {
+        let (mut buf, ends) = three();
+        buf.truncate(buf.len() - 2);
+        let (bodies, valid, tail) = read_all(&buf);
+        assert_eq!(bodies, vec![&b"one"[..], b"two"]);
+        assert_eq!(valid, ends[1]);
+        assert_eq!(tail, Tail::Torn);
+        // Even a cut inside the header (its length's high bytes are zeros).
+        let (_, valid, tail) = read_all(&buf[..ends[1] + 6]);
+        assert_eq!((valid, tail), (ends[1], Tail::Torn));
+        let (_, valid, tail) = read_all(&buf[..ends[1] + 3]);
+        assert_eq!((valid, tail), (ends[1], Tail::Zeroed));
+        let (_, _, tail) = read_all(&buf[..ends[1]]);
+        assert_eq!(tail, Tail::Clean);
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_end_the_log() {
+        let (mut buf, ends) = three();
+        buf.extend_from_slice(&[0u8; 4096]);
+        let (bodies, valid, tail) = read_all(&buf);
+        assert_eq!(bodies.len(), 3);
+        assert_eq!((valid, tail), (ends[2], Tail::Zeroed));
+        // Eight zero bytes are not an empty frame in either format.
+        assert!(frame_at(&[0u8; 16], Format::V2).is_none());
+        assert!(frame_at(&[0u8; 16], Format::V1).is_none());
+    }
+
+    #[test]
+    fn a_bad_record_followed_by_a_good_one_is_damage() {
+        let (buf, ends) = three();
+        // A flipped bit in the body of the middle record.
+        let mut bad = buf.clone();
+        bad[ends[0] + HEADER] ^= 1;
+        let (bodies, valid, tail) = read_all(&bad);
+        assert_eq!((bodies.len(), valid, tail), (1, ends[0], Tail::Damaged));
+        // In its length: the frame now runs past the end of the data.
+        let mut bad = buf.clone();
+        bad[ends[0]] ^= 0x40;
+        let (_, valid, tail) = read_all(&bad);
+        assert_eq!((valid, tail), (ends[0], Tail::Damaged));
+        // In its checksum.
+        let mut bad = buf;
+        bad[ends[0] + 5] ^= 0x01;
+        assert_eq!(read_all(&bad).2, Tail::Damaged);
+        // The same flip in the last record has nothing valid after it.
+        let (mut last, ends) = three();
+        last[ends[1] + HEADER] ^= 1;
+        assert_eq!(read_all(&last).2, Tail::Torn);
+    }
+
+    #[test]
+    fn format_1_files_are_still_read() {
+        // len | crc32(body) | body, no magic.
+        let mut v1 = Vec::new();
+        for body in [&b"old"[..], b"records"] {
+            v1.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            v1.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
+            v1.extend_from_slice(body);
+        }
+        let (format, frames, offset) = open(&v1, b"MUBEWAL\x02").unwrap();
+        assert_eq!((format, offset), (Format::V1, 0));
+        let bodies: Vec<&[u8]> = Frames::new(frames, format).collect();
+        assert_eq!(bodies, vec![&b"old"[..], b"records"]);
+
+        let mut v2 = b"MUBEWAL\x02".to_vec();
+        put(&mut v2, b"new");
+        let (format, frames, offset) = open(&v2, b"MUBEWAL\x02").unwrap();
+        assert_eq!((format, offset), (Format::V2, MAGIC_LEN));
+        assert_eq!(Frames::new(frames, format).next(), Some(&b"new"[..]));
+        assert!(open(b"MUBEWAL\x09rest", b"MUBEWAL\x02").is_none());
     }
 
     #[test]

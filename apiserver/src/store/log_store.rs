@@ -10,36 +10,53 @@
 //! whole storage engine, and its space is reclaimed by deleting files.
 //!
 //! Write path: under one short lock a write takes the next revision, checks
-//! its precondition against the object map, applies it in memory, appends its
-//! log record to the pending buffer and its event to the history ring. It then
-//! waits. One flusher thread repeatedly takes the whole pending buffer, writes
-//! it and fsyncs once (group commit), marks everything up to it durable (waking
-//! those writers together) and only then publishes the events to watchers, so
-//! a watcher never sees a change that `kill -9` could take back.
+//! its precondition against the writers' map (which holds writes not yet
+//! durable, so that the next writer's checks see them), appends its log
+//! record to the pending buffer and its event to the history ring. It then
+//! waits. One flusher thread repeatedly takes the whole pending buffer,
+//! writes it and fsyncs once (group commit), and only then applies the batch
+//! to the read view, wakes those writers together and publishes the events
+//! to watchers.
+//!
+//! Reads: every GET, LIST and watch is served from the read view, which holds
+//! only durable writes (as etcd applies an entry only once its WAL record is
+//! committed): nothing a client sees can be taken back by a crash, so a
+//! resourceVersion is never handed out twice. The view is a persistent map
+//! (`imbl::OrdMap`, structural sharing), so a list takes it in O(1) and
+//! copies it without holding any lock, and a few past views are kept so
+//! that every page of a paged list is served at the first page's revision.
+//!
+//! Failure: once the log cannot be written (an error from write or
+//! fdatasync, which is never retried: after a failed fsync the kernel may
+//! have dropped the dirty pages), the store stops: the view stays at the last
+//! durable revision, writes are refused, watches end, and `failure()` says
+//! why, which the HTTP layer turns into 503 for every data request and a
+//! failing `/livez` so that a supervisor restarts the process.
 //!
 //! Space: the log is cut into segments. A compactor thread writes a snapshot
-//! of the object map whenever the log since the last one has grown past the
-//! snapshot's own size, then deletes every segment whose records are all both
-//! in a snapshot and older than the retained history. Nothing of this runs on
-//! the write path; writers never wait for it.
+//! of the read view whenever the log since the last one has grown past the
+//! snapshot's own size, reads it back, then deletes every segment whose
+//! records are all both in the snapshot before it (kept as a fallback) and
+//! older than the retained history. Nothing of this runs on the write path.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use imbl::OrdMap;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
 use super::recovery::{self, Recovered};
-use super::wal::{self, Segment, SegmentWriter};
+use super::wal::{self, Faults, Segment, SegmentWriter};
 use super::watch::{History, WatchStream};
 use super::{
     check_revision, codec, resource_of, snapshot, Event, EventKind, ListResult, Preconditions,
-    Revision, Store, StoreError, StoredObject,
+    ReadAt, Revision, Store, StoreError, StoredObject,
 };
 
 /// Tuning for the log store; see `configs/apiserver.yaml` for the user-facing names.
@@ -56,22 +73,57 @@ pub struct LogStoreOptions {
     /// A log segment is closed once it holds this many bytes. Snapshots are
     /// considered when one closes, and space is freed a segment at a time.
     pub segment_bytes: u64,
+    /// Free bytes a snapshot must leave on the file system, so that the log
+    /// can always take new writes: without them the snapshot is skipped (and
+    /// `/readyz` says so).
+    pub reserve_bytes: u64,
+    /// Start even though the log is damaged, cutting it at the first bad
+    /// record (`mube-apiserver --repair-log`).
+    pub repair: bool,
+    /// Injected I/O errors, for tests.
+    pub faults: Option<Arc<Faults>>,
 }
 
-/// Objects copied per lock acquisition while a snapshot is written: small
-/// enough that writers barely notice (well under a millisecond).
-const SNAPSHOT_CHUNK: usize = 512;
+impl LogStoreOptions {
+    /// The defaults the API server uses, with `segment_bytes` per segment.
+    pub fn with_segment_bytes(segment_bytes: u64) -> LogStoreOptions {
+        LogStoreOptions {
+            history_retention: 100_000,
+            history_max_age: Duration::from_secs(300),
+            watch_buffer: 4096,
+            segment_bytes,
+            reserve_bytes: 2 * segment_bytes,
+            repair: false,
+            faults: None,
+        }
+    }
+}
+
+/// Past read views kept for the later pages of paged lists and for exact
+/// reads: each holds on to the objects changed since, so only a few.
+const KEPT_VIEWS: usize = 4;
+
+/// History events copied per lock acquisition when a past view is rebuilt.
+const HISTORY_CHUNK: usize = 4096;
+
+/// The durable state at one revision, shared by every reader.
+struct View {
+    revision: Revision,
+    objects: OrdMap<Arc<str>, StoredObject>,
+}
 
 struct State {
+    /// The newest revision handed out (durable or not).
     revision: Revision,
+    /// What writers check their preconditions against: the read view plus
+    /// the writes not yet durable. Never read by clients.
     objects: BTreeMap<Arc<str>, StoredObject>,
     /// Events `(compacted, revision]`, oldest first, with when they were
     /// written (or, after a restart, loaded).
     history: VecDeque<(Instant, Arc<Event>)>,
-    /// Durable in order but not yet published to watchers.
-    unpublished: Vec<Arc<Event>>,
-    /// Framed log records not yet handed to the flusher.
+    /// Framed log records not yet handed to the flusher, and their events.
     pending: Vec<u8>,
+    pending_events: Vec<Arc<Event>>,
     /// The revision of the first record in `pending`.
     pending_first: Revision,
     closed: bool,
@@ -90,6 +142,11 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when `pending` gains records or the store closes.
     work: Condvar,
+    /// The durable state every read is served from; replaced (not changed)
+    /// by the flusher after each fsync.
+    view: RwLock<Arc<View>>,
+    /// Recent past views, with when they were last used.
+    kept: Mutex<VecDeque<(Instant, Arc<View>)>>,
     /// Per-resource live feeds. Held while a batch is published and while a
     /// watcher subscribes, so that subscribe + read of `published` is atomic
     /// with respect to publishing (no event can fall between history and live).
@@ -101,10 +158,15 @@ struct Shared {
     durable: watch::Sender<Durable>,
     /// Every segment on disk, oldest first; the last is being appended to.
     segments: Mutex<Vec<Segment>>,
+    /// The newest snapshot, and the one before it, kept with the log after
+    /// it in case the newest cannot be read at the next start.
     snapshot_revision: AtomicU64,
-    /// Log bytes written since the newest snapshot started.
+    fallback_revision: AtomicU64,
+    /// Log bytes written since the newest snapshot.
     log_since_snapshot: AtomicU64,
     last_snapshot_bytes: AtomicU64,
+    /// Why the last snapshot was skipped or failed, until one succeeds.
+    snapshot_trouble: Mutex<Option<String>>,
     options: LogStoreOptions,
 }
 
@@ -122,7 +184,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 /// Holds the data directory for one process: a second API server on the same
 /// directory would interleave two logs.
 fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
+    wal::create_dir_durably(dir).map_err(|e| {
         backend(format!(
             "cannot create data directory {}: {e}",
             dir.display()
@@ -147,7 +209,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
 
 impl LogStore {
     /// Opens (or creates) the store under `dir`. Fails if another API server
-    /// already holds that directory.
+    /// already holds that directory, or if the log is damaged (see `recovery`).
     pub fn open(dir: &Path, options: LogStoreOptions) -> Result<LogStore, StoreError> {
         let lock = lock_data_dir(dir)?;
         if dir.join("store").join("conf").exists() {
@@ -158,7 +220,7 @@ impl LogStore {
             );
         }
         let log_dir = dir.join("log");
-        std::fs::create_dir_all(&log_dir)
+        wal::create_dir_durably(&log_dir)
             .map_err(|e| backend(format!("cannot create {}: {e}", log_dir.display())))?;
         let retention = usize::try_from(options.history_retention.max(1)).unwrap_or(usize::MAX);
         let Recovered {
@@ -168,15 +230,17 @@ impl LogStore {
             history,
             mut segments,
             snapshot_revision,
+            fallback_revision,
             snapshot_bytes,
             log_bytes_since_snapshot,
-        } = recovery::recover(&log_dir, retention)?;
-        let writer = SegmentWriter::create(&log_dir, revision + 1).map_err(|e| {
-            backend(format!(
-                "cannot start a log segment in {}: {e}",
-                log_dir.display()
-            ))
-        })?;
+        } = recovery::recover(&log_dir, retention, options.repair)?;
+        let writer = SegmentWriter::create(&log_dir, revision + 1, options.faults.clone())
+            .map_err(|e| {
+                backend(format!(
+                    "cannot start a log segment in {}: {e}",
+                    log_dir.display()
+                ))
+            })?;
         segments.push(Segment {
             first: revision + 1,
             path: wal::segment_path(&log_dir, revision + 1),
@@ -190,6 +254,8 @@ impl LogStore {
             "store recovered"
         );
 
+        let view: OrdMap<Arc<str>, StoredObject> =
+            objects.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (durable, _) = watch::channel(Durable {
             upto: revision,
             failed: false,
@@ -203,21 +269,28 @@ impl LogStore {
                     let loaded = Instant::now();
                     history.into_iter().map(|e| (loaded, e)).collect()
                 },
-                unpublished: Vec::new(),
                 pending: Vec::new(),
+                pending_events: Vec::new(),
                 pending_first: 0,
                 closed: false,
                 failed: None,
             }),
             work: Condvar::new(),
+            view: RwLock::new(Arc::new(View {
+                revision,
+                objects: view.clone(),
+            })),
+            kept: Mutex::new(VecDeque::new()),
             channels: Mutex::new(HashMap::new()),
             published: Arc::new(AtomicU64::new(revision)),
             compacted: AtomicU64::new(compacted),
             durable,
             segments: Mutex::new(segments),
             snapshot_revision: AtomicU64::new(snapshot_revision),
+            fallback_revision: AtomicU64::new(fallback_revision),
             log_since_snapshot: AtomicU64::new(log_bytes_since_snapshot),
             last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
+            snapshot_trouble: Mutex::new(None),
             options,
         });
         let (tick, ticks) = mpsc::channel();
@@ -231,7 +304,7 @@ impl LogStore {
         let compactor_tick = tick.clone();
         let flusher = spawn(
             "mube-log-flush",
-            Box::new(move || flusher(s, writer, compactor_tick)),
+            Box::new(move || flusher(s, writer, view, compactor_tick)),
         )?;
         let s = shared.clone();
         spawn("mube-log-compact", Box::new(move || compactor(s, ticks)))?;
@@ -325,7 +398,7 @@ impl LogStore {
                     state.objects.insert(key, stored.clone());
                 }
             }
-            state.unpublished.push(event);
+            state.pending_events.push(event);
             (stored, revision)
         };
         self.shared.work.notify_one();
@@ -333,13 +406,79 @@ impl LogStore {
         let reached = durable
             .wait_for(|d| d.upto >= revision || d.failed)
             .await
-            .map_err(|_| StoreError::Closed)?;
-        if reached.upto < revision {
+            .map_err(|_| StoreError::Closed)?
+            .upto;
+        if reached < revision {
             return Err(backend(
                 "the write-ahead log could not be written; see the API server's log",
             ));
         }
         Ok(result)
+    }
+
+    /// The durable state exactly at `revision`: the current view, a kept
+    /// one, or the current view with history's changes after `revision`
+    /// undone (each event carries the state it replaced).
+    fn view_at(&self, revision: Revision) -> Result<Arc<View>, StoreError> {
+        let current = self.shared.view();
+        if revision == current.revision {
+            return Ok(current);
+        }
+        if revision > current.revision {
+            return Err(StoreError::TooLarge {
+                requested: revision,
+                current: current.revision,
+            });
+        }
+        if let Some(view) = self.shared.kept_view(revision) {
+            return Ok(view);
+        }
+        let history = LogHistory {
+            shared: self.shared.clone(),
+        };
+        let too_old = || StoreError::Compacted {
+            requested: revision,
+            compacted: self.shared.compacted.load(Ordering::Acquire),
+        };
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        let mut after = revision;
+        while after < current.revision {
+            let chunk = history.read(after, current.revision, HISTORY_CHUNK)?;
+            match chunk.first() {
+                Some(first) if first.revision == after + 1 => {}
+                // Compaction got there first (or already had).
+                _ => return Err(too_old()),
+            }
+            after = chunk.last().map_or(after, |e| e.revision);
+            events.extend(chunk);
+        }
+        let mut objects = current.objects.clone();
+        for event in events.iter().rev() {
+            match &event.previous {
+                Some(previous) => {
+                    let revision = codec::revision_of(previous).ok_or_else(|| {
+                        backend(format!(
+                            "history of {} at revision {} holds an object without a resourceVersion",
+                            event.key, event.revision
+                        ))
+                    })?;
+                    objects.insert(
+                        event.key.clone(),
+                        StoredObject {
+                            key: event.key.clone(),
+                            revision,
+                            json: previous.clone(),
+                        },
+                    );
+                }
+                None => {
+                    objects.remove(&event.key);
+                }
+            }
+        }
+        let view = Arc::new(View { revision, objects });
+        self.shared.keep(view.clone());
+        Ok(view)
     }
 }
 
@@ -368,13 +507,46 @@ impl Shared {
         self.segments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Watchers get the events up to `upto`, in order.
-    fn publish(&self, upto: Revision) {
-        let events: Vec<Arc<Event>> = {
-            let mut s = self.lock_state();
-            let n = s.unpublished.partition_point(|e| e.revision <= upto);
-            s.unpublished.drain(..n).collect()
-        };
+    fn lock_kept(&self) -> MutexGuard<'_, VecDeque<(Instant, Arc<View>)>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_view(&self, view: View) {
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+    }
+
+    /// Keeps `view` for later pages and exact reads, for at most
+    /// `history_max_age` (as history) and only the newest `KEPT_VIEWS`.
+    fn keep(&self, view: Arc<View>) {
+        let now = Instant::now();
+        let max_age = self.options.history_max_age;
+        let mut kept = self.lock_kept();
+        kept.retain(|(used, v)| {
+            now.duration_since(*used) <= max_age && v.revision != view.revision
+        });
+        kept.push_back((now, view));
+        while kept.len() > KEPT_VIEWS {
+            kept.pop_front();
+        }
+    }
+
+    fn kept_view(&self, revision: Revision) -> Option<Arc<View>> {
+        let now = Instant::now();
+        let mut kept = self.lock_kept();
+        let (used, view) = kept.iter_mut().find(|(_, v)| v.revision == revision)?;
+        if now.duration_since(*used) > self.options.history_max_age {
+            return None;
+        }
+        *used = now;
+        Some(view.clone())
+    }
+
+    /// Watchers get `events`, in order, then `published` says they have.
+    fn publish(&self, events: Vec<Arc<Event>>, upto: Revision) {
         let channels = self.lock_channels();
         for event in events {
             if let Some(tx) = channels.get(resource_of(&event.key)) {
@@ -385,22 +557,33 @@ impl Shared {
         self.published.store(upto, Ordering::Release);
     }
 
-    /// The log could not be written: stop acknowledging anything. What was
-    /// acknowledged before is on disk; what is pending is reported failed.
+    /// The log could not be written: stop. What was acknowledged before is
+    /// on disk and in the read view; what is pending is reported failed and
+    /// never becomes visible; watches end (their clients reconnect and are
+    /// refused), and `failure()` reports it from now on.
     fn fail(&self, error: String) {
-        tracing::error!(%error, "the write-ahead log failed; writes are refused until the API server restarts");
+        tracing::error!(
+            %error,
+            "the write-ahead log failed: the API server stops serving data (503) and /livez fails until it is restarted"
+        );
         self.lock_state().failed = Some(format!("the write-ahead log failed: {error}"));
         self.durable.send_modify(|d| d.failed = true);
+        self.lock_channels().clear();
     }
 }
 
 /// The group-commit loop, on its own thread: one write + fsync covers every
-/// record pending when it starts; then those writers are woken and their
-/// events published.
-fn flusher(shared: Arc<Shared>, mut segment: SegmentWriter, compactor: mpsc::Sender<()>) {
+/// record pending when it starts; then the batch is applied to the read view
+/// (`objects`, owned here), those writers are woken and the events published.
+fn flusher(
+    shared: Arc<Shared>,
+    mut segment: SegmentWriter,
+    mut objects: OrdMap<Arc<str>, StoredObject>,
+    compactor: mpsc::Sender<()>,
+) {
     let mut spare = Vec::new();
     loop {
-        let (mut records, first, upto) = {
+        let (mut records, events, first, upto) = {
             let mut s = shared.lock_state();
             while s.pending.is_empty() && !s.closed {
                 s = shared.work.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -409,11 +592,12 @@ fn flusher(shared: Arc<Shared>, mut segment: SegmentWriter, compactor: mpsc::Sen
                 return;
             }
             let records = std::mem::replace(&mut s.pending, std::mem::take(&mut spare));
-            (records, s.pending_first, s.revision)
+            let events = std::mem::take(&mut s.pending_events);
+            (records, events, s.pending_first, s.revision)
         };
         if segment.bytes >= shared.options.segment_bytes {
             let started = Instant::now();
-            match SegmentWriter::create(&shared.dir, first) {
+            match SegmentWriter::create(&shared.dir, first, shared.options.faults.clone()) {
                 Ok(next) => {
                     tracing::debug!(
                         first,
@@ -440,8 +624,31 @@ fn flusher(shared: Arc<Shared>, mut segment: SegmentWriter, compactor: mpsc::Sen
         shared
             .log_since_snapshot
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        for event in &events {
+            match event.kind {
+                EventKind::Deleted => {
+                    objects.remove(&event.key);
+                }
+                EventKind::Added | EventKind::Modified => {
+                    objects.insert(
+                        event.key.clone(),
+                        StoredObject {
+                            key: event.key.clone(),
+                            revision: event.revision,
+                            json: event.object.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        // Readers first, then the writers: a writer that is told its write
+        // is done can read it back.
+        shared.set_view(View {
+            revision: upto,
+            objects: objects.clone(),
+        });
         shared.durable.send_modify(|d| d.upto = upto);
-        shared.publish(upto);
+        shared.publish(events, upto);
         records.clear();
         spare = records;
     }
@@ -458,81 +665,81 @@ fn compactor(shared: Arc<Shared>, ticks: mpsc::Receiver<()>) {
             .load(Ordering::Relaxed)
             .max(2 * shared.options.segment_bytes);
         if since >= threshold {
-            if let Err(e) = take_snapshot(&shared, since) {
-                tracing::error!(error = %e, "snapshot failed; old log segments are kept");
+            let trouble = take_snapshot(&shared, since).err();
+            if let Some(t) = &trouble {
+                tracing::error!(problem = %t, "no snapshot was written; old log segments are kept");
             }
+            *shared
+                .snapshot_trouble
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = trouble;
         }
         delete_old_segments(&shared);
     }
 }
 
-fn take_snapshot(shared: &Shared, log_bytes_before: u64) -> std::io::Result<()> {
+/// Free bytes for an unprivileged writer on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let s = rustix::fs::statvfs(dir)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+fn take_snapshot(shared: &Shared, log_bytes_before: u64) -> Result<(), String> {
     let started = Instant::now();
-    let start = shared.lock_state().revision;
-    // The longest the snapshot held the state lock (one chunk's copy): the
-    // longest it can have made a writer wait.
-    let mut longest_pause = Duration::ZERO;
-    let next_chunk = |after: Option<&str>| -> Vec<StoredObject> {
-        let state = shared.lock_state();
-        let locked = Instant::now();
-        let from = match after {
-            Some(k) => std::ops::Bound::Excluded(k),
-            None => std::ops::Bound::Unbounded,
-        };
-        let chunk = state
-            .objects
-            .range::<str, _>((from, std::ops::Bound::Unbounded))
-            .take(SNAPSHOT_CHUNK)
-            .map(|(_, o)| o.clone())
-            .collect::<Vec<_>>();
-        drop(state);
-        longest_pause = longest_pause.max(locked.elapsed());
-        chunk
-    };
-    // Objects copied late may be newer than `start`; they must be durable
-    // in the log before the snapshot may stand in for it.
-    let settle = || {
-        let end = shared.lock_state().revision;
-        loop {
-            let d = *shared.durable.borrow();
-            if d.upto >= end {
-                return true;
-            }
-            if d.failed || shared.lock_state().closed {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    };
-    let Some(size) = snapshot::write(&shared.dir, start, next_chunk, settle)? else {
+    // The read view is durable and immutable: written without any lock.
+    let view = shared.view();
+    if view.revision <= shared.snapshot_revision.load(Ordering::Acquire) {
         return Ok(());
-    };
-    shared.snapshot_revision.store(start, Ordering::Release);
+    }
+    // Never let a snapshot take the space the log needs to accept writes.
+    let estimate: u64 = view
+        .objects
+        .values()
+        .map(|o| (o.key.len() + o.json.len() + 32) as u64)
+        .sum();
+    let free = free_bytes(&shared.dir).map_err(|e| format!("cannot read free space: {e}"))?;
+    let needed = estimate + shared.options.reserve_bytes;
+    if free < needed {
+        return Err(format!(
+            "snapshot skipped: {free} bytes free in {}, a snapshot needs about {estimate} and the log keeps {} in reserve",
+            shared.dir.display(),
+            shared.options.reserve_bytes
+        ));
+    }
+    let size = snapshot::write(&shared.dir, view.revision, view.objects.values())
+        .map_err(|e| format!("snapshot at revision {} failed: {e}", view.revision))?;
+    let previous = shared
+        .snapshot_revision
+        .swap(view.revision, Ordering::AcqRel);
+    shared.fallback_revision.store(previous, Ordering::Release);
     shared
         .log_since_snapshot
         .fetch_sub(log_bytes_before, Ordering::Relaxed);
     shared.last_snapshot_bytes.store(size, Ordering::Relaxed);
-    for (revision, path) in snapshot::list(&shared.dir)?.snapshots {
-        if revision < start {
-            std::fs::remove_file(path)?;
+    // Keep this one and the one before it; the log after that one is kept
+    // too (see `delete_old_segments`), so either can be started from.
+    let listing = snapshot::list(&shared.dir).map_err(|e| e.to_string())?;
+    for (revision, path) in listing.snapshots {
+        if revision < previous {
+            let _ = std::fs::remove_file(path);
         }
     }
     tracing::debug!(
-        revision = start,
+        revision = view.revision,
         bytes = size,
         millis = started.elapsed().as_millis() as u64,
-        longest_pause_us = longest_pause.as_micros() as u64,
         "snapshot written"
     );
     Ok(())
 }
 
-/// Deletes the oldest segments whose every record is both covered by the
-/// snapshot and older than the history watchers may still ask for.
+/// Deletes the oldest segments whose every record is covered by both kept
+/// snapshots and older than the history watchers may still ask for.
 fn delete_old_segments(shared: &Shared) {
     let limit = shared
-        .snapshot_revision
+        .fallback_revision
         .load(Ordering::Acquire)
+        .min(shared.snapshot_revision.load(Ordering::Acquire))
         .min(shared.compacted.load(Ordering::Acquire));
     let doomed: Vec<Segment> = {
         let mut segments = shared.lock_segments();
@@ -583,14 +790,23 @@ impl History for LogHistory {
 #[async_trait]
 impl Store for LogStore {
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
-        Ok(self.shared.lock_state().objects.get(key).cloned())
+        Ok(self.shared.view().objects.get(key).cloned())
     }
 
-    async fn list(&self, prefix: &str) -> Result<ListResult, StoreError> {
-        let state = self.shared.lock_state();
-        let items = state
+    async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError> {
+        let view = match at {
+            ReadAt::Newest => self.shared.view(),
+            ReadAt::NewestPaged => {
+                let view = self.shared.view();
+                self.shared.keep(view.clone());
+                view
+            }
+            ReadAt::Exact(revision) => self.view_at(revision)?,
+        };
+        // Copied outside every lock: writers and the flusher go on meanwhile.
+        let items = view
             .objects
-            .range::<str, _>((
+            .range::<_, str>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
@@ -599,8 +815,29 @@ impl Store for LogStore {
             .collect();
         Ok(ListResult {
             items,
-            revision: state.revision,
+            revision: view.revision,
         })
+    }
+
+    async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError> {
+        let mut durable = self.shared.durable.subscribe();
+        let waited = tokio::time::timeout(
+            within,
+            durable.wait_for(|d| d.upto >= revision || d.failed),
+        )
+        .await;
+        match waited {
+            Ok(Ok(d)) if d.upto >= revision => Ok(()),
+            Ok(Ok(_)) => Err(backend(
+                self.failure()
+                    .unwrap_or_else(|| "the write-ahead log failed".into()),
+            )),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::TooLarge {
+                requested: revision,
+                current: self.shared.view().revision,
+            }),
+        }
     }
 
     async fn create(&self, key: &str, object: Value) -> Result<StoredObject, StoreError> {
@@ -642,6 +879,9 @@ impl Store for LogStore {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        if let Some(failed) = self.failure() {
+            return Err(backend(failed));
+        }
         let (live, published) = {
             let mut channels = self.shared.lock_channels();
             let tx = channels
@@ -677,7 +917,20 @@ impl Store for LogStore {
     }
 
     fn failure(&self) -> Option<String> {
+        // Asked on every request: a read of the durable flag, not the
+        // writers' lock, unless the store has failed.
+        if !self.shared.durable.borrow().failed {
+            return None;
+        }
         self.shared.lock_state().failed.clone()
+    }
+
+    fn degraded(&self) -> Option<String> {
+        self.shared
+            .snapshot_trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn close(&self) {

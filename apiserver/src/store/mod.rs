@@ -18,6 +18,7 @@ mod wal;
 mod watch;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 pub use codec::stamp;
 pub use log_store::{LogStore, LogStoreOptions};
+pub use wal::Faults;
 pub use watch::WatchStream;
 
 /// A point in the store's history. Every write gets the next one.
@@ -66,6 +68,20 @@ pub struct Event {
     pub previous: Option<Bytes>,
 }
 
+/// Which state a list is read at. Every state a store serves is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAt {
+    /// The newest durable state.
+    Newest,
+    /// The newest durable state, kept for a while so that the later pages of
+    /// a paged list are read at the same revision.
+    NewestPaged,
+    /// Exactly this revision: a later page of a paged list, or
+    /// `resourceVersionMatch=Exact`. Past the history the store keeps, this
+    /// is `Compacted` (410 Expired for the client).
+    Exact(Revision),
+}
+
 /// A consistent list: every object under a prefix as of `revision`.
 #[derive(Debug, Clone)]
 pub struct ListResult {
@@ -89,6 +105,13 @@ pub enum StoreError {
     Compacted {
         requested: Revision,
         compacted: Revision,
+    },
+    /// A read asked for a revision the store has not reached (or not made
+    /// durable) within the wait it was given.
+    #[error("Too large resource version: {requested}, current: {current}")]
+    TooLarge {
+        requested: Revision,
+        current: Revision,
     },
     #[error("watcher fell too far behind and was dropped")]
     TooSlow,
@@ -173,7 +196,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
 
     /// Every object whose key starts with `prefix`, at one revision.
-    async fn list(&self, prefix: &str) -> Result<ListResult, StoreError>;
+    async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError>;
+
+    /// Waits, at most `within`, until reads are served at `revision` or
+    /// later; then `TooLarge` with the newest revision there is.
+    async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError>;
 
     /// Fails with `AlreadyExists` if the key is taken.
     async fn create(&self, key: &str, object: Value) -> Result<StoredObject, StoreError>;
@@ -202,13 +229,22 @@ pub trait Store: Send + Sync + 'static {
     /// continuing a list) from before it is 410 Gone.
     fn compacted(&self) -> Revision;
 
-    /// Why the store cannot accept writes (say, the disk is full), if it
-    /// cannot; `/readyz` reports it so that the process gets restarted.
+    /// Why the store has stopped (its log could not be written), if it has:
+    /// it then serves nothing more, and the process must be restarted.
     fn failure(&self) -> Option<String>;
+
+    /// Why the store works but needs attention (say, snapshots are skipped
+    /// for lack of disk space), if it does; `/readyz` reports it.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 
     /// Makes everything durable and stops background work.
     async fn close(&self);
 }
+
+/// How long a read-modify-write waits for a newer write it conflicted with.
+const CONFLICT_WAIT: Duration = Duration::from_secs(5);
 
 /// Read-modify-write that retries on conflict, like Kubernetes'
 /// `GuaranteedUpdate`: `modify` gets the current object and returns the new
@@ -230,7 +266,13 @@ where
             return Ok(current);
         };
         match store.update(key, Some(current.revision), next).await {
-            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::Conflict { actual, .. }) => {
+                // Reads see only durable writes, so the newer one may not be
+                // readable yet: wait for it rather than spin on the old one.
+                // A store that fails meanwhile refuses the retry.
+                let _ = store.wait_for(actual, CONFLICT_WAIT).await;
+                continue;
+            }
             other => return Ok(other?),
         }
     }

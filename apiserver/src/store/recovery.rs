@@ -1,9 +1,18 @@
-//! Start-up: the newest snapshot, then the log after it.
+//! Start-up: the newest readable snapshot, then the log after it.
+//!
+//! What is torn and what is damaged follows etcd's WAL: only the newest
+//! segment may end in a write a crash cut short (never acknowledged), and
+//! only that is cut off. A bad record with valid records after it, or any
+//! bad record in an older segment, is damage to acknowledged data: start-up
+//! stops, names the file and the byte offset, and changes nothing on disk,
+//! unless the operator asked for a repair (`mube-apiserver --repair-log`),
+//! which cuts the log at the first bad record and says what it dropped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
+use super::frame::Tail;
 use super::wal::{self, Segment};
 use super::{snapshot, Event, EventKind, Revision, StoreError, StoredObject};
 
@@ -15,7 +24,9 @@ pub struct Recovered {
     pub history: VecDeque<Arc<Event>>,
     /// The segments kept (all closed; a new one is started for new writes).
     pub segments: Vec<Segment>,
+    /// The snapshot loaded, and the one before it (kept as a fallback).
     pub snapshot_revision: Revision,
+    pub fallback_revision: Revision,
     pub snapshot_bytes: u64,
     /// Log bytes after the snapshot: what the next snapshot would let go.
     pub log_bytes_since_snapshot: u64,
@@ -25,7 +36,12 @@ fn corrupt(msg: String) -> StoreError {
     StoreError::Backend(msg)
 }
 
-pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
+const REPAIR_HINT: &str = "the log holds acknowledged writes after this point; \
+    nothing was changed on disk. Keep a copy of the data directory, then start once with \
+    `mube-apiserver --repair-log` to cut the log at the first bad record (the writes after \
+    it are lost), or restore from a backup";
+
+pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, StoreError> {
     let io = |e: std::io::Error| corrupt(format!("cannot read {}: {e}", dir.display()));
     let snapshot::Listing {
         snapshots,
@@ -35,57 +51,119 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
         // A snapshot the last run did not finish; it was never relied on.
         let _ = std::fs::remove_file(tmp);
     }
+    // The newest snapshot that reads back whole; a damaged one is set aside
+    // (renamed, not deleted) and the one before it is used with the log
+    // after it, which is kept for exactly this.
     let mut objects = BTreeMap::new();
     let mut snapshot_revision = 0;
+    let mut fallback_revision = 0;
     let mut snapshot_bytes = 0;
-    if let Some((_, path)) = snapshots.last() {
-        snapshot_bytes = std::fs::metadata(path).map_err(io)?.len();
-        let (revision, items) = snapshot::read(path).map_err(corrupt)?;
-        snapshot_revision = revision;
-        objects.extend(items.into_iter().map(|o| (o.key.clone(), o)));
+    for (i, (revision, path)) in snapshots.iter().enumerate().rev() {
+        match snapshot::read(path) {
+            Ok((start, items)) => {
+                snapshot_revision = start;
+                snapshot_bytes = std::fs::metadata(path).map_err(io)?.len();
+                objects.extend(items.into_iter().map(|o| (o.key.clone(), o)));
+                fallback_revision = i
+                    .checked_sub(1)
+                    .map_or(0, |previous| snapshots[previous].0);
+                break;
+            }
+            Err(e) => {
+                let aside = path.with_extension("snap.damaged");
+                tracing::error!(
+                    snapshot = %path.display(),
+                    revision,
+                    error = %e,
+                    set_aside = %aside.display(),
+                    "the newest snapshot cannot be read; starting from the one before it and the log after that"
+                );
+                std::fs::rename(path, &aside).map_err(io)?;
+            }
+        }
     }
 
     let mut segments = wal::list(dir).map_err(io)?;
     let mut history: VecDeque<Arc<Event>> = VecDeque::new();
     let mut last: Option<Revision> = None;
     let mut log_bytes_since_snapshot = 0;
-    let count = segments.len();
     let mut empty_tail = None;
+    let mut cut_after = None;
+    let count = segments.len();
     for (i, segment) in segments.iter().enumerate() {
         let contents = wal::read(segment).map_err(corrupt)?;
         let is_last = i + 1 == count;
-        if contents.torn {
-            if !is_last {
-                return Err(corrupt(format!(
-                    "{} is damaged after {} bytes, and it is not the newest log segment",
-                    segment.path.display(),
-                    contents.valid_len
-                )));
+        let at = || {
+            format!(
+                "{} at byte {} (after revision {})",
+                segment.path.display(),
+                contents.valid_len,
+                contents
+                    .records
+                    .last()
+                    .map_or(segment.first.saturating_sub(1), |(e, _)| e.revision)
+            )
+        };
+        match contents.tail {
+            Tail::Clean => {}
+            Tail::Torn | Tail::Zeroed if is_last => {
+                // The write in progress when the process or machine stopped;
+                // it was never acknowledged. Cut it off so the segment reads
+                // cleanly next time.
+                tracing::warn!(
+                    segment = %segment.path.display(),
+                    kept_bytes = contents.valid_len,
+                    dropped_bytes = contents.file_len - contents.valid_len,
+                    zeroed = contents.tail == Tail::Zeroed,
+                    "dropping a torn write at the end of the log"
+                );
+                truncate(&segment.path, contents.valid_len).map_err(io)?;
             }
-            // The write in progress when the process died; it was never
-            // acknowledged. Cut it off so the segment reads cleanly next time.
-            // (Damage in the middle of the newest segment looks the same and
-            // would also cut off what follows; the byte counts tell them apart.)
-            tracing::warn!(
-                segment = %segment.path.display(),
-                kept_bytes = contents.valid_len,
-                dropped_bytes = contents.file_len - contents.valid_len,
-                "dropping a torn record at the end of the log"
-            );
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&segment.path)
-                .map_err(io)?;
-            file.set_len(contents.valid_len).map_err(io)?;
-            file.sync_all().map_err(io)?;
+            tail if repair => {
+                let later: Vec<&Segment> = segments[i + 1..].iter().collect();
+                let mut records = contents.records_after + usize::from(tail != Tail::Zeroed);
+                let mut bytes = contents.file_len - contents.valid_len;
+                for s in &later {
+                    let c = wal::read(s).map_err(corrupt)?;
+                    records += c.records.len() + c.records_after;
+                    bytes += c.file_len;
+                }
+                tracing::warn!(
+                    segment = %segment.path.display(),
+                    offset = contents.valid_len,
+                    dropped_records = records,
+                    dropped_bytes = bytes,
+                    dropped_segments = later.len(),
+                    "--repair-log: cutting the log at its first bad record"
+                );
+                truncate(&segment.path, contents.valid_len).map_err(io)?;
+                for s in later {
+                    std::fs::remove_file(&s.path).map_err(io)?;
+                }
+                wal::sync_dir(dir).map_err(io)?;
+                cut_after = Some(i);
+            }
+            Tail::Damaged => {
+                return Err(corrupt(format!(
+                    "the write-ahead log is damaged: a bad record in {}, with {} valid records after it; {REPAIR_HINT}",
+                    at(),
+                    contents.records_after
+                )))
+            }
+            Tail::Torn | Tail::Zeroed => {
+                return Err(corrupt(format!(
+                    "the write-ahead log is damaged: {} ends in a bad record but is not the newest log segment; {REPAIR_HINT}",
+                    at()
+                )))
+            }
         }
         if contents.records.is_empty() {
-            if is_last {
+            if is_last || cut_after == Some(i) {
                 empty_tail = Some(i);
-                continue;
+                break;
             }
             return Err(corrupt(format!(
-                "log segment {} is empty but is not the newest",
+                "log segment {} is empty but is not the newest; {REPAIR_HINT}",
                 segment.path.display()
             )));
         }
@@ -100,7 +178,7 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
             }
             if last.is_none() && event.revision > snapshot_revision + 1 {
                 return Err(corrupt(format!(
-                    "the log starts at revision {} but the newest snapshot ends at {snapshot_revision}",
+                    "the log starts at revision {} but the snapshot read ends at {snapshot_revision}",
                     event.revision
                 )));
             }
@@ -114,11 +192,26 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
                 history.pop_front();
             }
         }
+        // What a previous run wrote but may not have made durable (a kill
+        // between write and fdatasync leaves it in the page cache, where
+        // this run just read it): make it durable before serving it, so a
+        // power loss now cannot leave a gap before the segment this run
+        // starts. Cheap for segments that were already synced.
+        std::fs::File::open(&segment.path)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        if cut_after == Some(i) {
+            break;
+        }
+    }
+    if let Some(i) = cut_after {
+        segments.truncate(i + 1);
     }
     if let Some(i) = empty_tail {
-        // Created just before the process died; holds nothing.
+        // Created just before the process died, or emptied by a repair.
         let removed = segments.remove(i);
         std::fs::remove_file(&removed.path).map_err(io)?;
+        wal::sync_dir(dir).map_err(io)?;
     }
 
     let newest_object = objects.values().map(|o| o.revision).max().unwrap_or(0);
@@ -133,13 +226,20 @@ pub fn recover(dir: &Path, retention: usize) -> Result<Recovered, StoreError> {
         history,
         segments,
         snapshot_revision,
+        fallback_revision,
         snapshot_bytes,
         log_bytes_since_snapshot,
     })
 }
 
-/// Replays one logged change onto objects loaded from a fuzzy snapshot:
-/// only where it is newer than what is there.
+fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(len)?;
+    file.sync_all()
+}
+
+/// Replays one logged change onto objects loaded from a snapshot: only where
+/// it is newer than what is there (a snapshot of format 1 was fuzzy).
 fn apply(objects: &mut BTreeMap<Arc<str>, StoredObject>, event: &Event) {
     let current = objects.get(&event.key).map(|o| o.revision);
     if current.is_some_and(|r| r >= event.revision) {

@@ -1,20 +1,20 @@
 //! Snapshots: every object at once, so that old log segments can be deleted.
 //!
-//! A snapshot is written while writes go on ("fuzzy", as in many databases):
-//! it records the revision `S` at which it started, then copies the object
-//! map in small chunks, each under the state lock for only a moment. Objects
-//! may therefore be newer than `S`; recovery loads the snapshot and replays
-//! the log after `S`, applying a record only where it is newer than what the
-//! snapshot holds, which yields exactly the state at the log's end. The file
-//! is written as `.tmp`, fsynced and renamed, so a snapshot either exists
-//! whole or not at all.
+//! A snapshot is the durable state at one revision `S`: the store's read
+//! view (a persistent map, cloned in O(1)) is written out while writes go on,
+//! without holding any lock. Recovery loads it and replays the log after `S`.
+//! (Snapshots of format 1 were "fuzzy", copied from the live map in chunks,
+//! so objects could be newer than `S`; replay still applies a record only
+//! where it is newer than what the snapshot holds, which reads both.)
+//! The file is written as `.tmp`, fsynced, renamed and read back, so a
+//! snapshot either exists whole or not at all.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::codec::{self, SnapshotRecord};
-use super::frame::Frames;
+use super::frame::{self, Frames};
 use super::{Revision, StoredObject};
 
 pub fn snapshot_path(dir: &Path, revision: Revision) -> PathBuf {
@@ -53,69 +53,99 @@ pub fn list(dir: &Path) -> io::Result<Listing> {
     })
 }
 
-/// Writes a snapshot that starts at `revision`. `next_chunk(after)` returns
-/// the next objects in key order after the key `after` (empty when done);
-/// `settle()` is called before the file is committed and must return only
-/// once every object handed out is durable in the log (false: give up).
+/// Writes the snapshot of `objects`, the whole state at `revision`, and
+/// reads it back before it counts. On any failure the temporary file is
+/// removed (a failed snapshot must not take the space the log needs).
 /// Returns the snapshot's size in bytes.
-pub fn write(
+pub fn write<'a>(
     dir: &Path,
     revision: Revision,
-    mut next_chunk: impl FnMut(Option<&str>) -> Vec<StoredObject>,
-    settle: impl FnOnce() -> bool,
-) -> io::Result<Option<u64>> {
+    objects: impl Iterator<Item = &'a StoredObject>,
+) -> io::Result<u64> {
     let path = snapshot_path(dir, revision);
     let tmp = path.with_extension("tmp");
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let result = write_file(&tmp, &path, revision, objects).and_then(|size| {
+        super::wal::sync_dir(dir)?;
+        Ok(size)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let size = result?;
+    // Read it back before anything older is let go.
+    if let Err(e) = verify(&path) {
+        let _ = std::fs::remove_file(&path);
+        return Err(io::Error::other(format!(
+            "the snapshot did not read back: {e}"
+        )));
+    }
+    Ok(size)
+}
+
+fn write_file<'a>(
+    tmp: &Path,
+    path: &Path,
+    revision: Revision,
+    objects: impl Iterator<Item = &'a StoredObject>,
+) -> io::Result<u64> {
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(tmp)?);
     let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(codec::SNAPSHOT_FILE_MAGIC);
     codec::put_snapshot_header(&mut buf, revision);
     let mut count = 0u64;
-    let mut after: Option<std::sync::Arc<str>> = None;
-    loop {
-        let chunk = next_chunk(after.as_deref());
-        let Some(last) = chunk.last() else { break };
-        after = Some(last.key.clone());
-        for object in &chunk {
-            codec::put_snapshot_object(&mut buf, object);
+    for object in objects {
+        codec::put_snapshot_object(&mut buf, object);
+        count += 1;
+        if buf.len() >= 1 << 20 {
+            out.write_all(&buf)?;
+            buf.clear();
         }
-        count += chunk.len() as u64;
-        out.write_all(&buf)?;
-        buf.clear();
     }
     codec::put_snapshot_trailer(&mut buf, count);
     out.write_all(&buf)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    if !settle() {
-        drop(file);
-        let _ = std::fs::remove_file(&tmp);
-        return Ok(None);
-    }
     file.sync_all()?;
     let size = file.metadata()?.len();
     drop(file);
-    std::fs::rename(&tmp, &path)?;
-    super::wal::sync_dir(dir)?;
-    Ok(Some(size))
+    std::fs::rename(tmp, path)?;
+    Ok(size)
 }
 
-/// Reads a whole snapshot: its start revision and its objects in key order.
+/// Checks every frame and the trailer's count without keeping the objects.
+pub fn verify(path: &Path) -> Result<Revision, String> {
+    let mut count = 0u64;
+    read_with(path, |_| count += 1)
+}
+
+/// Reads a whole snapshot: its revision and its objects in key order.
 pub fn read(path: &Path) -> Result<(Revision, Vec<StoredObject>), String> {
+    let mut objects = Vec::new();
+    let revision = read_with(path, |o| objects.push(o))?;
+    Ok((revision, objects))
+}
+
+fn read_with(path: &Path, mut each: impl FnMut(StoredObject)) -> Result<Revision, String> {
     let corrupt = |what: &str| format!("snapshot {} is corrupt: {what}", path.display());
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut frames = Frames::new(&data);
+    let (format, body, _) = frame::open(&data, codec::SNAPSHOT_FILE_MAGIC)
+        .ok_or_else(|| corrupt("not a snapshot this version of mube can read"))?;
+    let mut frames = Frames::new(body, format);
     let revision = frames
         .next()
         .and_then(codec::decode_snapshot_header)
         .ok_or_else(|| corrupt("no header"))?;
-    let mut objects = Vec::new();
+    let mut seen = 0u64;
     for body in frames.by_ref() {
         match codec::decode_snapshot_record(body).ok_or_else(|| corrupt("bad record"))? {
-            SnapshotRecord::Object(o) => objects.push(o),
+            SnapshotRecord::Object(o) => {
+                seen += 1;
+                each(o);
+            }
             SnapshotRecord::Trailer { objects: n } => {
-                if n != objects.len() as u64 {
+                if n != seen {
                     return Err(corrupt("object count does not match"));
                 }
-                return Ok((revision, objects));
+                return Ok(revision);
             }
         }
     }

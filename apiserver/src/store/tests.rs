@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{EventKind, LogStore, LogStoreOptions, Store};
+use super::{EventKind, LogStore, LogStoreOptions, ReadAt, Store};
 
 fn options(segment_bytes: u64, history_retention: u64) -> LogStoreOptions {
     LogStoreOptions {
         history_retention,
-        history_max_age: std::time::Duration::from_secs(300),
         watch_buffer: 1024,
-        segment_bytes,
+        ..LogStoreOptions::with_segment_bytes(segment_bytes)
     }
 }
 
@@ -65,7 +64,7 @@ fn newest_segment(dir: &Path) -> super::wal::Segment {
 
 /// Every object and the revision counter as a comparable list.
 async fn contents(store: &dyn Store) -> (u64, Vec<(String, u64, serde_json::Value)>) {
-    let list = store.list("/registry/").await.unwrap();
+    let list = store.list("/registry/", ReadAt::Newest).await.unwrap();
     let items = list
         .items
         .iter()
@@ -249,9 +248,11 @@ async fn every_cut_of_the_newest_segment_recovers_a_prefix() {
     let data = std::fs::read(&newest.path).unwrap();
     // Where each record ends: the only cuts that keep it.
     let mut ends = Vec::new();
-    let mut frames = super::frame::Frames::new(&data);
+    let (format, body, offset) =
+        super::frame::open(&data, super::codec::WAL_FILE_MAGIC).unwrap();
+    let mut frames = super::frame::Frames::new(body, format);
     while frames.next().is_some() {
-        ends.push(frames.valid_len());
+        ends.push(offset + frames.valid_len());
     }
     assert_eq!(ends.len(), 6);
     for cut in (0..data.len()).step_by(7).chain([data.len() - 1]) {
@@ -323,7 +324,7 @@ async fn delete_checks_uid_and_resource_version_preconditions() {
         }
     }
     assert_eq!(store.get(&key).await.unwrap().unwrap().revision, 1);
-    assert_eq!(store.list("/registry/").await.unwrap().revision, 1);
+    assert_eq!(store.list("/registry/", ReadAt::Newest).await.unwrap().revision, 1);
     let preconditions = super::Preconditions {
         uid: Some("u-1".into()),
         resource_version: Some("1".into()),

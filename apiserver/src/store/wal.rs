@@ -2,15 +2,15 @@
 //! change records, appended by one thread and fsynced per group commit.
 //!
 //! A segment is closed (never written again) once the next one starts, so
-//! only the newest segment can end in a torn record; recovery truncates that
-//! tail and treats damage anywhere else as corruption.
+//! only the newest segment can end in a torn record (see `frame::classify`);
+//! recovery cuts that tail off and treats damage anywhere else as corruption.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::codec;
-use super::frame::{self, Frames};
+use super::frame::{self, Frames, Tail};
 use super::{Event, Revision};
 
 #[derive(Debug, Clone)]
@@ -47,20 +47,44 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// `create_dir_all`, then fsyncs the parent of every directory it created,
+/// so that the directories themselves survive a power loss.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing.into_iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// What reading one segment found.
 pub struct SegmentContents {
     /// Each record's change and its size in the file.
     pub records: Vec<(Event, u64)>,
-    /// Bytes of whole records; anything after them is a torn tail.
+    /// Bytes from the start of the file through the last whole record.
     pub valid_len: u64,
     pub file_len: u64,
-    pub torn: bool,
+    /// What follows the last whole record.
+    pub tail: Tail,
+    /// Valid records after the first bad one (what a repair would drop).
+    pub records_after: usize,
 }
 
 pub fn read(segment: &Segment) -> Result<SegmentContents, String> {
     let data = std::fs::read(&segment.path)
         .map_err(|e| format!("cannot read {}: {e}", segment.path.display()))?;
-    let mut frames = Frames::new(&data);
+    let (format, body, offset) = frame::open(&data, codec::WAL_FILE_MAGIC).ok_or_else(|| {
+        format!(
+            "{} is not a log segment this version of mube can read",
+            segment.path.display()
+        )
+    })?;
+    let mut frames = Frames::new(body, format);
     let mut records: Vec<(Event, u64)> = Vec::new();
     for body in frames.by_ref() {
         let event = codec::decode_event(body).ok_or_else(|| {
@@ -74,36 +98,86 @@ pub fn read(segment: &Segment) -> Result<SegmentContents, String> {
         })?;
         records.push((event, (frame::HEADER + body.len()) as u64));
     }
+    // A file cut inside its magic (a crash right after it was created).
+    let (valid_len, tail) = if data.len() < offset {
+        (0, Tail::Torn)
+    } else {
+        ((offset + frames.valid_len()) as u64, frames.tail())
+    };
+    let records_after = match tail {
+        Tail::Damaged => frame::count_valid(body, frames.valid_len(), format),
+        _ => 0,
+    };
     Ok(SegmentContents {
         records,
-        valid_len: frames.valid_len() as u64,
+        valid_len,
         file_len: data.len() as u64,
-        torn: frames.torn,
+        tail,
+        records_after,
     })
+}
+
+/// Makes the log's writes fail on demand, to test what the store does after
+/// an I/O error (tests only; `None` in a real server).
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next appends fail before writing anything.
+    pub fail_writes: std::sync::atomic::AtomicBool,
+    /// The next appends write, then fail their fdatasync.
+    pub fail_syncs: std::sync::atomic::AtomicBool,
+    /// Milliseconds each append waits between its write and its fdatasync:
+    /// a window in which a test can look at what readers see.
+    pub sync_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The segment being appended to.
 pub struct SegmentWriter {
     file: File,
     pub bytes: u64,
+    faults: Option<std::sync::Arc<Faults>>,
 }
 
 impl SegmentWriter {
     /// Creates a new, empty segment whose first record will be `first`.
-    pub fn create(dir: &Path, first: Revision) -> io::Result<SegmentWriter> {
+    pub fn create(
+        dir: &Path,
+        first: Revision,
+        faults: Option<std::sync::Arc<Faults>>,
+    ) -> io::Result<SegmentWriter> {
         let path = segment_path(dir, first);
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&path)?;
+        file.write_all(codec::WAL_FILE_MAGIC)?;
+        file.sync_data()?;
         // The file must survive a crash before any record in it is acknowledged.
         sync_dir(dir)?;
-        Ok(SegmentWriter { file, bytes: 0 })
+        Ok(SegmentWriter {
+            file,
+            bytes: 0,
+            faults,
+        })
     }
 
     /// Appends framed records and makes them durable.
     pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let injected = |what| io::Error::other(format!("injected {what} failure"));
+        if let Some(f) = &self.faults {
+            if f.fail_writes.load(Relaxed) {
+                return Err(injected("write"));
+            }
+        }
         self.file.write_all(records)?;
+        if let Some(f) = &self.faults {
+            std::thread::sleep(std::time::Duration::from_millis(
+                f.sync_delay_ms.load(Relaxed),
+            ));
+            if f.fail_syncs.load(Relaxed) {
+                return Err(injected("fdatasync"));
+            }
+        }
         self.file.sync_data()?;
         self.bytes += records.len() as u64;
         Ok(())
