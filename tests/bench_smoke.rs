@@ -96,3 +96,33 @@ fn etcd_scenario() {
     assert!(number(&r, "bare_http_ok") > 0.0, "{r:?}");
     assert!(number(&r, "ratio_bare_http_over_best_etcd") > 0.0);
 }
+
+/// A few kill -9 cycles under writers, watchers and paged listers: nothing
+/// acknowledged is lost, no resourceVersion is used twice, no watch misses or
+/// repeats a change. (`mube-bench crash --cycles 100` is the full run.)
+#[test]
+fn crash_scenario_loses_reuses_and_repeats_nothing() {
+    let r = bench(&[
+        "crash",
+        "--cycles",
+        "4",
+        "--min-run",
+        "100ms",
+        "--max-run",
+        "300ms",
+    ]);
+    assert_eq!(number(&r, "cycles"), 4.0);
+    assert!(number(&r, "acknowledged_writes") > 0.0, "{r:?}");
+    assert!(number(&r, "watch_events") > 0.0, "{r:?}");
+    assert!(number(&r, "list_pages") > 0.0, "{r:?}");
+    for zero in [
+        "lost_acknowledged_writes",
+        "reused_resource_versions",
+        "revision_regressions",
+        "watch_gaps",
+        "watch_duplicates",
+        "inconsistent_pages",
+    ] {
+        assert_eq!(number(&r, zero), 0.0, "{zero}: {r:?}");
+    }
+}

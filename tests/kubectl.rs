@@ -517,37 +517,6 @@ async fn watch_and_wait() {
     assert_eq!(deleter.await.unwrap(), 200);
 }
 
-#[tokio::test]
-async fn an_expired_continue_token_is_410() {
-    let server = ApiServer::start(Options {
-        nodes: vec![node("a"), node("b"), node("c")],
-        extra_config: "historyRetention: 5\n".into(),
-        ..Default::default()
-    })
-    .await;
-    let api = Api::new(&server);
-    let page = api.get("/api/v1/nodes?limit=1").await.body;
-    let token = page["metadata"]["continue"]
-        .as_str()
-        .expect("a continue token")
-        .to_string();
-    assert_eq!(page["metadata"]["remainingItemCount"], 2);
-    let next = api
-        .get(&format!("/api/v1/nodes?limit=1&continue={token}"))
-        .await;
-    assert_eq!(next.body["items"][0]["metadata"]["name"], "b");
-    for i in 0..10 {
-        let mut n = api.get("/api/v1/nodes/a").await.body;
-        n["metadata"]["labels"] = json!({"i": i.to_string()});
-        assert_eq!(api.put("/api/v1/nodes/a", &n).await.code, 200);
-    }
-    let expired = api
-        .get(&format!("/api/v1/nodes?limit=1&continue={token}"))
-        .await;
-    assert_eq!(expired.code, 410, "{}", expired.body);
-    assert_eq!(expired.body["reason"], "Expired");
-}
-
 /// The list's resourceVersion and every node, to compare before and after.
 async fn nodes_snapshot(api: &Api) -> (String, Value) {
     let list = api.get("/api/v1/nodes").await.body;

@@ -91,8 +91,7 @@ fn duration_env(
 impl Config {
     /// Loads from the process environment.
     pub fn from_env() -> Result<Config, String> {
-        let mut config =
-            Config::load(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))?;
+        let mut config = Config::load(&|name| std::env::var(name).ok().filter(|v| !v.is_empty()))?;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--repair-log" => config.repair_log = true,

@@ -4,6 +4,7 @@
 //! Output: a readable table, then one last line of `key=value` pairs.
 
 mod ceiling;
+mod crash;
 mod etcd;
 mod load;
 mod server;
@@ -77,6 +78,30 @@ enum Scenario {
         connections: usize,
         #[arg(long, default_value = "10s")]
         duration: String,
+    },
+    /// kill -9 at random moments under writers, watchers and listers, restart,
+    /// and check acknowledged writes, resourceVersions and watches (see crash.rs).
+    Crash {
+        #[arg(long, default_value_t = 100)]
+        cycles: usize,
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        #[arg(long, default_value_t = 2)]
+        watchers: usize,
+        #[arg(long, default_value_t = 2)]
+        listers: usize,
+        /// Leases each writer creates, overwrites and deletes.
+        #[arg(long, default_value_t = 8)]
+        keys: usize,
+        /// The server runs this long at least, then is killed at a random moment
+        /// before --max-run.
+        #[arg(long, default_value = "50ms")]
+        min_run: String,
+        #[arg(long, default_value = "400ms")]
+        max_run: String,
+        /// For a reproducible run (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// The bare endpoint the etcd scenario measures as the ceiling (run by it).
     #[command(hide = true)]
@@ -449,6 +474,34 @@ async fn run(cli: Cli) -> Result<Report, String> {
             connections,
             duration: d,
         } => versus_etcd(&bin, nodes, connections, duration(&d)?, &mut report).await?,
+        Scenario::Crash {
+            cycles,
+            writers,
+            watchers,
+            listers,
+            keys,
+            min_run,
+            max_run,
+            seed,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+            let options = crash::Options {
+                cycles,
+                writers,
+                watchers,
+                listers,
+                keys_per_writer: keys,
+                min_run: duration(&min_run)?,
+                max_run: duration(&max_run)?,
+                seed,
+            };
+            crash::run(&bin, options, &mut report).await?
+        }
         Scenario::ServeBare { port } => ceiling::serve(port).await?,
     }
     Ok(report)

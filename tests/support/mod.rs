@@ -66,6 +66,8 @@ pub struct Options {
     pub notready_timeout: &'static str,
     /// Extra YAML lines appended to the config.
     pub extra_config: String,
+    /// Where the data lives (default: `data` in the server's temp dir).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
             nodes: vec![node("node-a")],
             notready_timeout: "60s",
             extra_config: String::new(),
+            data_dir: None,
         }
     }
 }
@@ -85,6 +88,7 @@ pub struct ApiServer {
     child: Option<Child>,
     pub log: Arc<Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
+    data_dir: Option<PathBuf>,
 }
 
 impl ApiServer {
@@ -93,7 +97,9 @@ impl ApiServer {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     pub fn url(&self) -> String {
@@ -116,6 +122,7 @@ impl ApiServer {
                 ),
                 ("MUBE_APISERVER_SHUTDOWN_TIMEOUT".into(), "3s".into()),
             ],
+            data_dir: options.data_dir,
         };
         server.write_config(&options.nodes, &options.extra_config);
         server.spawn();

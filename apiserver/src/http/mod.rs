@@ -56,7 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/heartbeat", post(heartbeat))
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis/{*rest}", any(rest::handle))
-        .route_layer(middleware::from_fn_with_state(state.clone(), refuse_if_failed))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_if_failed,
+        ))
         .route("/healthz", get(livez))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))

@@ -106,12 +106,7 @@ pub async fn serve(
         Some(rev) if !params.send_initial_events => (Vec::new(), rev),
         // No resourceVersion, "0", or sendInitialEvents: the current state as
         // synthetic ADDED events first, then changes after that snapshot.
-        _ => {
-            state
-                .registry
-                .list(&r, ns, &filter, ReadAt::Newest)
-                .await?
-        }
+        _ => state.registry.list(&r, ns, &filter, ReadAt::Newest).await?,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(LINES_IN_FLIGHT);
     match state.registry.watch(&r, ns, after) {

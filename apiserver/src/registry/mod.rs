@@ -31,9 +31,7 @@ pub use dry_run::DryRun;
 pub use filter::Filter;
 
 use crate::error::ApiError;
-use crate::store::{
-    Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream,
-};
+use crate::store::{Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream};
 use dry_run::DryRunStore;
 
 /// A kind's declaration: its names (shared with clients through

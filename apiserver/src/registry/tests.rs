@@ -110,7 +110,11 @@ impl Fixture {
     }
 
     async fn revision(&self) -> Revision {
-        self.store.list("/registry/", ReadAt::Newest).await.unwrap().revision
+        self.store
+            .list("/registry/", ReadAt::Newest)
+            .await
+            .unwrap()
+            .revision
     }
 }
 

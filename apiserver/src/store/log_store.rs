@@ -254,8 +254,10 @@ impl LogStore {
             "store recovered"
         );
 
-        let view: OrdMap<Arc<str>, StoredObject> =
-            objects.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let view: OrdMap<Arc<str>, StoredObject> = objects
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let (durable, _) = watch::channel(Durable {
             upto: revision,
             failed: false,
@@ -430,15 +432,20 @@ impl LogStore {
                 current: current.revision,
             });
         }
+        // The window is history's, as for watches: a view kept longer would
+        // hold on to memory no limit accounts for.
+        let too_old = || StoreError::Compacted {
+            requested: revision,
+            compacted: self.shared.compacted.load(Ordering::Acquire),
+        };
+        if revision < self.shared.compacted.load(Ordering::Acquire) {
+            return Err(too_old());
+        }
         if let Some(view) = self.shared.kept_view(revision) {
             return Ok(view);
         }
         let history = LogHistory {
             shared: self.shared.clone(),
-        };
-        let too_old = || StoreError::Compacted {
-            requested: revision,
-            compacted: self.shared.compacted.load(Ordering::Acquire),
         };
         let mut events: Vec<Arc<Event>> = Vec::new();
         let mut after = revision;
@@ -821,11 +828,9 @@ impl Store for LogStore {
 
     async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError> {
         let mut durable = self.shared.durable.subscribe();
-        let waited = tokio::time::timeout(
-            within,
-            durable.wait_for(|d| d.upto >= revision || d.failed),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(within, durable.wait_for(|d| d.upto >= revision || d.failed))
+                .await;
         match waited {
             Ok(Ok(d)) if d.upto >= revision => Ok(()),
             Ok(Ok(_)) => Err(backend(

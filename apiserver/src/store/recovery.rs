@@ -64,9 +64,7 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
                 snapshot_revision = start;
                 snapshot_bytes = std::fs::metadata(path).map_err(io)?.len();
                 objects.extend(items.into_iter().map(|o| (o.key.clone(), o)));
-                fallback_revision = i
-                    .checked_sub(1)
-                    .map_or(0, |previous| snapshots[previous].0);
+                fallback_revision = i.checked_sub(1).map_or(0, |previous| snapshots[previous].0);
                 break;
             }
             Err(e) => {

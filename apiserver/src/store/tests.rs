@@ -62,8 +62,11 @@ fn newest_segment(dir: &Path) -> super::wal::Segment {
         .unwrap()
 }
 
+/// The revision of a list and its objects (key, revision, JSON).
+type Contents = (u64, Vec<(String, u64, serde_json::Value)>);
+
 /// Every object and the revision counter as a comparable list.
-async fn contents(store: &dyn Store) -> (u64, Vec<(String, u64, serde_json::Value)>) {
+async fn contents(store: &dyn Store) -> Contents {
     let list = store.list("/registry/", ReadAt::Newest).await.unwrap();
     let items = list
         .items
@@ -248,8 +251,7 @@ async fn every_cut_of_the_newest_segment_recovers_a_prefix() {
     let data = std::fs::read(&newest.path).unwrap();
     // Where each record ends: the only cuts that keep it.
     let mut ends = Vec::new();
-    let (format, body, offset) =
-        super::frame::open(&data, super::codec::WAL_FILE_MAGIC).unwrap();
+    let (format, body, offset) = super::frame::open(&data, super::codec::WAL_FILE_MAGIC).unwrap();
     let mut frames = super::frame::Frames::new(body, format);
     while frames.next().is_some() {
         ends.push(offset + frames.valid_len());
@@ -324,7 +326,14 @@ async fn delete_checks_uid_and_resource_version_preconditions() {
         }
     }
     assert_eq!(store.get(&key).await.unwrap().unwrap().revision, 1);
-    assert_eq!(store.list("/registry/", ReadAt::Newest).await.unwrap().revision, 1);
+    assert_eq!(
+        store
+            .list("/registry/", ReadAt::Newest)
+            .await
+            .unwrap()
+            .revision,
+        1
+    );
     let preconditions = super::Preconditions {
         uid: Some("u-1".into()),
         resource_version: Some("1".into()),
@@ -334,5 +343,355 @@ async fn delete_checks_uid_and_resource_version_preconditions() {
         2
     );
     assert!(store.get(&key).await.unwrap().is_none());
+    store.close().await;
+}
+
+fn with_faults(mut opts: LogStoreOptions) -> (LogStoreOptions, Arc<super::Faults>) {
+    let faults = Arc::new(super::Faults::default());
+    opts.faults = Some(faults.clone());
+    (opts, faults)
+}
+
+/// A write is not seen by any reader until it is durable: between the
+/// flusher's write and its fdatasync, GET, LIST and a watch still show the
+/// state before it (a crash then could take it back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_show_only_durable_writes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, faults) = with_faults(options(1 << 20, 100));
+    let store = Arc::new(LogStore::open(dir.path(), opts).unwrap());
+    store.create(&lease_key(1), lease(1, 0)).await.unwrap();
+    let mut watch = store.watch("/registry/leases/", 1).unwrap();
+
+    faults.sync_delay_ms.store(400, Relaxed);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create(&lease_key(2), lease(2, 0)).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert!(
+        !writer.is_finished(),
+        "the write was acknowledged before its fdatasync"
+    );
+    assert!(store.get(&lease_key(2)).await.unwrap().is_none());
+    let list = store.list("/registry/", ReadAt::Newest).await.unwrap();
+    assert_eq!((list.revision, list.items.len()), (1, 1));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(50), watch.next())
+            .await
+            .is_err(),
+        "a watcher saw a write that was not durable"
+    );
+    faults.sync_delay_ms.store(0, Relaxed);
+
+    // Acknowledged means readable: read-your-writes holds.
+    let created = writer.await.unwrap().unwrap();
+    assert_eq!(created.revision, 2);
+    assert_eq!(store.get(&lease_key(2)).await.unwrap().unwrap().revision, 2);
+    assert_eq!(watch.next().await.unwrap().unwrap().revision, 2);
+    store.close().await;
+}
+
+/// After a failed fdatasync (or write) the store stops: the failed write is
+/// never visible, nothing more is written, watches end, `failure()` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_write_nothing_undurable_is_served_and_writes_stop() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for fail_syncs in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (opts, faults) = with_faults(options(1 << 20, 100));
+        let store = LogStore::open(dir.path(), opts).unwrap();
+        store.create(&lease_key(1), lease(1, 0)).await.unwrap();
+        let mut watch = store.watch("/registry/leases/", 1).unwrap();
+        if fail_syncs {
+            faults.fail_syncs.store(true, Relaxed);
+        } else {
+            faults.fail_writes.store(true, Relaxed);
+        }
+        assert!(store.create(&lease_key(2), lease(2, 0)).await.is_err());
+        assert!(store.failure().is_some());
+        assert!(store.get(&lease_key(2)).await.unwrap().is_none());
+        assert_eq!(
+            store
+                .list("/registry/", ReadAt::Newest)
+                .await
+                .unwrap()
+                .revision,
+            1
+        );
+        // The watch ends instead of delivering the failed write.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+            .await
+            .expect("the watch did not end");
+        assert!(next.is_none(), "{next:?}");
+        assert!(store.watch("/registry/leases/", 1).is_err());
+        // Even with the disk healthy again: fsync is never retried, and no
+        // later write is acknowledged.
+        faults.fail_syncs.store(false, Relaxed);
+        faults.fail_writes.store(false, Relaxed);
+        assert!(store.create(&lease_key(3), lease(3, 0)).await.is_err());
+        assert!(store
+            .update(&lease_key(1), None, lease(1, 1))
+            .await
+            .is_err());
+        store.close().await;
+    }
+}
+
+/// A crash can leave zero-filled blocks after the last record; they are the
+/// end of the log, not an empty record that stops start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_filled_tail_is_the_end_of_the_log() {
+    let dir = closed_store_with_leases(5).await;
+    let newest = newest_segment(dir.path());
+    let mut data = std::fs::read(&newest.path).unwrap();
+    let len = data.len() as u64;
+    data.extend_from_slice(&[0u8; 8192]);
+    std::fs::write(&newest.path, data).unwrap();
+
+    let store = LogStore::open(dir.path(), options(1 << 20, 100)).unwrap();
+    let (revision, items) = contents(&store).await;
+    assert_eq!((revision, items.len()), (5, 5));
+    assert_eq!(std::fs::metadata(&newest.path).unwrap().len(), len);
+    store.close().await;
+}
+
+/// One flipped bit in an acknowledged record of the newest segment, with
+/// records after it: start-up refuses, names the file and the offset, and
+/// leaves the file as it was. `repair` cuts there and keeps what is before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_inside_the_newest_segment_refuses_to_start_until_repaired() {
+    let dir = closed_store_with_leases(8).await;
+    let newest = newest_segment(dir.path());
+    let mut data = std::fs::read(&newest.path).unwrap();
+    let (format, body, offset) = super::frame::open(&data, super::codec::WAL_FILE_MAGIC).unwrap();
+    let mut frames = super::frame::Frames::new(body, format);
+    let mut ends = Vec::new();
+    while frames.next().is_some() {
+        ends.push(offset + frames.valid_len());
+    }
+    // A bit in the body of the fourth record.
+    data[ends[2] + 20] ^= 0x04;
+    std::fs::write(&newest.path, &data).unwrap();
+
+    let err = LogStore::open(dir.path(), options(1 << 20, 100))
+        .err()
+        .expect("a damaged log must not start");
+    let message = err.to_string();
+    let at = format!(
+        "{} at byte {} (after revision 3)",
+        newest.path.display(),
+        ends[2]
+    );
+    assert!(message.contains(&at), "{message}");
+    assert!(message.contains("4 valid records after it"), "{message}");
+    assert!(message.contains("--repair-log"), "{message}");
+    assert_eq!(
+        std::fs::read(&newest.path).unwrap(),
+        data,
+        "start-up changed the file"
+    );
+
+    let mut repair = options(1 << 20, 100);
+    repair.repair = true;
+    let store = LogStore::open(dir.path(), repair).unwrap();
+    let (revision, items) = contents(&store).await;
+    assert_eq!((revision, items.len()), (3, 3));
+    // And it goes on from there, and starts normally next time.
+    store.create(&lease_key(50), lease(50, 0)).await.unwrap();
+    store.close().await;
+    drop(store);
+    let store = LogStore::open(dir.path(), options(1 << 20, 100)).unwrap();
+    assert_eq!(contents(&store).await.0, 4);
+    store.close().await;
+}
+
+/// Snapshots and log segments on disk, oldest first.
+fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
+    super::snapshot::list(&dir.join("log"))
+        .unwrap()
+        .snapshots
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// A damaged newest snapshot is set aside and the one before it, with the
+/// log after it (kept for this), gives back exactly the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), options(4096, 50)).unwrap();
+    let mut round = 0;
+    // Write until two snapshots exist (the compactor runs beside the writers).
+    while snapshots(dir.path()).len() < 2 {
+        round += 1;
+        assert!(round < 2000, "no second snapshot was written");
+        for i in 0..10 {
+            store
+                .update(&lease_key(i), None, lease(i, round))
+                .await
+                .or(store.create(&lease_key(i), lease(i, round)).await)
+                .unwrap();
+        }
+    }
+    // Let the compactor finish whatever it was doing (segment deletion).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let before = contents(&store).await;
+    store.close().await;
+    drop(store);
+
+    let snaps = snapshots(dir.path());
+    let newest = snaps.last().unwrap();
+    let mut data = std::fs::read(newest).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0x10;
+    std::fs::write(newest, data).unwrap();
+
+    let store = LogStore::open(dir.path(), options(4096, 50)).unwrap();
+    assert_eq!(contents(&store).await, before);
+    assert!(newest.with_extension("snap.damaged").exists());
+    store.close().await;
+}
+
+/// A snapshot that would eat into the space the log keeps in reserve is
+/// skipped (and `degraded()` says so); no temporary file is left behind;
+/// writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_would_take_the_logs_reserve_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(4096, 50);
+    opts.reserve_bytes = u64::MAX / 2;
+    let store = LogStore::open(dir.path(), opts).unwrap();
+    for round in 0..40 {
+        for i in 0..10 {
+            store
+                .update(&lease_key(i), None, lease(i, round))
+                .await
+                .ok();
+            if round == 0 {
+                store.create(&lease_key(i), lease(i, 0)).await.unwrap();
+            }
+        }
+    }
+    let mut degraded = store.degraded();
+    for _ in 0..100 {
+        if degraded.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        degraded = store.degraded();
+    }
+    let degraded = degraded.expect("the skipped snapshot is not reported");
+    assert!(degraded.contains("snapshot skipped"), "{degraded}");
+    assert!(snapshots(dir.path()).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(store.failure().is_none());
+    store.create(&lease_key(99), lease(99, 0)).await.unwrap();
+    store.close().await;
+}
+
+/// Every page of a paged list, and an exact read, is served at one revision
+/// while writes go on: from a kept view, or from the current one with
+/// history undone. Before the history, it is `Compacted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_served_at_any_revision_inside_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), options(1 << 20, 200)).unwrap();
+    // The state after every revision, as the list at that revision must be.
+    let mut states: Vec<Contents> = Vec::new();
+    for i in 0..6 {
+        store.create(&lease_key(i), lease(i, 0)).await.unwrap();
+        states.push(contents(&store).await);
+    }
+    let first = store.list("/registry/", ReadAt::NewestPaged).await.unwrap();
+    assert_eq!(first.revision, 6);
+    for round in 1..=5u64 {
+        store
+            .update(&lease_key(0), None, lease(0, round))
+            .await
+            .unwrap();
+        states.push(contents(&store).await);
+        store
+            .delete(&lease_key(round as usize), &Default::default())
+            .await
+            .unwrap();
+        states.push(contents(&store).await);
+        store
+            .create(&lease_key(10 + round as usize), lease(0, round))
+            .await
+            .unwrap();
+        states.push(contents(&store).await);
+    }
+    for (revision, expected) in &states {
+        let list = store
+            .list("/registry/", ReadAt::Exact(*revision))
+            .await
+            .unwrap();
+        let got: Vec<_> = list
+            .items
+            .iter()
+            .map(|o| (o.key.to_string(), o.revision, o.value().unwrap()))
+            .collect();
+        assert_eq!((list.revision, &got), (*revision, expected));
+    }
+    // A prefix inside the store is read at that revision too.
+    let leases = store
+        .list("/registry/leases/kube-node-lease/node-1", ReadAt::Exact(6))
+        .await
+        .unwrap();
+    assert_eq!(leases.items.len(), 1);
+    let newest = store.list("/registry/", ReadAt::Newest).await.unwrap();
+    assert!(matches!(
+        store
+            .list("/registry/", ReadAt::Exact(newest.revision + 1))
+            .await,
+        Err(super::StoreError::TooLarge { .. })
+    ));
+    store.close().await;
+
+    // With a history of 5 events, revision 3 is gone.
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), options(1 << 20, 5)).unwrap();
+    for i in 0..12 {
+        store.create(&lease_key(i), lease(i, 0)).await.unwrap();
+    }
+    assert!(matches!(
+        store.list("/registry/", ReadAt::Exact(3)).await,
+        Err(super::StoreError::Compacted { .. })
+    ));
+    assert_eq!(
+        store
+            .list("/registry/", ReadAt::Exact(8))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        8
+    );
+    store.close().await;
+}
+
+/// Waiting for a revision: at once when it is there, `TooLarge` with the
+/// newest revision when it does not come in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_revision_not_reached_times_out_with_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), options(1 << 20, 100)).unwrap();
+    store.create(&lease_key(1), lease(1, 0)).await.unwrap();
+    let short = std::time::Duration::from_millis(50);
+    store.wait_for(1, short).await.unwrap();
+    match store.wait_for(9, short).await {
+        Err(super::StoreError::TooLarge { requested, current }) => {
+            assert_eq!((requested, current), (9, 1))
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
     store.close().await;
 }
