@@ -669,7 +669,8 @@ async fn a_slow_watcher_is_dropped_without_slowing_writers() {
     })
     .await;
     let api = Api::new(&server);
-    let mut watch = api.watch(NODES, "resourceVersion=1").await;
+    let start = rv(&api.get(NODES).await.body);
+    let mut watch = api.watch(NODES, &format!("resourceVersion={start}")).await;
     // ~25 MB of events that nobody reads: far more than socket buffers hold.
     let padding = "x".repeat(256 * 1024);
     let started = Instant::now();
