@@ -61,6 +61,22 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         nodes: usize,
     },
+    /// Heartbeats (closed loop, or paced with --interval) while one client lists
+    /// all N nodes in a loop: what a big LIST costs the writers.
+    ListLoad {
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Each node heartbeats once per interval instead of as fast as answered.
+        #[arg(long)]
+        interval: Option<String>,
+        /// The same run without the lister: the baseline to compare with.
+        #[arg(long)]
+        no_lister: bool,
+    },
     /// Time from start to /readyz after kill -9, with N nodes and a full event history.
     Restart {
         #[arg(long, default_value_t = 100_000)]
@@ -355,6 +371,89 @@ async fn list(bin: &Path, nodes: usize, report: &mut Report) -> Result<(), Strin
     Ok(())
 }
 
+async fn list_load(
+    bin: &Path,
+    nodes: usize,
+    connections: usize,
+    d: Duration,
+    interval: Option<Duration>,
+    lister: bool,
+    report: &mut Report,
+) -> Result<(), String> {
+    let server = Server::start(bin, nodes, "").await?;
+    // Every node's first heartbeat creates its Lease and marks it Ready: a
+    // heavier write than the renewals measured here. One round first.
+    let warmup = load::paced(
+        &server.url,
+        nodes,
+        connections,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .await;
+    if warmup.errors > 0 {
+        return Err(format!(
+            "{} heartbeats failed during the warm-up",
+            warmup.errors
+        ));
+    }
+    let url = format!("{}/api/v1/nodes", server.url);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut took = Vec::new();
+            while lister && !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                // Read and drop: the list's client is another machine in real
+                // life, so this one keeps no 60 MB buffer on the shared cores.
+                let ok = match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        use futures::StreamExt;
+                        let mut body = r.bytes_stream();
+                        let mut fine = true;
+                        while let Some(chunk) = body.next().await {
+                            fine &= chunk.is_ok();
+                        }
+                        fine
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return Err("a list failed".to_string());
+                }
+                took.push(started.elapsed());
+            }
+            Ok(took)
+        })
+    };
+    let stats = match interval {
+        Some(i) => load::paced(&server.url, nodes, connections, i, d).await,
+        None => load::closed_loop(&server.url, nodes, connections, d).await,
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut lists = lister.await.map_err(|e| e.to_string())??;
+    lists.sort();
+    report.add("scenario", "list-load");
+    report.add("nodes", nodes);
+    report.add("connections", connections);
+    report.add(
+        "heartbeat_interval",
+        interval.map_or("closed_loop".to_string(), |i| format!("{i:?}")),
+    );
+    load_rows(report, "heartbeat", &stats);
+    report.add("lists", lists.len());
+    let ms = |d: Option<&Duration>| format!("{:.0}", d.map_or(0.0, |d| d.as_secs_f64() * 1000.0));
+    report.add("list_p50_ms", ms(lists.get(lists.len() / 2)));
+    report.add("list_max_ms", ms(lists.last()));
+    report.add(
+        "apiserver_peak_rss_mib",
+        mib(proc_stats(server.pid()).peak_rss_bytes),
+    );
+    Ok(())
+}
+
 async fn restart(
     bin: &Path,
     nodes: usize,
@@ -468,6 +567,26 @@ async fn run(cli: Cli) -> Result<Report, String> {
             .await?
         }
         Scenario::List { nodes } => list(&bin, nodes, &mut report).await?,
+        Scenario::ListLoad {
+            nodes,
+            connections,
+            duration: d,
+            interval,
+            no_lister,
+        } => {
+            let interval = interval.as_deref().map(duration).transpose()?;
+            let d = duration(&d)?;
+            list_load(
+                &bin,
+                nodes,
+                connections,
+                d,
+                interval,
+                !no_lister,
+                &mut report,
+            )
+            .await?
+        }
         Scenario::Restart { nodes, writes } => restart(&bin, nodes, writes, &mut report).await?,
         Scenario::Etcd {
             nodes,

@@ -7,8 +7,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::Bytes;
 use mube_apis::status::Reason;
 use serde_json::{json, Value};
 
@@ -216,13 +217,10 @@ async fn serve(
                 let (deleted, revision) = registry
                     .delete_collection(&r, ns, &filter, &deletion.preconditions, deletion.dry_run)
                     .await?;
-                Ok(json(
-                    StatusCode::OK,
-                    list_body(
-                        &r,
-                        &deleted,
-                        json!({"resourceVersion": revision.to_string()}),
-                    ),
+                Ok(list_body(
+                    &r,
+                    deleted,
+                    json!({"resourceVersion": revision.to_string()}),
                 ))
             }
             _ => Err(method_not_allowed(&method, r.plural)),
@@ -378,31 +376,55 @@ async fn list(
             table::render(r, t, rows, metadata, true)?,
         ));
     }
-    Ok(json(StatusCode::OK, list_body(r, &items, metadata)))
+    Ok(list_body(r, items, metadata))
 }
 
 /// `{kind}List` of `items`: the stored JSON bytes, spliced in without
-/// re-encoding.
-fn list_body(r: &Resource, items: &[StoredObject], metadata: Value) -> Vec<u8> {
+/// re-encoding, and streamed in chunks of about `LIST_CHUNK` bytes. A list
+/// of 100,000 nodes is 60 MB: built as one buffer it cost the server more in
+/// page faults than in copying, and held a runtime thread for the whole copy.
+fn list_body(r: &Resource, items: Vec<StoredObject>, metadata: Value) -> Response {
     let head = json!({
         "kind": format!("{}List", r.kind),
         "apiVersion": r.api_version(),
         "metadata": metadata,
     })
     .to_string();
-    let total: usize = items.iter().map(|i| i.json.len() + 1).sum();
-    let mut out = Vec::with_capacity(head.len() + total + 16);
-    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
-    out.extend_from_slice(b",\"items\":[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    let mut first = Vec::with_capacity(head.len() + 16);
+    first.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    first.extend_from_slice(b",\"items\":[");
+    let mut items = items.into_iter().enumerate().peekable();
+    let mut pending = Some(first);
+    let chunks = std::iter::from_fn(move || {
+        let mut out = pending.take()?;
+        while out.len() < LIST_CHUNK {
+            match items.next() {
+                Some((i, item)) => {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&item.json);
+                }
+                None => {
+                    out.extend_from_slice(b"]}");
+                    return Some(Bytes::from(out));
+                }
+            }
         }
-        out.extend_from_slice(&item.json);
-    }
-    out.extend_from_slice(b"]}");
-    out
+        pending = Some(Vec::with_capacity(LIST_CHUNK + 4096));
+        Some(Bytes::from(out))
+    });
+    let stream = futures::stream::iter(chunks.map(Ok::<_, std::convert::Infallible>));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
+
+/// Bytes per chunk of a streamed list.
+const LIST_CHUNK: usize = 256 * 1024;
 
 /// Which state a first page is read at, from `resourceVersion` and
 /// `resourceVersionMatch`, as Kubernetes: unset or "0" is the newest state;
