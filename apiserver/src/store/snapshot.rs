@@ -151,3 +151,58 @@ fn read_with(path: &Path, mut each: impl FnMut(StoredObject)) -> Result<Revision
     }
     Err(corrupt("it ends before its trailer"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn object(i: usize) -> StoredObject {
+        StoredObject {
+            key: Arc::from(format!("/registry/leases/default/l{i}")),
+            revision: i as u64 + 1,
+            json: Bytes::from(format!("{{\"i\":{i}}}")),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects: Vec<StoredObject> = (0..1000).map(object).collect();
+        let size = write(dir.path(), 1000, objects.iter()).unwrap();
+        let path = snapshot_path(dir.path(), 1000);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        let (revision, read) = read(&path).unwrap();
+        assert_eq!((revision, read.len()), (1000, 1000));
+        assert_eq!(&read[7].json[..], b"{\"i\":7}");
+        assert!(verify(&path).is_ok());
+        // Cut short: the trailer is missing.
+        let data = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &data[..data.len() - 3]).unwrap();
+        assert!(verify(&path).unwrap_err().contains("ends before its trailer"));
+    }
+
+    /// A snapshot that cannot be completed leaves nothing behind: no
+    /// temporary file to fill the disk, however often it is retried.
+    #[test]
+    fn a_failed_snapshot_removes_its_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The final name is taken by a directory: the rename fails, after
+        // the whole temporary file was written.
+        std::fs::create_dir(snapshot_path(dir.path(), 5)).unwrap();
+        let objects: Vec<StoredObject> = (0..100).map(object).collect();
+        for _ in 0..3 {
+            assert!(write(dir.path(), 5, objects.iter()).is_err());
+        }
+        let listing = list(dir.path()).unwrap();
+        assert!(listing.temporaries.is_empty(), "{:?}", listing.temporaries);
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+    }
+}
