@@ -433,10 +433,9 @@ const LIST_CHUNK: usize = 256 * 1024;
 /// A revision the store does not reach in time is 504 ResourceVersionTooLarge.
 async fn read_at(state: &AppState, params: &Params) -> Result<ReadAt, ApiError> {
     let requested = params.revision()?;
-    let newest = if params.limit.is_some() {
-        ReadAt::NewestPaged
-    } else {
-        ReadAt::Newest
+    let newest = match params.limit {
+        Some(limit) => ReadAt::NewestPaged(limit),
+        None => ReadAt::Newest,
     };
     let store = state.registry.store();
     match (params.resource_version_match.as_deref(), requested) {

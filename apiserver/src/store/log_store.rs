@@ -103,6 +103,9 @@ impl LogStoreOptions {
 /// reads: each holds on to the objects changed since, so only a few.
 const KEPT_VIEWS: usize = 4;
 
+/// How often the compactor lets go of kept views no read can use any more.
+const KEPT_VIEW_SWEEP: Duration = Duration::from_secs(1);
+
 /// History events copied per lock acquisition when a past view is rebuilt.
 const HISTORY_CHUNK: usize = 4096;
 
@@ -523,7 +526,12 @@ impl Shared {
     }
 
     fn set_view(&self, view: View) {
-        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        let old = std::mem::replace(
+            &mut *self.view.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(view),
+        );
+        // Freeing what only the old view held happens after readers are let in.
+        drop(old);
     }
 
     /// Keeps `view` for later pages and exact reads, for at most
@@ -539,6 +547,26 @@ impl Shared {
         while kept.len() > KEPT_VIEWS {
             kept.pop_front();
         }
+    }
+
+    /// Lets go of kept views no read can ask for any more (older than the
+    /// history, or unused for `history_max_age`): each holds on to every
+    /// object changed since it was taken. Runs on the compactor's thread, so
+    /// that freeing them costs neither writers nor the flusher.
+    fn drop_stale_views(&self) {
+        let now = Instant::now();
+        let compacted = self.compacted.load(Ordering::Acquire);
+        let max_age = self.options.history_max_age;
+        let stale: Vec<_> = {
+            let mut kept = self.lock_kept();
+            let (fresh, stale): (VecDeque<_>, VecDeque<_>) =
+                kept.drain(..).partition(|(used, v)| {
+                    v.revision >= compacted && now.duration_since(*used) <= max_age
+                });
+            *kept = fresh;
+            stale.into_iter().collect()
+        };
+        drop(stale);
     }
 
     fn kept_view(&self, revision: Revision) -> Option<Arc<View>> {
@@ -663,9 +691,18 @@ fn flusher(
 
 /// Background space reclamation: snapshots and deleting old segments.
 fn compactor(shared: Arc<Shared>, ticks: mpsc::Receiver<()>) {
-    while ticks.recv().is_ok() {
+    loop {
+        match ticks.recv_timeout(KEPT_VIEW_SWEEP) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                shared.drop_stale_views();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
         // Several ticks may have queued up while a snapshot was written.
         while ticks.try_recv().is_ok() {}
+        shared.drop_stale_views();
         let since = shared.log_since_snapshot.load(Ordering::Relaxed);
         let threshold = shared
             .last_snapshot_bytes
@@ -802,16 +839,11 @@ impl Store for LogStore {
 
     async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError> {
         let view = match at {
-            ReadAt::Newest => self.shared.view(),
-            ReadAt::NewestPaged => {
-                let view = self.shared.view();
-                self.shared.keep(view.clone());
-                view
-            }
+            ReadAt::Newest | ReadAt::NewestPaged(_) => self.shared.view(),
             ReadAt::Exact(revision) => self.view_at(revision)?,
         };
         // Copied outside every lock: writers and the flusher go on meanwhile.
-        let items = view
+        let items: Vec<StoredObject> = view
             .objects
             .range::<_, str>((
                 std::ops::Bound::Included(prefix),
@@ -820,6 +852,13 @@ impl Store for LogStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v.clone())
             .collect();
+        // Kept only when a later page can come: a kept view holds on to
+        // every object changed after it, up to a copy of the data.
+        if let ReadAt::NewestPaged(limit) = at {
+            if items.len() > limit {
+                self.shared.keep(view.clone());
+            }
+        }
         Ok(ListResult {
             items,
             revision: view.revision,

@@ -73,9 +73,10 @@ pub struct Event {
 pub enum ReadAt {
     /// The newest durable state.
     Newest,
-    /// The newest durable state, kept for a while so that the later pages of
-    /// a paged list are read at the same revision.
-    NewestPaged,
+    /// The newest durable state, for the first page of a list of at most
+    /// this many objects: kept for a while, when there are more, so that the
+    /// later pages are read at the same revision.
+    NewestPaged(usize),
     /// Exactly this revision: a later page of a paged list, or
     /// `resourceVersionMatch=Exact`. Past the history the store keeps, this
     /// is `Compacted` (410 Expired for the client).
