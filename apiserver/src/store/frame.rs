@@ -150,6 +150,50 @@ pub fn classify(data: &[u8], pos: usize, format: Format) -> Tail {
     }
 }
 
+/// Reads the frames of a file one at a time, holding only the current one:
+/// how a snapshot is read back after it is written.
+pub struct FrameReader<R> {
+    reader: R,
+    format: Format,
+    body: Vec<u8>,
+}
+
+impl<R: std::io::Read> FrameReader<R> {
+    pub fn new(reader: R, format: Format) -> FrameReader<R> {
+        FrameReader {
+            reader,
+            format,
+            body: Vec::new(),
+        }
+    }
+
+    /// The next frame's body; `None` at the end of the file; an error for a
+    /// frame cut short or whose checksum does not hold.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, String> {
+        let mut header = [0u8; HEADER];
+        let mut got = 0;
+        while got < HEADER {
+            match self.reader.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err("a frame is cut short".into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let len: [u8; 4] = [header[0], header[1], header[2], header[3]];
+        let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        self.body.resize(u32::from_be_bytes(len) as usize, 0);
+        self.reader
+            .read_exact(&mut self.body)
+            .map_err(|_| "a frame is cut short".to_string())?;
+        if self.body.is_empty() || checksum(self.format, len, &self.body) != crc {
+            return Err("a frame's checksum does not match".into());
+        }
+        Ok(Some(&self.body))
+    }
+}
+
 /// How many valid frames there are in `data[pos..]`, skipping damage: what
 /// a repair that cuts the data at `pos` drops.
 pub fn count_valid(data: &[u8], pos: usize, format: Format) -> usize {

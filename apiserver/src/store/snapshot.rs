@@ -111,10 +111,41 @@ fn write_file<'a>(
     Ok(size)
 }
 
-/// Checks every frame and the trailer's count without keeping the objects.
+/// Checks every frame and the trailer's count, reading the file a frame at
+/// a time and keeping nothing (a snapshot can be hundreds of megabytes).
 pub fn verify(path: &Path) -> Result<Revision, String> {
-    let mut count = 0u64;
-    read_with(path, |_| count += 1)
+    let corrupt = |what: &str| format!("snapshot {} is corrupt: {what}", path.display());
+    let mut file = std::io::BufReader::with_capacity(
+        1 << 20,
+        File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    let mut magic = [0u8; frame::MAGIC_LEN];
+    io::Read::read_exact(&mut file, &mut magic).map_err(|_| corrupt("no magic"))?;
+    if &magic != codec::SNAPSHOT_FILE_MAGIC {
+        return Err(corrupt("not a snapshot of the current format"));
+    }
+    let mut frames = frame::FrameReader::new(file, frame::Format::V2);
+    let revision = frames
+        .next_frame()
+        .map_err(|e| corrupt(&e))?
+        .and_then(codec::decode_snapshot_header)
+        .ok_or_else(|| corrupt("no header"))?;
+    let mut seen = 0u64;
+    while let Some(body) = frames.next_frame().map_err(|e| corrupt(&e))? {
+        match body.first() {
+            Some(b'o') => seen += 1,
+            _ => match codec::decode_snapshot_record(body) {
+                Some(SnapshotRecord::Trailer { objects }) if objects == seen => {
+                    return Ok(revision)
+                }
+                Some(SnapshotRecord::Trailer { .. }) => {
+                    return Err(corrupt("object count does not match"))
+                }
+                _ => return Err(corrupt("bad record")),
+            },
+        }
+    }
+    Err(corrupt("it ends before its trailer"))
 }
 
 /// Reads a whole snapshot: its revision and its objects in key order.
@@ -175,14 +206,24 @@ mod tests {
         let size = write(dir.path(), 1000, objects.iter()).unwrap();
         let path = snapshot_path(dir.path(), 1000);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
-        let (revision, read) = read(&path).unwrap();
-        assert_eq!((revision, read.len()), (1000, 1000));
-        assert_eq!(&read[7].json[..], b"{\"i\":7}");
+        let (revision, back) = read(&path).unwrap();
+        assert_eq!((revision, back.len()), (1000, 1000));
+        assert_eq!(&back[7].json[..], b"{\"i\":7}");
         assert!(verify(&path).is_ok());
-        // Cut short: the trailer is missing.
         let data = std::fs::read(&path).unwrap();
+        // The trailer cut short, or missing altogether.
         std::fs::write(&path, &data[..data.len() - 3]).unwrap();
-        assert!(verify(&path).unwrap_err().contains("ends before its trailer"));
+        assert!(verify(&path).unwrap_err().contains("cut short"));
+        std::fs::write(&path, &data[..data.len() - 17]).unwrap();
+        assert!(verify(&path)
+            .unwrap_err()
+            .contains("ends before its trailer"));
+        // A flipped bit in an object.
+        let mut bad = data.clone();
+        bad[data.len() / 2] ^= 0x20;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(verify(&path).unwrap_err().contains("checksum"));
+        assert!(read(&path).is_err());
     }
 
     /// A snapshot that cannot be completed leaves nothing behind: no

@@ -610,7 +610,10 @@ async fn lists_are_served_at_any_revision_inside_history() {
         store.create(&lease_key(i), lease(i, 0)).await.unwrap();
         states.push(contents(&store).await);
     }
-    let first = store.list("/registry/", ReadAt::NewestPaged(2)).await.unwrap();
+    let first = store
+        .list("/registry/", ReadAt::NewestPaged(2))
+        .await
+        .unwrap();
     assert_eq!(first.revision, 6);
     for round in 1..=5u64 {
         store
