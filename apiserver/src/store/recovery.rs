@@ -195,9 +195,7 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
         // this run just read it): make it durable before serving it, so a
         // power loss now cannot leave a gap before the segment this run
         // starts. Cheap for segments that were already synced.
-        std::fs::File::open(&segment.path)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
+        wal::sync_path(&segment.path).map_err(io)?;
         if cut_after == Some(i) {
             break;
         }

@@ -44,7 +44,43 @@ pub fn list(dir: &Path) -> io::Result<Vec<Segment>> {
 
 /// Makes a directory's entries (a new, renamed or removed file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    sync_path(dir)
+}
+
+/// fsyncs a file or directory by path.
+pub fn sync_path(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()?;
+    #[cfg(test)]
+    synced::record(path);
+    Ok(())
+}
+
+/// Which paths were fsynced by path, for tests of what start-up makes
+/// durable (what only a power loss would show otherwise).
+#[cfg(test)]
+pub mod synced {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub fn record(path: &Path) {
+        SYNCED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_path_buf());
+    }
+
+    /// Every path synced so far under `root` (tests run in parallel).
+    pub fn under(root: &Path) -> Vec<PathBuf> {
+        SYNCED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|p| p.starts_with(root) || root.starts_with(p))
+            .cloned()
+            .collect()
+    }
 }
 
 /// `create_dir_all`, then fsyncs the parent of every directory it created,
