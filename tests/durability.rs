@@ -278,3 +278,86 @@ async fn a_full_disk_stops_the_server_serving_data() {
         server.logs()
     );
 }
+
+/// A bit flipped in an acknowledged record: the server refuses to start,
+/// naming the segment and the byte offset, and leaves it as it was;
+/// `--repair-log` starts it, cut at the bad record, saying what it dropped.
+#[tokio::test]
+async fn a_damaged_log_refuses_to_start_until_repaired() {
+    let mut server = ApiServer::start(Options {
+        nodes: vec![node("a")],
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    for i in 0..40 {
+        let lease = json!({"metadata": {"name": format!("l{i}")}, "spec": {"holderIdentity": "x"}});
+        assert_eq!(api.post(LEASES, &lease).await.code, 201);
+    }
+    assert!(server.terminate().success());
+
+    // The newest segment holding records; flip a bit a third of the way in.
+    let log = server.data_dir().join("log");
+    let mut segments: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 8)
+        .collect();
+    segments.sort();
+    let segment = segments.last().unwrap().clone();
+    let mut data = std::fs::read(&segment).unwrap();
+    let at = data.len() / 3;
+    data[at] ^= 0x01;
+    std::fs::write(&segment, &data).unwrap();
+
+    let refused = server.command().output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("the write-ahead log is damaged")
+            && stderr.contains(&*segment.to_string_lossy())
+            && stderr.contains(" at byte ")
+            && stderr.contains("--repair-log"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        data,
+        "start-up changed the segment"
+    );
+
+    let mut repair = server.command();
+    repair.arg("--repair-log");
+    let mut child = repair.spawn().unwrap();
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{}/readyz", server.url())).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the repaired server did not become ready"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("mube-apiserver --repair-log exited: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kept = api.get(LEASES).await;
+    assert_eq!(kept.code, 200);
+    let kept = kept.body["items"].as_array().unwrap().len();
+    assert!(kept < 40, "nothing was cut: {kept} leases");
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        logs.contains("cutting the log at its first bad record")
+            && logs.contains("dropped_records"),
+        "{logs}"
+    );
+}
