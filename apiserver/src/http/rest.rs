@@ -393,7 +393,7 @@ fn list_body(r: &Resource, items: Vec<StoredObject>, metadata: Value) -> Respons
     let mut first = Vec::with_capacity(head.len() + 16);
     first.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
     first.extend_from_slice(b",\"items\":[");
-    let mut items = items.into_iter().enumerate().peekable();
+    let mut items = items.into_iter().enumerate();
     let mut pending = Some(first);
     let chunks = std::iter::from_fn(move || {
         let mut out = pending.take()?;

@@ -660,21 +660,10 @@ fn flusher(
             .log_since_snapshot
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         for event in &events {
-            match event.kind {
-                EventKind::Deleted => {
-                    objects.remove(&event.key);
-                }
-                EventKind::Added | EventKind::Modified => {
-                    objects.insert(
-                        event.key.clone(),
-                        StoredObject {
-                            key: event.key.clone(),
-                            revision: event.revision,
-                            json: event.object.clone(),
-                        },
-                    );
-                }
-            }
+            match event.after() {
+                Some(object) => objects.insert(event.key.clone(), object),
+                None => objects.remove(&event.key),
+            };
         }
         // Readers first, then the writers: a writer that is told its write
         // is done can read it back.

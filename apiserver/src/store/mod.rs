@@ -68,6 +68,17 @@ pub struct Event {
     pub previous: Option<Bytes>,
 }
 
+impl Event {
+    /// The object as this change left it; `None` for a delete.
+    pub fn after(&self) -> Option<StoredObject> {
+        (self.kind != EventKind::Deleted).then(|| StoredObject {
+            key: self.key.clone(),
+            revision: self.revision,
+            json: self.object.clone(),
+        })
+    }
+}
+
 /// Which state a list is read at. Every state a store serves is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadAt {

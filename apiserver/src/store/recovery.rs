@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::frame::Tail;
 use super::wal::{self, Segment};
-use super::{snapshot, Event, EventKind, Revision, StoreError, StoredObject};
+use super::{snapshot, Event, Revision, StoreError, StoredObject};
 
 pub struct Recovered {
     pub revision: Revision,
@@ -241,19 +241,8 @@ fn apply(objects: &mut BTreeMap<Arc<str>, StoredObject>, event: &Event) {
     if current.is_some_and(|r| r >= event.revision) {
         return;
     }
-    match event.kind {
-        EventKind::Deleted => {
-            objects.remove(&event.key);
-        }
-        EventKind::Added | EventKind::Modified => {
-            objects.insert(
-                event.key.clone(),
-                StoredObject {
-                    key: event.key.clone(),
-                    revision: event.revision,
-                    json: event.object.clone(),
-                },
-            );
-        }
-    }
+    match event.after() {
+        Some(object) => objects.insert(event.key.clone(), object),
+        None => objects.remove(&event.key),
+    };
 }
