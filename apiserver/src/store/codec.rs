@@ -223,6 +223,6 @@ mod tests {
             Some(SnapshotRecord::Trailer { objects: 1 })
         ));
         assert!(frames.next().is_none());
-        assert_eq!(frames.tail(), crate::store::frame::Tail::Clean);
+        assert_eq!(frames.tail(0), crate::store::frame::Tail::Clean);
     }
 }

@@ -32,16 +32,42 @@ pub enum Format {
     V2,
 }
 
-/// Splits `data` into its format and the frames after the magic: `magic` for
-/// format 2, anything else (a frame length's high byte is 0 in any real
-/// file of format 1) for format 1. `None`: a magic of another kind or version.
-pub fn open<'a>(data: &'a [u8], magic: &[u8; MAGIC_LEN]) -> Option<(Format, &'a [u8], usize)> {
-    match data.get(..MAGIC_LEN) {
-        Some(m) if m == magic => Some((Format::V2, &data[MAGIC_LEN..], MAGIC_LEN)),
-        // "MUBE" and a different kind or version: not ours to guess at.
-        Some(m) if m.starts_with(b"MUBE") => None,
-        _ => Some((Format::V1, data, 0)),
+/// What the start of a file says it is.
+pub enum Opened<'a> {
+    /// Frames of this format, starting at byte `offset` of the file.
+    Frames {
+        format: Format,
+        body: &'a [u8],
+        offset: usize,
+    },
+    /// Shorter than the magic and the start of it (or empty, or zeros): a
+    /// file a crash cut while it was being created, holding nothing.
+    TornMagic,
+    /// Neither: a damaged magic, or a file of another kind or version.
+    Foreign,
+}
+
+/// Reads a file's magic. Files of format 1 have none, and start with a
+/// frame whose length's high byte is 0 (no record is 16 MiB).
+pub fn open<'a>(data: &'a [u8], magic: &[u8; MAGIC_LEN]) -> Opened<'a> {
+    if data.starts_with(magic) {
+        return Opened::Frames {
+            format: Format::V2,
+            body: &data[MAGIC_LEN..],
+            offset: MAGIC_LEN,
+        };
     }
+    if data.len() < MAGIC_LEN && (magic.starts_with(data) || data.iter().all(|&b| b == 0)) {
+        return Opened::TornMagic;
+    }
+    if data.first() == Some(&0) {
+        return Opened::Frames {
+            format: Format::V1,
+            body: data,
+            offset: 0,
+        };
+    }
+    Opened::Foreign
 }
 
 fn checksum(format: Format, len: [u8; 4], body: &[u8]) -> u32 {
@@ -100,9 +126,10 @@ impl<'a> Frames<'a> {
         self.pos
     }
 
-    /// What follows the last whole frame (call after `None`).
-    pub fn tail(&self) -> Tail {
-        classify(self.data, self.pos, self.format)
+    /// What follows the last whole frame (call after `None`); `offset` is
+    /// where `data` starts in its file (sectors are aligned to the file).
+    pub fn tail(&self, offset: usize) -> Tail {
+        classify(self.data, self.pos, self.format, offset)
     }
 }
 
@@ -130,8 +157,17 @@ pub enum Tail {
     Damaged,
 }
 
-/// Classifies `data[pos..]`, where a frame failed to check out.
-pub fn classify(data: &[u8], pos: usize, format: Format) -> Tail {
+/// Bytes of a disk sector: the unit a torn write leaves zero-filled.
+const SECTOR: usize = 512;
+
+/// Classifies `data[pos..]`, where a frame failed to check out; `offset` is
+/// where `data` starts in its file.
+///
+/// As etcd's `isTornEntry`: a write a crash cut short shows as a frame that
+/// runs past the end of the file, or as one with a zero-filled sector (the
+/// file grew, its blocks were never written). Any other bad frame is damage,
+/// and so is a torn-looking one with a valid frame anywhere after it.
+pub fn classify(data: &[u8], pos: usize, format: Format, offset: usize) -> Tail {
     let rest = &data[pos.min(data.len())..];
     if rest.is_empty() {
         return Tail::Clean;
@@ -139,15 +175,44 @@ pub fn classify(data: &[u8], pos: usize, format: Format) -> Tail {
     if rest.iter().all(|&b| b == 0) {
         return Tail::Zeroed;
     }
+    let declared = rest
+        .get(0..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
+    let torn_write = match declared.and_then(|n| rest.get(..HEADER.checked_add(n)?)) {
+        // Cut short by the end of the file.
+        None => true,
+        Some(frame) => has_zeroed_sector(frame, offset + pos, rest.len() == frame.len()),
+    };
+    if !torn_write {
+        return Tail::Damaged;
+    }
     // A valid frame anywhere after the bad one means the bad one is not the
     // end of the log. The frame boundary after a garbled length is unknown,
     // so every offset is tried; most fail at once on a length that runs past
     // the end, and this only runs when start-up found a bad frame.
-    if (1..rest.len()).any(|offset| frame_at(&rest[offset..], format).is_some()) {
+    if (1..rest.len()).any(|at| frame_at(&rest[at..], format).is_some()) {
         Tail::Damaged
     } else {
         Tail::Torn
     }
+}
+
+/// Whether `frame`, at byte `start` of its file, holds a whole sector of
+/// zeros (or zeros from a sector boundary to its end, when it ends the file).
+fn has_zeroed_sector(frame: &[u8], start: usize, ends_file: bool) -> bool {
+    let mut at = 0;
+    while at < frame.len() {
+        let boundary = (start + at) / SECTOR * SECTOR + SECTOR;
+        let end = (boundary - start).min(frame.len());
+        let chunk = &frame[at..end];
+        let whole = (start + at) % SECTOR == 0 && chunk.len() == SECTOR;
+        let to_end = (start + at) % SECTOR == 0 && end == frame.len() && ends_file;
+        if (whole || to_end) && chunk.iter().all(|&b| b == 0) {
+            return true;
+        }
+        at = end;
+    }
+    false
 }
 
 /// Reads the frames of a file one at a time, holding only the current one:
@@ -277,7 +342,7 @@ mod tests {
     fn read_all(buf: &[u8]) -> (Vec<&[u8]>, usize, Tail) {
         let mut frames = Frames::new(buf, Format::V2);
         let bodies: Vec<&[u8]> = frames.by_ref().collect();
-        (bodies, frames.valid_len(), frames.tail())
+        (bodies, frames.valid_len(), frames.tail(0))
     }
 
     #[test]
@@ -326,10 +391,42 @@ mod tests {
         let mut bad = buf;
         bad[ends[0] + 5] ^= 0x01;
         assert_eq!(read_all(&bad).2, Tail::Damaged);
-        // The same flip in the last record has nothing valid after it.
+        // The same flip in the last record: a whole record whose checksum
+        // fails is damage too, not a torn write, even with nothing after it.
         let (mut last, ends) = three();
         last[ends[1] + HEADER] ^= 1;
-        assert_eq!(read_all(&last).2, Tail::Torn);
+        assert_eq!(read_all(&last).2, Tail::Damaged);
+    }
+
+    #[test]
+    fn a_last_record_with_a_zeroed_sector_is_a_torn_write() {
+        // A record spanning sectors whose second sector was never written.
+        let mut buf = Vec::new();
+        put(&mut buf, &[b'a'; 100]);
+        let start = buf.len();
+        put(&mut buf, &[b'b'; 2000]);
+        let boundary = (start / SECTOR + 1) * SECTOR;
+        buf[boundary..boundary + SECTOR].fill(0);
+        let (bodies, valid, tail) = read_all(&buf);
+        assert_eq!((bodies.len(), valid, tail), (1, start, Tail::Torn));
+        // Zeros from a sector boundary to the end of the file, less than a
+        // whole sector.
+        let mut buf = Vec::new();
+        put(&mut buf, &[b'a'; 100]);
+        let start = buf.len();
+        put(&mut buf, &[b'b'; 700]);
+        let boundary = (start / SECTOR + 1) * SECTOR;
+        assert!(buf.len() - boundary < SECTOR);
+        let end = buf.len();
+        buf[boundary..end].fill(0);
+        assert_eq!(read_all(&buf).2, Tail::Torn);
+        // Without the zeros it is damage.
+        let mut bad = Vec::new();
+        put(&mut bad, &[b'a'; 100]);
+        put(&mut bad, &[b'b'; 700]);
+        let last = bad.len() - 1;
+        bad[last] = b'c';
+        assert_eq!(read_all(&bad).2, Tail::Damaged);
     }
 
     #[test]
@@ -341,17 +438,36 @@ mod tests {
             v1.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
             v1.extend_from_slice(body);
         }
-        let (format, frames, offset) = open(&v1, b"MUBEWAL\x02").unwrap();
+        let magic = b"MUBEWAL\x02";
+        let Opened::Frames {
+            format,
+            body,
+            offset,
+        } = open(&v1, magic)
+        else {
+            panic!("format 1 not recognised")
+        };
         assert_eq!((format, offset), (Format::V1, 0));
-        let bodies: Vec<&[u8]> = Frames::new(frames, format).collect();
+        let bodies: Vec<&[u8]> = Frames::new(body, format).collect();
         assert_eq!(bodies, vec![&b"old"[..], b"records"]);
 
-        let mut v2 = b"MUBEWAL\x02".to_vec();
+        let mut v2 = magic.to_vec();
         put(&mut v2, b"new");
-        let (format, frames, offset) = open(&v2, b"MUBEWAL\x02").unwrap();
+        let Opened::Frames {
+            format,
+            body,
+            offset,
+        } = open(&v2, magic)
+        else {
+            panic!("format 2 not recognised")
+        };
         assert_eq!((format, offset), (Format::V2, MAGIC_LEN));
-        assert_eq!(Frames::new(frames, format).next(), Some(&b"new"[..]));
-        assert!(open(b"MUBEWAL\x09rest", b"MUBEWAL\x02").is_none());
+        assert_eq!(Frames::new(body, format).next(), Some(&b"new"[..]));
+        // Another version, a damaged magic, a magic cut short.
+        assert!(matches!(open(b"MUBEWAL\x09rest", magic), Opened::Foreign));
+        assert!(matches!(open(b"XUBEWAL\x02rest", magic), Opened::Foreign));
+        assert!(matches!(open(b"MUBE", magic), Opened::TornMagic));
+        assert!(matches!(open(b"", magic), Opened::TornMagic));
     }
 
     #[test]

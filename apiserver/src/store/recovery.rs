@@ -85,23 +85,27 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
     let mut history: VecDeque<Arc<Event>> = VecDeque::new();
     let mut last: Option<Revision> = None;
     let mut log_bytes_since_snapshot = 0;
-    let mut empty_tail = None;
-    let mut cut_after = None;
+    let mut empty = Vec::new();
+    // With --repair-log: the segment the log ends in after a cut.
+    let mut cut_at: Option<usize> = None;
     let count = segments.len();
     for (i, segment) in segments.iter().enumerate() {
         let contents = wal::read(segment).map_err(corrupt)?;
         let is_last = i + 1 == count;
+        let last_good = contents
+            .records
+            .last()
+            .map_or(last.unwrap_or(segment.first.saturating_sub(1)), |(e, _)| {
+                e.revision
+            });
         let at = || {
             format!(
-                "{} at byte {} (after revision {})",
+                "{} at byte {} (after revision {last_good})",
                 segment.path.display(),
                 contents.valid_len,
-                contents
-                    .records
-                    .last()
-                    .map_or(segment.first.saturating_sub(1), |(e, _)| e.revision)
             )
         };
+        let mut cut_here = false;
         match contents.tail {
             Tail::Clean => {}
             Tail::Torn | Tail::Zeroed if is_last => {
@@ -118,7 +122,15 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
                 truncate(&segment.path, contents.valid_len).map_err(io)?;
             }
             tail if repair => {
-                let later: Vec<&Segment> = segments[i + 1..].iter().collect();
+                // Cut at the first bad record. Damage at or below the
+                // snapshot only cost history: the segments after it are
+                // kept (replay skips the gap). Above it, the log ends here.
+                let covered = last_good < snapshot_revision;
+                let later: Vec<&Segment> = if covered {
+                    Vec::new()
+                } else {
+                    segments[i + 1..].iter().collect()
+                };
                 let mut records = contents.records_after + usize::from(tail != Tail::Zeroed);
                 let mut bytes = contents.file_len - contents.valid_len;
                 for s in &later {
@@ -129,6 +141,7 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
                 tracing::warn!(
                     segment = %segment.path.display(),
                     offset = contents.valid_len,
+                    after_revision = last_good,
                     dropped_records = records,
                     dropped_bytes = bytes,
                     dropped_segments = later.len(),
@@ -139,40 +152,53 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
                     std::fs::remove_file(&s.path).map_err(io)?;
                 }
                 wal::sync_dir(dir).map_err(io)?;
-                cut_after = Some(i);
+                cut_here = !covered;
             }
-            Tail::Damaged => {
+            _ => {
+                let newer = count - i - 1;
+                let follow = if newer > 0 {
+                    format!(", and {newer} newer segments follow")
+                } else {
+                    String::new()
+                };
                 return Err(corrupt(format!(
-                    "the write-ahead log is damaged: a bad record in {}, with {} valid records after it; {REPAIR_HINT}",
+                    "the write-ahead log is damaged: a bad record in {}, with {} valid records after it{follow}; {REPAIR_HINT}",
                     at(),
                     contents.records_after
-                )))
-            }
-            Tail::Torn | Tail::Zeroed => {
-                return Err(corrupt(format!(
-                    "the write-ahead log is damaged: {} ends in a bad record but is not the newest log segment; {REPAIR_HINT}",
-                    at()
-                )))
+                )));
             }
         }
         if contents.records.is_empty() {
-            if is_last || cut_after == Some(i) {
-                empty_tail = Some(i);
+            // Created just before the process died, or emptied by a cut.
+            empty.push(i);
+            if cut_here {
+                cut_at = Some(i);
                 break;
             }
-            return Err(corrupt(format!(
-                "log segment {} is empty but is not the newest; {REPAIR_HINT}",
-                segment.path.display()
-            )));
+            continue;
         }
         for (event, bytes) in contents.records {
             let expected = last.map_or(segment.first, |l| l + 1);
             if event.revision != expected {
-                return Err(corrupt(format!(
-                    "{}: expected revision {expected}, found {}; the log has a gap",
-                    segment.path.display(),
-                    event.revision
-                )));
+                // Revisions the snapshot holds the result of: only history
+                // is missing (a repair, or old segments whose deletion a
+                // power loss half undid). History restarts after the gap.
+                if event.revision <= snapshot_revision + 1 && expected <= event.revision {
+                    tracing::warn!(
+                        segment = %segment.path.display(),
+                        missing_from = expected,
+                        missing_to = event.revision - 1,
+                        snapshot_revision,
+                        "the log skips revisions the snapshot covers; history before them is not kept"
+                    );
+                    history.clear();
+                } else {
+                    return Err(corrupt(format!(
+                        "{}: expected revision {expected}, found {}; the log has a gap",
+                        segment.path.display(),
+                        event.revision
+                    )));
+                }
             }
             if last.is_none() && event.revision > snapshot_revision + 1 {
                 return Err(corrupt(format!(
@@ -196,18 +222,23 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
         // power loss now cannot leave a gap before the segment this run
         // starts. Cheap for segments that were already synced.
         wal::sync_path(&segment.path).map_err(io)?;
-        if cut_after == Some(i) {
+        if cut_here {
+            cut_at = Some(i);
             break;
         }
     }
-    if let Some(i) = cut_after {
+    if let Some(i) = cut_at {
         segments.truncate(i + 1);
     }
-    if let Some(i) = empty_tail {
-        // Created just before the process died, or emptied by a repair.
+    for i in empty.into_iter().rev() {
         let removed = segments.remove(i);
         std::fs::remove_file(&removed.path).map_err(io)?;
         wal::sync_dir(dir).map_err(io)?;
+    }
+    // A log that ends before the snapshot (a repair cut it there): new
+    // writes follow the snapshot, and history cannot bridge the two.
+    if last.is_some_and(|l| l < snapshot_revision) {
+        history.clear();
     }
 
     let newest_object = objects.values().map(|o| o.revision).max().unwrap_or(0);

@@ -158,8 +158,10 @@ pub fn read(path: &Path) -> Result<(Revision, Vec<StoredObject>), String> {
 fn read_with(path: &Path, mut each: impl FnMut(StoredObject)) -> Result<Revision, String> {
     let corrupt = |what: &str| format!("snapshot {} is corrupt: {what}", path.display());
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (format, body, _) = frame::open(&data, codec::SNAPSHOT_FILE_MAGIC)
-        .ok_or_else(|| corrupt("not a snapshot this version of mube can read"))?;
+    let frame::Opened::Frames { format, body, .. } = frame::open(&data, codec::SNAPSHOT_FILE_MAGIC)
+    else {
+        return Err(corrupt("not a snapshot this version of mube can read"));
+    };
     let mut frames = Frames::new(body, format);
     let revision = frames
         .next()

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::codec;
-use super::frame::{self, Frames, Tail};
+use super::frame::{self, Frames, Opened, Tail};
 use super::{Event, Revision};
 
 #[derive(Debug, Clone)]
@@ -114,12 +114,40 @@ pub struct SegmentContents {
 pub fn read(segment: &Segment) -> Result<SegmentContents, String> {
     let data = std::fs::read(&segment.path)
         .map_err(|e| format!("cannot read {}: {e}", segment.path.display()))?;
-    let (format, body, offset) = frame::open(&data, codec::WAL_FILE_MAGIC).ok_or_else(|| {
-        format!(
-            "{} is not a log segment this version of mube can read",
-            segment.path.display()
-        )
-    })?;
+    let (format, body, offset) = match frame::open(&data, codec::WAL_FILE_MAGIC) {
+        Opened::Frames {
+            format,
+            body,
+            offset,
+        } => (format, body, offset),
+        // Created, then cut by a crash before anything was written to it.
+        Opened::TornMagic => {
+            return Ok(SegmentContents {
+                records: Vec::new(),
+                valid_len: 0,
+                file_len: data.len() as u64,
+                tail: if data.is_empty() {
+                    Tail::Clean
+                } else {
+                    Tail::Torn
+                },
+                records_after: 0,
+            })
+        }
+        // A damaged magic (or a file of a newer mube): what follows is
+        // counted as it would be read, and nothing is guessed at.
+        Opened::Foreign => {
+            return Ok(SegmentContents {
+                records: Vec::new(),
+                valid_len: 0,
+                file_len: data.len() as u64,
+                tail: Tail::Damaged,
+                records_after: data
+                    .get(frame::MAGIC_LEN..)
+                    .map_or(0, |rest| frame::count_valid(rest, 0, frame::Format::V2)),
+            })
+        }
+    };
     let mut frames = Frames::new(body, format);
     let mut records: Vec<(Event, u64)> = Vec::new();
     for body in frames.by_ref() {
@@ -134,12 +162,8 @@ pub fn read(segment: &Segment) -> Result<SegmentContents, String> {
         })?;
         records.push((event, (frame::HEADER + body.len()) as u64));
     }
-    // A file cut inside its magic (a crash right after it was created).
-    let (valid_len, tail) = if data.len() < offset {
-        (0, Tail::Torn)
-    } else {
-        ((offset + frames.valid_len()) as u64, frames.tail())
-    };
+    let valid_len = (offset + frames.valid_len()) as u64;
+    let tail = frames.tail(offset);
     let records_after = match tail {
         Tail::Damaged => frame::count_valid(body, frames.valid_len(), format),
         _ => 0,
