@@ -205,8 +205,9 @@ fn has_zeroed_sector(frame: &[u8], start: usize, ends_file: bool) -> bool {
         let boundary = (start + at) / SECTOR * SECTOR + SECTOR;
         let end = (boundary - start).min(frame.len());
         let chunk = &frame[at..end];
-        let whole = (start + at) % SECTOR == 0 && chunk.len() == SECTOR;
-        let to_end = (start + at) % SECTOR == 0 && end == frame.len() && ends_file;
+        let aligned = (start + at).is_multiple_of(SECTOR);
+        let whole = aligned && chunk.len() == SECTOR;
+        let to_end = aligned && end == frame.len() && ends_file;
         if (whole || to_end) && chunk.iter().all(|&b| b == 0) {
             return true;
         }
