@@ -203,7 +203,7 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A disk that fills up: the write that fails is answered 500 and never
+/// A disk that fills up: the write that fails is answered 503 and never
 /// seen; from then on the server serves no data (503 on every request for
 /// it), `/livez` and `/readyz` fail so that a supervisor restarts it, open
 /// watches end, and no snapshot leaves a temporary file behind.
@@ -232,8 +232,8 @@ async fn a_full_disk_stops_the_server_serving_data() {
         }
     }
     let (i, reply) = failed.expect("the file system never filled up");
-    assert!(i > 0, "nothing could be written: {}", reply.body);
-    assert_eq!(reply.code, 500, "{}", reply.body);
+    assert!(i > 0, "nothing could be written: {}", reply.body["message"]);
+    assert_eq!(reply.code, 503, "{}", reply.body["message"]);
 
     for path in [
         format!("{LEASES}/l{i}"),

@@ -187,6 +187,10 @@ impl From<StoreError> for ApiError {
                 ApiError::new(Reason::Conflict, e.to_string())
             }
             StoreError::Backend(m) => ApiError::new(Reason::InternalError, m),
+            StoreError::Failed(m) => ApiError::new(
+                Reason::ServiceUnavailable,
+                format!("{m}; the API server serves no data until it is restarted"),
+            ),
         }
     }
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::registry::{node, Registry};
+use crate::store::StoreError;
 
 pub use response::MAX_BODY_BYTES;
 
@@ -74,11 +75,7 @@ pub fn router(state: AppState) -> Router {
 /// answer might not be durable, and a client must not act on it.
 async fn refuse_if_failed(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match state.registry.store().failure() {
-        Some(failure) => ApiError::new(
-            Reason::ServiceUnavailable,
-            format!("{failure}; the API server serves no data until it is restarted"),
-        )
-        .into_response(),
+        Some(failure) => ApiError::from(StoreError::Failed(failure)).into_response(),
         None => next.run(request).await,
     }
 }

@@ -41,7 +41,7 @@ impl DryRunStore {
     /// write that would fail).
     fn writable(&self) -> Result<(), StoreError> {
         match self.inner.failure() {
-            Some(failure) => Err(StoreError::Backend(failure)),
+            Some(failure) => Err(StoreError::Failed(failure)),
             None => Ok(()),
         }
     }

@@ -222,14 +222,18 @@ pub struct FrameReader<R> {
     reader: R,
     format: Format,
     body: Vec<u8>,
+    /// Bytes left to read: no frame may claim more (a damaged length must
+    /// not make this allocate gigabytes).
+    remaining: u64,
 }
 
 impl<R: std::io::Read> FrameReader<R> {
-    pub fn new(reader: R, format: Format) -> FrameReader<R> {
+    pub fn new(reader: R, format: Format, remaining: u64) -> FrameReader<R> {
         FrameReader {
             reader,
             format,
             body: Vec::new(),
+            remaining,
         }
     }
 
@@ -249,7 +253,12 @@ impl<R: std::io::Read> FrameReader<R> {
         }
         let len: [u8; 4] = [header[0], header[1], header[2], header[3]];
         let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        self.body.resize(u32::from_be_bytes(len) as usize, 0);
+        let n = u64::from(u32::from_be_bytes(len));
+        if n + HEADER as u64 > self.remaining {
+            return Err("a frame is cut short".into());
+        }
+        self.remaining -= n + HEADER as u64;
+        self.body.resize(n as usize, 0);
         self.reader
             .read_exact(&mut self.body)
             .map_err(|_| "a frame is cut short".to_string())?;

@@ -103,6 +103,9 @@ impl LogStoreOptions {
 /// reads: each holds on to the objects changed since, so only a few.
 const KEPT_VIEWS: usize = 4;
 
+/// History events dropped at most per write (see `write`).
+const HISTORY_TRIM_PER_WRITE: usize = 64;
+
 /// How often the compactor lets go of kept views no read can use any more.
 const KEPT_VIEW_SWEEP: Duration = Duration::from_secs(1);
 
@@ -176,7 +179,7 @@ struct Shared {
 pub struct LogStore {
     shared: Arc<Shared>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
-    compactor: Mutex<Option<mpsc::Sender<()>>>,
+    compactor: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     _lock: File,
 }
 
@@ -312,14 +315,14 @@ impl LogStore {
             Box::new(move || flusher(s, writer, view, compactor_tick)),
         )?;
         let s = shared.clone();
-        spawn("mube-log-compact", Box::new(move || compactor(s, ticks)))?;
+        let compacting = spawn("mube-log-compact", Box::new(move || compactor(s, ticks)))?;
         // Look once at start-up: a log replayed from a long run may already
         // be worth a snapshot.
         let _ = tick.send(());
         Ok(LogStore {
             shared,
             flusher: Mutex::new(Some(flusher)),
-            compactor: Mutex::new(Some(tick)),
+            compactor: Mutex::new(Some((tick, compacting))),
             _lock: lock,
         })
     }
@@ -330,15 +333,48 @@ impl LogStore {
         key: &str,
         apply: impl FnOnce(Option<&StoredObject>) -> Result<Option<Value>, StoreError>,
     ) -> Result<StoredObject, StoreError> {
-        let (result, revision) = {
+        let mut seen = 0;
+        let (result, revision) = match self.apply_locked(key, apply, &mut seen) {
+            Ok(written) => written,
+            Err(e @ (StoreError::Closed | StoreError::Failed(_))) => return Err(e),
+            Err(refused) => return Err(self.once_durable(seen, refused).await),
+        };
+        self.shared.work.notify_one();
+        let mut durable = self.shared.durable.subscribe();
+        let reached = durable
+            .wait_for(|d| d.upto >= revision || d.failed)
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .upto;
+        if reached < revision {
+            return Err(StoreError::Failed(self.failure().unwrap_or_else(|| {
+                "the write-ahead log could not be written; see the API server's log".into()
+            })));
+        }
+        Ok(result)
+    }
+
+    /// The locked half of `write`: the new object and its revision, or why
+    /// it was refused; `seen` is the newest revision the decision saw.
+    fn apply_locked(
+        &self,
+        key: &str,
+        apply: impl FnOnce(Option<&StoredObject>) -> Result<Option<Value>, StoreError>,
+        seen: &mut Revision,
+    ) -> Result<(StoredObject, Revision), StoreError> {
+        {
             let mut state = self.shared.lock_state();
+            *seen = state.revision;
             if state.closed {
                 return Err(StoreError::Closed);
             }
             if let Some(failed) = &state.failed {
-                return Err(backend(failed));
+                return Err(StoreError::Failed(failed.clone()));
             }
             let current = state.objects.get(key).cloned();
+            // A refusal is decided against the writers' map, which may hold
+            // writes not yet durable (a crash could still take them back):
+            // `write` answers it only once what it saw is durable.
             let next = apply(current.as_ref())?;
             let revision = state.revision + 1;
             let key: Arc<str> = current
@@ -381,11 +417,16 @@ impl LogStore {
             state.history.push_back((now, event.clone()));
             let retention = self.shared.options.history_retention.max(1) as usize;
             let max_age = self.shared.options.history_max_age;
+            // At most a few per write: after an idle spell (or 5 minutes
+            // after a restart, when every loaded event is as old) the rest
+            // go over the next writes, never in one long pause.
+            let mut budget = HISTORY_TRIM_PER_WRITE;
             while let Some((written, old)) = state.history.front() {
                 let expired = now.duration_since(*written) > max_age && old.revision < revision;
-                if state.history.len() <= retention && !expired {
+                if budget == 0 || (state.history.len() <= retention && !expired) {
                     break;
                 }
+                budget -= 1;
                 self.shared.compacted.store(old.revision, Ordering::Release);
                 state.history.pop_front();
             }
@@ -404,21 +445,26 @@ impl LogStore {
                 }
             }
             state.pending_events.push(event);
-            (stored, revision)
-        };
-        self.shared.work.notify_one();
+            Ok((stored, revision))
+        }
+    }
+
+    /// `error`, once every write up to `seen` is durable; the store's
+    /// failure instead if it fails first.
+    async fn once_durable(&self, seen: Revision, error: StoreError) -> StoreError {
         let mut durable = self.shared.durable.subscribe();
         let reached = durable
-            .wait_for(|d| d.upto >= revision || d.failed)
+            .wait_for(|d| d.upto >= seen || d.failed)
             .await
-            .map_err(|_| StoreError::Closed)?
-            .upto;
-        if reached < revision {
-            return Err(backend(
-                "the write-ahead log could not be written; see the API server's log",
-            ));
+            .map(|d| d.upto);
+        match reached {
+            Ok(upto) if upto >= seen => error,
+            Ok(_) => StoreError::Failed(
+                self.failure()
+                    .unwrap_or_else(|| "the write-ahead log failed".into()),
+            ),
+            Err(_) => StoreError::Closed,
         }
-        Ok(result)
     }
 
     /// The durable state exactly at `revision`: the current view, a kept
@@ -515,6 +561,12 @@ impl Shared {
 
     fn lock_segments(&self) -> MutexGuard<'_, Vec<Segment>> {
         self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_snapshot_trouble(&self) -> MutexGuard<'_, Option<String>> {
+        self.snapshot_trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_kept(&self) -> MutexGuard<'_, VecDeque<(Instant, Arc<View>)>> {
@@ -653,6 +705,9 @@ fn flusher(
             }
         }
         if let Err(e) = segment.append(&records) {
+            if let Err(cut) = segment.discard_unsynced() {
+                tracing::error!(error = %cut, "cannot cut the failed write off the log segment");
+            }
             shared.fail(format!("cannot write the log: {e}"));
             return;
         }
@@ -682,15 +737,20 @@ fn flusher(
 fn compactor(shared: Arc<Shared>, ticks: mpsc::Receiver<()>) {
     loop {
         match ticks.recv_timeout(KEPT_VIEW_SWEEP) {
-            Ok(()) => {}
+            Ok(()) => {
+                // Several ticks may have queued up while a snapshot was written.
+                while ticks.try_recv().is_ok() {}
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 shared.drop_stale_views();
-                continue;
+                // A skipped or failed snapshot is tried again (the space may
+                // be back), so `/readyz` recovers on an idle server too.
+                if shared.lock_snapshot_trouble().is_none() {
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        // Several ticks may have queued up while a snapshot was written.
-        while ticks.try_recv().is_ok() {}
         shared.drop_stale_views();
         let since = shared.log_since_snapshot.load(Ordering::Relaxed);
         let threshold = shared
@@ -702,10 +762,7 @@ fn compactor(shared: Arc<Shared>, ticks: mpsc::Receiver<()>) {
             if let Some(t) = &trouble {
                 tracing::error!(problem = %t, "no snapshot was written; old log segments are kept");
             }
-            *shared
-                .snapshot_trouble
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = trouble;
+            *shared.lock_snapshot_trouble() = trouble;
         }
         delete_old_segments(&shared);
     }
@@ -861,7 +918,7 @@ impl Store for LogStore {
                 .await;
         match waited {
             Ok(Ok(d)) if d.upto >= revision => Ok(()),
-            Ok(Ok(_)) => Err(backend(
+            Ok(Ok(_)) => Err(StoreError::Failed(
                 self.failure()
                     .unwrap_or_else(|| "the write-ahead log failed".into()),
             )),
@@ -912,11 +969,14 @@ impl Store for LogStore {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        if let Some(failed) = self.failure() {
-            return Err(backend(failed));
-        }
         let (live, published) = {
             let mut channels = self.shared.lock_channels();
+            // Under the channels lock: `fail` marks the store failed before it
+            // takes this lock to end every watch, so a watch either sees the
+            // failure here or is ended there.
+            if let Some(failed) = self.failure() {
+                return Err(StoreError::Failed(failed));
+            }
             let tx = channels
                 .entry(resource_of(prefix).to_string())
                 .or_insert_with(|| broadcast::channel(self.shared.options.watch_buffer.max(1)).0);
@@ -959,22 +1019,23 @@ impl Store for LogStore {
     }
 
     fn degraded(&self) -> Option<String> {
-        self.shared
-            .snapshot_trouble
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.lock_snapshot_trouble().clone()
     }
 
     async fn close(&self) {
         self.shared.lock_state().closed = true;
         self.shared.work.notify_one();
-        // The compactor stops at its next look; a snapshot it is writing is
-        // a temporary file the next start removes.
-        self.compactor
+        // The compactor stops once a snapshot it is writing is done: nothing
+        // of this store touches the directory after `close`.
+        let compactor = self
+            .compactor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if let Some((ticks, handle)) = compactor {
+            drop(ticks);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         let handle = self
             .flusher
             .lock()

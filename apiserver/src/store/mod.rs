@@ -131,6 +131,10 @@ pub enum StoreError {
     Closed,
     #[error("storage error: {0}")]
     Backend(String),
+    /// The store has stopped (its log could not be written): nothing more is
+    /// written or served until the process is restarted.
+    #[error("{0}")]
+    Failed(String),
     #[error("invalid object: {0}")]
     InvalidObject(String),
     /// A delete's `Preconditions` did not hold; the message is Kubernetes'

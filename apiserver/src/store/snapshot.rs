@@ -115,16 +115,22 @@ fn write_file<'a>(
 /// a time and keeping nothing (a snapshot can be hundreds of megabytes).
 pub fn verify(path: &Path) -> Result<Revision, String> {
     let corrupt = |what: &str| format!("snapshot {} is corrupt: {what}", path.display());
-    let mut file = std::io::BufReader::with_capacity(
-        1 << 20,
-        File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
+    let file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let size = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .len();
+    let mut file = std::io::BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; frame::MAGIC_LEN];
     io::Read::read_exact(&mut file, &mut magic).map_err(|_| corrupt("no magic"))?;
     if &magic != codec::SNAPSHOT_FILE_MAGIC {
         return Err(corrupt("not a snapshot of the current format"));
     }
-    let mut frames = frame::FrameReader::new(file, frame::Format::V2);
+    let mut frames = frame::FrameReader::new(
+        file,
+        frame::Format::V2,
+        size.saturating_sub(frame::MAGIC_LEN as u64),
+    );
     let revision = frames
         .next_frame()
         .map_err(|e| corrupt(&e))?

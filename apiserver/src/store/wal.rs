@@ -194,6 +194,8 @@ pub struct Faults {
 pub struct SegmentWriter {
     file: File,
     pub bytes: u64,
+    /// The file's length up to its last successful fdatasync.
+    durable_len: u64,
     faults: Option<std::sync::Arc<Faults>>,
 }
 
@@ -216,8 +218,17 @@ impl SegmentWriter {
         Ok(SegmentWriter {
             file,
             bytes: 0,
+            durable_len: codec::WAL_FILE_MAGIC.len() as u64,
             faults,
         })
+    }
+
+    /// After a failed append: cuts the file back to what the last fdatasync
+    /// made durable. After a failed fdatasync the kernel may hold the
+    /// records in its page cache, marked clean: a restart would read them
+    /// back as if they were durable, and a power loss later lose them.
+    pub fn discard_unsynced(&mut self) -> io::Result<()> {
+        self.file.set_len(self.durable_len)
     }
 
     /// Appends framed records and makes them durable.
@@ -240,6 +251,7 @@ impl SegmentWriter {
         }
         self.file.sync_data()?;
         self.bytes += records.len() as u64;
+        self.durable_len += records.len() as u64;
         Ok(())
     }
 }
