@@ -62,6 +62,7 @@ impl Rng {
 #[derive(Default)]
 struct Counts {
     acked: AtomicU64,
+    refused: AtomicU64,
     in_doubt: AtomicU64,
     lost_acks: AtomicU64,
     reused: AtomicU64,
@@ -78,6 +79,8 @@ struct Counts {
 /// Every resourceVersion a client has seen, and what it stood for.
 struct Observed {
     by_rv: Mutex<HashMap<u64, Content>>,
+    /// The resourceVersion of every acknowledged write.
+    acked: Mutex<std::collections::BTreeSet<u64>>,
     newest: AtomicU64,
     counts: Arc<Counts>,
     verbose: bool,
@@ -192,14 +195,32 @@ impl Writer {
             self.doubt = Some((j, op.clone()));
             let answer = match request.send().await {
                 Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-                // Refused (409, 503 ...) or cut off: the server is going or
-                // gone; what happened is settled after the restart.
+                // A definite refusal: nothing was written. Read the key
+                // again and go on.
+                Ok(r) if r.status().is_client_error() => {
+                    self.doubt = None;
+                    observed.counts.refused.fetch_add(1, Ordering::Relaxed);
+                    match self.read(client, url, j, observed).await {
+                        Ok(known) => {
+                            self.keys[j] = known;
+                            continue;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                // Cut off, or failed on the server's side: the server is
+                // going or gone; what happened is settled after the restart.
                 _ => return,
             };
             let Some(answer) = answer else { return };
             self.doubt = None;
             observed.counts.acked.fetch_add(1, Ordering::Relaxed);
             let rv = rv_of(&answer);
+            observed
+                .acked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rv);
             match op {
                 Op::Put(marker) => {
                     observed.content(rv, &name, Some(marker.clone()), "write answer");
@@ -210,6 +231,33 @@ impl Writer {
                     self.keys[j] = Known::Absent;
                 }
             }
+        }
+    }
+
+    /// What the server holds for key `j`.
+    async fn read(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        j: usize,
+        observed: &Observed,
+    ) -> Result<Known, String> {
+        let name = self.name(j);
+        let r = client
+            .get(format!("{url}{LEASES}/{name}"))
+            .send()
+            .await
+            .map_err(|e| format!("GET {name}: {e}"))?;
+        match r.status().as_u16() {
+            404 => Ok(Known::Absent),
+            200 => {
+                let v: Value = r.json().await.map_err(|e| e.to_string())?;
+                let rv = rv_of(&v);
+                let marker = marker_of(&v).unwrap_or_default();
+                observed.content(rv, &name, Some(marker.clone()), "get");
+                Ok(Known::Present { rv, marker })
+            }
+            s => Err(format!("GET {name}: {s}")),
         }
     }
 
@@ -227,22 +275,7 @@ impl Writer {
         }
         for j in 0..self.keys.len() {
             let name = self.name(j);
-            let r = client
-                .get(format!("{url}{LEASES}/{name}"))
-                .send()
-                .await
-                .map_err(|e| format!("GET {name}: {e}"))?;
-            let actual = match r.status().as_u16() {
-                404 => Known::Absent,
-                200 => {
-                    let v: Value = r.json().await.map_err(|e| e.to_string())?;
-                    let rv = rv_of(&v);
-                    let marker = marker_of(&v).unwrap_or_default();
-                    observed.content(rv, &name, Some(marker.clone()), "get after restart");
-                    Known::Present { rv, marker }
-                }
-                s => return Err(format!("GET {name}: {s}")),
-            };
+            let actual = self.read(client, url, j, observed).await?;
             let expected = &self.keys[j];
             let doubt_explains = match (&doubt, &actual) {
                 (Some((k, Op::Put(m))), Known::Present { rv, marker }) if *k == j => {
@@ -273,6 +306,9 @@ impl Writer {
 struct Watcher {
     last: u64,
     view: HashMap<String, (u64, String)>,
+    /// Revisions delivered after `since`, the last point checked.
+    since: u64,
+    delivered: std::collections::HashSet<u64>,
 }
 
 impl Watcher {
@@ -307,6 +343,7 @@ impl Watcher {
             return true;
         }
         self.last = rv;
+        self.delivered.insert(rv);
         let name = name_of(&object);
         if kind == "DELETED" {
             observed.content(rv, &name, None, "watch event");
@@ -417,7 +454,10 @@ async fn list_all(
 }
 
 pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), String> {
-    let mut server = Server::start(bin, 0, "").await?;
+    // Small segments and a short history, so that rotation, snapshots and
+    // the deletion of old segments all happen during a run.
+    let mut server =
+        Server::start(bin, 0, "logSegmentBytes: 65536\nhistoryRetention: 20000\n").await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -425,6 +465,7 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
     let counts = Arc::new(Counts::default());
     let observed = Arc::new(Observed {
         by_rv: Mutex::new(HashMap::new()),
+        acked: Mutex::new(std::collections::BTreeSet::new()),
         newest: AtomicU64::new(0),
         counts: counts.clone(),
         verbose: std::env::var_os("MUBE_CRASH_VERBOSE").is_some(),
@@ -455,6 +496,8 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
         .map(|_| Watcher {
             last: start_rv,
             view: start_view.clone(),
+            since: start_rv,
+            delivered: Default::default(),
         })
         .collect();
 
@@ -547,6 +590,23 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
                 .map(|r| r.is_ok())
                 .unwrap_or(false)
             };
+            // Each change exactly once: every acknowledged write since the
+            // last check came through this watch.
+            let missed = {
+                let acked = observed.acked.lock().unwrap_or_else(|p| p.into_inner());
+                acked
+                    .range(w.since + 1..=w.last)
+                    .filter(|rv| !w.delivered.contains(rv))
+                    .count()
+            };
+            if missed > 0 {
+                counts.watch_gaps.fetch_add(1, Ordering::Relaxed);
+                if observed.verbose {
+                    eprintln!("cycle {cycle}: a watcher missed {missed} acknowledged writes");
+                }
+            }
+            w.since = w.last;
+            w.delivered.clear();
             if !caught_up || w.view != listed {
                 counts.watch_gaps.fetch_add(1, Ordering::Relaxed);
                 if observed.verbose {
@@ -559,6 +619,7 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
                 counts.relists.fetch_add(1, Ordering::Relaxed);
                 w.view = listed.clone();
                 w.last = now;
+                w.since = now;
             }
         }
     }
@@ -569,6 +630,7 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
     report.add("cycles", o.cycles);
     report.add("acknowledged_writes", n(&counts.acked));
     report.add("writes_in_doubt_at_kill", n(&counts.in_doubt));
+    report.add("writes_refused", n(&counts.refused));
     report.add("resource_versions_observed", n(&counts.observations));
     report.add("watch_events", n(&counts.watch_events));
     report.add("list_pages", n(&counts.pages));
