@@ -59,7 +59,9 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
     let mut fallback_revision = 0;
     let mut snapshot_bytes = 0;
     for (i, (revision, path)) in snapshots.iter().enumerate().rev() {
-        match snapshot::read(path) {
+        // An I/O error stops start-up; only damage sets a snapshot aside.
+        let data = std::fs::read(path).map_err(io)?;
+        match snapshot::parse(path, &data) {
             Ok((start, items)) => {
                 snapshot_revision = start;
                 snapshot_bytes = std::fs::metadata(path).map_err(io)?.len();
@@ -77,6 +79,7 @@ pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, 
                     "the newest snapshot cannot be read; starting from the one before it and the log after that"
                 );
                 std::fs::rename(path, &aside).map_err(io)?;
+                wal::sync_dir(dir).map_err(io)?;
             }
         }
     }

@@ -155,16 +155,28 @@ pub fn verify(path: &Path) -> Result<Revision, String> {
 }
 
 /// Reads a whole snapshot: its revision and its objects in key order.
+#[cfg(test)]
 pub fn read(path: &Path) -> Result<(Revision, Vec<StoredObject>), String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse(path, &data)
+}
+
+/// The revision and objects of the snapshot `data` read from `path`; an
+/// error only when the data itself is damaged (reading it is the caller's,
+/// so that an I/O error is never taken for damage).
+pub fn parse(path: &Path, data: &[u8]) -> Result<(Revision, Vec<StoredObject>), String> {
     let mut objects = Vec::new();
-    let revision = read_with(path, |o| objects.push(o))?;
+    let revision = parse_with(path, data, |o| objects.push(o))?;
     Ok((revision, objects))
 }
 
-fn read_with(path: &Path, mut each: impl FnMut(StoredObject)) -> Result<Revision, String> {
+fn parse_with(
+    path: &Path,
+    data: &[u8],
+    mut each: impl FnMut(StoredObject),
+) -> Result<Revision, String> {
     let corrupt = |what: &str| format!("snapshot {} is corrupt: {what}", path.display());
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let frame::Opened::Frames { format, body, .. } = frame::open(&data, codec::SNAPSHOT_FILE_MAGIC)
+    let frame::Opened::Frames { format, body, .. } = frame::open(data, codec::SNAPSHOT_FILE_MAGIC)
     else {
         return Err(corrupt("not a snapshot this version of mube can read"));
     };
