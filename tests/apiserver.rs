@@ -767,3 +767,34 @@ async fn bad_config_stops_start_up_naming_file_and_field() {
         "{stderr}"
     );
 }
+
+/// POST /api/v1/nodes/heartbeat is the original heartbeat; every other
+/// method on that path is the Node named "heartbeat", like any other name.
+#[tokio::test]
+async fn a_node_named_heartbeat_is_an_ordinary_node() {
+    let server = ApiServer::start(Options::default()).await;
+    let api = Api::new(&server);
+    let path = "/api/v1/nodes/heartbeat";
+    assert_eq!(api.post(NODES, &new_node("heartbeat")).await.code, 201);
+    let got = api.get(path).await;
+    assert_eq!(got.code, 200, "{}", got.body);
+    assert_eq!(got.body["metadata"]["name"], "heartbeat");
+    let mut node = got.body;
+    node["metadata"]["labels"] = json!({"edited": "yes"});
+    let put = api.put(path, &node).await;
+    assert_eq!(put.code, 200, "{}", put.body);
+    let patch = api
+        .raw(
+            reqwest::Method::PATCH,
+            path,
+            "application/merge-patch+json",
+            br#"{"metadata":{"labels":{"patched":"yes"}}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(patch.code, 200, "{}", patch.body);
+    assert_eq!(patch.body["metadata"]["labels"]["patched"], "yes");
+    // The heartbeat itself still works.
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+    assert_eq!(api.delete(path).await.code, 200);
+    assert_eq!(api.get(path).await.code, 404);
+}

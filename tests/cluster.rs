@@ -277,6 +277,25 @@ async fn mubectl_gets_describes_applies_and_deletes() {
         out.contains("kind: Node") && out.contains("state: Ready"),
         "{out}"
     );
+    // A list query prints a List even with one node, as kubectl does.
+    let list: serde_json::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(list["kind"], "List", "{out}");
+    assert_eq!(list["items"][0]["metadata"]["name"], "node-a");
+    let (_, out, _) = mubectl(&url, &["get", "nodes", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            &list["kind"],
+            &list["apiVersion"],
+            list["items"].as_array().map(Vec::len)
+        ),
+        (
+            &serde_json::json!("List"),
+            &serde_json::json!("v1"),
+            Some(1)
+        ),
+        "{out}"
+    );
 
     let (code, out, _) = mubectl(&url, &["describe", "node", "node-a"]);
     assert_eq!(code, 0);

@@ -74,21 +74,9 @@ impl Printer {
                     println!("{}", self.columns.line(&r));
                 }
             }
-            Format::Json => {
+            Format::Json | Format::Yaml => {
                 for o in objects {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(o)
-                            .map_err(|e| CtlError::Other(e.to_string()))?
-                    );
-                }
-            }
-            Format::Yaml => {
-                for o in objects {
-                    print!(
-                        "---\n{}",
-                        serde_yaml::to_string(o).map_err(|e| CtlError::Other(e.to_string()))?
-                    );
+                    print_document(self.format, o)?;
                 }
             }
             Format::Name => {
@@ -103,6 +91,20 @@ impl Printer {
         }
         Ok(())
     }
+}
+
+/// One object as JSON or YAML, as kubectl prints it.
+fn print_document(format: Format, object: &Value) -> Result<(), CtlError> {
+    let text = match format {
+        Format::Yaml => {
+            serde_yaml::to_string(object).map_err(|e| CtlError::Other(e.to_string()))?
+        }
+        _ => {
+            serde_json::to_string_pretty(object).map_err(|e| CtlError::Other(e.to_string()))? + "\n"
+        }
+    };
+    print!("{text}");
+    Ok(())
 }
 
 /// Latest heartbeat per node, from the node Leases.
@@ -154,6 +156,18 @@ pub async fn run(client: &Client, args: GetArgs) -> Result<(), CtlError> {
         .get(&format!("{}?{query}", info.path(namespace, None)))
         .await?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
+    if matches!(format, Format::Json | Format::Yaml) {
+        // As kubectl: a list query prints a List, however many items it
+        // found (scripts read `.items[]`); only `get KIND NAME` prints the
+        // object itself.
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "items": items,
+            "kind": "List",
+            "metadata": {"resourceVersion": ""},
+        });
+        return print_document(format, &list);
+    }
     if items.is_empty() && matches!(format, Format::Table | Format::Wide) {
         match namespace.filter(|_| info.namespaced) {
             Some(ns) => eprintln!("No resources found in {ns} namespace."),

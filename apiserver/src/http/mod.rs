@@ -54,7 +54,12 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi/v2", get(openapi::v2))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*gv}", get(openapi::group_version))
-        .route("/api/v1/nodes/heartbeat", post(heartbeat))
+        // Only POST is the heartbeat: a Node may be named "heartbeat", and
+        // every other method on this path is that Node's.
+        .route(
+            "/api/v1/nodes/heartbeat",
+            post(heartbeat).fallback(rest::handle),
+        )
         .route("/api/{*rest}", any(rest::handle))
         .route("/apis/{*rest}", any(rest::handle))
         .route_layer(middleware::from_fn_with_state(
