@@ -624,21 +624,25 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
         }
     }
 
-    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     report.add("scenario", "crash");
     report.add("seed", o.seed);
     report.add("cycles", o.cycles);
-    report.add("acknowledged_writes", n(&counts.acked));
-    report.add("writes_in_doubt_at_kill", n(&counts.in_doubt));
-    report.add("writes_refused", n(&counts.refused));
-    report.add("resource_versions_observed", n(&counts.observations));
-    report.add("watch_events", n(&counts.watch_events));
-    report.add("list_pages", n(&counts.pages));
-    report.add("lost_acknowledged_writes", n(&counts.lost_acks));
-    report.add("reused_resource_versions", n(&counts.reused));
-    report.add("revision_regressions", n(&counts.regressions));
-    report.add("watch_gaps", n(&counts.watch_gaps));
-    report.add("watch_duplicates", n(&counts.watch_duplicates));
-    report.add("inconsistent_pages", n(&counts.inconsistent_pages));
+    // What ran, then the six counts that must be 0.
+    for (key, count) in [
+        ("acknowledged_writes", &counts.acked),
+        ("writes_in_doubt_at_kill", &counts.in_doubt),
+        ("writes_refused", &counts.refused),
+        ("resource_versions_observed", &counts.observations),
+        ("watch_events", &counts.watch_events),
+        ("list_pages", &counts.pages),
+        ("lost_acknowledged_writes", &counts.lost_acks),
+        ("reused_resource_versions", &counts.reused),
+        ("revision_regressions", &counts.regressions),
+        ("watch_gaps", &counts.watch_gaps),
+        ("watch_duplicates", &counts.watch_duplicates),
+        ("inconsistent_pages", &counts.inconsistent_pages),
+    ] {
+        report.add(key, count.load(Ordering::Relaxed));
+    }
     Ok(())
 }

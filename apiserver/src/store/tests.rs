@@ -65,6 +65,24 @@ fn newest_segment(dir: &Path) -> super::wal::Segment {
 /// The revision of a list and its objects (key, revision, JSON).
 type Contents = (u64, Vec<(String, u64, serde_json::Value)>);
 
+/// The byte offset where each record of a segment's `data` ends.
+fn record_ends(data: &[u8]) -> Vec<usize> {
+    let super::frame::Opened::Frames {
+        format,
+        body,
+        offset,
+    } = super::frame::open(data, super::codec::WAL_FILE_MAGIC)
+    else {
+        panic!("not a segment")
+    };
+    let mut frames = super::frame::Frames::new(body, format);
+    let mut ends = Vec::new();
+    while frames.next().is_some() {
+        ends.push(offset + frames.valid_len());
+    }
+    ends
+}
+
 /// Every object and the revision counter as a comparable list.
 async fn contents(store: &dyn Store) -> Contents {
     let list = store.list("/registry/", ReadAt::Newest).await.unwrap();
@@ -264,19 +282,7 @@ async fn every_cut_of_the_newest_segment_recovers_a_prefix() {
     let newest = newest_segment(dir.path());
     let data = std::fs::read(&newest.path).unwrap();
     // Where each record ends: the only cuts that keep it.
-    let mut ends = Vec::new();
-    let super::frame::Opened::Frames {
-        format,
-        body,
-        offset,
-    } = super::frame::open(&data, super::codec::WAL_FILE_MAGIC)
-    else {
-        panic!("not a segment")
-    };
-    let mut frames = super::frame::Frames::new(body, format);
-    while frames.next().is_some() {
-        ends.push(offset + frames.valid_len());
-    }
+    let ends = record_ends(&data);
     assert_eq!(ends.len(), 6);
     for cut in (0..data.len()).step_by(7).chain([data.len() - 1]) {
         let copy = tempfile::tempdir().unwrap();
@@ -461,19 +467,7 @@ async fn damage_inside_the_newest_segment_refuses_to_start_until_repaired() {
     let dir = closed_store_with_leases(8).await;
     let newest = newest_segment(dir.path());
     let mut data = std::fs::read(&newest.path).unwrap();
-    let super::frame::Opened::Frames {
-        format,
-        body,
-        offset,
-    } = super::frame::open(&data, super::codec::WAL_FILE_MAGIC)
-    else {
-        panic!("not a segment")
-    };
-    let mut frames = super::frame::Frames::new(body, format);
-    let mut ends = Vec::new();
-    while frames.next().is_some() {
-        ends.push(offset + frames.valid_len());
-    }
+    let ends = record_ends(&data);
     // A bit in the body of the fourth record.
     data[ends[2] + 20] ^= 0x04;
     std::fs::write(&newest.path, &data).unwrap();
@@ -515,25 +509,33 @@ fn snapshots(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// A damaged newest snapshot is set aside and the one before it, with the
-/// log after it (kept for this), gives back exactly the same state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LogStore::open(dir.path(), options(4096, 50)).unwrap();
+/// Ten leases overwritten until two snapshots exist (the compactor runs
+/// beside the writers), in 4 KiB segments.
+async fn store_with_two_snapshots(dir: &Path, history: u64) -> LogStore {
+    let store = LogStore::open(dir, options(4096, history)).unwrap();
+    for i in 0..10 {
+        store.create(&lease_key(i), lease(i, 0)).await.unwrap();
+    }
     let mut round = 0;
-    // Write until two snapshots exist (the compactor runs beside the writers).
-    while snapshots(dir.path()).len() < 2 {
+    while snapshots(dir).len() < 2 {
         round += 1;
         assert!(round < 2000, "no second snapshot was written");
         for i in 0..10 {
             store
                 .update(&lease_key(i), None, lease(i, round))
                 .await
-                .or(store.create(&lease_key(i), lease(i, round)).await)
                 .unwrap();
         }
     }
+    store
+}
+
+/// A damaged newest snapshot is set aside and the one before it, with the
+/// log after it (kept for this), gives back exactly the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_two_snapshots(dir.path(), 50).await;
     // Let the compactor finish whatever it was doing (segment deletion).
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let before = contents(&store).await;
@@ -739,21 +741,7 @@ async fn start_up_syncs_new_directories_and_replayed_segments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repairing_damage_the_snapshot_covers_keeps_every_later_write() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LogStore::open(dir.path(), options(4096, 10_000)).unwrap();
-    let mut round = 0;
-    while snapshots(dir.path()).len() < 2 {
-        round += 1;
-        assert!(round < 2000, "no second snapshot was written");
-        for i in 0..10 {
-            if round == 1 {
-                store.create(&lease_key(i), lease(i, 0)).await.unwrap();
-            }
-            store
-                .update(&lease_key(i), None, lease(i, round))
-                .await
-                .unwrap();
-        }
-    }
+    let store = store_with_two_snapshots(dir.path(), 10_000).await;
     // Writes after the snapshot too.
     for i in 0..10 {
         store
