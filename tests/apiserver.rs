@@ -798,3 +798,34 @@ async fn a_node_named_heartbeat_is_an_ordinary_node() {
     assert_eq!(api.delete(path).await.code, 200);
     assert_eq!(api.get(path).await.code, 404);
 }
+
+/// A Node that has heartbeated reads as Kubernetes' own type: `nodeInfo`
+/// carries every field the schema requires (clients that validate
+/// responses, such as the Python client, refused it before).
+#[tokio::test]
+async fn a_heartbeated_node_has_every_required_node_info_field() {
+    use k8s_openapi::api::core::v1::Node;
+    let server = ApiServer::start(Options::default()).await;
+    let api = Api::new(&server);
+    assert_eq!(api.heartbeat("node-a").await.code, 202);
+    let got = api.get("/api/v1/nodes/node-a").await;
+    assert_eq!(got.code, 200);
+    let info = &got.body["status"]["nodeInfo"];
+    for key in mube_apis::node::NODE_INFO_REQUIRED {
+        assert!(info[key].is_string(), "nodeInfo.{key} missing: {info}");
+    }
+    assert_eq!(info["containerRuntimeVersion"], "containerd");
+    let node: Node =
+        serde_json::from_value(got.body.clone()).expect("a Node as Kubernetes types it");
+    assert_eq!(
+        node.status
+            .and_then(|s| s.node_info)
+            .map(|i| i.kubelet_version),
+        Some("0.1.0".to_string())
+    );
+    let list = api.get(NODES).await;
+    for item in list.body["items"].as_array().unwrap() {
+        serde_json::from_value::<Node>(item.clone())
+            .expect("every listed Node as Kubernetes types it");
+    }
+}

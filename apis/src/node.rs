@@ -215,12 +215,33 @@ pub fn set_state(
     }
 }
 
+/// The fields of `status.nodeInfo` Kubernetes' schema requires.
+pub const NODE_INFO_REQUIRED: [&str; 10] = [
+    "machineID",
+    "systemUUID",
+    "bootID",
+    "kernelVersion",
+    "osImage",
+    "containerRuntimeVersion",
+    "kubeletVersion",
+    "kubeProxyVersion",
+    "operatingSystem",
+    "architecture",
+];
+
 /// Copies what a heartbeat reports into the Node (`nodeInfo` versions and the
 /// pod capacity). Returns whether anything a client would see changed.
 pub fn apply_heartbeat(node: &mut Value, hb: &Heartbeat) -> bool {
     let before = node.get("status").cloned();
     let status = status_mut(node);
     let info = ensure_object(status.entry("nodeInfo").or_insert_with(|| json!({})));
+    // Kubernetes' NodeSystemInfo requires every one of these, and its own
+    // types always serialize them, empty when unknown: clients that check
+    // responses against the schema (the Python client) refuse a Node
+    // without them.
+    for key in NODE_INFO_REQUIRED {
+        info.entry(key).or_insert_with(|| json!(""));
+    }
     info.insert("containerRuntimeVersion".into(), json!(hb.runtime));
     info.insert("kubeletVersion".into(), json!(hb.version));
     for key in ["capacity", "allocatable"] {
@@ -262,6 +283,39 @@ pub fn heartbeat_would_change(node_json: &[u8], hb: &Heartbeat) -> Option<bool> 
         container_runtime_version: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
         kubelet_version: Option<Cow<'a, str>>,
+        // The other required fields only need to be there.
+        #[serde(default, rename = "machineID")]
+        machine_id: Option<serde::de::IgnoredAny>,
+        #[serde(default, rename = "systemUUID")]
+        system_uuid: Option<serde::de::IgnoredAny>,
+        #[serde(default, rename = "bootID")]
+        boot_id: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        kernel_version: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        os_image: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        kube_proxy_version: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        operating_system: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        architecture: Option<serde::de::IgnoredAny>,
+    }
+    impl NodeInfoView<'_> {
+        fn complete(&self) -> bool {
+            [
+                &self.machine_id,
+                &self.system_uuid,
+                &self.boot_id,
+                &self.kernel_version,
+                &self.os_image,
+                &self.kube_proxy_version,
+                &self.operating_system,
+                &self.architecture,
+            ]
+            .iter()
+            .all(|f| f.is_some())
+        }
     }
     #[derive(Deserialize)]
     struct PodsView<'a> {
@@ -276,7 +330,9 @@ pub fn heartbeat_would_change(node_json: &[u8], hb: &Heartbeat) -> Option<bool> 
     let same = |have: &Option<Cow<str>>, want: &str| have.as_deref() == Some(want);
     let unchanged = same(&status.state, NodeState::Ready.as_str())
         && status.node_info.as_ref().is_some_and(|i| {
-            same(&i.container_runtime_version, &hb.runtime) && same(&i.kubelet_version, &hb.version)
+            same(&i.container_runtime_version, &hb.runtime)
+                && same(&i.kubelet_version, &hb.version)
+                && i.complete()
         })
         && status
             .capacity
@@ -379,6 +435,28 @@ mod tests {
         assert!(set_address(&mut node, "10.0.0.1", 10250));
         assert!(!set_address(&mut node, "10.0.0.1", 10250));
         assert!(set_address(&mut node, "10.0.0.2", 10250));
+    }
+
+    #[test]
+    fn a_node_missing_required_node_info_fields_is_completed_by_a_heartbeat() {
+        let hb = Heartbeat {
+            name: "n1".into(),
+            runtime: "containerd".into(),
+            version: "0.1.0".into(),
+            capacity: 110,
+        };
+        // As an earlier mube stored it: only the two fields it knew.
+        let mut node = json!({"status": {"state": "Ready",
+            "nodeInfo": {"containerRuntimeVersion": "containerd", "kubeletVersion": "0.1.0"},
+            "capacity": {"pods": "110"}, "allocatable": {"pods": "110"}}});
+        let bytes = serde_json::to_vec(&node).unwrap();
+        assert_eq!(heartbeat_would_change(&bytes, &hb), Some(true));
+        assert!(apply_heartbeat(&mut node, &hb));
+        for key in NODE_INFO_REQUIRED {
+            assert!(node["status"]["nodeInfo"][key].is_string(), "{key}");
+        }
+        let bytes = serde_json::to_vec(&node).unwrap();
+        assert_eq!(heartbeat_would_change(&bytes, &hb), Some(false));
     }
 
     #[test]
