@@ -384,9 +384,10 @@ async fn renew_lease(
     };
     // The renewal replaces only the spec, with one the server builds itself
     // (a valid holder, duration and time), and keeps the stored metadata as
-    // it is: there is nothing for the generic update path's identity
-    // fix-ups, no-change check and validation to find, and they were a fifth
-    // of a heartbeat's CPU. So it goes straight to the store.
+    // it is: the generic update path's identity fix-ups, no-change check and
+    // validation have nothing to find, on every heartbeat (the whole generic
+    // path was about a fifth of a heartbeat's CPU; BENCHMARKS.md). So it goes
+    // straight to the store's read-modify-write.
     let key = leases.key(Some(NODE_LEASE_NAMESPACE), node);
     for _ in 0..3 {
         let renewed = crate::store::guaranteed_update(
