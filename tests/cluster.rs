@@ -90,6 +90,19 @@ async fn agent_rides_out_an_api_server_outage() {
         false
     };
     assert!(ready.await, "agent start -> Ready");
+    // The agent reports its machine; the server copies it into nodeInfo.
+    let info = api.get("/api/v1/nodes/node-a").await.body["status"]["nodeInfo"].clone();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(info["kernelVersion"], kernel.trim(), "{info}");
+    assert_eq!(info["operatingSystem"], "linux", "{info}");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    assert_eq!(info["architecture"], arch, "{info}");
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(info["bootID"], boot_id.trim(), "{info}");
 
     // Down for much longer than the interval.
     server.kill9();

@@ -12,6 +12,45 @@ pub struct Heartbeat {
     pub runtime: String,
     pub version: String,
     pub capacity: i64,
+    /// mube's addition: what the agent knows of its machine. Every field is
+    /// optional, so the original four-field body means exactly what it did.
+    #[serde(flatten, default)]
+    pub system: SystemInfo,
+}
+
+/// Optional heartbeat fields, named as in a Node's `status.nodeInfo` (where
+/// the server copies them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operating_system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_image: Option<String>,
+    #[serde(rename = "bootID", skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    #[serde(rename = "machineID", skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+}
+
+impl SystemInfo {
+    /// `(nodeInfo key, value)` for every field present.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("architecture", &self.architecture),
+            ("operatingSystem", &self.operating_system),
+            ("kernelVersion", &self.kernel_version),
+            ("osImage", &self.os_image),
+            ("bootID", &self.boot_id),
+            ("machineID", &self.machine_id),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref()?)))
+    }
 }
 
 /// A heartbeat body that cannot be accepted; `field` names the offending field.
@@ -73,11 +112,31 @@ impl Heartbeat {
                 message: format!("capacity: must be at least 1, got {capacity}"),
             });
         }
+        // The optional fields: strings when present, anything else refused.
+        let optional = |field: &'static str| -> Result<Option<String>, HeartbeatError> {
+            match obj.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(HeartbeatError {
+                    field,
+                    message: format!("{field}: must be a string"),
+                }),
+            }
+        };
+        let system = SystemInfo {
+            architecture: optional("architecture")?,
+            operating_system: optional("operatingSystem")?,
+            kernel_version: optional("kernelVersion")?,
+            os_image: optional("osImage")?,
+            boot_id: optional("bootID")?,
+            machine_id: optional("machineID")?,
+        };
         Ok(Heartbeat {
             name,
             runtime,
             version,
             capacity,
+            system,
         })
     }
 }
@@ -94,6 +153,34 @@ mod tests {
         .unwrap();
         assert_eq!(hb.name, "n1");
         assert_eq!(hb.capacity, 10);
+    }
+
+    #[test]
+    fn system_fields_are_optional_extras() {
+        let plain =
+            Heartbeat::parse(br#"{"name":"n1","runtime":"r","version":"v","capacity":1}"#).unwrap();
+        assert_eq!(plain.system, SystemInfo::default());
+        let full = Heartbeat::parse(
+            br#"{"name":"n1","runtime":"r","version":"v","capacity":1,"architecture":"amd64","kernelVersion":"6.1","machineID":"m"}"#,
+        )
+        .unwrap();
+        assert_eq!(full.system.architecture.as_deref(), Some("amd64"));
+        assert_eq!(
+            full.system.fields().collect::<Vec<_>>(),
+            [
+                ("architecture", "amd64"),
+                ("kernelVersion", "6.1"),
+                ("machineID", "m")
+            ]
+        );
+        // What an agent sends round-trips through serde as through parse.
+        let sent = serde_json::to_vec(&full).unwrap();
+        assert_eq!(Heartbeat::parse(&sent).unwrap(), full);
+        let e = Heartbeat::parse(
+            br#"{"name":"n1","runtime":"r","version":"v","capacity":1,"osImage":3}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "osImage");
     }
 
     #[test]

@@ -244,6 +244,9 @@ pub fn apply_heartbeat(node: &mut Value, hb: &Heartbeat) -> bool {
     }
     info.insert("containerRuntimeVersion".into(), json!(hb.runtime));
     info.insert("kubeletVersion".into(), json!(hb.version));
+    for (key, value) in hb.system.fields() {
+        info.insert(key.into(), json!(value));
+    }
     for key in ["capacity", "allocatable"] {
         let map = ensure_object(status.entry(key).or_insert_with(|| json!({})));
         map.insert("pods".into(), json!(hb.capacity.to_string()));
@@ -284,37 +287,48 @@ pub fn heartbeat_would_change(node_json: &[u8], hb: &Heartbeat) -> Option<bool> 
         #[serde(borrow, default)]
         kubelet_version: Option<Cow<'a, str>>,
         // The other required fields only need to be there.
-        #[serde(default, rename = "machineID")]
-        machine_id: Option<serde::de::IgnoredAny>,
+        #[serde(borrow, default, rename = "machineID")]
+        machine_id: Option<Cow<'a, str>>,
         #[serde(default, rename = "systemUUID")]
         system_uuid: Option<serde::de::IgnoredAny>,
-        #[serde(default, rename = "bootID")]
-        boot_id: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        kernel_version: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        os_image: Option<serde::de::IgnoredAny>,
+        #[serde(borrow, default, rename = "bootID")]
+        boot_id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        kernel_version: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        os_image: Option<Cow<'a, str>>,
         #[serde(default)]
         kube_proxy_version: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        operating_system: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        architecture: Option<serde::de::IgnoredAny>,
+        #[serde(borrow, default)]
+        operating_system: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        architecture: Option<Cow<'a, str>>,
     }
-    impl NodeInfoView<'_> {
+    impl<'a> NodeInfoView<'a> {
+        fn get(&self, key: &str) -> &Option<Cow<'a, str>> {
+            match key {
+                "machineID" => &self.machine_id,
+                "bootID" => &self.boot_id,
+                "kernelVersion" => &self.kernel_version,
+                "osImage" => &self.os_image,
+                "operatingSystem" => &self.operating_system,
+                _ => &self.architecture,
+            }
+        }
+
         fn complete(&self) -> bool {
-            [
-                &self.machine_id,
-                &self.system_uuid,
-                &self.boot_id,
-                &self.kernel_version,
-                &self.os_image,
-                &self.kube_proxy_version,
-                &self.operating_system,
-                &self.architecture,
-            ]
-            .iter()
-            .all(|f| f.is_some())
+            self.system_uuid.is_some()
+                && self.kube_proxy_version.is_some()
+                && [
+                    &self.machine_id,
+                    &self.boot_id,
+                    &self.kernel_version,
+                    &self.os_image,
+                    &self.operating_system,
+                    &self.architecture,
+                ]
+                .iter()
+                .all(|f| f.is_some())
         }
     }
     #[derive(Deserialize)]
@@ -333,6 +347,7 @@ pub fn heartbeat_would_change(node_json: &[u8], hb: &Heartbeat) -> Option<bool> 
             same(&i.container_runtime_version, &hb.runtime)
                 && same(&i.kubelet_version, &hb.version)
                 && i.complete()
+                && hb.system.fields().all(|(key, want)| same(i.get(key), want))
         })
         && status
             .capacity
@@ -428,6 +443,7 @@ mod tests {
             runtime: "containerd".into(),
             version: "0.1.0".into(),
             capacity: 10,
+            system: Default::default(),
         };
         assert!(apply_heartbeat(&mut node, &hb));
         assert!(!apply_heartbeat(&mut node, &hb));
@@ -444,6 +460,7 @@ mod tests {
             runtime: "containerd".into(),
             version: "0.1.0".into(),
             capacity: 110,
+            system: Default::default(),
         };
         // As an earlier mube stored it: only the two fields it knew.
         let mut node = json!({"status": {"state": "Ready",
@@ -466,6 +483,7 @@ mod tests {
             runtime: "containerd".into(),
             version: "0.1.0".into(),
             capacity: 110,
+            system: Default::default(),
         };
         // What applying a heartbeat and marking the node Ready actually does,
         // against the quick check, for a few starting points.
@@ -492,6 +510,7 @@ mod tests {
         assert!(quick(&ready, &upgraded) && full(&ready, &upgraded).0);
         let bigger = Heartbeat {
             capacity: 111,
+            system: Default::default(),
             ..hb.clone()
         };
         assert!(quick(&ready, &bigger) && full(&ready, &bigger).0);

@@ -88,6 +88,7 @@ impl Heartbeater {
                 runtime: config.runtime.clone(),
                 version: config.version.clone(),
                 capacity: config.capacity,
+                system: crate::system::info(),
             },
             interval: config.heartbeat_interval,
             status,

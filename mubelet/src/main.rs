@@ -5,6 +5,7 @@ mod agent;
 mod config;
 mod health;
 mod heartbeat;
+mod system;
 
 fn main() -> std::process::ExitCode {
     // One worker thread: the agent's work is a request every few seconds.
