@@ -453,15 +453,20 @@ mod tests {
         assert!(set_address(&mut node, "10.0.0.2", 10250));
     }
 
-    #[test]
-    fn a_node_missing_required_node_info_fields_is_completed_by_a_heartbeat() {
-        let hb = Heartbeat {
+    /// The original four-field heartbeat of node n1.
+    fn heartbeat_n1() -> Heartbeat {
+        Heartbeat {
             name: "n1".into(),
             runtime: "containerd".into(),
             version: "0.1.0".into(),
             capacity: 110,
             system: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_node_missing_required_node_info_fields_is_completed_by_a_heartbeat() {
+        let hb = heartbeat_n1();
         // As an earlier mube stored it: only the two fields it knew.
         let mut node = json!({"status": {"state": "Ready",
             "nodeInfo": {"containerRuntimeVersion": "containerd", "kubeletVersion": "0.1.0"},
@@ -478,13 +483,7 @@ mod tests {
 
     #[test]
     fn heartbeat_would_change_agrees_with_applying_it() {
-        let hb = Heartbeat {
-            name: "n1".into(),
-            runtime: "containerd".into(),
-            version: "0.1.0".into(),
-            capacity: 110,
-            system: Default::default(),
-        };
+        let hb = heartbeat_n1();
         // What applying a heartbeat and marking the node Ready actually does,
         // against the quick check, for a few starting points.
         let full = |node: &Value, hb: &Heartbeat| {
