@@ -586,38 +586,40 @@ impl Shared {
         drop(old);
     }
 
-    /// Keeps `view` for later pages and exact reads, for at most
-    /// `history_max_age` (as history) and only the newest `KEPT_VIEWS`.
+    /// Whether a kept view can still serve a read: inside the history (as
+    /// every read at a past revision must be) and used within
+    /// `history_max_age`.
+    fn usable(&self, used: Instant, view: &View, now: Instant) -> bool {
+        view.revision >= self.compacted.load(Ordering::Acquire)
+            && now.duration_since(used) <= self.options.history_max_age
+    }
+
+    /// Keeps `view` for later pages and exact reads; only the newest
+    /// `KEPT_VIEWS` that are still usable.
     fn keep(&self, view: Arc<View>) {
         let now = Instant::now();
-        let max_age = self.options.history_max_age;
         let mut kept = self.lock_kept();
-        kept.retain(|(used, v)| {
-            now.duration_since(*used) <= max_age && v.revision != view.revision
-        });
+        kept.retain(|(used, v)| self.usable(*used, v, now) && v.revision != view.revision);
         kept.push_back((now, view));
         while kept.len() > KEPT_VIEWS {
             kept.pop_front();
         }
     }
 
-    /// Lets go of kept views no read can ask for any more (older than the
-    /// history, or unused for `history_max_age`): each holds on to every
-    /// object changed since it was taken. Runs on the compactor's thread, so
-    /// that freeing them costs neither writers nor the flusher.
+    /// Lets go of kept views no read can use any more: each holds on to
+    /// every object changed since it was taken. Runs on the compactor's
+    /// thread, so that freeing them costs neither writers nor the flusher.
     fn drop_stale_views(&self) {
         let now = Instant::now();
-        let compacted = self.compacted.load(Ordering::Acquire);
-        let max_age = self.options.history_max_age;
-        let stale: Vec<_> = {
+        let stale: VecDeque<_> = {
             let mut kept = self.lock_kept();
-            let (fresh, stale): (VecDeque<_>, VecDeque<_>) =
-                kept.drain(..).partition(|(used, v)| {
-                    v.revision >= compacted && now.duration_since(*used) <= max_age
-                });
+            let (fresh, stale) = kept
+                .drain(..)
+                .partition(|(used, v)| self.usable(*used, v, now));
             *kept = fresh;
-            stale.into_iter().collect()
+            stale
         };
+        // Freed here, after the lock is released.
         drop(stale);
     }
 
@@ -625,7 +627,7 @@ impl Shared {
         let now = Instant::now();
         let mut kept = self.lock_kept();
         let (used, view) = kept.iter_mut().find(|(_, v)| v.revision == revision)?;
-        if now.duration_since(*used) > self.options.history_max_age {
+        if !self.usable(*used, view, now) {
             return None;
         }
         *used = now;

@@ -222,7 +222,9 @@ pub trait Store: Send + Sync + 'static {
     async fn create(&self, key: &str, object: Value) -> Result<StoredObject, StoreError>;
 
     /// Replaces an existing object. With `expected`, fails with `Conflict`
-    /// unless the object's current revision is exactly that.
+    /// unless the object's current revision is exactly that. A refusal is
+    /// answered only once the state it was decided against is durable (and
+    /// so readable).
     async fn update(
         &self,
         key: &str,
@@ -259,9 +261,6 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// How long a read-modify-write waits for a newer write it conflicted with.
-const CONFLICT_WAIT: Duration = Duration::from_secs(5);
-
 /// Read-modify-write that retries on conflict, like Kubernetes'
 /// `GuaranteedUpdate`: `modify` gets the current object and returns the new
 /// one, or `None` to leave it unchanged (no write, no event).
@@ -282,13 +281,9 @@ where
             return Ok(current);
         };
         match store.update(key, Some(current.revision), next).await {
-            Err(StoreError::Conflict { actual, .. }) => {
-                // Reads see only durable writes, so the newer one may not be
-                // readable yet: wait for it rather than spin on the old one.
-                // A store that fails meanwhile refuses the retry.
-                let _ = store.wait_for(actual, CONFLICT_WAIT).await;
-                continue;
-            }
+            // A store answers a conflict only once the write it conflicted
+            // with is durable, so the next read sees it.
+            Err(StoreError::Conflict { .. }) => continue,
             other => return Ok(other?),
         }
     }
