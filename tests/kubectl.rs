@@ -731,3 +731,67 @@ async fn delete_options_kubectl_sends_are_honoured_or_refused() {
     ]);
     assert_eq!(api.get("/api/v1/nodes").await.body["items"], json!([]));
 }
+
+/// `kubectl explain` renders the schemas served at `/openapi/v3` (generated
+/// from k8s-openapi's types), field paths and `--recursive` included, and
+/// `--validate=strict` refuses a field the schema does not have, as with
+/// Kubernetes: kubectl sees in the same document that the server validates
+/// fields itself and asks it to, so nothing is created.
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn explain_and_strict_validation_use_the_served_schemas() {
+    let (server, api, k) = cluster(&["node-a"], "60s").await;
+
+    let conditions = k.ok(&["explain", "nodes.status.conditions"]);
+    assert!(conditions.contains("KIND:       Node"), "{conditions}");
+    assert!(
+        conditions.contains("FIELD: conditions <[]NodeCondition>"),
+        "{conditions}"
+    );
+    for field in ["lastHeartbeatTime", "lastTransitionTime", "reason"] {
+        assert!(conditions.contains(field), "{field} missing:\n{conditions}");
+    }
+    assert!(
+        conditions.contains("type\t<string> -required-"),
+        "{conditions}"
+    );
+
+    let leases = k.ok(&["explain", "leases", "--recursive"]);
+    assert!(
+        leases.contains("GROUP:      coordination.k8s.io"),
+        "{leases}"
+    );
+    for field in [
+        "holderIdentity\t<string>",
+        "renewTime\t<string>",
+        "leaseDurationSeconds\t<integer>",
+        "managedFields\t<[]ManagedFieldsEntry>",
+    ] {
+        assert!(leases.contains(field), "{field} missing:\n{leases}");
+    }
+    // A path the schema does not have is the client's error, as kubectl words it.
+    let (code, _, err) = k.run(&["explain", "nodes.spec.nosuchfield"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nosuchfield"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("lease.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: strict, namespace: default}\nspec: {holderIdentity: x, bogus: 1}\n",
+    )
+    .unwrap();
+    let path = manifest.to_str().unwrap();
+    let (code, _, err) = k.run(&["create", "--validate=strict", "-f", path]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(r#"unknown field "spec.bogus""#),
+        "kubectl must refuse the unknown field: {err}"
+    );
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/default/leases/strict";
+    assert_eq!(api.get(lease).await.code, 404, "nothing may be created");
+    // Without validation the same manifest goes in.
+    k.ok(&["create", "--validate=false", "-f", path]);
+    assert_eq!(api.get(lease).await.code, 200);
+    drop(server);
+}

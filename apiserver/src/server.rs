@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         bookmark_interval: config.watch_bookmark_interval,
         lease_duration: config.notready_timeout,
         read_wait: config.resource_version_wait,
+        openapi: Arc::new(crate::http::openapi::Documents::new(&registry)),
     };
 
     let controller = NodeLifecycle::new(

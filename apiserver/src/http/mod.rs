@@ -2,7 +2,7 @@
 //! handler for every registered kind.
 
 mod discovery;
-mod openapi;
+pub mod openapi;
 mod options;
 mod path;
 mod response;
@@ -45,6 +45,8 @@ pub struct AppState {
     /// How long a read of a resourceVersion not yet reached waits for it
     /// before it is answered 504 ResourceVersionTooLarge.
     pub read_wait: Duration,
+    /// The `/openapi/v3` documents, rendered at start.
+    pub openapi: Arc<openapi::Documents>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -1,37 +1,74 @@
-//! `/openapi/v3`: just enough OpenAPI for clients to learn what the server
-//! supports. kubectl reads it to see that PATCH takes `fieldValidation`, and
-//! then leaves validation of `apply`/`create` to the server (Strict); every
-//! write lists `dryRun`, as Kubernetes' document does, so that no client
-//! falls back to a client-side dry run. Each
-//! operation carries `x-kubernetes-group-version-kind` and
-//! `x-kubernetes-action` as Kubernetes' own document does. Object schemas
-//! are not served (`kubectl explain` is not supported).
+//! `/openapi/v3`: one document per group-version, as Kubernetes serves it.
+//!
+//! - **Paths.** kubectl reads them to see that PATCH takes
+//!   `fieldValidation`, and then leaves validation of `apply`/`create` to the
+//!   server (Strict), exactly as against Kubernetes; every write lists
+//!   `dryRun`, so that no client falls back to a client-side dry run. Each
+//!   operation carries `x-kubernetes-group-version-kind` and
+//!   `x-kubernetes-action`.
+//! - **Component schemas** for every served kind and every type it uses,
+//!   generated from k8s-openapi's types (their `schemars` descriptions), not
+//!   written here: `kubectl explain` renders them. Each kind's root schema is
+//!   tagged with `x-kubernetes-group-version-kind`, which is how kubectl
+//!   finds it.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use k8s_openapi::schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
 use super::response::json as json_response;
 use super::rest::not_found_path;
 use super::AppState;
 use crate::error::ApiError;
-use crate::registry::Resource;
+use crate::registry::{Registry, Resource};
 
-/// The group-version paths (`api/v1`, `apis/coordination.k8s.io/v1`).
-fn group_versions(state: &AppState) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for r in state.registry.resources() {
-        let gv = if r.group.is_empty() {
-            format!("api/{}", r.version)
-        } else {
-            format!("apis/{}/{}", r.group, r.version)
-        };
-        if !out.contains(&gv) {
-            out.push(gv);
-        }
+/// `api/v1`, `apis/coordination.k8s.io/v1`: how `/openapi/v3` names a
+/// kind's group-version.
+fn group_version_of(r: &Resource) -> String {
+    if r.group.is_empty() {
+        format!("api/{}", r.version)
+    } else {
+        format!("apis/{}/{}", r.group, r.version)
     }
-    out
+}
+
+/// Every group-version's document, rendered once: the kinds served do not
+/// change while the server runs. Each carries a hash of its bytes, which
+/// clients use as a cache key (`?hash=`), as with Kubernetes.
+pub struct Documents {
+    by_group_version: BTreeMap<String, (String, Bytes)>,
+}
+
+impl Documents {
+    pub fn new(registry: &Registry) -> Documents {
+        let mut kinds: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
+        for r in registry.resources() {
+            kinds.entry(group_version_of(r)).or_default().push(r);
+        }
+        let by_group_version = kinds
+            .into_iter()
+            .map(|(gv, kinds)| {
+                let paths: Map<String, Value> = kinds.iter().flat_map(|r| paths_for(r)).collect();
+                let doc = json!({
+                    "openapi": "3.0.0",
+                    "info": {"title": "mube", "version": env!("CARGO_PKG_VERSION")},
+                    "paths": paths,
+                    "components": {"schemas": component_schemas(&kinds)},
+                })
+                .to_string();
+                let mut hasher = std::hash::DefaultHasher::new();
+                doc.hash(&mut hasher);
+                (gv, (format!("{:016X}", hasher.finish()), Bytes::from(doc)))
+            })
+            .collect();
+        Documents { by_group_version }
+    }
 }
 
 /// The protobuf media type of `/openapi/v2` answers. Clients ask for
@@ -80,11 +117,13 @@ pub async fn v2(headers: axum::http::HeaderMap) -> Response {
 }
 
 pub async fn root(State(state): State<AppState>) -> Response {
-    let paths: Map<String, Value> = group_versions(&state)
-        .into_iter()
-        .map(|gv| {
-            let url = format!("/openapi/v3/{gv}?hash={}", env!("CARGO_PKG_VERSION"));
-            (gv, json!({"serverRelativeURL": url}))
+    let paths: Map<String, Value> = state
+        .openapi
+        .by_group_version
+        .iter()
+        .map(|(gv, (hash, _))| {
+            let url = format!("/openapi/v3/{gv}?hash={hash}");
+            (gv.clone(), json!({"serverRelativeURL": url}))
         })
         .collect();
     json_response(StatusCode::OK, json!({"paths": paths}).to_string())
@@ -183,30 +222,44 @@ fn paths_for(r: &Resource) -> Vec<(String, Value)> {
     out
 }
 
+/// The schemas of `kinds` and of every type they use, keyed by the names
+/// Kubernetes files them under (`io.k8s.api.core.v1.Node`).
+pub fn component_schemas(kinds: &[&Resource]) -> Map<String, Value> {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let roots: Vec<(&Resource, String)> = kinds
+        .iter()
+        .map(|r| (*r, r.strategy.typed().schema(&mut generator)))
+        .collect();
+    let mut schemas = generator.take_definitions(true);
+    for (r, name) in roots {
+        let Some(Value::Object(root)) = schemas.get_mut(&name) else {
+            continue;
+        };
+        root.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": r.group, "kind": r.kind, "version": r.version}]),
+        );
+        // The Rust type cannot leave metadata out, so k8s-openapi lists it
+        // as required; Kubernetes' schema does not (a server fills it in).
+        if let Some(Value::Array(required)) = root.get_mut("required") {
+            required.retain(|field| field != "metadata");
+            if required.is_empty() {
+                root.remove("required");
+            }
+        }
+    }
+    schemas
+}
+
 pub async fn group_version(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let gv = uri
         .path()
         .trim_start_matches("/openapi/v3/")
         .trim_end_matches('/');
-    let mut paths = Map::new();
-    for r in state.registry.resources() {
-        let own = if r.group.is_empty() {
-            format!("api/{}", r.version)
-        } else {
-            format!("apis/{}/{}", r.group, r.version)
-        };
-        if own == gv {
-            paths.extend(paths_for(r));
-        }
-    }
-    if paths.is_empty() {
-        return Err(not_found_path(uri.path()));
-    }
-    let doc = json!({
-        "openapi": "3.0.0",
-        "info": {"title": "mube", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {"schemas": {}},
-    });
-    Ok(json_response(StatusCode::OK, doc.to_string()))
+    let (_, doc) = state
+        .openapi
+        .by_group_version
+        .get(gv)
+        .ok_or_else(|| not_found_path(uri.path()))?;
+    Ok(json_response(StatusCode::OK, doc.clone()))
 }

@@ -20,6 +20,7 @@ mod tests;
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use k8s_openapi::schemars::{JsonSchema, SchemaGenerator};
 use mube_apis::resources::ResourceInfo;
 use mube_apis::status::Reason;
 use mube_apis::table::Column;
@@ -146,6 +147,10 @@ pub trait Typed: Send + Sync {
     /// Decoded and encoded again: what a Kubernetes server would keep of
     /// `object` (for `fieldValidation`).
     fn canonical(&self, object: &Value) -> Result<Value, String>;
+    /// The type's OpenAPI schema, generated from k8s-openapi's own
+    /// description of it: registers it (and every type it uses) in
+    /// `generator` and returns the component name it is filed under.
+    fn schema(&self, generator: &mut SchemaGenerator) -> String;
 }
 
 /// `Typed` for a k8s-openapi type `T`.
@@ -155,7 +160,7 @@ impl<T> TypedAs<T> {
     pub const NEW: TypedAs<T> = TypedAs(std::marker::PhantomData);
 }
 
-impl<T: DeserializeOwned + serde::Serialize> Typed for TypedAs<T> {
+impl<T: DeserializeOwned + serde::Serialize + JsonSchema> Typed for TypedAs<T> {
     fn check(&self, object: &Value) -> Result<(), String> {
         T::deserialize(object).map(drop).map_err(|e| e.to_string())
     }
@@ -163,6 +168,11 @@ impl<T: DeserializeOwned + serde::Serialize> Typed for TypedAs<T> {
     fn canonical(&self, object: &Value) -> Result<Value, String> {
         let typed = T::deserialize(object).map_err(|e| e.to_string())?;
         serde_json::to_value(typed).map_err(|e| e.to_string())
+    }
+
+    fn schema(&self, generator: &mut SchemaGenerator) -> String {
+        generator.subschema_for::<T>();
+        T::schema_name().into_owned()
     }
 }
 
