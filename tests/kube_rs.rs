@@ -268,3 +268,93 @@ async fn dry_runs_and_preconditions_through_kube_rs() {
     nodes.delete("node-b", &right).await.unwrap();
     assert!(nodes.get_opt("node-b").await.unwrap().is_none());
 }
+
+/// kube-rs `Patch::Apply` (server-side apply), the way controllers write:
+/// it creates, updates, records the manager in managedFields, refuses to
+/// take a field another manager owns (409 with the field named), takes it
+/// with `force`, and applies status through the status subresource.
+#[tokio::test]
+async fn server_side_apply_through_kube_rs() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        ..Default::default()
+    })
+    .await;
+    let client = client(&server);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let lease = |holder: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "owned"}, "spec": {"holderIdentity": holder}})
+    };
+    let ours = PatchParams::apply("controller-a");
+    let created = leases
+        .patch("owned", &ours, &Patch::Apply(lease("a")))
+        .await
+        .unwrap();
+    assert_eq!(created.spec.unwrap().holder_identity.as_deref(), Some("a"));
+    let managers = created.metadata.managed_fields.unwrap();
+    assert_eq!(managers.len(), 1);
+    assert_eq!(managers[0].manager.as_deref(), Some("controller-a"));
+    assert_eq!(managers[0].operation.as_deref(), Some("Apply"));
+
+    let theirs = PatchParams::apply("controller-b");
+    let err = leases
+        .patch("owned", &theirs, &Patch::Apply(lease("b")))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err:?}")
+    };
+    assert_eq!(status.code, 409, "{status:?}");
+    assert_eq!(
+        status.message,
+        r#"Apply failed with 1 conflict: conflict with "controller-a": .spec.holderIdentity"#
+    );
+    // Applying the value it already has is no conflict: the field is shared.
+    leases
+        .patch("owned", &theirs, &Patch::Apply(lease("a")))
+        .await
+        .unwrap();
+    let taken = leases
+        .patch("owned", &theirs.clone().force(), &Patch::Apply(lease("b")))
+        .await
+        .unwrap();
+    assert_eq!(taken.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    let owners: Vec<String> = taken
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:holderIdentity").is_some())
+        })
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(owners, ["controller-b"]);
+
+    // Status through its subresource, as a node agent would.
+    let nodes: Api<Node> = Api::all(client);
+    let status = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"capacity": {"pods": "7"}}});
+    let node = nodes
+        .patch_status(
+            "node-a",
+            &PatchParams::apply("agent"),
+            &Patch::Apply(status),
+        )
+        .await
+        .unwrap();
+    let capacity = node.status.unwrap().capacity.unwrap();
+    assert_eq!(capacity["pods"].0, "7");
+    let entry = node
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .find(|m| m.manager.as_deref() == Some("agent"))
+        .expect("the agent's apply is recorded");
+    assert_eq!(entry.subresource.as_deref(), Some("status"));
+}

@@ -795,3 +795,139 @@ async fn explain_and_strict_validation_use_the_served_schemas() {
     assert_eq!(api.get(lease).await.code, 200);
     drop(server);
 }
+
+/// `kubectl apply --server-side` as Kubernetes answers it: it creates and
+/// updates, records each manager in managedFields (shown with
+/// `--show-managed-fields`), refuses a field another manager owns with
+/// Kubernetes' conflict message, takes it with `--force-conflicts`, and
+/// removes a field its manager stops applying once nobody owns it. A field
+/// set by an ordinary write (`kubectl label`) is that writer's, and
+/// client-side `kubectl apply` keeps working beside it.
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn server_side_apply_with_managers_conflicts_and_force() {
+    let (_server, api, k) = cluster(&["node-a"], "60s").await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |file: &str, labels: &str, spec: &str| -> String {
+        let path = dir.path().join(file);
+        std::fs::write(
+            &path,
+            format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: ssa\n  namespace: default\n  labels: {{{labels}}}\nspec: {{{spec}}}\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let path = "/apis/coordination.k8s.io/v1/namespaces/default/leases/ssa";
+    let managers = |lease: &Value| -> Vec<(String, String)> {
+        lease["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["manager"].as_str().unwrap().to_string(),
+                    m["operation"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+
+    let first = manifest(
+        "a.yaml",
+        "app: web, tier: front",
+        "holderIdentity: alice, leaseDurationSeconds: 30",
+    );
+    let out = k.ok(&["apply", "--server-side", "-f", &first]);
+    assert!(
+        out.contains("lease.coordination.k8s.io/ssa serverside-applied"),
+        "{out}"
+    );
+    let lease = api.get(path).await.body;
+    assert_eq!(
+        managers(&lease),
+        [("kubectl".to_string(), "Apply".to_string())]
+    );
+    let fields = &lease["metadata"]["managedFields"][0]["fieldsV1"];
+    assert_eq!(
+        fields,
+        &json!({"f:metadata": {"f:labels": {"f:app": {}, "f:tier": {}}},
+                "f:spec": {"f:holderIdentity": {}, "f:leaseDurationSeconds": {}}})
+    );
+    let shown = k.ok(&["get", "lease", "ssa", "-o", "yaml", "--show-managed-fields"]);
+    assert!(
+        shown.contains("manager: kubectl") && shown.contains("operation: Apply"),
+        "{shown}"
+    );
+    let hidden = k.ok(&["get", "lease", "ssa", "-o", "yaml"]);
+    assert!(!hidden.contains("managedFields"), "{hidden}");
+
+    // Another manager wants a different holder: a conflict, nothing changes.
+    let theirs = manifest("b.yaml", "app: web", "holderIdentity: bob");
+    let (code, _, err) = k.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &theirs,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            r#"Apply failed with 1 conflict: conflict with "kubectl": .spec.holderIdentity"#
+        ),
+        "{err}"
+    );
+    assert_eq!(api.get(path).await.body["spec"]["holderIdentity"], "alice");
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        &theirs,
+    ]);
+    let lease = api.get(path).await.body;
+    assert_eq!(lease["spec"]["holderIdentity"], "bob");
+    let kubectl_fields = &lease["metadata"]["managedFields"][0]["fieldsV1"];
+    assert!(
+        kubectl_fields.pointer("/f:spec/f:holderIdentity").is_none(),
+        "{lease}"
+    );
+
+    // kubectl stops applying the labels: `tier` is nobody's and goes,
+    // `app` is still applied by `other` and stays.
+    let fewer = manifest("c.yaml", "", "leaseDurationSeconds: 30");
+    k.ok(&["apply", "--server-side", "-f", &fewer]);
+    let lease = api.get(path).await.body;
+    assert_eq!(lease["metadata"]["labels"], json!({"app": "web"}));
+    assert_eq!(
+        lease["spec"],
+        json!({"holderIdentity": "bob", "leaseDurationSeconds": 30})
+    );
+
+    // An ordinary write owns what it set, with the version it used.
+    k.ok(&["label", "lease", "ssa", "app=api", "--overwrite"]);
+    let (code, _, err) = k.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &theirs,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            r#"conflict with "kubectl-label" using coordination.k8s.io/v1: .metadata.labels.app"#
+        ),
+        "{err}"
+    );
+
+    // Client-side apply still works beside it.
+    let other = dir.path().join("csa.yaml");
+    std::fs::write(&other, "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: csa, namespace: default}\nspec: {holderIdentity: a}\n").unwrap();
+    let out = k.ok(&["apply", "-f", other.to_str().unwrap()]);
+    assert!(out.contains("created"), "{out}");
+    std::fs::write(&other, "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: csa, namespace: default}\nspec: {holderIdentity: b}\n").unwrap();
+    let out = k.ok(&["apply", "-f", other.to_str().unwrap()]);
+    assert!(out.contains("configured"), "{out}");
+}

@@ -486,3 +486,91 @@ async fn delete_collection_removes_exactly_what_the_selectors_match() {
     assert_eq!(names(&left), ["l1"]);
     assert_eq!(left["items"][0]["metadata"]["namespace"], "team-b");
 }
+
+/// Server-side apply's request options, answered as Kubernetes answers
+/// them: `fieldManager` is required, `force` belongs to apply alone, an
+/// apply that creates is 201, a dry-run apply stores nothing, and a
+/// manager can not smuggle managedFields in.
+#[tokio::test]
+async fn apply_request_options() {
+    let server = mube_e2e::ApiServer::start(Default::default()).await;
+    let api = mube_e2e::Api::new(&server);
+    let path = "/apis/coordination.k8s.io/v1/namespaces/default/leases/applied";
+    let apply = |query: &'static str, body: &'static str| {
+        let api = api.clone();
+        async move {
+            api.raw(
+                reqwest::Method::PATCH,
+                &format!("{path}{query}"),
+                "application/apply-patch+yaml",
+                body.as_bytes().to_vec(),
+            )
+            .await
+        }
+    };
+    let yaml = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: applied}\nspec: {holderIdentity: a}\n";
+
+    let missing = apply("", yaml).await;
+    assert_eq!(missing.code, 422, "{}", missing.body);
+    assert_eq!(
+        missing.body["message"],
+        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+    );
+    let dry = apply("?fieldManager=m&dryRun=All", yaml).await;
+    assert_eq!(dry.code, 201, "{}", dry.body);
+    assert_eq!(api.get(path).await.code, 404, "a dry run stores nothing");
+    let created = apply("?fieldManager=m", yaml).await;
+    assert_eq!(created.code, 201, "{}", created.body);
+    assert_eq!(created.body["metadata"]["managedFields"][0]["manager"], "m");
+    let again = apply("?fieldManager=m", yaml).await;
+    assert_eq!(again.code, 200, "{}", again.body);
+    assert_eq!(
+        again.body["metadata"]["resourceVersion"], created.body["metadata"]["resourceVersion"],
+        "an apply that changes nothing writes nothing"
+    );
+
+    let smuggled = apply(
+        "?fieldManager=m",
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: applied, managedFields: [{manager: x}]}\n",
+    )
+    .await;
+    assert_eq!(smuggled.code, 400, "{}", smuggled.body);
+    let no_kind = apply("?fieldManager=m", "metadata: {name: applied}\n").await;
+    assert_eq!(no_kind.code, 400, "{}", no_kind.body);
+    let not_yaml = apply("?fieldManager=m", "spec: [unclosed\n").await;
+    assert_eq!(not_yaml.code, 400, "{}", not_yaml.body);
+
+    let forced_merge = api
+        .raw(
+            reqwest::Method::PATCH,
+            &format!("{path}?force=true"),
+            "application/merge-patch+json",
+            br#"{"spec":{"holderIdentity":"b"}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(forced_merge.code, 422, "{}", forced_merge.body);
+    // A merge patch is an update: recorded beside the apply, under the
+    // client's User-Agent (this client sends none).
+    let merged = api
+        .raw(
+            reqwest::Method::PATCH,
+            path,
+            "application/merge-patch+json",
+            br#"{"metadata":{"labels":{"x":"y"}}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(merged.code, 200, "{}", merged.body);
+    let managers: Vec<&str> = merged.body["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers.len(), 2, "{}", merged.body);
+    assert_eq!(managers[0], "m");
+    assert_eq!(managers[1], "", "{managers:?}");
+    assert_eq!(
+        merged.body["metadata"]["managedFields"][1]["operation"],
+        "Update"
+    );
+}

@@ -12,7 +12,7 @@ use mube_apis::watch::{EventType, WatchEvent};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::registry::{DryRun, Filter, Part, Registry};
+use crate::registry::{managed, DryRun, Filter, Part, Registry};
 use crate::store::{EventKind, ReadAt, Revision};
 
 /// A list's items, decoded one at a time as they are taken: a controller
@@ -150,7 +150,15 @@ impl ApiClient for LocalClient {
         let r = self.registry.resource(plural)?;
         Ok(self
             .registry
-            .update(&r, namespace, name, Part::Status, object, DryRun::No)
+            .update(
+                &r,
+                namespace,
+                name,
+                Part::Status,
+                object,
+                managed::CONTROLLER_MANAGER,
+                DryRun::No,
+            )
             .await?
             .value()?)
     }
@@ -177,7 +185,13 @@ impl ApiClient for LocalClient {
         let r = self.registry.resource(plural)?;
         Ok(self
             .registry
-            .create(&r, namespace, object, DryRun::No)
+            .create(
+                &r,
+                namespace,
+                object,
+                managed::CONTROLLER_MANAGER,
+                DryRun::No,
+            )
             .await?
             .value()?)
     }

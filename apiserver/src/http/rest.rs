@@ -38,6 +38,8 @@ pub struct Params {
     pub continue_token: Option<String>,
     pub include_object: Option<String>,
     pub field_validation: Option<String>,
+    pub field_manager: Option<String>,
+    pub force: Option<bool>,
 }
 
 fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
@@ -83,7 +85,47 @@ impl Params {
             continue_token: get("continue").map(str::to_string),
             include_object: get("includeObject").map(str::to_string),
             field_validation: get("fieldValidation").map(str::to_string),
+            field_manager: get("fieldManager").map(str::to_string),
+            force: get("force").map(|v| flag("force", v)).transpose()?,
         })
+    }
+
+    /// The write's field manager: `fieldManager`, or as Kubernetes defaults
+    /// it, the User-Agent up to its first `/` (`kube-rs/1.0` is `kube-rs`).
+    /// `options` names the options kind in errors (`PatchOptions`).
+    pub fn manager(&self, headers: &HeaderMap, options: &str) -> Result<String, ApiError> {
+        let manager = match &self.field_manager {
+            Some(m) => m.clone(),
+            None => headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|ua| ua.split('/').next())
+                .unwrap_or("")
+                .chars()
+                .take(128)
+                .collect(),
+        };
+        if manager.len() > 128 {
+            return Err(ApiError::invalid_options(
+                options,
+                vec![(
+                    "fieldManager".into(),
+                    "Too long: may not be more than 128 bytes".to_string(),
+                    "FieldValueTooLong",
+                )],
+            ));
+        }
+        if manager.chars().any(|c| c.is_control()) {
+            return Err(ApiError::invalid_options(
+                options,
+                vec![(
+                    "fieldManager".into(),
+                    format!("Invalid value: {manager:?}: must only contain printable characters"),
+                    "FieldValueInvalid",
+                )],
+            ));
+        }
+        Ok(manager)
     }
 
     /// The label and field selectors of a list, watch or deletecollection.
@@ -201,9 +243,10 @@ async fn serve(
             }
             Method::POST if ns.is_some() || !r.namespaced => {
                 let dry_run = options::dry_run(query, "CreateOptions")?;
+                let manager = params.manager(&headers, "CreateOptions")?;
                 let object = read_object(&headers, body).await?;
                 let warnings = check_fields(&r, &object, validation)?;
-                let created = registry.create(&r, ns, object, dry_run).await?;
+                let created = registry.create(&r, ns, object, &manager, dry_run).await?;
                 Ok(with_warnings(
                     object_response(&r, StatusCode::CREATED, &created, None)?,
                     &warnings,
@@ -243,9 +286,12 @@ async fn serve(
                 ),
                 Method::PUT => {
                     let dry_run = options::dry_run(query, "UpdateOptions")?;
+                    let manager = params.manager(&headers, "UpdateOptions")?;
                     let object = read_object(&headers, body).await?;
                     let warnings = check_fields(&r, &object, validation)?;
-                    let updated = registry.update(&r, ns, name, part, object, dry_run).await?;
+                    let updated = registry
+                        .update(&r, ns, name, part, object, &manager, dry_run)
+                        .await?;
                     Ok(with_warnings(
                         object_response(&r, StatusCode::OK, &updated, None)?,
                         &warnings,
@@ -258,20 +304,40 @@ async fn serve(
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
                     let bytes = read_body(body).await?;
+                    if is_apply(content_type) {
+                        return apply(
+                            &state, &r, ns, name, part, &params, &headers, &bytes, validation,
+                            dry_run,
+                        )
+                        .await;
+                    }
                     let patch = match Patch::parse(content_type, &bytes) {
                         Some(p) => p.map_err(ApiError::bad_request)?,
                         None => return Err(ApiError::new(
                             Reason::UnsupportedMediaType,
-                            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?}; server-side apply is not supported)"),
+                            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"),
                         )),
                     };
+                    if params.force.is_some() {
+                        return Err(ApiError::invalid_options(
+                            "PatchOptions",
+                            vec![(
+                                "force".into(),
+                                "Forbidden: may not be specified for non-apply patch".into(),
+                                "FieldValueForbidden",
+                            )],
+                        ));
+                    }
+                    let manager = params.manager(&headers, "PatchOptions")?;
                     let warnings = match &patch {
                         Patch::Merge(body) | Patch::Strategic(body) => {
                             check_fields(&r, body, validation)?
                         }
                         Patch::Json(_) => Vec::new(),
                     };
-                    let patched = registry.patch(&r, ns, name, part, &patch, dry_run).await?;
+                    let patched = registry
+                        .patch(&r, ns, name, part, &patch, &manager, dry_run)
+                        .await?;
                     Ok(with_warnings(
                         object_response(&r, StatusCode::OK, &patched, None)?,
                         &warnings,
@@ -289,6 +355,64 @@ async fn serve(
         }
         (Some(name), Some(sub)) => Err(not_found_path(&format!("{}/{name}/{sub}", r.plural))),
     }
+}
+
+fn is_apply(content_type: &str) -> bool {
+    content_type.split(';').next().map(str::trim) == Some("application/apply-patch+yaml")
+}
+
+/// Server-side apply (`application/apply-patch+yaml`; JSON is YAML too).
+/// `fieldManager` is required, as in Kubernetes; 201 when it created the
+/// object.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    state: &AppState,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    part: Part,
+    params: &Params,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    validation: FieldValidation,
+    dry_run: crate::registry::DryRun,
+) -> Result<Response, ApiError> {
+    if params.field_manager.is_none() {
+        return Err(ApiError::invalid_options(
+            "PatchOptions",
+            vec![(
+                "fieldManager".into(),
+                "Required value: is required for apply patch".into(),
+                "FieldValueRequired",
+            )],
+        ));
+    }
+    let manager = params.manager(headers, "PatchOptions")?;
+    let config: Value = serde_yaml::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    let warnings = check_fields(r, &config, validation)?;
+    let (object, created) = state
+        .registry
+        .apply(
+            r,
+            ns,
+            name,
+            part,
+            config,
+            &manager,
+            params.force.unwrap_or(false),
+            dry_run,
+        )
+        .await?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_warnings(
+        object_response(r, code, &object, None)?,
+        &warnings,
+    ))
 }
 
 /// Adds a `Warning` header (code 299, as Kubernetes sends) per warning.

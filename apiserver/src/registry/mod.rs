@@ -9,8 +9,10 @@
 
 mod dry_run;
 pub mod event;
+mod fieldset;
 mod filter;
 pub mod lease;
+pub mod managed;
 pub mod node;
 pub mod patch;
 pub mod pod;
@@ -30,6 +32,7 @@ use serde_json::{json, Value};
 
 pub use dry_run::DryRun;
 pub use filter::Filter;
+pub use managed::Manager;
 
 use crate::error::ApiError;
 use crate::store::{Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream};
@@ -347,7 +350,26 @@ impl Registry {
         &self,
         r: &Resource,
         namespace: Option<&str>,
+        object: Value,
+        manager: &str,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
+        let manager = Manager {
+            name: manager,
+            part: Part::Main,
+        };
+        self.create_in(r, namespace, object, Some(&manager), dry_run)
+            .await
+    }
+
+    /// `create`, recording `manager`'s update in managedFields, or with
+    /// the managedFields the caller set (an apply that creates).
+    async fn create_in(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
         mut object: Value,
+        manager: Option<&Manager<'_>>,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
         check_type(r, &mut object)?;
@@ -378,6 +400,9 @@ impl Registry {
             meta.remove(server_owned);
         }
         r.strategy.prepare_for_create(&mut object, now);
+        if let Some(manager) = manager {
+            managed::record_update(r, manager, None, &mut object, now)?;
+        }
         validate(r, &name, &object)?;
         self.store_for(dry_run)
             .create(&r.key(namespace, &name), object)
@@ -389,6 +414,7 @@ impl Registry {
     /// `metadata.resourceVersion` in the body is a precondition (409 if
     /// stale); without one the update is unconditional. An update that
     /// changes nothing writes nothing.
+    #[allow(clippy::too_many_arguments)] // the request's parts, each distinct
     pub async fn update(
         &self,
         r: &Resource,
@@ -396,6 +422,7 @@ impl Registry {
         name: &str,
         part: Part,
         mut object: Value,
+        manager: &str,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
         check_type(r, &mut object)?;
@@ -428,6 +455,10 @@ impl Registry {
             r,
             namespace,
             name,
+            Some(&Manager {
+                name: manager,
+                part,
+            }),
             |current, old| {
                 if let Some(expected) = precondition {
                     if expected != current.revision {
@@ -456,19 +487,30 @@ impl Registry {
         r: &Resource,
         namespace: Option<&str>,
         name: &str,
+        manager: &Manager<'_>,
         change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
     ) -> Result<StoredObject, ApiError> {
-        self.modify_in(self.store.as_ref(), r, namespace, name, change)
-            .await
+        self.modify_in(
+            self.store.as_ref(),
+            r,
+            namespace,
+            name,
+            Some(manager),
+            change,
+        )
+        .await
     }
 
-    /// `modify` through `store`: the real one, or the dry-run one.
+    /// `modify` through `store`: the real one, or the dry-run one. With a
+    /// `manager`, the change is recorded in managedFields as its update;
+    /// without, `change` has set them (an apply).
     async fn modify_in(
         &self,
         store: &dyn Store,
         r: &Resource,
         namespace: Option<&str>,
         name: &str,
+        manager: Option<&Manager<'_>>,
         mut change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
     ) -> Result<StoredObject, ApiError> {
         let key = r.key(namespace, name);
@@ -501,6 +543,9 @@ impl Registry {
                         json!(current.revision.to_string()),
                     );
                 }
+                if let Some(manager) = manager {
+                    managed::record_update(r, manager, Some(&old), &mut new, Timestamp::now())?;
+                }
                 if new == old {
                     return Ok(None);
                 }
@@ -517,6 +562,7 @@ impl Registry {
 
     /// PATCH of the whole object (`Part::Main`) or of `/status`. A
     /// `metadata.resourceVersion` the patch sets is a precondition.
+    #[allow(clippy::too_many_arguments)] // the request's parts, each distinct
     pub async fn patch(
         &self,
         r: &Resource,
@@ -524,6 +570,7 @@ impl Registry {
         name: &str,
         part: Part,
         patch: &patch::Patch,
+        manager: &str,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
         self.modify_in(
@@ -531,6 +578,10 @@ impl Registry {
             r,
             namespace,
             name,
+            Some(&Manager {
+                name: manager,
+                part,
+            }),
             |current, old| {
                 let mut patched = old.clone();
                 patch
@@ -557,6 +608,113 @@ impl Registry {
             },
         )
         .await
+    }
+
+    /// Server-side apply: `PATCH` with `application/apply-patch+yaml`.
+    /// `config` is the manager's whole intent for the object; it creates
+    /// the object when there is none (then `.1` is true). A
+    /// `metadata.resourceVersion` in it is a precondition.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+        dry_run: DryRun,
+    ) -> Result<(StoredObject, bool), ApiError> {
+        let obj = config
+            .as_object()
+            .ok_or_else(|| ApiError::bad_request("the apply configuration must be an object"))?;
+        for field in ["apiVersion", "kind"] {
+            if obj
+                .get(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the apply configuration must set {field}"
+                )));
+            }
+        }
+        check_type(r, &mut config)?;
+        let meta = metadata_mut(&mut config)?;
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        if meta.get("managedFields").is_some_and(|m| !m.is_null()) {
+            return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+        }
+        set_namespace(r, meta, namespace)?;
+        let precondition = match meta.get("resourceVersion") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.parse::<Revision>().map_err(|_| {
+                ApiError::bad_request(format!("metadata.resourceVersion: invalid value {s:?}"))
+            })?),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.resourceVersion: must be a string, got {other}"
+                )))
+            }
+        };
+        let manager = Manager {
+            name: manager,
+            part,
+        };
+        let store = self.store_for(dry_run);
+        // An apply creates or updates; a create that loses a race to
+        // another writer is tried again as an update.
+        for _ in 0..3 {
+            if store.get(&r.key(namespace, name)).await?.is_none() {
+                if precondition.is_some() {
+                    return Err(ApiError::not_found(r, name));
+                }
+                let object = managed::apply(r, &manager, None, &config, force, Timestamp::now())?;
+                match self.create_in(r, namespace, object, None, dry_run).await {
+                    Err(e) if e.status.reason.as_deref() == Some("AlreadyExists") => continue,
+                    other => return other.map(|o| (o, true)),
+                }
+            }
+            let updated = self
+                .modify_in(store, r, namespace, name, None, |current, old| {
+                    if let Some(expected) = precondition {
+                        if expected != current.revision {
+                            return Err(ApiError::from_store(
+                                StoreError::Conflict {
+                                    key: current.key.to_string(),
+                                    expected,
+                                    actual: current.revision,
+                                },
+                                r,
+                                name,
+                            ));
+                        }
+                    }
+                    let new =
+                        managed::apply(r, &manager, Some(&old), &config, force, Timestamp::now())?;
+                    Ok(Some(new))
+                })
+                .await;
+            match updated {
+                Err(e) if e.status.code == Some(404) => continue,
+                other => return other.map(|o| (o, false)),
+            }
+        }
+        Err(ApiError::new(
+            Reason::Conflict,
+            format!("{name}: the object was created and deleted concurrently; try again"),
+        ))
     }
 
     /// DELETE. The preconditions (uid, resourceVersion) are checked by the

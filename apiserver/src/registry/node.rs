@@ -14,7 +14,9 @@ use mube_apis::validation::FieldError;
 use mube_apis::NODE_LEASE_NAMESPACE;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, DryRun, Registry, Resource, Strategy, Typed, TypedAs};
+use super::{
+    age_of, managed, name_of, DryRun, Manager, Part, Registry, Resource, Strategy, Typed, TypedAs,
+};
 use crate::error::ApiError;
 use crate::store::{Preconditions, ReadAt, StoreError, StoredObject};
 
@@ -281,32 +283,43 @@ async fn register_one(
                 "spec": {},
             });
             state_rules::set_address(&mut object, &ip, node.port);
-            registry.create(r, None, object, DryRun::No).await?;
+            registry
+                .create(r, None, object, managed::APISERVER, DryRun::No)
+                .await?;
             tracing::debug!(node = %node.name, %ip, port = node.port, "registered node from config");
             Ok(true)
         }
         Err(e) => Err(e),
         Ok(_) => {
             registry
-                .modify(r, None, &node.name, |_, mut object| {
-                    let mut changed = state_rules::set_address(&mut object, &ip, node.port);
-                    let marked = object
-                        .pointer("/metadata/annotations")
-                        .and_then(|a| a.get(REGISTERED_BY))
-                        .and_then(Value::as_str)
-                        == Some("config");
-                    if !marked {
-                        if let Some(meta) = object["metadata"].as_object_mut() {
-                            let annotations =
-                                meta.entry("annotations").or_insert_with(|| json!({}));
-                            if let Some(a) = annotations.as_object_mut() {
-                                a.insert(REGISTERED_BY.into(), json!("config"));
-                                changed = true;
+                .modify(
+                    r,
+                    None,
+                    &node.name,
+                    &Manager {
+                        name: managed::APISERVER,
+                        part: Part::Main,
+                    },
+                    |_, mut object| {
+                        let mut changed = state_rules::set_address(&mut object, &ip, node.port);
+                        let marked = object
+                            .pointer("/metadata/annotations")
+                            .and_then(|a| a.get(REGISTERED_BY))
+                            .and_then(Value::as_str)
+                            == Some("config");
+                        if !marked {
+                            if let Some(meta) = object["metadata"].as_object_mut() {
+                                let annotations =
+                                    meta.entry("annotations").or_insert_with(|| json!({}));
+                                if let Some(a) = annotations.as_object_mut() {
+                                    a.insert(REGISTERED_BY.into(), json!("config"));
+                                    changed = true;
+                                }
                             }
                         }
-                    }
-                    Ok(changed.then_some(object))
-                })
+                        Ok(changed.then_some(object))
+                    },
+                )
                 .await?;
             Ok(false)
         }
@@ -345,14 +358,23 @@ pub async fn heartbeat(
         }
     }
     let result = registry
-        .modify(&nodes, None, &hb.name, |_, mut node| {
-            let mut changed = state_rules::apply_heartbeat(&mut node, hb);
-            if state_rules::state_of(&node) != Some(NodeState::Ready) {
-                state_rules::set_state(&mut node, NodeState::Ready, now, Some(now));
-                changed = true;
-            }
-            Ok(changed.then_some(node))
-        })
+        .modify(
+            &nodes,
+            None,
+            &hb.name,
+            &Manager {
+                name: managed::MUBELET,
+                part: Part::Status,
+            },
+            |_, mut node| {
+                let mut changed = state_rules::apply_heartbeat(&mut node, hb);
+                if state_rules::state_of(&node) != Some(NodeState::Ready) {
+                    state_rules::set_state(&mut node, NodeState::Ready, now, Some(now));
+                    changed = true;
+                }
+                Ok(changed.then_some(node))
+            },
+        )
         .await;
     match result {
         Err(e) if e.code() == 404 => Err(not_registered()),
@@ -419,7 +441,13 @@ async fn renew_lease(
                     lease["metadata"]["ownerReferences"][0]["uid"] = uid;
                 }
                 match registry
-                    .create(&leases, Some(NODE_LEASE_NAMESPACE), lease, DryRun::No)
+                    .create(
+                        &leases,
+                        Some(NODE_LEASE_NAMESPACE),
+                        lease,
+                        managed::MUBELET,
+                        DryRun::No,
+                    )
                     .await
                 {
                     Err(e) if e.code() == 409 => continue,

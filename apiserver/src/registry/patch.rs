@@ -20,18 +20,22 @@ pub enum Patch {
 }
 
 /// How a list field merges under a strategic merge patch.
-enum ListMerge {
+pub(super) enum ListMerge {
     /// Elements are objects matched by this key.
     ByKey(&'static str),
     /// Elements are scalars kept as a set.
     Set,
 }
 
-/// Fields with a patch strategy of `merge` in the Kubernetes types mube serves.
-fn list_strategy(path: &str) -> Option<ListMerge> {
+/// Fields with a patch strategy of `merge` in the Kubernetes types mube
+/// serves. Server-side apply reads lists by the same table (`fieldset.rs`).
+pub(super) fn list_strategy(path: &str) -> Option<ListMerge> {
     match path {
         "status.conditions" | "status.addresses" => Some(ListMerge::ByKey("type")),
         "metadata.ownerReferences" => Some(ListMerge::ByKey("uid")),
+        "spec.containers" | "spec.initContainers" | "spec.volumes" | "spec.containers.env" => {
+            Some(ListMerge::ByKey("name"))
+        }
         "metadata.finalizers" | "spec.podCIDRs" => Some(ListMerge::Set),
         "status.images" => None,
         _ => None,

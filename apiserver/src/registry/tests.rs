@@ -128,11 +128,23 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     let nodes = f.nodes();
     let real = f
         .registry
-        .create(&nodes, None, node("n1", json!({"a": "1"})), DryRun::No)
+        .create(
+            &nodes,
+            None,
+            node("n1", json!({"a": "1"})),
+            "test",
+            DryRun::No,
+        )
         .await
         .unwrap();
     f.registry
-        .create(&nodes, None, node("n2", json!({"a": "1"})), DryRun::No)
+        .create(
+            &nodes,
+            None,
+            node("n2", json!({"a": "1"})),
+            "test",
+            DryRun::No,
+        )
         .await
         .unwrap();
     let n1 = real.value().unwrap();
@@ -145,7 +157,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     // create: the object as it would be stored, without a resourceVersion.
     let created = f
         .registry
-        .create(&nodes, None, node("n3", json!({})), dry)
+        .create(&nodes, None, node("n3", json!({})), "test", dry)
         .await
         .unwrap();
     let created = created.value().unwrap();
@@ -155,13 +167,13 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     assert!(created["metadata"].get("resourceVersion").is_none());
     let exists = f
         .registry
-        .create(&nodes, None, node("n1", json!({})), dry)
+        .create(&nodes, None, node("n1", json!({})), "test", dry)
         .await
         .unwrap_err();
     assert_eq!(exists.code(), 409);
     let invalid = f
         .registry
-        .create(&nodes, None, node("Bad_Name", json!({})), dry)
+        .create(&nodes, None, node("Bad_Name", json!({})), "test", dry)
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), 422);
@@ -171,7 +183,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     changed["metadata"]["labels"]["b"] = json!("2");
     let updated = f
         .registry
-        .update(&nodes, None, "n1", Part::Main, changed.clone(), dry)
+        .update(&nodes, None, "n1", Part::Main, changed.clone(), "test", dry)
         .await
         .unwrap();
     assert_eq!(updated.revision, real.revision);
@@ -181,7 +193,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     changed["metadata"]["resourceVersion"] = json!("99");
     let stale = f
         .registry
-        .update(&nodes, None, "n1", Part::Main, changed, dry)
+        .update(&nodes, None, "n1", Part::Main, changed, "test", dry)
         .await
         .unwrap_err();
     assert_eq!(stale.code(), 409);
@@ -189,7 +201,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     status["status"]["state"] = json!("Ready");
     let bad_status = f
         .registry
-        .update(&nodes, None, "n1", Part::Status, status, dry)
+        .update(&nodes, None, "n1", Part::Status, status, "test", dry)
         .await
         .unwrap_err();
     assert_eq!(bad_status.code(), 422, "state without its condition");
@@ -197,7 +209,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     status["status"]["addresses"] = json!([{"type": "InternalIP", "address": "10.1.1.1"}]);
     let status = f
         .registry
-        .update(&nodes, None, "n1", Part::Status, status, dry)
+        .update(&nodes, None, "n1", Part::Status, status, "test", dry)
         .await
         .unwrap();
     assert_eq!(
@@ -226,7 +238,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
         for part in [Part::Main, Part::Status] {
             let patched = f
                 .registry
-                .patch(&nodes, None, "n1", part, &patch, dry)
+                .patch(&nodes, None, "n1", part, &patch, "test", dry)
                 .await
                 .unwrap();
             assert_eq!(patched.revision, real.revision, "{content_type}");
@@ -241,7 +253,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     .unwrap();
     let patched = f
         .registry
-        .patch(&nodes, None, "n1", Part::Status, &status_patch, dry)
+        .patch(&nodes, None, "n1", Part::Status, &status_patch, "test", dry)
         .await
         .unwrap();
     assert_eq!(patched.revision, real.revision);
@@ -257,7 +269,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     .unwrap();
     let stale = f
         .registry
-        .patch(&nodes, None, "n1", Part::Main, &stale, dry)
+        .patch(&nodes, None, "n1", Part::Main, &stale, "test", dry)
         .await
         .unwrap_err();
     assert_eq!(stale.code(), 409);
@@ -326,7 +338,13 @@ async fn delete_collection_removes_exactly_the_matching_objects() {
     let nodes = f.nodes();
     for (name, pool) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
         f.registry
-            .create(&nodes, None, node(name, json!({"pool": pool})), DryRun::No)
+            .create(
+                &nodes,
+                None,
+                node(name, json!({"pool": pool})),
+                "test",
+                DryRun::No,
+            )
             .await
             .unwrap();
     }
