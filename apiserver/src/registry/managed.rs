@@ -264,16 +264,19 @@ pub fn apply(
     now: Timestamp,
 ) -> Result<Value, ApiError> {
     let applied = owned_part(r, manager.part, fieldset::of(config));
-    let mine = Entry {
+    let entry = |fields: FieldSet| Entry {
         manager: manager.name.to_string(),
         operation: Operation::Apply,
         subresource: manager.subresource().to_string(),
         api_version: r.api_version(),
         time: Some(now_value(now)),
-        fields: applied.clone(),
+        // Fields the kind does not define are not stored, so nobody owns them.
+        fields: applied.intersection(&fields),
     };
     let Some(live) = live else {
         let mut object = config.clone();
+        super::canonicalize(r, &mut object)?;
+        let mine = entry(fieldset::of(&object));
         set_entries(&mut object, vec![mine]);
         return Ok(object);
     };
@@ -296,6 +299,8 @@ pub fn apply(
     fieldset::merge(&mut merged, config);
     let mut merged = super::merge_update(r, manager.part, live.clone(), merged);
     take_managed_fields(&mut merged);
+    super::canonicalize(r, &mut merged)?;
+    let mine = entry(fieldset::of(&merged));
 
     // What this manager applied last time and no longer does goes, unless
     // someone (this apply included) still owns it.

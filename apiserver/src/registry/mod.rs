@@ -140,15 +140,11 @@ pub fn age_of(object: &Value, now: Timestamp) -> String {
     )
 }
 
-/// A kind's typed k8s-openapi struct, as the registry uses it. The JSON as
-/// sent is what gets stored (no field a client sends is dropped); the typed
-/// struct only checks the shape and tells which fields are unknown.
+/// A kind's typed k8s-openapi struct, as the registry uses it: what is
+/// stored is the object as this type serializes it (`canonicalize`).
 pub trait Typed: Send + Sync {
-    /// Whether `object` decodes into the type. Every write asks, so this
-    /// only decodes.
-    fn check(&self, object: &Value) -> Result<(), String>;
-    /// Decoded and encoded again: what a Kubernetes server would keep of
-    /// `object` (for `fieldValidation`).
+    /// Decoded and encoded again: what a Kubernetes server keeps of
+    /// `object`.
     fn canonical(&self, object: &Value) -> Result<Value, String>;
     /// The type's OpenAPI schema, generated from k8s-openapi's own
     /// description of it: registers it (and every type it uses) in
@@ -164,10 +160,6 @@ impl<T> TypedAs<T> {
 }
 
 impl<T: DeserializeOwned + serde::Serialize + JsonSchema> Typed for TypedAs<T> {
-    fn check(&self, object: &Value) -> Result<(), String> {
-        T::deserialize(object).map(drop).map_err(|e| e.to_string())
-    }
-
     fn canonical(&self, object: &Value) -> Result<Value, String> {
         let typed = T::deserialize(object).map_err(|e| e.to_string())?;
         serde_json::to_value(typed).map_err(|e| e.to_string())
@@ -400,6 +392,7 @@ impl Registry {
             meta.remove(server_owned);
         }
         r.strategy.prepare_for_create(&mut object, now);
+        canonicalize(r, &mut object)?;
         if let Some(manager) = manager {
             managed::record_update(r, manager, None, &mut object, now)?;
         }
@@ -543,6 +536,7 @@ impl Registry {
                         json!(current.revision.to_string()),
                     );
                 }
+                canonicalize(r, &mut new)?;
                 if let Some(manager) = manager {
                     managed::record_update(r, manager, Some(&old), &mut new, Timestamp::now())?;
                 }
@@ -935,12 +929,49 @@ fn without_nulls_and_directives(value: Value) -> Value {
     }
 }
 
-/// Generic checks (name, labels, annotations) plus the kind's own.
-fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
-    r.strategy
+/// The object as the kind's Kubernetes type serializes it: every field the
+/// type requires present, fields it does not define dropped (a client was
+/// warned of them, or refused under `fieldValidation=Strict`), as a
+/// Kubernetes server stores what it decoded. mube's own additions to a
+/// type (`extra_fields`) are kept. Every write goes through this, so
+/// every object served has Kubernetes' shape.
+fn canonicalize(r: &Resource, object: &mut Value) -> Result<(), ApiError> {
+    let mut kept = r
+        .strategy
         .typed()
-        .check(object)
+        .canonical(object)
         .map_err(|m| shape_error(r, &m))?;
+    for extra in r.strategy.extra_fields() {
+        let mut from = Some(&*object);
+        for key in extra.split('.') {
+            from = from.and_then(|v| v.get(key));
+        }
+        if let Some(value) = from {
+            let keys: Vec<&str> = extra.split('.').collect();
+            put(&mut kept, &keys, value.clone());
+        }
+    }
+    *object = kept;
+    Ok(())
+}
+
+/// Sets the field at `keys`, making the objects on the way.
+fn put(target: &mut Value, keys: &[&str], value: Value) {
+    let Some(map) = target.as_object_mut() else {
+        return;
+    };
+    match keys {
+        [last] => {
+            map.insert((*last).to_string(), value);
+        }
+        [first, rest @ ..] => put(map.entry(*first).or_insert_with(|| json!({})), rest, value),
+        [] => {}
+    }
+}
+
+/// Generic checks (name, labels, annotations) plus the kind's own, on an
+/// object already `canonicalize`d.
+fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     if name.is_empty() {
         errors.push(FieldError::new(
