@@ -135,6 +135,31 @@ impl ApiError {
         }
     }
 
+    fn reason_is(&self, reason: Reason) -> bool {
+        self.status.reason.as_deref() == Some(reason.as_str())
+    }
+
+    /// 404: the object (or path) is not there.
+    pub fn is_not_found(&self) -> bool {
+        self.reason_is(Reason::NotFound)
+    }
+
+    /// 409 Conflict: a stale resourceVersion or a failed precondition; a
+    /// read-modify-write tries again.
+    pub fn is_conflict(&self) -> bool {
+        self.reason_is(Reason::Conflict)
+    }
+
+    /// 409 AlreadyExists: a create lost to another.
+    pub fn is_already_exists(&self) -> bool {
+        self.reason_is(Reason::AlreadyExists)
+    }
+
+    /// 410: the history a read asked for is compacted away.
+    pub fn is_expired(&self) -> bool {
+        self.reason_is(Reason::Expired) || self.reason_is(Reason::Gone)
+    }
+
     pub fn code(&self) -> u16 {
         self.status
             .code
@@ -186,7 +211,9 @@ impl From<StoreError> for ApiError {
             | StoreError::PreconditionFailed { .. }) => {
                 ApiError::new(Reason::Conflict, e.to_string())
             }
-            StoreError::Backend(m) => ApiError::new(Reason::InternalError, m),
+            e @ (StoreError::Corruption(_) | StoreError::Io(_)) => {
+                ApiError::new(Reason::InternalError, e.to_string())
+            }
             StoreError::Failed(m) => ApiError::new(
                 Reason::ServiceUnavailable,
                 format!("{m}; the API server serves no data until it is restarted"),

@@ -116,8 +116,12 @@ impl ApiClient for LocalClient {
                         EventKind::Modified => EventType::Modified,
                         EventKind::Deleted => EventType::Deleted,
                     };
-                    let object = serde_json::from_slice(&event.object)
-                        .map_err(|e| ApiError::bad_request(format!("corrupt event: {e}")));
+                    let object = serde_json::from_slice(&event.object).map_err(|e| {
+                        ApiError::new(
+                            mube_apis::status::Reason::InternalError,
+                            format!("a stored object in a watch event does not decode: {e}"),
+                        )
+                    });
                     Some((
                         object.map(|object| WatchEvent { type_, object }),
                         Some(stream),

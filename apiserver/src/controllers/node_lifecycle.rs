@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use mube_apis::node::{self as rules, Evaluation, NodeState};
+use mube_apis::status::Reason;
 use mube_apis::watch::{EventType, WatchEvent};
 use mube_apis::NODE_LEASE_NAMESPACE;
 use serde_json::Value;
@@ -387,7 +388,7 @@ impl NodeLifecycle {
     async fn write_state(&mut self, name: &str) -> Result<Option<Evaluation>, ApiError> {
         for _ in 0..5 {
             let node = match self.client.get("nodes", None, name).await {
-                Err(e) if e.code() == 404 => return Ok(None),
+                Err(e) if e.is_not_found() => return Ok(None),
                 other => other?,
             };
             let heartbeat = match self
@@ -395,7 +396,7 @@ impl NodeLifecycle {
                 .get("leases", Some(NODE_LEASE_NAMESPACE), name)
                 .await
             {
-                Err(e) if e.code() == 404 => None,
+                Err(e) if e.is_not_found() => None,
                 other => timestamp_at(&other?, "/spec/renewTime"),
             };
             self.observe_node(&node);
@@ -427,13 +428,16 @@ impl NodeLifecycle {
                     );
                     return Ok(Some(eval));
                 }
-                Err(e) if e.code() == 409 => continue,
-                Err(e) if e.code() == 404 => return Ok(None),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) if e.is_not_found() => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
-        Err(ApiError::bad_request(format!(
-            "node {name}: too many conflicts writing its state"
-        )))
+        // Contention, not a bad request: Kubernetes' GuaranteedUpdate also
+        // gives up with the conflict.
+        Err(ApiError::new(
+            Reason::Conflict,
+            format!("node {name}: too many conflicts writing its state"),
+        ))
     }
 }

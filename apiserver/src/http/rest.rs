@@ -471,7 +471,7 @@ async fn list(
         None => (read_at(state, params).await?, None),
     };
     let (mut items, revision) = match state.registry.list(r, ns, filter, at).await {
-        Err(e) if after_key.is_some() && e.code() == 410 => {
+        Err(e) if after_key.is_some() && e.is_expired() => {
             return Err(ApiError::new(
                 Reason::Expired,
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",

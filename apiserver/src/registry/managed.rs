@@ -275,7 +275,7 @@ pub fn apply(
     };
     let Some(live) = live else {
         let mut object = config.clone();
-        super::canonicalize(r, &mut object)?;
+        super::fields::canonicalize(r, &mut object)?;
         let mine = entry(fieldset::of(&object));
         set_entries(&mut object, vec![mine]);
         return Ok(object);
@@ -297,9 +297,9 @@ pub fn apply(
     let mut merged = live.clone();
     take_managed_fields(&mut merged);
     fieldset::merge(&mut merged, config);
-    let mut merged = super::merge_update(r, manager.part, live.clone(), merged);
+    let mut merged = super::generic::merge_update(r, manager.part, live.clone(), merged);
     take_managed_fields(&mut merged);
-    super::canonicalize(r, &mut merged)?;
+    super::fields::canonicalize(r, &mut merged)?;
     let mine = entry(fieldset::of(&merged));
 
     // What this manager applied last time and no longer does goes, unless

@@ -277,7 +277,7 @@ async fn register_one(
 ) -> Result<bool, ApiError> {
     let ip = node.ip.to_string();
     match registry.get(r, None, &node.name).await {
-        Err(e) if e.code() == 404 => {
+        Err(e) if e.is_not_found() => {
             let mut object = json!({
                 "metadata": {"name": node.name, "annotations": {REGISTERED_BY: "config"}},
                 "spec": {},
@@ -345,7 +345,7 @@ pub async fn heartbeat(
         )
     };
     match registry.get(&nodes, None, &hb.name).await {
-        Err(e) if e.code() == 404 => return Err(not_registered()),
+        Err(e) if e.is_not_found() => return Err(not_registered()),
         other => other?,
     };
     let now = Timestamp::now();
@@ -377,7 +377,7 @@ pub async fn heartbeat(
         )
         .await;
     match result {
-        Err(e) if e.code() == 404 => Err(not_registered()),
+        Err(e) if e.is_not_found() => Err(not_registered()),
         other => other,
     }
 }
@@ -423,7 +423,7 @@ async fn renew_lease(
         .await
         .map_err(|e| ApiError::from_store(e, &leases, node));
         match renewed {
-            Err(e) if e.code() == 404 => {
+            Err(e) if e.is_not_found() => {
                 let mut lease = json!({
                     "metadata": {
                         "name": node,
@@ -450,7 +450,7 @@ async fn renew_lease(
                     )
                     .await
                 {
-                    Err(e) if e.code() == 409 => continue,
+                    Err(e) if e.is_conflict() => continue,
                     other => return other.map(|_| ()),
                 }
             }

@@ -183,15 +183,15 @@ pub struct LogStore {
     _lock: File,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
 }
 
 /// Holds the data directory for one process: a second API server on the same
 /// directory would interleave two logs.
 fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
     wal::create_dir_durably(dir).map_err(|e| {
-        backend(format!(
+        io(format!(
             "cannot create data directory {}: {e}",
             dir.display()
         ))
@@ -202,9 +202,9 @@ fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| backend(format!("cannot open {}: {e}", lock_path.display())))?;
+        .map_err(|e| io(format!("cannot open {}: {e}", lock_path.display())))?;
     if lock.try_lock().is_err() {
-        return Err(backend(format!(
+        return Err(io(format!(
             "data directory {} is in use by another mube-apiserver (lock {} is held); stop it or choose another dataDir",
             dir.display(),
             lock_path.display()
@@ -227,7 +227,7 @@ impl LogStore {
         }
         let log_dir = dir.join("log");
         wal::create_dir_durably(&log_dir)
-            .map_err(|e| backend(format!("cannot create {}: {e}", log_dir.display())))?;
+            .map_err(|e| io(format!("cannot create {}: {e}", log_dir.display())))?;
         let retention = usize::try_from(options.history_retention.max(1)).unwrap_or(usize::MAX);
         let Recovered {
             revision,
@@ -242,7 +242,7 @@ impl LogStore {
         } = recovery::recover(&log_dir, retention, options.repair)?;
         let writer = SegmentWriter::create(&log_dir, revision + 1, options.faults.clone())
             .map_err(|e| {
-                backend(format!(
+                io(format!(
                     "cannot start a log segment in {}: {e}",
                     log_dir.display()
                 ))
@@ -306,7 +306,7 @@ impl LogStore {
             std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(f)
-                .map_err(|e| backend(format!("cannot start the {name} thread: {e}")))
+                .map_err(|e| io(format!("cannot start the {name} thread: {e}")))
         };
         let s = shared.clone();
         let compactor_tick = tick.clone();
@@ -513,7 +513,7 @@ impl LogStore {
             match &event.previous {
                 Some(previous) => {
                     let revision = codec::revision_of(previous).ok_or_else(|| {
-                        backend(format!(
+                        StoreError::Corruption(format!(
                             "history of {} at revision {} holds an object without a resourceVersion",
                             event.key, event.revision
                         ))

@@ -43,8 +43,9 @@ pub struct StoredObject {
 
 impl StoredObject {
     pub fn value(&self) -> Result<Value, StoreError> {
-        serde_json::from_slice(&self.json)
-            .map_err(|e| StoreError::Backend(format!("stored object {} is corrupt: {e}", self.key)))
+        serde_json::from_slice(&self.json).map_err(|e| {
+            StoreError::Corruption(format!("stored object {} does not decode: {e}", self.key))
+        })
     }
 }
 
@@ -129,8 +130,15 @@ pub enum StoreError {
     TooSlow,
     #[error("the store is shutting down")]
     Closed,
-    #[error("storage error: {0}")]
-    Backend(String),
+    /// Stored data is not what was written: a damaged log record, a gap
+    /// in revisions, an object that does not decode. Never the client's
+    /// fault: 500.
+    #[error("stored data is corrupt: {0}")]
+    Corruption(String),
+    /// The disk or the operating system refused (open, create, read,
+    /// spawn): 500, or at start-up, a start that fails with the reason.
+    #[error("storage I/O error: {0}")]
+    Io(String),
     /// The store has stopped (its log could not be written): nothing more is
     /// written or served until the process is restarted.
     #[error("{0}")]
@@ -185,7 +193,10 @@ impl Preconditions {
             let actual = serde_json::from_slice::<Uid>(&current.json)
                 .map(|o| o.metadata.uid)
                 .map_err(|e| {
-                    StoreError::Backend(format!("stored object {} is corrupt: {e}", current.key))
+                    StoreError::Corruption(format!(
+                        "stored object {} does not decode: {e}",
+                        current.key
+                    ))
                 })?;
             if *want != actual {
                 return Err(failed(format!(

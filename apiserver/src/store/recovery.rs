@@ -33,7 +33,7 @@ pub struct Recovered {
 }
 
 fn corrupt(msg: String) -> StoreError {
-    StoreError::Backend(msg)
+    StoreError::Corruption(msg)
 }
 
 const REPAIR_HINT: &str = "the log holds acknowledged writes after this point; \
@@ -42,7 +42,7 @@ const REPAIR_HINT: &str = "the log holds acknowledged writes after this point; \
     it are lost), or restore from a backup";
 
 pub fn recover(dir: &Path, retention: usize, repair: bool) -> Result<Recovered, StoreError> {
-    let io = |e: std::io::Error| corrupt(format!("cannot read {}: {e}", dir.display()));
+    let io = |e: std::io::Error| StoreError::Io(format!("cannot read {}: {e}", dir.display()));
     let snapshot::Listing {
         snapshots,
         temporaries,

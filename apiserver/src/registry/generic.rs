@@ -1,0 +1,535 @@
+//! The generic registry: every kind's create, update, patch, apply and
+//! delete, written once over the store (Kubernetes'
+//! `registry/generic/registry/store.go`).
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use mube_apis::status::Reason;
+use serde_json::{json, Value};
+
+use super::dry_run::DryRunStore;
+use super::fields::{canonicalize, validate};
+use super::meta::{
+    check_type, metadata_mut, resource_version_precondition, set_namespace, stale, time,
+};
+use super::{event, lease, managed, node, patch, pod, DryRun, Filter, Manager, Part, Resource};
+use crate::error::ApiError;
+use crate::store::{Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream};
+
+/// Failure inside a read-modify-write: either from the store (mapped with the
+/// resource's names) or already an API error.
+enum UpdateFailure {
+    Store(StoreError),
+    Api(ApiError),
+}
+
+impl From<StoreError> for UpdateFailure {
+    fn from(e: StoreError) -> Self {
+        UpdateFailure::Store(e)
+    }
+}
+
+impl From<ApiError> for UpdateFailure {
+    fn from(e: ApiError) -> Self {
+        UpdateFailure::Api(e)
+    }
+}
+
+/// Every kind this server serves, over one store.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    /// What dry-run writes go through: reads from `store`, writes nothing.
+    dry_run: DryRunStore,
+    resources: Vec<Arc<Resource>>,
+}
+
+impl Registry {
+    /// The kinds mube serves today.
+    pub fn standard(store: Arc<dyn Store>) -> Registry {
+        Registry {
+            dry_run: DryRunStore::new(store.clone()),
+            store,
+            resources: vec![
+                Arc::new(node::resource()),
+                Arc::new(lease::resource()),
+                Arc::new(pod::resource()),
+                Arc::new(event::resource()),
+            ],
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The store a write goes to: the real one, or for a dry run one that
+    /// makes every check and writes nothing.
+    fn store_for(&self, dry_run: DryRun) -> &dyn Store {
+        match dry_run {
+            DryRun::No => self.store.as_ref(),
+            DryRun::All => &self.dry_run,
+        }
+    }
+
+    pub fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Resource>> {
+        self.resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
+    }
+
+    /// Looks up a registered kind by plural name; for code that names kinds
+    /// it knows are registered (the heartbeat, controllers).
+    pub fn resource(&self, plural: &str) -> Result<Arc<Resource>, ApiError> {
+        self.resources
+            .iter()
+            .find(|r| r.plural == plural)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(Reason::NotFound, format!("resource {plural} is not served"))
+            })
+    }
+
+    pub async fn get(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<StoredObject, ApiError> {
+        self.store
+            .get(&r.key(namespace, name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(r, name))
+    }
+
+    /// Matching objects and the revision the list was read at.
+    pub async fn list(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        filter: &Filter,
+        at: ReadAt,
+    ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
+        let list = self.store.list(&r.prefix(namespace), at).await?;
+        let items = if filter.is_empty() {
+            list.items
+        } else {
+            let mut kept = Vec::new();
+            for item in list.items {
+                if filter.matches(r, &item.value()?) {
+                    kept.push(item);
+                }
+            }
+            kept
+        };
+        Ok((items, list.revision))
+    }
+
+    pub fn watch(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        after: Revision,
+    ) -> Result<WatchStream, ApiError> {
+        Ok(self.store.watch(&r.prefix(namespace), after)?)
+    }
+
+    pub async fn create(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        object: Value,
+        manager: &str,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
+        let manager = Manager {
+            name: manager,
+            part: Part::Main,
+        };
+        self.create_in(r, namespace, object, Some(&manager), dry_run)
+            .await
+    }
+
+    /// `create`, recording `manager`'s update in managedFields, or with
+    /// the managedFields the caller set (an apply that creates).
+    async fn create_in(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        mut object: Value,
+        manager: Option<&Manager<'_>>,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
+        check_type(r, &mut object)?;
+        let meta = metadata_mut(&mut object)?;
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if name.is_empty() {
+            if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                name = format!("{prefix}{}", &suffix[..5]);
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        set_namespace(r, meta, namespace)?;
+        let now = Timestamp::now();
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), time(now));
+        meta.insert("generation".into(), json!(1));
+        for server_owned in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(server_owned);
+        }
+        r.strategy.prepare_for_create(&mut object, now);
+        canonicalize(r, &mut object)?;
+        if let Some(manager) = manager {
+            managed::record_update(r, manager, None, &mut object, now)?;
+        }
+        validate(r, &name, &object)?;
+        self.store_for(dry_run)
+            .create(&r.key(namespace, &name), object)
+            .await
+            .map_err(|e| ApiError::from_store(e, r, &name))
+    }
+
+    /// PUT of the whole object (`Part::Main`) or of `/status`. A
+    /// `metadata.resourceVersion` in the body is a precondition (409 if
+    /// stale); without one the update is unconditional. An update that
+    /// changes nothing writes nothing.
+    #[allow(clippy::too_many_arguments)] // the request's parts, each distinct
+    pub async fn update(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        mut object: Value,
+        manager: &str,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
+        check_type(r, &mut object)?;
+        let meta = metadata_mut(&mut object)?;
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        set_namespace(r, meta, namespace)?;
+        let precondition = resource_version_precondition(meta)?;
+        self.modify_in(
+            self.store_for(dry_run),
+            r,
+            namespace,
+            name,
+            Some(&Manager {
+                name: manager,
+                part,
+            }),
+            |current, old| {
+                stale(precondition, current, r, name)?;
+                Ok(Some(merge_update(r, part, old, object.clone())))
+            },
+        )
+        .await
+    }
+
+    /// Read-modify-write through the same checks as a PUT: `change` gets the
+    /// current object and returns the new one (or `None` for no change).
+    /// Retries on conflict. Controllers and the heartbeat write through this.
+    pub async fn modify(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        manager: &Manager<'_>,
+        change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
+    ) -> Result<StoredObject, ApiError> {
+        self.modify_in(
+            self.store.as_ref(),
+            r,
+            namespace,
+            name,
+            Some(manager),
+            change,
+        )
+        .await
+    }
+
+    /// `modify` through `store`: the real one, or the dry-run one. With a
+    /// `manager`, the change is recorded in managedFields as its update;
+    /// without, `change` has set them (an apply).
+    async fn modify_in(
+        &self,
+        store: &dyn Store,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        manager: Option<&Manager<'_>>,
+        mut change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
+    ) -> Result<StoredObject, ApiError> {
+        let key = r.key(namespace, name);
+        let result = crate::store::guaranteed_update(
+            store,
+            &key,
+            |current, old: Value| -> Result<Option<Value>, UpdateFailure> {
+                let Some(mut new) = change(current, old.clone())? else {
+                    return Ok(None);
+                };
+                // Identity and bookkeeping are the server's, whatever the body says.
+                if let (Some(new_meta), Some(old_meta)) = (
+                    new.get_mut("metadata").and_then(Value::as_object_mut),
+                    old.get("metadata").and_then(Value::as_object),
+                ) {
+                    for kept in [
+                        "uid",
+                        "creationTimestamp",
+                        "generation",
+                        "namespace",
+                        "name",
+                    ] {
+                        match old_meta.get(kept) {
+                            Some(v) => new_meta.insert(kept.into(), v.clone()),
+                            None => new_meta.remove(kept),
+                        };
+                    }
+                    new_meta.insert(
+                        "resourceVersion".into(),
+                        json!(current.revision.to_string()),
+                    );
+                }
+                canonicalize(r, &mut new)?;
+                if let Some(manager) = manager {
+                    managed::record_update(r, manager, Some(&old), &mut new, Timestamp::now())?;
+                }
+                if new == old {
+                    return Ok(None);
+                }
+                validate(r, name, &new)?;
+                Ok(Some(new))
+            },
+        )
+        .await;
+        result.map_err(|f| match f {
+            UpdateFailure::Store(e) => ApiError::from_store(e, r, name),
+            UpdateFailure::Api(e) => e,
+        })
+    }
+
+    /// PATCH of the whole object (`Part::Main`) or of `/status`. A
+    /// `metadata.resourceVersion` the patch sets is a precondition.
+    #[allow(clippy::too_many_arguments)] // the request's parts, each distinct
+    pub async fn patch(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        patch: &patch::Patch,
+        manager: &str,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
+        self.modify_in(
+            self.store_for(dry_run),
+            r,
+            namespace,
+            name,
+            Some(&Manager {
+                name: manager,
+                part,
+            }),
+            |current, old| {
+                let mut patched = old.clone();
+                patch
+                    .apply(&mut patched)
+                    .map_err(|m| ApiError::new(Reason::Invalid, m))?;
+                // A resourceVersion the patch sets is a precondition.
+                let wanted = match patched.get("metadata").and_then(Value::as_object) {
+                    Some(meta) => resource_version_precondition(meta)?,
+                    None => None,
+                };
+                stale(wanted, current, r, name)?;
+                check_type(r, &mut patched)?;
+                Ok(Some(merge_update(r, part, old, patched)))
+            },
+        )
+        .await
+    }
+
+    /// Server-side apply: `PATCH` with `application/apply-patch+yaml`.
+    /// `config` is the manager's whole intent for the object; it creates
+    /// the object when there is none (then `.1` is true). A
+    /// `metadata.resourceVersion` in it is a precondition.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+        dry_run: DryRun,
+    ) -> Result<(StoredObject, bool), ApiError> {
+        let obj = config
+            .as_object()
+            .ok_or_else(|| ApiError::bad_request("the apply configuration must be an object"))?;
+        for field in ["apiVersion", "kind"] {
+            if obj
+                .get(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the apply configuration must set {field}"
+                )));
+            }
+        }
+        check_type(r, &mut config)?;
+        let meta = metadata_mut(&mut config)?;
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        if meta.get("managedFields").is_some_and(|m| !m.is_null()) {
+            return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+        }
+        set_namespace(r, meta, namespace)?;
+        let precondition = resource_version_precondition(meta)?;
+        let manager = Manager {
+            name: manager,
+            part,
+        };
+        let store = self.store_for(dry_run);
+        // An apply creates or updates; a create that loses a race to
+        // another writer is tried again as an update.
+        for _ in 0..3 {
+            if store.get(&r.key(namespace, name)).await?.is_none() {
+                if precondition.is_some() {
+                    return Err(ApiError::not_found(r, name));
+                }
+                let object = managed::apply(r, &manager, None, &config, force, Timestamp::now())?;
+                match self.create_in(r, namespace, object, None, dry_run).await {
+                    Err(e) if e.is_already_exists() => continue,
+                    other => return other.map(|o| (o, true)),
+                }
+            }
+            let updated = self
+                .modify_in(store, r, namespace, name, None, |current, old| {
+                    stale(precondition, current, r, name)?;
+                    let new =
+                        managed::apply(r, &manager, Some(&old), &config, force, Timestamp::now())?;
+                    Ok(Some(new))
+                })
+                .await;
+            match updated {
+                Err(e) if e.is_not_found() => continue,
+                other => return other.map(|o| (o, false)),
+            }
+        }
+        Err(ApiError::new(
+            Reason::Conflict,
+            format!("{name}: the object was created and deleted concurrently; try again"),
+        ))
+    }
+
+    /// DELETE. The preconditions (uid, resourceVersion) are checked by the
+    /// store atomically with the removal. Every kind mube serves today is
+    /// removed at once (none has graceful deletion or finalizers yet).
+    pub async fn delete(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        preconditions: &Preconditions,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
+        self.store_for(dry_run)
+            .delete(&r.key(namespace, name), preconditions)
+            .await
+            .map_err(|e| ApiError::from_store(e, r, name))
+    }
+
+    /// DELETE on a collection: every object the filter matches, each deleted
+    /// as by `delete` (same preconditions, same dry run), by the key it was
+    /// listed under. Objects deleted by someone else meanwhile are skipped;
+    /// the first other failure stops the call and is returned, as Kubernetes
+    /// does. Returns what was deleted and the revision the collection was
+    /// listed at.
+    pub async fn delete_collection(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        filter: &Filter,
+        preconditions: &Preconditions,
+        dry_run: DryRun,
+    ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
+        let (items, revision) = self.list(r, namespace, filter, ReadAt::Newest).await?;
+        let store = self.store_for(dry_run);
+        let mut deleted = Vec::with_capacity(items.len());
+        for item in items {
+            match store.delete(&item.key, preconditions).await {
+                Ok(gone) => deleted.push(gone),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    // The name is the key's last segment.
+                    let name = item.key.rsplit('/').next().unwrap_or_default();
+                    return Err(ApiError::from_store(e, r, name));
+                }
+            }
+        }
+        Ok((deleted, revision))
+    }
+}
+
+/// The new object of an update: with a status subresource, a main update
+/// keeps the old status and a status update keeps everything else.
+pub(super) fn merge_update(r: &Resource, part: Part, old: Value, mut new: Value) -> Value {
+    if !r.status_subresource {
+        return new;
+    }
+    match part {
+        Part::Main => {
+            if let Some(obj) = new.as_object_mut() {
+                match old.get("status") {
+                    Some(s) => obj.insert("status".into(), s.clone()),
+                    None => obj.remove("status"),
+                };
+            }
+            new
+        }
+        Part::Status => {
+            let mut merged = old;
+            if let Some(obj) = merged.as_object_mut() {
+                match new.as_object_mut().and_then(|n| n.remove("status")) {
+                    Some(s) => obj.insert("status".into(), s),
+                    None => obj.remove("status"),
+                };
+            }
+            merged
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The metadata rules every kind shares: `apiVersion`/`kind`, namespace,
+//! and `metadata.resourceVersion` as a precondition.
+
+use jiff::Timestamp;
+use serde_json::{json, Value};
+
+use super::Resource;
+use crate::error::ApiError;
+use crate::store::{Revision, StoreError, StoredObject};
+
+pub(super) fn time(ts: Timestamp) -> Value {
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts))
+        .unwrap_or(Value::Null)
+}
+
+/// `apiVersion` and `kind` must name this resource; missing ones are filled in.
+pub(super) fn check_type(r: &Resource, object: &mut Value) -> Result<(), ApiError> {
+    let obj = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let api_version = r.api_version();
+    for (field, want) in [("apiVersion", api_version.as_str()), ("kind", r.kind)] {
+        match obj.get(field) {
+            None | Some(Value::Null) => {
+                obj.insert(field.into(), json!(want));
+            }
+            Some(Value::String(s)) if s == want => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "{field} {other} does not match the request: expected {want:?}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn metadata_mut(
+    object: &mut Value,
+) -> Result<&mut serde_json::Map<String, Value>, ApiError> {
+    let obj = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    meta.as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))
+}
+
+pub(super) fn set_namespace(
+    r: &Resource,
+    meta: &mut serde_json::Map<String, Value>,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    if !r.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let Some(ns) = namespace else {
+        return Err(ApiError::bad_request(format!(
+            "{} are namespaced: use a /namespaces/{{namespace}}/ path",
+            r.plural
+        )));
+    };
+    match meta.get("namespace").and_then(Value::as_str) {
+        Some(given) if !given.is_empty() && given != ns => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => {
+            meta.insert("namespace".into(), json!(ns));
+            Ok(())
+        }
+    }
+}
+
+/// `metadata.resourceVersion` in a written object: a precondition when set
+/// (a string holding a revision), none when absent or empty. The one
+/// parser for a resourceVersion a client writes.
+pub(super) fn resource_version_precondition(
+    meta: &serde_json::Map<String, Value>,
+) -> Result<Option<Revision>, ApiError> {
+    match meta.get("resourceVersion") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => s.parse::<Revision>().map(Some).map_err(|_| {
+            ApiError::bad_request(format!("metadata.resourceVersion: invalid value {s:?}"))
+        }),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "metadata.resourceVersion: must be a string, got {other}"
+        ))),
+    }
+}
+
+/// 409 Conflict unless the stored object is at `expected`.
+pub(super) fn stale(
+    expected: Option<Revision>,
+    current: &StoredObject,
+    r: &Resource,
+    name: &str,
+) -> Result<(), ApiError> {
+    match expected {
+        Some(expected) if expected != current.revision => Err(ApiError::from_store(
+            StoreError::Conflict {
+                key: current.key.to_string(),
+                expected,
+                actual: current.revision,
+            },
+            r,
+            name,
+        )),
+        _ => Ok(()),
+    }
+}
