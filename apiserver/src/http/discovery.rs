@@ -124,7 +124,7 @@ fn resource_entries(r: &Resource) -> Vec<APIResource> {
         version: None,
         storage_version_hash: None,
     }];
-    if r.status_subresource {
+    if r.status_subresource() {
         out.push(APIResource {
             name: format!("{}/status", r.plural),
             singular_name: String::new(),

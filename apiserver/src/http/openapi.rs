@@ -209,7 +209,7 @@ fn paths_for(r: &Resource) -> Vec<(String, Value)> {
             }),
         ),
     ];
-    if r.status_subresource {
+    if r.status_subresource() {
         out.push((
             format!("{item}/status"),
             json!({

@@ -270,7 +270,7 @@ async fn serve(
         },
         (Some(name), sub @ (None | Some("status"))) => {
             let part = if sub.is_some() {
-                if !r.status_subresource {
+                if !r.status_subresource() {
                     return Err(not_found_path(&format!("{}/{name}/status", r.plural)));
                 }
                 Part::Status

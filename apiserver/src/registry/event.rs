@@ -12,7 +12,6 @@ use super::{name_of, string_at, Resource, Strategy, Typed, TypedAs};
 pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::EVENTS,
-        status_subresource: false,
         strategy: Box::new(EventStrategy),
     }
 }

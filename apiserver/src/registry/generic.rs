@@ -244,7 +244,11 @@ impl Registry {
             }),
             |current, old| {
                 stale(precondition, current, r, name)?;
-                Ok(Some(merge_update(r, part, old, object.clone())))
+                Ok(Some(r.strategy.prepare_for_update(
+                    part,
+                    object.clone(),
+                    old,
+                )))
             },
         )
         .await
@@ -322,6 +326,10 @@ impl Registry {
                     return Ok(None);
                 }
                 validate(r, name, &new)?;
+                let errors = r.strategy.validate_update(&new, &old);
+                if !errors.is_empty() {
+                    return Err(ApiError::invalid(r, name, errors).into());
+                }
                 Ok(Some(new))
             },
         )
@@ -366,7 +374,7 @@ impl Registry {
                 };
                 stale(wanted, current, r, name)?;
                 check_type(r, &mut patched)?;
-                Ok(Some(merge_update(r, part, old, patched)))
+                Ok(Some(r.strategy.prepare_for_update(part, patched, old)))
             },
         )
         .await
@@ -502,34 +510,5 @@ impl Registry {
             }
         }
         Ok((deleted, revision))
-    }
-}
-
-/// The new object of an update: with a status subresource, a main update
-/// keeps the old status and a status update keeps everything else.
-pub(super) fn merge_update(r: &Resource, part: Part, old: Value, mut new: Value) -> Value {
-    if !r.status_subresource {
-        return new;
-    }
-    match part {
-        Part::Main => {
-            if let Some(obj) = new.as_object_mut() {
-                match old.get("status") {
-                    Some(s) => obj.insert("status".into(), s.clone()),
-                    None => obj.remove("status"),
-                };
-            }
-            new
-        }
-        Part::Status => {
-            let mut merged = old;
-            if let Some(obj) = merged.as_object_mut() {
-                match new.as_object_mut().and_then(|n| n.remove("status")) {
-                    Some(s) => obj.insert("status".into(), s),
-                    None => obj.remove("status"),
-                };
-            }
-            merged
-        }
     }
 }

@@ -11,7 +11,6 @@ use super::{age_of, name_of, Resource, Strategy, Typed, TypedAs};
 pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::LEASES,
-        status_subresource: false,
         strategy: Box::new(LeaseStrategy),
     }
 }

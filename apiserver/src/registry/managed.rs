@@ -175,7 +175,7 @@ fn owned_part(r: &Resource, part: Part, mut set: FieldSet) -> FieldSet {
         set.remove(&fieldset::field_path(&format!("metadata.{field}")));
     }
     set.unmark("metadata");
-    if !r.status_subresource {
+    if !r.status_subresource() {
         return set;
     }
     match part {
@@ -297,7 +297,9 @@ pub fn apply(
     let mut merged = live.clone();
     take_managed_fields(&mut merged);
     fieldset::merge(&mut merged, config);
-    let mut merged = super::generic::merge_update(r, manager.part, live.clone(), merged);
+    let mut merged = r
+        .strategy
+        .prepare_for_update(manager.part, merged, live.clone());
     take_managed_fields(&mut merged);
     super::fields::canonicalize(r, &mut merged)?;
     let mine = entry(fieldset::of(&merged));

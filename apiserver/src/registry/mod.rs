@@ -45,12 +45,9 @@ pub use generic::Registry;
 pub use managed::Manager;
 
 /// A kind's declaration: its names (shared with clients through
-/// `mube_apis::resources`), whether it has a status subresource, and its hooks.
+/// `mube_apis::resources`) and its hooks.
 pub struct Resource {
     pub info: &'static ResourceInfo,
-    /// With a status subresource, the main resource's writes keep the old
-    /// status and `/status` writes keep everything but the status.
-    pub status_subresource: bool,
     pub strategy: Box<dyn Strategy>,
 }
 
@@ -63,6 +60,11 @@ impl std::ops::Deref for Resource {
 }
 
 impl Resource {
+    /// Whether the kind serves `/status` (its strategy says).
+    pub fn status_subresource(&self) -> bool {
+        self.strategy.status_subresource()
+    }
+
     /// `/registry/{plural}/{namespace}/{name}`, or `/registry/{plural}/{name}`
     /// for cluster-scoped kinds.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
@@ -96,6 +98,29 @@ pub trait Strategy: Send + Sync {
     /// Defaulting on create (e.g. a Node starts in state Unknown).
     fn prepare_for_create(&self, _object: &mut Value, _now: Timestamp) {}
 
+    /// Whether the kind has a status subresource (`/status`).
+    fn status_subresource(&self) -> bool {
+        false
+    }
+
+    /// Kubernetes' `PrepareForUpdate`: the object an update stores, from
+    /// what the write produced (`new`) and the stored one (`old`), for a
+    /// write to `part`. By default, with a status subresource, a main write
+    /// keeps the stored status and a status write keeps everything else.
+    fn prepare_for_update(&self, part: Part, new: Value, old: Value) -> Value {
+        if self.status_subresource() {
+            keep_status_apart(part, new, old)
+        } else {
+            new
+        }
+    }
+
+    /// Kubernetes' `ValidateUpdate`: rules about the change itself, such as
+    /// fields that may not change once set.
+    fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
     /// Fields a field selector may name.
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["metadata.name", "metadata.namespace"]
@@ -119,6 +144,32 @@ pub trait Strategy: Send + Sync {
     /// One Table row's cells, in the order of `columns`.
     fn cells(&self, object: &Value, now: Timestamp) -> Vec<Value> {
         vec![json!(name_of(object)), json!(age_of(object, now))]
+    }
+}
+
+/// The status subresource's rule: a main write keeps `old`'s status, a
+/// status write keeps everything of `old` but the status.
+pub fn keep_status_apart(part: Part, mut new: Value, old: Value) -> Value {
+    match part {
+        Part::Main => {
+            if let Some(obj) = new.as_object_mut() {
+                match old.get("status") {
+                    Some(s) => obj.insert("status".into(), s.clone()),
+                    None => obj.remove("status"),
+                };
+            }
+            new
+        }
+        Part::Status => {
+            let mut merged = old;
+            if let Some(obj) = merged.as_object_mut() {
+                match new.as_object_mut().and_then(|n| n.remove("status")) {
+                    Some(s) => obj.insert("status".into(), s),
+                    None => obj.remove("status"),
+                };
+            }
+            merged
+        }
     }
 }
 

@@ -27,7 +27,6 @@ pub const REGISTERED_BY: &str = "mube.io/registered-by";
 pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::NODES,
-        status_subresource: true,
         strategy: Box::new(NodeStrategy),
     }
 }
@@ -41,6 +40,27 @@ impl Strategy for NodeStrategy {
 
     fn extra_fields(&self) -> &'static [&'static str] {
         &["status.state"]
+    }
+
+    fn status_subresource(&self) -> bool {
+        true
+    }
+
+    /// As Kubernetes' node validation: a pod CIDR, once set, is fixed.
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let cidrs = |o: &Value| o.pointer("/spec/podCIDRs").cloned();
+        match cidrs(old) {
+            Some(before)
+                if before.as_array().is_some_and(|a| !a.is_empty())
+                    && cidrs(new) != Some(before.clone()) =>
+            {
+                vec![FieldError::new(
+                    "spec.podCIDRs",
+                    "Forbidden: node updates may not change podCIDR except from \"\" to valid",
+                )]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn validate(&self, object: &Value) -> Vec<FieldError> {

@@ -12,7 +12,6 @@ use super::{age_of, name_of, string_at, Resource, Strategy, Typed, TypedAs};
 pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::PODS,
-        status_subresource: true,
         strategy: Box::new(PodStrategy),
     }
 }
@@ -22,6 +21,10 @@ struct PodStrategy;
 impl Strategy for PodStrategy {
     fn typed(&self) -> &'static dyn Typed {
         &TypedAs::<Pod>::NEW
+    }
+
+    fn status_subresource(&self) -> bool {
+        true
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {

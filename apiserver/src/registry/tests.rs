@@ -372,3 +372,48 @@ async fn delete_collection_removes_exactly_the_matching_objects() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].value().unwrap()["metadata"]["name"], "b1");
 }
+
+/// The kind's update hook sees the old object: a Node's pod CIDRs, once
+/// set, may not change (422 naming the field), while the status
+/// subresource rule (also the strategy's) keeps a main write off the status.
+#[tokio::test]
+async fn a_strategy_validates_an_update_against_the_old_object() {
+    let f = Fixture::new();
+    let nodes = f.nodes();
+    let mut object = node("n1", json!({}));
+    object["spec"]["podCIDRs"] = json!(["10.0.0.0/24"]);
+    f.registry
+        .create(&nodes, None, object.clone(), "test", DryRun::No)
+        .await
+        .unwrap();
+    object["spec"]["podCIDRs"] = json!(["10.0.1.0/24"]);
+    let err = f
+        .registry
+        .update(
+            &nodes,
+            None,
+            "n1",
+            Part::Main,
+            object.clone(),
+            "test",
+            DryRun::No,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 422);
+    assert!(err
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("spec.podCIDRs: Forbidden"));
+    object["spec"]["podCIDRs"] = json!(["10.0.0.0/24"]);
+    object["status"] = json!({"capacity": {"pods": "5"}});
+    let kept = f
+        .registry
+        .update(&nodes, None, "n1", Part::Main, object, "test", DryRun::No)
+        .await
+        .unwrap();
+    let kept: Value = serde_json::from_slice(&kept.json).unwrap();
+    assert!(kept.pointer("/status/capacity/pods").is_none(), "{kept}");
+}
