@@ -73,7 +73,7 @@ pub fn negotiate(
 
 /// One row: the kind's cells, and the object as `includeObject` asks.
 fn row(r: &Resource, req: TableRequest, object: &Value, now: Timestamp) -> Value {
-    let mut row = json!({"cells": r.strategy.cells(object, now)});
+    let mut row = json!({"cells": r.table.cells(object, now)});
     match req.include {
         Include::None => {}
         Include::Object => row["object"] = object.clone(),
@@ -102,7 +102,7 @@ pub fn render<'a>(
 ) -> Result<Vec<u8>, ApiError> {
     let now = Timestamp::now();
     let columns = if headers {
-        serde_json::to_value(r.strategy.columns()).unwrap_or_else(|_| json!([]))
+        serde_json::to_value(r.table.columns()).unwrap_or_else(|_| json!([]))
     } else {
         json!([])
     };

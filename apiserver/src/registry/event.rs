@@ -7,12 +7,13 @@ use k8s_openapi::api::core::v1::Event;
 use mube_apis::table::{human_age, time_at, Column};
 use serde_json::{json, Value};
 
-use super::{name_of, string_at, Resource, Strategy, Typed, TypedAs};
+use super::{name_of, string_at, Resource, Strategy, TableConvertor, Typed, TypedAs};
 
 pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::EVENTS,
         strategy: Box::new(EventStrategy),
+        table: &EventStrategy,
     }
 }
 
@@ -53,7 +54,9 @@ impl Strategy for EventStrategy {
         };
         string_at(object, &pointer)
     }
+}
 
+impl TableConvertor for EventStrategy {
     /// The columns a Kubernetes server prints for events.
     fn columns(&self) -> Vec<Column> {
         vec![

@@ -6,12 +6,13 @@ use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, Resource, Strategy, Typed, TypedAs};
+use super::{age_of, name_of, Resource, Strategy, TableConvertor, Typed, TypedAs};
 
 pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::LEASES,
         strategy: Box::new(LeaseStrategy),
+        table: &LeaseStrategy,
     }
 }
 
@@ -37,7 +38,9 @@ impl Strategy for LeaseStrategy {
         }
         errors
     }
+}
 
+impl TableConvertor for LeaseStrategy {
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::name(),

@@ -49,6 +49,8 @@ pub use managed::Manager;
 pub struct Resource {
     pub info: &'static ResourceInfo,
     pub strategy: Box<dyn Strategy>,
+    /// How `kubectl get` prints the kind (server-side Tables).
+    pub table: &'static dyn TableConvertor,
 }
 
 impl std::ops::Deref for Resource {
@@ -135,7 +137,11 @@ pub trait Strategy: Send + Sync {
         };
         string_at(object, pointer)
     }
+}
 
+/// A kind's server-side Table (Kubernetes' `TableConvertor`): what
+/// `kubectl get` prints. The default is NAME and AGE.
+pub trait TableConvertor: Send + Sync {
     /// The columns of this kind's Table (what `kubectl get` prints).
     fn columns(&self) -> Vec<Column> {
         vec![Column::name(), Column::age()]
@@ -146,6 +152,11 @@ pub trait Strategy: Send + Sync {
         vec![json!(name_of(object)), json!(age_of(object, now))]
     }
 }
+
+/// The Table of a kind that declares no columns of its own.
+pub struct DefaultTable;
+
+impl TableConvertor for DefaultTable {}
 
 /// The status subresource's rule: a main write keeps `old`'s status, a
 /// status write keeps everything of `old` but the status.

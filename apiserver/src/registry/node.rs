@@ -15,7 +15,8 @@ use mube_apis::NODE_LEASE_NAMESPACE;
 use serde_json::{json, Value};
 
 use super::{
-    age_of, managed, name_of, DryRun, Manager, Part, Registry, Resource, Strategy, Typed, TypedAs,
+    age_of, managed, name_of, DryRun, Manager, Part, Registry, Resource, Strategy, TableConvertor,
+    Typed, TypedAs,
 };
 use crate::error::ApiError;
 use crate::store::{Preconditions, ReadAt, StoreError, StoredObject};
@@ -28,6 +29,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::NODES,
         strategy: Box::new(NodeStrategy),
+        table: &NodeStrategy,
     }
 }
 
@@ -121,7 +123,9 @@ impl Strategy for NodeStrategy {
             _ => None,
         }
     }
+}
 
+impl TableConvertor for NodeStrategy {
     /// The columns a Kubernetes API server prints for nodes.
     fn columns(&self) -> Vec<Column> {
         vec![

@@ -7,12 +7,13 @@ use k8s_openapi::api::core::v1::Pod;
 use mube_apis::table::Column;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, string_at, Resource, Strategy, Typed, TypedAs};
+use super::{age_of, name_of, string_at, Resource, Strategy, TableConvertor, Typed, TypedAs};
 
 pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::PODS,
         strategy: Box::new(PodStrategy),
+        table: &PodStrategy,
     }
 }
 
@@ -46,7 +47,9 @@ impl Strategy for PodStrategy {
         };
         string_at(object, pointer)
     }
+}
 
+impl TableConvertor for PodStrategy {
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::name(),
