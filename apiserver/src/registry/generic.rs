@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use super::dry_run::DryRunStore;
 use super::fields::{canonicalize, validate};
 use super::meta::{
-    check_type, metadata_mut, resource_version_precondition, set_namespace, stale, time,
+    check_type, metadata_mut, name_from_url, resource_version_precondition, set_namespace, stale,
+    time,
 };
 use super::{event, lease, managed, node, patch, pod, DryRun, Filter, Manager, Part, Resource};
 use crate::error::ApiError;
@@ -155,6 +156,18 @@ impl Registry {
             .await
     }
 
+    /// `create` without a managedFields entry: for the Node Leases the
+    /// heartbeat creates and renews on its fast path, which never records
+    /// managers (see `node::renew_lease`).
+    pub async fn create_untracked(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<StoredObject, ApiError> {
+        self.create_in(r, namespace, object, None, DryRun::No).await
+    }
+
     /// `create`, recording `manager`'s update in managedFields, or with
     /// the managedFields the caller set (an apply that creates).
     async fn create_in(
@@ -221,16 +234,7 @@ impl Registry {
     ) -> Result<StoredObject, ApiError> {
         check_type(r, &mut object)?;
         let meta = metadata_mut(&mut object)?;
-        match meta.get("name").and_then(Value::as_str) {
-            Some(n) if n != name => {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({n}) does not match the name on the URL ({name})"
-                )))
-            }
-            _ => {
-                meta.insert("name".into(), json!(name));
-            }
-        }
+        name_from_url(meta, name)?;
         set_namespace(r, meta, namespace)?;
         let precondition = resource_version_precondition(meta)?;
         self.modify_in(
@@ -412,16 +416,7 @@ impl Registry {
         }
         check_type(r, &mut config)?;
         let meta = metadata_mut(&mut config)?;
-        match meta.get("name").and_then(Value::as_str) {
-            Some(n) if n != name => {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({n}) does not match the name on the URL ({name})"
-                )))
-            }
-            _ => {
-                meta.insert("name".into(), json!(name));
-            }
-        }
+        name_from_url(meta, name)?;
         if meta.get("managedFields").is_some_and(|m| !m.is_null()) {
             return Err(ApiError::bad_request("metadata.managedFields must be nil"));
         }

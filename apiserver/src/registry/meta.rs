@@ -110,3 +110,20 @@ pub(super) fn stale(
         _ => Ok(()),
     }
 }
+
+/// The object's name is the URL's: a body naming another object is 400, a
+/// body naming none gets the URL's.
+pub(super) fn name_from_url(
+    meta: &mut serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<(), ApiError> {
+    match meta.get("name").and_then(Value::as_str) {
+        Some(n) if n != name => Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        ))),
+        _ => {
+            meta.insert("name".into(), json!(name));
+            Ok(())
+        }
+    }
+}

@@ -464,14 +464,12 @@ async fn renew_lease(
                 {
                     lease["metadata"]["ownerReferences"][0]["uid"] = uid;
                 }
+                // Untracked: the renewal below rewrites this Lease on every
+                // heartbeat, and a managedFields entry would make each
+                // renewal ~60 % more bytes to decode, encode and log
+                // (BENCHMARKS.md, 2026-11-27 (2)).
                 match registry
-                    .create(
-                        &leases,
-                        Some(NODE_LEASE_NAMESPACE),
-                        lease,
-                        managed::MUBELET,
-                        DryRun::No,
-                    )
+                    .create_untracked(&leases, Some(NODE_LEASE_NAMESPACE), lease)
                     .await
                 {
                     Err(e) if e.is_conflict() => continue,
