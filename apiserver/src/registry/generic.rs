@@ -14,7 +14,7 @@ use super::meta::{
     check_type, metadata_mut, name_from_url, resource_version_precondition, set_namespace, stale,
     time,
 };
-use super::{event, lease, managed, node, patch, pod, DryRun, Filter, Manager, Part, Resource};
+use super::{managed, patch, DryRun, Filter, Manager, Part, Resource};
 use crate::error::ApiError;
 use crate::store::{Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream};
 
@@ -51,12 +51,7 @@ impl Registry {
         Registry {
             dry_run: DryRunStore::new(store.clone()),
             store,
-            resources: vec![
-                Arc::new(node::resource()),
-                Arc::new(lease::resource()),
-                Arc::new(pod::resource()),
-                Arc::new(event::resource()),
-            ],
+            resources: super::standard_kinds().into_iter().map(Arc::new).collect(),
         }
     }
 
