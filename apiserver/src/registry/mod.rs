@@ -40,7 +40,7 @@ macro_rules! kinds {
     };
 }
 
-kinds!(node, lease, pod, event);
+kinds!(node, lease, pod, event, configmap);
 
 use jiff::Timestamp;
 use k8s_openapi::schemars::{JsonSchema, SchemaGenerator};
