@@ -105,6 +105,7 @@ async fn discovery_lists_exactly_what_mube_serves() {
     let mut rows: Vec<Vec<String>> = resources[1..].to_vec();
     rows.sort();
     let expected: Vec<Vec<String>> = vec![
+        vec!["configmaps", "cm", "v1", "true", "ConfigMap"],
         vec!["events", "ev", "v1", "true", "Event"],
         vec!["leases", "coordination.k8s.io/v1", "true", "Lease"],
         vec!["nodes", "no", "v1", "false", "Node"],
@@ -933,4 +934,61 @@ async fn server_side_apply_with_managers_conflicts_and_force() {
     std::fs::write(&other, "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: csa, namespace: default}\nspec: {holderIdentity: b}\n").unwrap();
     let out = k.ok(&["apply", "-f", other.to_str().unwrap()]);
     assert!(out.contains("configured"), "{out}");
+}
+
+/// ConfigMap, the kind added as the example of "one file and one line":
+/// kubectl finds it through discovery, prints the server's Table, explains
+/// its schema, applies it both ways, and gets Kubernetes' validation.
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn configmaps_are_served_like_any_kind() {
+    let (_server, api, k) = cluster(&["node-a"], "60s").await;
+    let resources = k.ok(&["api-resources"]);
+    assert!(
+        table(&resources)
+            .iter()
+            .any(|r| r.first().map(String::as_str) == Some("configmaps")
+                && r.get(1).map(String::as_str) == Some("cm")),
+        "{resources}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app, namespace: default}\ndata: {a: \"1\", b: \"2\"}\n",
+    )
+    .unwrap();
+    let path = manifest.to_str().unwrap();
+    assert!(k
+        .ok(&["apply", "-f", path])
+        .contains("configmap/app created"));
+    let rows = table(&k.ok(&["get", "cm"]));
+    assert_eq!(rows[0], ["NAME", "DATA", "AGE"]);
+    assert_eq!(rows[1][..2], ["app".to_string(), "2".to_string()]);
+    assert!(k
+        .ok(&["apply", "--server-side", "--force-conflicts", "-f", path])
+        .contains("serverside-applied"));
+    let explained = k.ok(&["explain", "configmap.data"]);
+    assert!(
+        explained.contains("FIELD: data <map[string]string>"),
+        "{explained}"
+    );
+
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad, namespace: default}\ndata: {\"a b\": \"1\"}\n",
+    )
+    .unwrap();
+    let (code, _, err) = k.run(&["create", "-f", path]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ConfigMap \"bad\" is invalid: data[a b]: Invalid value"),
+        "{err}"
+    );
+    assert_eq!(
+        api.get("/api/v1/namespaces/default/configmaps/bad")
+            .await
+            .code,
+        404
+    );
 }
