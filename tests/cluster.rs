@@ -329,6 +329,26 @@ async fn mubectl_gets_describes_applies_and_deletes() {
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..2], ["node-a", "node-a"]);
 
+    // A kind mubectl has no code for is found through discovery and printed
+    // with the columns its server declares (ConfigMap: NAME, DATA, AGE).
+    let dir = tempfile::tempdir().unwrap();
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(
+        &cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: \"1\"}\n",
+    )
+    .unwrap();
+    let (code, out, err) = mubectl(&url, &["apply", "-f", cm.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "configmap/settings created");
+    let (_, out, _) = mubectl(&url, &["get", "cm"]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "DATA", "AGE"]);
+    assert_eq!(rows[1][..2], ["settings", "1"]);
+
     // apply: created, then unchanged, then configured; labels select it.
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");
     let manifest = manifest.to_str().unwrap();

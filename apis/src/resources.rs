@@ -1,6 +1,7 @@
-//! The catalogue of kinds mube serves: names, group/version, scope and URL
-//! paths. The API server builds its registry on these; clients (mubectl)
-//! use them to map a manifest's `apiVersion`/`kind` to a path.
+//! Typed descriptors of kinds: names, group/version, scope and URL paths.
+//! Each kind the API server serves declares one (these four are the kinds
+//! mube's own components name in code: a typo is a compile error, not a
+//! 404); clients learn the full list from the server's discovery.
 
 /// One served kind, as discovery would describe it.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,9 +56,6 @@ pub const EVENTS: ResourceInfo = ResourceInfo {
     namespaced: true,
 };
 
-/// Every kind mube serves.
-pub const ALL: &[&ResourceInfo] = &[&NODES, &LEASES, &PODS, &EVENTS];
-
 impl ResourceInfo {
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -107,18 +105,6 @@ impl ResourceInfo {
     }
 }
 
-/// The kind a manifest's `apiVersion` and `kind` name.
-pub fn by_type(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    ALL.iter()
-        .copied()
-        .find(|r| r.api_version() == api_version && r.kind == kind)
-}
-
-/// The kind a user's word names.
-pub fn by_name(word: &str) -> Option<&'static ResourceInfo> {
-    ALL.iter().copied().find(|r| r.is_named(word))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,10 +121,9 @@ mod tests {
             LEASES.path(None, None),
             "/apis/coordination.k8s.io/v1/leases"
         );
-        assert_eq!(by_name("no"), Some(&NODES));
-        assert_eq!(by_name("Lease"), Some(&LEASES));
-        assert_eq!(by_type("coordination.k8s.io/v1", "Lease"), Some(&LEASES));
-        assert_eq!(by_type("v1", "Pod"), Some(&PODS));
-        assert_eq!(by_type("apps/v1", "Deployment"), None);
+        assert!(NODES.is_named("no") && NODES.is_named("Node") && NODES.is_named("nodes"));
+        assert!(!LEASES.is_named("lea"));
+        assert_eq!(LEASES.api_version(), "coordination.k8s.io/v1");
+        assert_eq!(PODS.api_version(), "v1");
     }
 }

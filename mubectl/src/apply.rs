@@ -6,7 +6,6 @@
 //! unchanged manifest writes nothing. `--dry-run=server` sends the same
 //! writes with `dryRun=All`; `--dry-run=client` sends none.
 
-use mube_apis::resources;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -75,10 +74,11 @@ pub async fn run(
             "no objects passed to apply ({file})"
         )));
     }
+    let kinds = crate::discovery::kinds(client).await?;
     for doc in docs {
         let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
-        let info = resources::by_type(api_version, kind).ok_or_else(|| {
+        let info = crate::discovery::by_type(&kinds, api_version, kind).ok_or_else(|| {
             CtlError::Other(format!(
                 "{file}: no kind {kind:?} is served in version {api_version:?}"
             ))

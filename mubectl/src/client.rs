@@ -110,6 +110,16 @@ impl Client {
         self.json(self.http.get(self.url(path))).await
     }
 
+    /// GET as a server-side Table (`kubectl get`'s request).
+    pub async fn get_table(&self, path: &str) -> Result<Value, CtlError> {
+        self.json(
+            self.http
+                .get(self.url(path))
+                .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io"),
+        )
+        .await
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CtlError> {
         self.json(self.http.post(self.url(path)).json(body)).await
     }

@@ -10,7 +10,7 @@ pub async fn run(
     namespace: &str,
     dry_run: DryRun,
 ) -> Result<(), CtlError> {
-    let info = get::resource(resource)?;
+    let info = get::resource(client, resource).await?;
     let path = info.path(Some(namespace), Some(name));
     match dry_run {
         // No write: only make sure there is something to delete.

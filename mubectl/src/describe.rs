@@ -42,7 +42,7 @@ fn when(t: Option<Timestamp>, now: Timestamp) -> String {
 }
 
 pub async fn run(client: &Client, resource: &str, name: &str) -> Result<(), CtlError> {
-    let info = crate::get::resource(resource)?;
+    let info = crate::get::resource(client, resource).await?;
     if info.kind != "Node" {
         return Err(CtlError::Other(format!(
             "describe supports nodes; got {resource:?}"

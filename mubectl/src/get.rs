@@ -9,17 +9,9 @@ use crate::client::{Client, CtlError};
 use crate::table::{self, Columns, Format, Heartbeats};
 use crate::GetArgs;
 
-pub fn resource(word: &str) -> Result<&'static ResourceInfo, CtlError> {
-    resources::by_name(word).ok_or_else(|| {
-        CtlError::Other(format!(
-            "the server doesn't have a resource type \"{word}\" (mube serves: {})",
-            resources::ALL
-                .iter()
-                .map(|r| r.plural)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })
+/// The kind a user's word names, from the server's discovery.
+pub async fn resource(client: &Client, word: &str) -> Result<&'static ResourceInfo, CtlError> {
+    crate::discovery::by_name(client, word).await
 }
 
 /// The query string for selectors.
@@ -127,7 +119,7 @@ pub async fn heartbeats(client: &Client) -> Heartbeats {
 }
 
 pub async fn run(client: &Client, args: GetArgs) -> Result<(), CtlError> {
-    let info = resource(&args.resource)?;
+    let info = resource(client, &args.resource).await?;
     let format = Format::parse(args.output.as_deref()).map_err(CtlError::Other)?;
     let all_namespaces = info.namespaced && args.all_namespaces;
     let namespace = (!all_namespaces).then_some(args.namespace.as_str());
@@ -141,6 +133,19 @@ pub async fn run(client: &Client, args: GetArgs) -> Result<(), CtlError> {
         },
         columns: Columns::default(),
     };
+    // Nodes print mube's own view (the original Mube's states, the port,
+    // the last heartbeat); every other kind prints the columns its server
+    // declares, as kubectl does.
+    if info.kind != "Node" && matches!(format, Format::Table | Format::Wide) {
+        let query = selector_query(&args).finish();
+        let answer = client
+            .get_table(&format!(
+                "{}?{query}",
+                info.path(namespace, args.name.as_deref())
+            ))
+            .await?;
+        return print_server_table(&answer, &mut printer, namespace.filter(|_| info.namespaced));
+    }
     if let Some(name) = &args.name {
         if args.watch || args.watch_only {
             return Err(CtlError::Other("watching a single object by name is not supported; use --field-selector metadata.name=NAME".into()));
@@ -176,4 +181,60 @@ pub async fn run(client: &Client, args: GetArgs) -> Result<(), CtlError> {
         return Ok(());
     }
     printer.print(info.kind, &items, true)
+}
+
+/// Prints a server-side Table: the columns of priority 0 (all of them with
+/// `-o wide`), headers in capitals, with a NAMESPACE column across
+/// namespaces, as kubectl prints them.
+fn print_server_table(
+    table: &Value,
+    printer: &mut Printer,
+    namespace: Option<&str>,
+) -> Result<(), CtlError> {
+    let wide = printer.format == Format::Wide;
+    let columns: Vec<(usize, String)> = table["columnDefinitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, c)| wide || c["priority"].as_i64().unwrap_or(0) == 0)
+        .map(|(i, c)| (i, c["name"].as_str().unwrap_or("").to_ascii_uppercase()))
+        .collect();
+    let rows = table["rows"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        match namespace {
+            Some(ns) => eprintln!("No resources found in {ns} namespace."),
+            None => eprintln!("No resources found"),
+        }
+        return Ok(());
+    }
+    let mut lines = Vec::with_capacity(rows.len() + 1);
+    let mut header: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
+    if printer.all_namespaces {
+        header.insert(0, "NAMESPACE".into());
+    }
+    lines.push(header);
+    for row in &rows {
+        let mut line: Vec<String> = columns
+            .iter()
+            .map(|(i, _)| match &row["cells"][*i] {
+                Value::String(s) => s.clone(),
+                Value::Null => "<none>".into(),
+                other => other.to_string(),
+            })
+            .collect();
+        if printer.all_namespaces {
+            let ns = row
+                .pointer("/object/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            line.insert(0, ns.to_string());
+        }
+        lines.push(line);
+    }
+    printer.columns.fit(&lines);
+    for line in lines {
+        println!("{}", printer.columns.line(&line));
+    }
+    Ok(())
 }

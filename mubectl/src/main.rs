@@ -4,6 +4,7 @@ mod apply;
 mod client;
 mod delete;
 mod describe;
+mod discovery;
 mod get;
 mod kubeconfig;
 mod table;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use mube_apis::resources::ResourceInfo;
 use mube_apis::watch::{EventType, WatchEvent};
 use serde_json::Value;
 
@@ -25,7 +26,7 @@ pub trait ApiClient: Send + Sync {
     /// Every object of a kind, and the resourceVersion to watch from.
     async fn list(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
     ) -> Result<(Items, String), ApiError>;
 
@@ -33,14 +34,14 @@ pub trait ApiClient: Send + Sync {
     /// when history is gone) or when the server stops.
     async fn watch(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         resource_version: &str,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError>;
 
     async fn get(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Value, ApiError>;
@@ -48,7 +49,7 @@ pub trait ApiClient: Send + Sync {
     /// `PUT .../{name}/status`; the object's resourceVersion is a precondition.
     async fn update_status(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         name: &str,
         object: Value,
@@ -56,14 +57,14 @@ pub trait ApiClient: Send + Sync {
 
     async fn delete(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(), ApiError>;
 
     async fn create(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         object: Value,
     ) -> Result<Value, ApiError>;
@@ -84,10 +85,10 @@ impl LocalClient {
 impl ApiClient for LocalClient {
     async fn list(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
     ) -> Result<(Items, String), ApiError> {
-        let r = self.registry.resource(plural)?;
+        let r = self.registry.resource(kind)?;
         let (items, revision) = self
             .registry
             .list(&r, namespace, &Filter::default(), ReadAt::Newest)
@@ -98,11 +99,11 @@ impl ApiClient for LocalClient {
 
     async fn watch(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         resource_version: &str,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
-        let r = self.registry.resource(plural)?;
+        let r = self.registry.resource(kind)?;
         let after: Revision = resource_version.parse().map_err(|_| {
             ApiError::bad_request(format!("invalid resourceVersion {resource_version:?}"))
         })?;
@@ -136,22 +137,22 @@ impl ApiClient for LocalClient {
 
     async fn get(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Value, ApiError> {
-        let r = self.registry.resource(plural)?;
+        let r = self.registry.resource(kind)?;
         Ok(self.registry.get(&r, namespace, name).await?.value()?)
     }
 
     async fn update_status(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         name: &str,
         object: Value,
     ) -> Result<Value, ApiError> {
-        let r = self.registry.resource(plural)?;
+        let r = self.registry.resource(kind)?;
         Ok(self
             .registry
             .update(
@@ -169,11 +170,11 @@ impl ApiClient for LocalClient {
 
     async fn delete(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(), ApiError> {
-        let r = self.registry.resource(plural)?;
+        let r = self.registry.resource(kind)?;
         self.registry
             .delete(&r, namespace, name, &Default::default(), DryRun::No)
             .await
@@ -182,11 +183,11 @@ impl ApiClient for LocalClient {
 
     async fn create(
         &self,
-        plural: &str,
+        kind: &ResourceInfo,
         namespace: Option<&str>,
         object: Value,
     ) -> Result<Value, ApiError> {
-        let r = self.registry.resource(plural)?;
+        let r = self.registry.resource(kind)?;
         Ok(self
             .registry
             .create(

@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use mube_apis::node::{self as rules, Evaluation, NodeState};
+use mube_apis::resources;
 use mube_apis::status::Reason;
 use mube_apis::watch::{EventType, WatchEvent};
 use mube_apis::NODE_LEASE_NAMESPACE;
@@ -122,15 +123,18 @@ impl NodeLifecycle {
     }
 
     async fn list_and_watch(&mut self, shutdown: &CancellationToken) -> Result<Stop, ApiError> {
-        let (nodes, nodes_rv) = self.client.list("nodes", None).await?;
+        let (nodes, nodes_rv) = self.client.list(&resources::NODES, None).await?;
         // Leases are listed once, not watched: renewals come at the heartbeat
         // rate (10,000/s at 100,000 nodes) but only matter at a deadline, so
         // the controller reads a node's Lease when its deadline comes.
         let (leases, _) = self
             .client
-            .list("leases", Some(NODE_LEASE_NAMESPACE))
+            .list(&resources::LEASES, Some(NODE_LEASE_NAMESPACE))
             .await?;
-        let mut node_events = self.client.watch("nodes", None, &nodes_rv).await?;
+        let mut node_events = self
+            .client
+            .watch(&resources::NODES, None, &nodes_rv)
+            .await?;
 
         self.nodes.clear();
         self.due.clear();
@@ -233,7 +237,7 @@ impl NodeLifecycle {
                     // The Lease belongs to the node (as its ownerReference says).
                     match self
                         .client
-                        .delete("leases", Some(NODE_LEASE_NAMESPACE), &name)
+                        .delete(&resources::LEASES, Some(NODE_LEASE_NAMESPACE), &name)
                         .await
                     {
                         Err(e) if e.code() != 404 => {
@@ -287,7 +291,7 @@ impl NodeLifecycle {
         });
         if let Err(e) = self
             .client
-            .create("events", Some(EVENT_NAMESPACE), event)
+            .create(&resources::EVENTS, Some(EVENT_NAMESPACE), event)
             .await
         {
             tracing::warn!(node = %name, error = %e, "could not record the node's event");
@@ -302,7 +306,11 @@ impl NodeLifecycle {
             return;
         }
         self.last_sweep = now;
-        let Ok((events, _)) = self.client.list("events", Some(EVENT_NAMESPACE)).await else {
+        let Ok((events, _)) = self
+            .client
+            .list(&resources::EVENTS, Some(EVENT_NAMESPACE))
+            .await
+        else {
             return;
         };
         for event in events.flatten() {
@@ -313,7 +321,7 @@ impl NodeLifecycle {
             if let (true, true, Some(name)) = (old, ours, name_of(&event)) {
                 let _ = self
                     .client
-                    .delete("events", Some(EVENT_NAMESPACE), &name)
+                    .delete(&resources::EVENTS, Some(EVENT_NAMESPACE), &name)
                     .await;
             }
         }
@@ -387,13 +395,13 @@ impl NodeLifecycle {
     /// Returns `None` if the node is gone.
     async fn write_state(&mut self, name: &str) -> Result<Option<Evaluation>, ApiError> {
         for _ in 0..5 {
-            let node = match self.client.get("nodes", None, name).await {
+            let node = match self.client.get(&resources::NODES, None, name).await {
                 Err(e) if e.is_not_found() => return Ok(None),
                 other => other?,
             };
             let heartbeat = match self
                 .client
-                .get("leases", Some(NODE_LEASE_NAMESPACE), name)
+                .get(&resources::LEASES, Some(NODE_LEASE_NAMESPACE), name)
                 .await
             {
                 Err(e) if e.is_not_found() => None,
@@ -415,7 +423,7 @@ impl NodeLifecycle {
             rules::set_state(&mut updated, eval.state, now, tracked.heartbeat);
             match self
                 .client
-                .update_status("nodes", None, name, updated)
+                .update_status(&resources::NODES, None, name, updated)
                 .await
             {
                 Ok(written) => {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use mube_apis::resources::ResourceInfo;
 use mube_apis::status::Reason;
 use serde_json::{json, Value};
 
@@ -79,15 +80,15 @@ impl Registry {
             .cloned()
     }
 
-    /// Looks up a registered kind by plural name; for code that names kinds
-    /// it knows are registered (the heartbeat, controllers).
-    pub fn resource(&self, plural: &str) -> Result<Arc<Resource>, ApiError> {
-        self.resources
-            .iter()
-            .find(|r| r.plural == plural)
-            .cloned()
+    /// The registered kind a typed descriptor names; for code that names
+    /// kinds (the heartbeat, controllers): `registry.resource(&NODES)`.
+    pub fn resource(&self, kind: &ResourceInfo) -> Result<Arc<Resource>, ApiError> {
+        self.lookup(kind.group, kind.version, kind.plural)
             .ok_or_else(|| {
-                ApiError::new(Reason::NotFound, format!("resource {plural} is not served"))
+                ApiError::new(
+                    Reason::NotFound,
+                    format!("resource {} is not served", kind.qualified_plural()),
+                )
             })
     }
 

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use mube_apis::heartbeat::Heartbeat;
 use mube_apis::node::{self as state_rules, NodeState};
+use mube_apis::resources;
 use mube_apis::status::Reason;
 use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
@@ -247,7 +248,7 @@ pub async fn register_from_config(
     nodes: &[RegisteredNode],
 ) -> Result<(), ApiError> {
     use futures::{StreamExt, TryStreamExt};
-    let r = registry.resource("nodes")?;
+    let r = registry.resource(&resources::NODES)?;
     // Concurrently, so that group commit makes one flush serve many nodes:
     // registering 100,000 nodes one durable write at a time would take minutes.
     let created: usize = futures::stream::iter(nodes)
@@ -358,7 +359,7 @@ pub async fn heartbeat(
     hb: &Heartbeat,
     lease_duration: Duration,
 ) -> Result<StoredObject, ApiError> {
-    let nodes = registry.resource("nodes")?;
+    let nodes = registry.resource(&resources::NODES)?;
     let not_registered = || {
         ApiError::new(
             Reason::Forbidden,
@@ -419,7 +420,7 @@ async fn renew_lease(
     now: Timestamp,
     duration: Duration,
 ) -> Result<(), ApiError> {
-    let leases = registry.resource("leases")?;
+    let leases = registry.resource(&resources::LEASES)?;
     let seconds = duration.as_secs_f64().ceil().max(1.0) as i64;
     let spec = |lease: &mut Value| {
         lease["spec"] = json!({
@@ -456,7 +457,7 @@ async fn renew_lease(
                 });
                 spec(&mut lease);
                 if let Some(uid) = registry
-                    .get(&*registry.resource("nodes")?, None, node)
+                    .get(&*registry.resource(&resources::NODES)?, None, node)
                     .await
                     .ok()
                     .and_then(|n| n.value().ok())

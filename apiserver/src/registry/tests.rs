@@ -102,7 +102,9 @@ impl Fixture {
     }
 
     fn nodes(&self) -> Arc<Resource> {
-        self.registry.resource("nodes").unwrap()
+        self.registry
+            .resource(&mube_apis::resources::NODES)
+            .unwrap()
     }
 
     fn writes(&self) -> usize {
