@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::registry::node::RegisteredNode;
+use crate::nodes::RegisteredNode;
 
 pub const ENV_CONFIG: &str = "MUBE_APISERVER_CONFIG";
 pub const ENV_DATA_DIR: &str = "MUBE_APISERVER_DATA_DIR";

@@ -3,13 +3,15 @@
 //! Layers, bottom up: `store` (the storage interface and the write-ahead-log backend),
 //! `registry` (resource kinds as declarations plus hooks, served by generic
 //! code), `http` (routes, watch streaming, Status errors), and `controllers`
-//! (API clients that act on what they watch). `server` wires them together.
+//! (API clients that act on what they watch), `nodes` (registration from
+//! the config and the heartbeat). `server` wires them together.
 
 pub mod config;
 pub mod controllers;
 pub mod error;
 pub mod http;
 pub mod kubeconfig;
+pub mod nodes;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -12,7 +12,8 @@ use crate::controllers::client::LocalClient;
 use crate::controllers::node_lifecycle::NodeLifecycle;
 use crate::http::{router, AppState};
 use crate::kubeconfig;
-use crate::registry::{node, Registry};
+use crate::nodes;
+use crate::registry::Registry;
 use crate::store::{LogStore, LogStoreOptions, Store};
 
 /// Runs the API server until SIGINT/SIGTERM, then stops accepting, ends
@@ -32,7 +33,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let store: Arc<dyn Store> = Arc::new(store);
     let registry = Arc::new(Registry::standard(store.clone()));
-    node::register_from_config(&registry, &config.nodes)
+    nodes::register_from_config(&registry, &config.nodes)
         .await
         .map_err(|e| format!("registering the nodes from the config: {e}"))?;
 

@@ -26,7 +26,8 @@ use mube_apis::status::{self, Reason, StatusCause};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::registry::{node, Registry};
+use crate::nodes;
+use crate::registry::Registry;
 use crate::store::StoreError;
 
 pub use response::MAX_BODY_BYTES;
@@ -144,7 +145,7 @@ async fn heartbeat(
         });
         ApiError::from(s)
     })?;
-    let node = node::heartbeat(&state.registry, &hb, state.lease_duration).await?;
+    let node = nodes::heartbeat(&state.registry, &hb, state.lease_duration).await?;
     Ok(response::json(StatusCode::ACCEPTED, node.json))
 }
 

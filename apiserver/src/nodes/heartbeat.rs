@@ -1,0 +1,152 @@
+//! The heartbeat (`POST /api/v1/nodes/heartbeat`, the original Mube's
+//! body): marks the Node Ready with what the agent reports, and renews its
+//! Lease in `kube-node-lease` on a fast path.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use mube_apis::heartbeat::Heartbeat;
+use mube_apis::node::{self as state_rules, NodeState};
+use mube_apis::resources;
+use mube_apis::status::Reason;
+use mube_apis::NODE_LEASE_NAMESPACE;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::registry::{managed, Manager, Part, Registry};
+use crate::store::{StoreError, StoredObject};
+
+/// Handles one heartbeat: renews the node's Lease, and writes the Node only
+/// when something a client would see changes (runtime, version, capacity, or
+/// the state becoming Ready), so steady heartbeats cause no Node events.
+pub async fn heartbeat(
+    registry: &Registry,
+    hb: &Heartbeat,
+    lease_duration: Duration,
+) -> Result<StoredObject, ApiError> {
+    let nodes = registry.resource(&resources::NODES)?;
+    let not_registered = || {
+        ApiError::new(
+            Reason::Forbidden,
+            format!(
+                "node \"{}\" is not registered: add it to nodes in configs/apiserver.yaml (name, ip, port) or create it with POST /api/v1/nodes",
+                hb.name
+            ),
+        )
+    };
+    match registry.get(&nodes, None, &hb.name).await {
+        Err(e) if e.is_not_found() => return Err(not_registered()),
+        other => other?,
+    };
+    let now = Timestamp::now();
+    renew_lease(registry, &hb.name, now, lease_duration).await?;
+    // Read again after the renewal, so a NotReady the controller wrote in
+    // between is seen and undone here.
+    if let Ok(node) = registry.get(&nodes, None, &hb.name).await {
+        if state_rules::heartbeat_would_change(&node.json, hb) == Some(false) {
+            return Ok(node);
+        }
+    }
+    let result = registry
+        .modify(
+            &nodes,
+            None,
+            &hb.name,
+            &Manager {
+                name: managed::MUBELET,
+                part: Part::Status,
+            },
+            |_, mut node| {
+                let mut changed = state_rules::apply_heartbeat(&mut node, hb);
+                if state_rules::state_of(&node) != Some(NodeState::Ready) {
+                    state_rules::set_state(&mut node, NodeState::Ready, now, Some(now));
+                    changed = true;
+                }
+                Ok(changed.then_some(node))
+            },
+        )
+        .await;
+    match result {
+        Err(e) if e.is_not_found() => Err(not_registered()),
+        other => other,
+    }
+}
+
+fn micro_time(ts: Timestamp) -> Value {
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        ts,
+    ))
+    .unwrap_or(Value::Null)
+}
+
+async fn renew_lease(
+    registry: &Registry,
+    node: &str,
+    now: Timestamp,
+    duration: Duration,
+) -> Result<(), ApiError> {
+    let leases = registry.resource(&resources::LEASES)?;
+    let seconds = duration.as_secs_f64().ceil().max(1.0) as i64;
+    let spec = |lease: &mut Value| {
+        lease["spec"] = json!({
+            "holderIdentity": node,
+            "leaseDurationSeconds": seconds,
+            "renewTime": micro_time(now),
+        });
+    };
+    // The renewal replaces only the spec, with one the server builds itself
+    // (a valid holder, duration and time), and keeps the stored metadata as
+    // it is: the generic update path's identity fix-ups, no-change check and
+    // validation have nothing to find, on every heartbeat (the whole generic
+    // path was about a fifth of a heartbeat's CPU; BENCHMARKS.md). So it goes
+    // straight to the store's read-modify-write.
+    let key = leases.key(Some(NODE_LEASE_NAMESPACE), node);
+    for _ in 0..3 {
+        let renewed = crate::store::guaranteed_update(
+            registry.store().as_ref(),
+            &key,
+            |_, mut lease| -> Result<_, StoreError> {
+                spec(&mut lease);
+                Ok(Some(lease))
+            },
+        )
+        .await
+        .map_err(|e| ApiError::from_store(e, &leases, node));
+        match renewed {
+            Err(e) if e.is_not_found() => {
+                let mut lease = json!({
+                    "metadata": {
+                        "name": node,
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": ""}],
+                    },
+                });
+                spec(&mut lease);
+                if let Some(uid) = registry
+                    .get(&*registry.resource(&resources::NODES)?, None, node)
+                    .await
+                    .ok()
+                    .and_then(|n| n.value().ok())
+                    .and_then(|n| n.pointer("/metadata/uid").cloned())
+                {
+                    lease["metadata"]["ownerReferences"][0]["uid"] = uid;
+                }
+                // Untracked: the renewal below rewrites this Lease on every
+                // heartbeat, and a managedFields entry would make each
+                // renewal ~60 % more bytes to decode, encode and log
+                // (BENCHMARKS.md, 2026-11-27 (2)).
+                match registry
+                    .create_untracked(&leases, Some(NODE_LEASE_NAMESPACE), lease)
+                    .await
+                {
+                    Err(e) if e.is_conflict() => continue,
+                    other => return other.map(|_| ()),
+                }
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+    Err(ApiError::new(
+        Reason::Conflict,
+        format!("could not renew the lease of node {node:?}"),
+    ))
+}
