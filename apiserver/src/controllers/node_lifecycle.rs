@@ -449,3 +449,293 @@ impl NodeLifecycle {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The controller's decisions against a fake `ApiClient`: an in-memory
+    //! map of objects that records every call and can be told to answer
+    //! Conflict. (The controller against the real server is in
+    //! tests/cluster.rs.)
+
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use mube_apis::resources::ResourceInfo;
+    use serde_json::json;
+
+    use super::*;
+    use crate::controllers::client::Items;
+
+    #[derive(Default)]
+    struct FakeApi {
+        objects: Mutex<HashMap<(String, String), Value>>,
+        calls: Mutex<Vec<String>>,
+        /// Status updates still to be refused with 409.
+        conflicts: Mutex<usize>,
+    }
+
+    impl FakeApi {
+        fn key(kind: &ResourceInfo, name: &str) -> (String, String) {
+            (kind.plural.to_string(), name.to_string())
+        }
+
+        fn put(&self, kind: &ResourceInfo, name: &str, object: Value) {
+            self.objects
+                .lock()
+                .unwrap()
+                .insert(Self::key(kind, name), object);
+        }
+
+        fn object(&self, kind: &ResourceInfo, name: &str) -> Option<Value> {
+            self.objects
+                .lock()
+                .unwrap()
+                .get(&Self::key(kind, name))
+                .cloned()
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    fn not_found(name: &str) -> ApiError {
+        ApiError::new(Reason::NotFound, format!("{name} not found"))
+    }
+
+    #[async_trait]
+    impl ApiClient for FakeApi {
+        async fn list(
+            &self,
+            kind: &ResourceInfo,
+            _namespace: Option<&str>,
+        ) -> Result<(Items, String), ApiError> {
+            let items: Vec<Result<Value, ApiError>> = self
+                .objects
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|((plural, _), _)| plural == kind.plural)
+                .map(|(_, v)| Ok(v.clone()))
+                .collect();
+            Ok((Box::new(items.into_iter()), "1".into()))
+        }
+
+        async fn watch(
+            &self,
+            _kind: &ResourceInfo,
+            _namespace: Option<&str>,
+            _resource_version: &str,
+        ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
+            Ok(futures::stream::pending().boxed())
+        }
+
+        async fn get(
+            &self,
+            kind: &ResourceInfo,
+            _namespace: Option<&str>,
+            name: &str,
+        ) -> Result<Value, ApiError> {
+            self.object(kind, name).ok_or_else(|| not_found(name))
+        }
+
+        async fn update_status(
+            &self,
+            kind: &ResourceInfo,
+            _namespace: Option<&str>,
+            name: &str,
+            object: Value,
+        ) -> Result<Value, ApiError> {
+            self.record(format!("update_status {} {name}", kind.plural));
+            {
+                let mut conflicts = self.conflicts.lock().unwrap();
+                if *conflicts > 0 {
+                    *conflicts -= 1;
+                    return Err(ApiError::new(Reason::Conflict, "stale"));
+                }
+            }
+            if self.object(kind, name).is_none() {
+                return Err(not_found(name));
+            }
+            self.put(kind, name, object.clone());
+            Ok(object)
+        }
+
+        async fn delete(
+            &self,
+            kind: &ResourceInfo,
+            _namespace: Option<&str>,
+            name: &str,
+        ) -> Result<(), ApiError> {
+            self.record(format!("delete {} {name}", kind.plural));
+            self.objects
+                .lock()
+                .unwrap()
+                .remove(&Self::key(kind, name))
+                .map(drop)
+                .ok_or_else(|| not_found(name))
+        }
+
+        async fn create(
+            &self,
+            kind: &ResourceInfo,
+            _namespace: Option<&str>,
+            object: Value,
+        ) -> Result<Value, ApiError> {
+            let reason = object["reason"].as_str().unwrap_or("").to_string();
+            self.record(format!("create {} {reason}", kind.plural));
+            Ok(object)
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn ago(seconds: i64) -> Timestamp {
+        Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(seconds))
+            .unwrap()
+    }
+
+    /// A Ready node registered and last renewed `silent` seconds ago.
+    fn ready_node(api: &FakeApi, name: &str, silent: i64) {
+        let mut node = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": "u-1", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+        rules::set_state(&mut node, NodeState::Ready, ago(silent), Some(ago(silent)));
+        api.put(&resources::NODES, name, node);
+        let renewed = serde_json::to_value(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(ago(silent)),
+        )
+        .unwrap();
+        api.put(
+            &resources::LEASES,
+            name,
+            json!({"metadata": {"name": name}, "spec": {"renewTime": renewed}}),
+        );
+    }
+
+    /// A controller past its start-up grace, knowing every stored node.
+    async fn controller(api: &Arc<FakeApi>) -> NodeLifecycle {
+        let mut c = NodeLifecycle::new(api.clone(), TIMEOUT);
+        c.grace_until = ago(1);
+        let (nodes, _) = api.list(&resources::NODES, None).await.unwrap();
+        for node in nodes.flatten() {
+            c.observe_node(&node);
+            c.reported
+                .insert(name_of(&node).unwrap(), rules::state_of(&node).unwrap());
+        }
+        let (leases, _) = api.list(&resources::LEASES, None).await.unwrap();
+        for lease in leases.flatten() {
+            c.observe_lease(&lease);
+        }
+        c
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_goes_not_ready_with_one_event() {
+        let api = Arc::new(FakeApi::default());
+        ready_node(&api, "quiet", 45);
+        let mut c = controller(&api).await;
+        c.reconcile("quiet").await;
+        assert_eq!(
+            api.calls(),
+            ["update_status nodes quiet", "create events NodeNotReady"]
+        );
+        let node = api.object(&resources::NODES, "quiet").unwrap();
+        assert_eq!(rules::state_of(&node), Some(NodeState::NotReady));
+        assert_eq!(c.nodes["quiet"].state, Some(NodeState::NotReady));
+        // Nothing more happens to it until it heartbeats again.
+        c.reconcile("quiet").await;
+        assert_eq!(api.calls().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_live_node_is_left_alone_until_its_deadline() {
+        let api = Arc::new(FakeApi::default());
+        ready_node(&api, "alive", 5);
+        let mut c = controller(&api).await;
+        c.reconcile("alive").await;
+        assert!(api.calls().is_empty(), "{:?}", api.calls());
+        let deadline = c.nodes["alive"].deadline.expect("a deadline");
+        let expected = ago(5)
+            .checked_add(SignedDuration::try_from(TIMEOUT).unwrap())
+            .unwrap();
+        assert!((deadline.as_second() - expected.as_second()).abs() <= 1);
+        assert_eq!(c.due.first().map(|(_, n)| n.as_str()), Some("alive"));
+    }
+
+    #[tokio::test]
+    async fn a_renewal_seen_at_the_deadline_moves_it_instead_of_writing() {
+        let api = Arc::new(FakeApi::default());
+        ready_node(&api, "late", 45);
+        let mut c = controller(&api).await;
+        // The Lease was renewed after the controller last looked.
+        ready_node(&api, "late", 1);
+        c.write_state("late").await.unwrap();
+        assert!(api.calls().is_empty(), "{:?}", api.calls());
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_then_given_up_as_a_conflict() {
+        let api = Arc::new(FakeApi::default());
+        ready_node(&api, "busy", 45);
+        *api.conflicts.lock().unwrap() = 2;
+        let mut c = controller(&api).await;
+        c.reconcile("busy").await;
+        let updates = api
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("update_status"))
+            .count();
+        assert_eq!(updates, 3, "two conflicts, then the write");
+        assert_eq!(
+            rules::state_of(&api.object(&resources::NODES, "busy").unwrap()),
+            Some(NodeState::NotReady)
+        );
+
+        ready_node(&api, "contended", 45);
+        *api.conflicts.lock().unwrap() = 100;
+        let mut c = controller(&api).await;
+        let err = c.write_state("contended").await.unwrap_err();
+        assert!(err.is_conflict(), "{err:?}");
+        assert_eq!(err.code(), 409);
+        // reconcile turns it into a retry a second later.
+        c.reconcile("contended").await;
+        let retry = c.nodes["contended"].deadline.unwrap();
+        assert!(
+            retry > Timestamp::now()
+                && retry
+                    <= Timestamp::now()
+                        .checked_add(SignedDuration::from_secs(2))
+                        .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_node_is_forgotten_and_its_lease_deleted() {
+        let api = Arc::new(FakeApi::default());
+        ready_node(&api, "gone", 5);
+        let mut c = controller(&api).await;
+        c.reconcile("gone").await;
+        let node = api.object(&resources::NODES, "gone").unwrap();
+        c.on_node_event(WatchEvent {
+            type_: EventType::Deleted,
+            object: node,
+        })
+        .await;
+        assert_eq!(api.calls(), ["delete leases gone"]);
+        assert!(!c.nodes.contains_key("gone"));
+        assert!(c.due.is_empty());
+
+        // A node that vanished between the deadline and the write is forgotten.
+        ready_node(&api, "vanished", 45);
+        let mut c = controller(&api).await;
+        api.objects.lock().unwrap().clear();
+        c.reconcile("vanished").await;
+        assert!(!c.nodes.contains_key("vanished"));
+    }
+}
