@@ -3,6 +3,8 @@
 //! defined them.
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{NodeCondition, NodeSystemInfo};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -133,11 +135,6 @@ pub fn with_startup_grace(
     }
 }
 
-fn time(ts: Timestamp) -> Value {
-    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts))
-        .unwrap_or(Value::Null)
-}
-
 /// `status.state` of a Node object, if it has a valid one.
 pub fn state_of(node: &Value) -> Option<NodeState> {
     node.pointer("/status/state")
@@ -185,19 +182,21 @@ pub fn set_state(
     let transition = match (&previous, changed) {
         (Some(c), false) => c
             .get("lastTransitionTime")
-            .cloned()
-            .unwrap_or_else(|| time(now)),
-        _ => time(now),
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(now),
+        _ => now,
     };
-    let heartbeat = last_heartbeat.map(time).unwrap_or_else(|| time(now));
-    let condition = json!({
-        "type": "Ready",
-        "status": state.condition_status(),
-        "reason": state.reason(last_heartbeat.is_some()),
-        "message": state.message(last_heartbeat.is_some()),
-        "lastHeartbeatTime": heartbeat,
-        "lastTransitionTime": transition,
-    });
+    // Kubernetes' type, so that the condition serializes as Kubernetes' does.
+    let condition = NodeCondition {
+        type_: "Ready".into(),
+        status: state.condition_status().into(),
+        reason: Some(state.reason(last_heartbeat.is_some()).into()),
+        message: Some(state.message(last_heartbeat.is_some()).into()),
+        last_heartbeat_time: Some(Time(last_heartbeat.unwrap_or(now))),
+        last_transition_time: Some(Time(transition)),
+    };
+    let condition = serde_json::to_value(condition).unwrap_or(Value::Null);
     let status = status_mut(node);
     status.insert("state".into(), json!(state.as_str()));
     let conditions = status.entry("conditions").or_insert_with(|| json!([]));
@@ -234,19 +233,25 @@ pub const NODE_INFO_REQUIRED: [&str; 10] = [
 pub fn apply_heartbeat(node: &mut Value, hb: &Heartbeat) -> bool {
     let before = node.get("status").cloned();
     let status = status_mut(node);
-    let info = ensure_object(status.entry("nodeInfo").or_insert_with(|| json!({})));
-    // Kubernetes' NodeSystemInfo requires every one of these, and its own
-    // types always serialize them, empty when unknown: clients that check
-    // responses against the schema (the Python client) refuse a Node
-    // without them.
-    for key in NODE_INFO_REQUIRED {
-        info.entry(key).or_insert_with(|| json!(""));
+    // Built as Kubernetes' NodeSystemInfo, which requires every one of its
+    // fields and always serializes them, empty when unknown: clients that
+    // check responses against the schema (the Python client) refuse a Node
+    // without them. What is stored is kept, what the heartbeat reports wins.
+    let mut info = serde_json::to_value(NodeSystemInfo::default()).unwrap_or_else(|_| json!({}));
+    if let (Some(typed), Some(Value::Object(stored))) =
+        (info.as_object_mut(), status.get("nodeInfo"))
+    {
+        for (key, value) in stored {
+            typed.insert(key.clone(), value.clone());
+        }
     }
-    info.insert("containerRuntimeVersion".into(), json!(hb.runtime));
-    info.insert("kubeletVersion".into(), json!(hb.version));
+    let typed = ensure_object(&mut info);
+    typed.insert("containerRuntimeVersion".into(), json!(hb.runtime));
+    typed.insert("kubeletVersion".into(), json!(hb.version));
     for (key, value) in hb.system.fields() {
-        info.insert(key.into(), json!(value));
+        typed.insert(key.into(), json!(value));
     }
+    status.insert("nodeInfo".into(), info);
     for key in ["capacity", "allocatable"] {
         let map = ensure_object(status.entry(key).or_insert_with(|| json!({})));
         map.insert("pods".into(), json!(hb.capacity.to_string()));

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use mube_apis::node::{self as rules, Evaluation, NodeState};
 use mube_apis::resources;
 use mube_apis::status::Reason;
@@ -265,35 +267,46 @@ impl NodeLifecycle {
             NodeState::NotReady => "NodeNotReady",
             NodeState::Unknown => "NodeUnknown",
         };
-        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            Timestamp::now(),
-        ))
-        .unwrap_or_default();
-        let event = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": format!("{name}."), "namespace": EVENT_NAMESPACE},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "name": name,
-                "uid": node.pointer("/metadata/uid").cloned().unwrap_or_default(),
+        let now = Time(Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{name}.")),
+                namespace: Some(EVENT_NAMESPACE.into()),
+                ..Default::default()
             },
-            "reason": reason,
-            "message": format!("Node {name} status is now: {reason}"),
-            "type": "Normal",
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": "mube-apiserver",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        });
-        if let Err(e) = self
-            .client
-            .create(&resources::EVENTS, Some(EVENT_NAMESPACE), event)
-            .await
-        {
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(name.clone()),
+                uid: node
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(format!("Node {name} status is now: {reason}")),
+            type_: Some("Normal".into()),
+            source: Some(EventSource {
+                component: Some(COMPONENT.into()),
+                host: None,
+            }),
+            reporting_component: Some(COMPONENT.into()),
+            reporting_instance: Some("mube-apiserver".into()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        let created = match serde_json::to_value(&event) {
+            Ok(event) => {
+                self.client
+                    .create(&resources::EVENTS, Some(EVENT_NAMESPACE), event)
+                    .await
+            }
+            Err(e) => Err(ApiError::new(Reason::InternalError, e.to_string())),
+        };
+        if let Err(e) = created {
             tracing::warn!(node = %name, error = %e, "could not record the node's event");
         }
         self.sweep_events().await;

@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use mube_apis::heartbeat::Heartbeat;
 use mube_apis::node::{self as state_rules, NodeState};
 use mube_apis::resources;
 use mube_apis::status::Reason;
 use mube_apis::NODE_LEASE_NAMESPACE;
-use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::registry::{managed, Manager, Part, Registry};
@@ -72,13 +73,6 @@ pub async fn heartbeat(
     }
 }
 
-fn micro_time(ts: Timestamp) -> Value {
-    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-        ts,
-    ))
-    .unwrap_or(Value::Null)
-}
-
 async fn renew_lease(
     registry: &Registry,
     node: &str,
@@ -86,14 +80,19 @@ async fn renew_lease(
     duration: Duration,
 ) -> Result<(), ApiError> {
     let leases = registry.resource(&resources::LEASES)?;
-    let seconds = duration.as_secs_f64().ceil().max(1.0) as i64;
-    let spec = |lease: &mut Value| {
-        lease["spec"] = json!({
-            "holderIdentity": node,
-            "leaseDurationSeconds": seconds,
-            "renewTime": micro_time(now),
-        });
+    let seconds = duration
+        .as_secs_f64()
+        .ceil()
+        .clamp(1.0, f64::from(i32::MAX)) as i32;
+    // Built as Kubernetes' type, so it serializes as Kubernetes' does.
+    let spec = LeaseSpec {
+        holder_identity: Some(node.to_string()),
+        lease_duration_seconds: Some(seconds),
+        renew_time: Some(MicroTime(now)),
+        ..Default::default()
     };
+    let spec_json = serde_json::to_value(&spec)
+        .map_err(|e| ApiError::new(Reason::InternalError, format!("encoding a lease spec: {e}")))?;
     // The renewal replaces only the spec, with one the server builds itself
     // (a valid holder, duration and time), and keeps the stored metadata as
     // it is: the generic update path's identity fix-ups, no-change check and
@@ -106,7 +105,9 @@ async fn renew_lease(
             registry.store().as_ref(),
             &key,
             |_, mut lease| -> Result<_, StoreError> {
-                spec(&mut lease);
+                if let Some(object) = lease.as_object_mut() {
+                    object.insert("spec".into(), spec_json.clone());
+                }
                 Ok(Some(lease))
             },
         )
@@ -114,23 +115,31 @@ async fn renew_lease(
         .map_err(|e| ApiError::from_store(e, &leases, node));
         match renewed {
             Err(e) if e.is_not_found() => {
-                let mut lease = json!({
-                    "metadata": {
-                        "name": node,
-                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": ""}],
-                    },
-                });
-                spec(&mut lease);
-                if let Some(uid) = registry
+                let uid = registry
                     .get(&*registry.resource(&resources::NODES)?, None, node)
                     .await
                     .ok()
                     .and_then(|n| n.value().ok())
-                    .and_then(|n| n.pointer("/metadata/uid").cloned())
-                {
-                    lease["metadata"]["ownerReferences"][0]["uid"] = uid;
-                }
-                // Untracked: the renewal below rewrites this Lease on every
+                    .and_then(|n| n.pointer("/metadata/uid")?.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(node.to_string()),
+                        owner_references: Some(vec![OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Node".into(),
+                            name: node.to_string(),
+                            uid,
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    },
+                    spec: Some(spec.clone()),
+                };
+                let lease = serde_json::to_value(&lease).map_err(|e| {
+                    ApiError::new(Reason::InternalError, format!("encoding a lease: {e}"))
+                })?;
+                // Untracked: the renewal above rewrites this Lease on every
                 // heartbeat, and a managedFields entry would make each
                 // renewal ~60 % more bytes to decode, encode and log
                 // (BENCHMARKS.md, 2026-11-27 (2)).
@@ -138,7 +147,8 @@ async fn renew_lease(
                     .create_untracked(&leases, Some(NODE_LEASE_NAMESPACE), lease)
                     .await
                 {
-                    Err(e) if e.is_conflict() => continue,
+                    // Another heartbeat of the same node created it first.
+                    Err(e) if e.is_already_exists() || e.is_conflict() => continue,
                     other => return other.map(|_| ()),
                 }
             }
