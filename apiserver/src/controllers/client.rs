@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::registry::{managed, DryRun, Filter, Part, Registry};
-use crate::store::{EventKind, ReadAt, Revision};
+use crate::store::{EventKind, ReadAt};
 
 /// A list's items, decoded one at a time as they are taken: a controller
 /// walks 100,000 nodes without holding 100,000 decoded objects at once
@@ -104,9 +104,7 @@ impl ApiClient for LocalClient {
         resource_version: &str,
     ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
         let r = self.registry.resource(kind)?;
-        let after: Revision = resource_version.parse().map_err(|_| {
-            ApiError::bad_request(format!("invalid resourceVersion {resource_version:?}"))
-        })?;
+        let after = crate::registry::parse_resource_version(resource_version, "resourceVersion")?;
         let stream = self.registry.watch(&r, namespace, after)?;
         let events = futures::stream::unfold(Some(stream), |stream| async move {
             let mut stream = stream?;

@@ -20,7 +20,9 @@ use super::table::{self, TableRequest};
 use super::{discovery, watch, AppState};
 use crate::error::ApiError;
 use crate::registry::patch::Patch;
-use crate::registry::{check_fields, FieldValidation, Filter, Part, Resource};
+use crate::registry::{
+    check_fields, parse_resource_version, FieldValidation, Filter, Part, Resource,
+};
 use crate::store::{ReadAt, Revision, StoredObject};
 
 /// Query parameters of get, list, watch and delete.
@@ -141,12 +143,7 @@ impl Params {
     pub fn revision(&self) -> Result<Option<Revision>, ApiError> {
         match self.resource_version.as_deref() {
             None | Some("0") => Ok(None),
-            Some(s) => s.parse().map(Some).map_err(|_| {
-                ApiError::new(
-                    Reason::BadRequest,
-                    format!("resourceVersion: invalid value {s:?}: must be a number"),
-                )
-            }),
+            Some(s) => parse_resource_version(s, "resourceVersion").map(Some),
         }
     }
 }

@@ -72,18 +72,27 @@ pub(super) fn set_namespace(
     }
 }
 
+/// The one parser of a resourceVersion a client sends, in a query, a body
+/// or a continue token: a revision, or 400 naming `field`. mube's
+/// resourceVersions are revisions, as etcd's are; clients must treat them
+/// as opaque, and the server need not accept anything else.
+pub fn parse_resource_version(value: &str, field: &str) -> Result<Revision, ApiError> {
+    value.parse::<Revision>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{field}: invalid value {value:?}: must be a number"
+        ))
+    })
+}
+
 /// `metadata.resourceVersion` in a written object: a precondition when set
-/// (a string holding a revision), none when absent or empty. The one
-/// parser for a resourceVersion a client writes.
+/// (a string holding a revision), none when absent or empty.
 pub(super) fn resource_version_precondition(
     meta: &serde_json::Map<String, Value>,
 ) -> Result<Option<Revision>, ApiError> {
     match meta.get("resourceVersion") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => s.parse::<Revision>().map(Some).map_err(|_| {
-            ApiError::bad_request(format!("metadata.resourceVersion: invalid value {s:?}"))
-        }),
+        Some(Value::String(s)) => parse_resource_version(s, "metadata.resourceVersion").map(Some),
         Some(other) => Err(ApiError::bad_request(format!(
             "metadata.resourceVersion: must be a string, got {other}"
         ))),

@@ -55,6 +55,7 @@ pub use fields::{check_fields, unknown_fields, FieldValidation};
 pub use filter::Filter;
 pub use generic::Registry;
 pub use managed::Manager;
+pub use meta::parse_resource_version;
 
 /// A kind's declaration: its names (shared with clients through
 /// `mube_apis::resources`) and its hooks.
