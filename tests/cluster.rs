@@ -348,6 +348,39 @@ async fn mubectl_gets_describes_applies_and_deletes() {
         .collect();
     assert_eq!(rows[0], ["NAME", "DATA", "AGE"]);
     assert_eq!(rows[1][..2], ["settings", "1"]);
+    // -w prints the server's rows too, as they change; the manager of
+    // mubectl's writes is mubectl.
+    let mut watch = MubectlWatch::start(&url, &["get", "cm", "-w"]);
+    assert!(watch
+        .out
+        .wait_for(Duration::from_secs(5), |l| l.starts_with("settings ")
+            && l.split_whitespace().nth(1) == Some("1"))
+        .is_some());
+    std::fs::write(
+        &cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: \"1\", b: \"2\"}\n",
+    )
+    .unwrap();
+    let (code, out, err) = mubectl(&url, &["apply", "-f", cm.to_str().unwrap()]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "configmap/settings configured"),
+        "{err}"
+    );
+    assert!(
+        watch
+            .out
+            .wait_for(Duration::from_secs(5), |l| l.starts_with("settings ")
+                && l.split_whitespace().nth(1) == Some("2"))
+            .is_some(),
+        "the change must be printed with the server's columns"
+    );
+    drop(watch);
+    let stored = api
+        .get("/api/v1/namespaces/default/configmaps/settings")
+        .await
+        .body;
+    assert_eq!(stored["metadata"]["managedFields"][0]["manager"], "mubectl");
 
     // apply: created, then unchanged, then configured; labels select it.
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/node.yaml");

@@ -46,6 +46,9 @@ impl CtlError {
     }
 }
 
+/// The media type of a server-side Table, as kubectl asks for it.
+const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
 #[derive(Clone)]
 pub struct Client {
     server: String,
@@ -61,6 +64,8 @@ impl Client {
             .ok_or_else(|| CtlError::Other(format!("--server {server:?} is not an http(s) URL")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
+            // The server names a write's field manager after it ("mubectl").
+            .user_agent(concat!("mubectl/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CtlError::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client { server, http })
@@ -112,12 +117,8 @@ impl Client {
 
     /// GET as a server-side Table (`kubectl get`'s request).
     pub async fn get_table(&self, path: &str) -> Result<Value, CtlError> {
-        self.json(
-            self.http
-                .get(self.url(path))
-                .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io"),
-        )
-        .await
+        self.json(self.http.get(self.url(path)).header("Accept", TABLE))
+            .await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CtlError> {
@@ -132,12 +133,18 @@ impl Client {
         self.json(self.http.delete(self.url(path))).await
     }
 
-    /// Opens a watch and yields its events as they arrive.
+    /// Opens a watch and yields its events as they arrive; with `table`,
+    /// each object comes as a server-side Table (kubectl get -w).
     pub async fn watch(
         &self,
         path_and_query: &str,
+        table: bool,
     ) -> Result<BoxStream<'static, Result<WatchEvent, CtlError>>, CtlError> {
-        let response = self.send(self.http.get(self.url(path_and_query))).await?;
+        let mut request = self.http.get(self.url(path_and_query));
+        if table {
+            request = request.header("Accept", TABLE);
+        }
+        let response = self.send(request).await?;
         let server = self.server.clone();
         let bytes = response.bytes_stream();
         Ok(lines(bytes)

@@ -32,24 +32,102 @@ pub struct Printer {
     pub all_namespaces: bool,
     pub heartbeats: Heartbeats,
     pub columns: Columns,
+    /// For kinds printed from the server's Tables: the columns shown (their
+    /// index in the Table and their header), learned from the first Table.
+    /// `None` for Nodes, which mubectl prints itself.
+    pub server_columns: Option<Vec<(usize, String)>>,
+    /// Whether this kind is printed from server-side Tables.
+    pub server_tables: bool,
+}
+
+/// Where a row's cells are kept on the objects a server Table is turned
+/// into (`rows_of`).
+const CELLS: &str = "__cells";
+
+/// A Table's rows as objects: each row's object (its metadata, which the
+/// watch and list logic key and order by) with its cells beside it.
+pub fn rows_of(table: &Value) -> Vec<Value> {
+    table["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            let mut object = row
+                .get("object")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({}));
+            if let Some(map) = object.as_object_mut() {
+                map.insert(CELLS.into(), row.get("cells").cloned().unwrap_or_default());
+            }
+            object
+        })
+        .collect()
 }
 
 impl Printer {
+    /// Takes the column definitions of a server Table, when it has them (a
+    /// watch sends them with its first Table only).
+    pub fn learn_columns(&mut self, table: &Value) {
+        // Later Tables of a watch carry none, or an empty list.
+        let Some(definitions) = table["columnDefinitions"]
+            .as_array()
+            .filter(|d| !d.is_empty())
+        else {
+            return;
+        };
+        let wide = self.format == Format::Wide;
+        self.server_columns = Some(
+            definitions
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| wide || c["priority"].as_i64().unwrap_or(0) == 0)
+                .map(|(i, c)| (i, c["name"].as_str().unwrap_or("").to_ascii_uppercase()))
+                .collect(),
+        );
+    }
+
     pub fn headers(&self, kind: &str) -> Vec<String> {
-        table::headers(kind, self.format == Format::Wide, self.all_namespaces)
-            .into_iter()
-            .map(String::from)
-            .collect()
+        match &self.server_columns {
+            Some(columns) => {
+                let mut h: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
+                if self.all_namespaces {
+                    h.insert(0, "NAMESPACE".into());
+                }
+                h
+            }
+            None => table::headers(kind, self.format == Format::Wide, self.all_namespaces)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
     }
 
     pub fn row(&self, object: &Value) -> Vec<String> {
-        table::row(
-            object,
-            self.format == Format::Wide,
-            self.all_namespaces,
-            &self.heartbeats,
-            Timestamp::now(),
-        )
+        let Some(columns) = &self.server_columns else {
+            return table::row(
+                object,
+                self.format == Format::Wide,
+                self.all_namespaces,
+                &self.heartbeats,
+                Timestamp::now(),
+            );
+        };
+        let mut cells: Vec<String> = columns
+            .iter()
+            .map(|(i, _)| match &object[CELLS][*i] {
+                Value::String(s) => s.clone(),
+                Value::Null => "<none>".into(),
+                other => other.to_string(),
+            })
+            .collect();
+        if self.all_namespaces {
+            let ns = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            cells.insert(0, ns.to_string());
+        }
+        cells
     }
 
     /// Prints objects in the chosen format; a table gets its header line
@@ -132,35 +210,38 @@ pub async fn run(client: &Client, args: GetArgs) -> Result<(), CtlError> {
             Heartbeats::new()
         },
         columns: Columns::default(),
+        server_columns: None,
+        // Nodes print mube's own view (the original Mube's states, the
+        // port, the last heartbeat); every other kind prints the columns
+        // its server declares, as kubectl does.
+        server_tables: info.kind != "Node" && matches!(format, Format::Table | Format::Wide),
     };
-    // Nodes print mube's own view (the original Mube's states, the port,
-    // the last heartbeat); every other kind prints the columns its server
-    // declares, as kubectl does.
-    if info.kind != "Node" && matches!(format, Format::Table | Format::Wide) {
-        let query = selector_query(&args).finish();
-        let answer = client
-            .get_table(&format!(
-                "{}?{query}",
-                info.path(namespace, args.name.as_deref())
-            ))
-            .await?;
-        return print_server_table(&answer, &mut printer, namespace.filter(|_| info.namespaced));
-    }
     if let Some(name) = &args.name {
         if args.watch || args.watch_only {
             return Err(CtlError::Other("watching a single object by name is not supported; use --field-selector metadata.name=NAME".into()));
         }
-        let object = client.get(&info.path(namespace, Some(name))).await?;
+        let path = info.path(namespace, Some(name));
+        if printer.server_tables {
+            let table = client.get_table(&path).await?;
+            printer.learn_columns(&table);
+            return printer.print(info.kind, &rows_of(&table), true);
+        }
+        let object = client.get(&path).await?;
         return printer.print(info.kind, &[object], true);
     }
     if args.watch || args.watch_only {
         return crate::watch::run(client, info, namespace, &args, printer).await;
     }
     let query = selector_query(&args).finish();
-    let list = client
-        .get(&format!("{}?{query}", info.path(namespace, None)))
-        .await?;
-    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let path = format!("{}?{query}", info.path(namespace, None));
+    let items = if printer.server_tables {
+        let table = client.get_table(&path).await?;
+        printer.learn_columns(&table);
+        rows_of(&table)
+    } else {
+        let list = client.get(&path).await?;
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
     if matches!(format, Format::Json | Format::Yaml) {
         // As kubectl: a list query prints a List, however many items it
         // found (scripts read `.items[]`); only `get KIND NAME` prints the
@@ -181,60 +262,4 @@ pub async fn run(client: &Client, args: GetArgs) -> Result<(), CtlError> {
         return Ok(());
     }
     printer.print(info.kind, &items, true)
-}
-
-/// Prints a server-side Table: the columns of priority 0 (all of them with
-/// `-o wide`), headers in capitals, with a NAMESPACE column across
-/// namespaces, as kubectl prints them.
-fn print_server_table(
-    table: &Value,
-    printer: &mut Printer,
-    namespace: Option<&str>,
-) -> Result<(), CtlError> {
-    let wide = printer.format == Format::Wide;
-    let columns: Vec<(usize, String)> = table["columnDefinitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, c)| wide || c["priority"].as_i64().unwrap_or(0) == 0)
-        .map(|(i, c)| (i, c["name"].as_str().unwrap_or("").to_ascii_uppercase()))
-        .collect();
-    let rows = table["rows"].as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        match namespace {
-            Some(ns) => eprintln!("No resources found in {ns} namespace."),
-            None => eprintln!("No resources found"),
-        }
-        return Ok(());
-    }
-    let mut lines = Vec::with_capacity(rows.len() + 1);
-    let mut header: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
-    if printer.all_namespaces {
-        header.insert(0, "NAMESPACE".into());
-    }
-    lines.push(header);
-    for row in &rows {
-        let mut line: Vec<String> = columns
-            .iter()
-            .map(|(i, _)| match &row["cells"][*i] {
-                Value::String(s) => s.clone(),
-                Value::Null => "<none>".into(),
-                other => other.to_string(),
-            })
-            .collect();
-        if printer.all_namespaces {
-            let ns = row
-                .pointer("/object/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            line.insert(0, ns.to_string());
-        }
-        lines.push(line);
-    }
-    printer.columns.fit(&lines);
-    for line in lines {
-        println!("{}", printer.columns.line(&line));
-    }
-    Ok(())
 }

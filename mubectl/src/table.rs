@@ -1,4 +1,5 @@
-//! kubectl-style tables: the columns of each kind, ages, and alignment.
+//! kubectl-style tables: mube's own Node columns (every other kind prints
+//! the server's Table, see `get.rs`), ages, and alignment.
 
 use std::collections::HashMap;
 
@@ -60,7 +61,6 @@ pub fn headers(kind: &str, wide: bool, namespaced_all: bool) -> Vec<&'static str
                 ]);
             }
         }
-        "Lease" => h.extend(["NAME", "HOLDER", "AGE"]),
         _ => h.extend(["NAME", "AGE"]),
     }
     h
@@ -135,7 +135,6 @@ pub fn row(
                 ]);
             }
         }
-        "Lease" => cells.extend([name, text(object, "/spec/holderIdentity"), created]),
         _ => cells.extend([name, created]),
     }
     cells

@@ -147,11 +147,17 @@ impl Watcher<'_> {
     /// Lists, remembers, and prints what `show` asks for; on a relist the
     /// differences are changed, new, and gone objects.
     async fn list(&mut self, show: Show) -> Result<String, CtlError> {
-        let list = self
-            .client
-            .get(&format!("{}?{}", self.collection, self.selectors))
-            .await?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let path = format!("{}?{}", self.collection, self.selectors);
+        let (list, items) = if self.printer.server_tables {
+            let table = self.client.get_table(&path).await?;
+            self.printer.learn_columns(&table);
+            let rows = crate::get::rows_of(&table);
+            (table, rows)
+        } else {
+            let list = self.client.get(&path).await?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            (list, items)
+        };
         let mut current = BTreeMap::new();
         let mut changed = Vec::new();
         for item in items {
@@ -186,7 +192,7 @@ impl Watcher<'_> {
             "{}?watch=true&allowWatchBookmarks=true&resourceVersion={from}&{}",
             self.collection, self.selectors
         );
-        let mut events = match self.client.watch(&url).await {
+        let mut events = match self.client.watch(&url, self.printer.server_tables).await {
             Ok(events) => events,
             Err(CtlError::Unreachable { .. }) => return Ok(self.lost(Some(from), 0)),
             Err(CtlError::Server(s)) if s.code == Some(410) => {
@@ -207,53 +213,69 @@ impl Watcher<'_> {
                 Err(CtlError::Unreachable { .. }) => return Ok(self.lost(Some(from), 0)),
                 Err(e) => return Err(e),
             };
-            match event.type_ {
-                EventType::Added | EventType::Modified | EventType::Deleted => {
-                    let k = key(&event.object);
-                    // Never print a change twice, whatever the server resends.
-                    if self
-                        .known
-                        .get(&k)
-                        .map(revision)
-                        .is_some_and(|seen| seen >= revision(&event.object))
-                    {
-                        continue;
-                    }
-                    self.printer.print(
-                        self.info.kind,
-                        std::slice::from_ref(&event.object),
-                        false,
-                    )?;
-                    if event.type_ == EventType::Deleted {
-                        self.known.remove(&k);
-                    } else {
-                        self.known.insert(k, event.object.clone());
-                    }
-                    if let Some(v) = resource_version(&event.object) {
-                        from = v;
-                    }
+            // A Table event carries its object as a one-row Table.
+            let objects = match event.type_ {
+                EventType::Added | EventType::Modified | EventType::Deleted
+                    if self.printer.server_tables =>
+                {
+                    self.printer.learn_columns(&event.object);
+                    crate::get::rows_of(&event.object)
                 }
-                EventType::Bookmark => {
-                    if let Some(v) = resource_version(&event.object) {
-                        from = v;
+                _ => vec![event.object.clone()],
+            };
+            for object in objects {
+                let event = mube_apis::watch::WatchEvent {
+                    type_: event.type_,
+                    object,
+                };
+                match event.type_ {
+                    EventType::Added | EventType::Modified | EventType::Deleted => {
+                        let k = key(&event.object);
+                        // Never print a change twice, whatever the server resends.
+                        if self
+                            .known
+                            .get(&k)
+                            .map(revision)
+                            .is_some_and(|seen| seen >= revision(&event.object))
+                        {
+                            continue;
+                        }
+                        self.printer.print(
+                            self.info.kind,
+                            std::slice::from_ref(&event.object),
+                            false,
+                        )?;
+                        if event.type_ == EventType::Deleted {
+                            self.known.remove(&k);
+                        } else {
+                            self.known.insert(k, event.object.clone());
+                        }
+                        if let Some(v) = resource_version(&event.object) {
+                            from = v;
+                        }
                     }
-                }
-                EventType::Error => {
-                    if event.object.get("code").and_then(Value::as_i64) == Some(410) {
-                        return Ok(State::List {
-                            show: Show::Differences,
+                    EventType::Bookmark => {
+                        if let Some(v) = resource_version(&event.object) {
+                            from = v;
+                        }
+                    }
+                    EventType::Error => {
+                        if event.object.get("code").and_then(Value::as_i64) == Some(410) {
+                            return Ok(State::List {
+                                show: Show::Differences,
+                            });
+                        }
+                        let message = event
+                            .object
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("watch error");
+                        eprintln!("mubectl: watch error: {message}; reconnecting");
+                        return Ok(State::Backoff {
+                            from: Some(from),
+                            attempt: 0,
                         });
                     }
-                    let message = event
-                        .object
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("watch error");
-                    eprintln!("mubectl: watch error: {message}; reconnecting");
-                    return Ok(State::Backoff {
-                        from: Some(from),
-                        attempt: 0,
-                    });
                 }
             }
         }

@@ -104,7 +104,7 @@ impl TableConvertor for ConfigMapStrategy {
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::name(),
-            Column::new("Data", "string", "", "Number of data entries.", 0),
+            Column::new("Data", "integer", "", "Number of data entries.", 0),
             Column::age(),
         ]
     }
