@@ -257,8 +257,18 @@ enum ListShape<'a> {
     Set,
 }
 
+/// How apply reads the list at `path`: as the strategic merge patch does,
+/// except `status.addresses`, which apply treats as atomic (a dual-stack
+/// node has two InternalIP addresses, so `type` is no key for it).
+fn list_kind(path: &str) -> Option<ListMerge> {
+    match path {
+        "status.addresses" => None,
+        _ => list_strategy(path),
+    }
+}
+
 fn shape_of<'a>(path: &str, items: &[Value], other: Option<&[Value]>) -> ListShape<'a> {
-    match list_strategy(path) {
+    match list_kind(path) {
         Some(ListMerge::ByKey(key)) => {
             let keyed = |list: &[Value]| list.iter().all(|i| i.get(key).is_some());
             if keyed(items) && other.is_none_or(keyed) {
@@ -316,6 +326,39 @@ fn walk_set(value: &Value, path: &str, at: &mut Vec<Element>, out: &mut FieldSet
             }
         },
         _ => out.insert(at),
+    }
+}
+
+/// Checks an applied configuration's associative lists, as Kubernetes
+/// does before applying: every element has the list's key, and no key is
+/// there twice (merging would otherwise drop an element, or read the whole
+/// list as atomic and take others' elements without a conflict).
+pub fn check_config(config: &Value) -> Result<(), String> {
+    check_at(config, "")
+}
+
+fn check_at(value: &Value, path: &str) -> Result<(), String> {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, v)| check_at(v, &join(path, k))),
+        Value::Array(items) => {
+            if let Some(ListMerge::ByKey(key)) = list_kind(path) {
+                let mut seen = std::collections::HashSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    let Some(id) = item.get(key) else {
+                        return Err(format!(
+                            ".{path}: element {i}: associative list with keys has an element that omits key field {key:?}"
+                        ));
+                    };
+                    if !seen.insert(id.to_string()) {
+                        return Err(format!(".{path}: duplicate entries for key [{key}={id}]"));
+                    }
+                }
+            }
+            items.iter().try_for_each(|item| check_at(item, path))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -502,7 +545,7 @@ fn remove_at(value: &mut Value, set: &FieldSet, owned: &FieldSet, path: &str) {
             }
         }
         Value::Array(items) => {
-            let key = match list_strategy(path) {
+            let key = match list_kind(path) {
                 Some(ListMerge::ByKey(key)) => Some(key),
                 _ => None,
             };

@@ -19,6 +19,14 @@ use super::{managed, patch, DryRun, Filter, Manager, Part, Resource};
 use crate::error::ApiError;
 use crate::store::{Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream};
 
+/// How a read-modify-write records its writer in managedFields.
+enum Recording<'a> {
+    /// A client's PUT or PATCH of one part (main or status).
+    Request(&'a Manager<'a>),
+    /// The server's own write (`Registry::modify`): any part may change.
+    Server(&'a Manager<'a>),
+}
+
 /// Failure inside a read-modify-write: either from the store (mapped with the
 /// resource's names) or already an API error.
 enum UpdateFailure {
@@ -204,7 +212,7 @@ impl Registry {
         r.strategy.prepare_for_create(&mut object, now);
         canonicalize(r, &mut object)?;
         if let Some(manager) = manager {
-            managed::record_update(r, manager, None, &mut object, now)?;
+            managed::record_update(r, manager, false, None, &mut object, now)?;
         }
         validate(r, &name, &object)?;
         self.store_for(dry_run)
@@ -238,10 +246,10 @@ impl Registry {
             r,
             namespace,
             name,
-            Some(&Manager {
+            Some(Recording::Request(&Manager {
                 name: manager,
                 part,
-            }),
+            })),
             |current, old| {
                 stale(precondition, current, r, name)?;
                 Ok(Some(r.strategy.prepare_for_update(
@@ -270,22 +278,22 @@ impl Registry {
             r,
             namespace,
             name,
-            Some(manager),
+            Some(Recording::Server(manager)),
             change,
         )
         .await
     }
 
-    /// `modify` through `store`: the real one, or the dry-run one. With a
-    /// `manager`, the change is recorded in managedFields as its update;
-    /// without, `change` has set them (an apply).
+    /// `modify` through `store`: the real one, or the dry-run one.
+    /// `recording` says how the change goes into managedFields; `None`:
+    /// `change` has set them (an apply).
     async fn modify_in(
         &self,
         store: &dyn Store,
         r: &Resource,
         namespace: Option<&str>,
         name: &str,
-        manager: Option<&Manager<'_>>,
+        recording: Option<Recording<'_>>,
         mut change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
     ) -> Result<StoredObject, ApiError> {
         let key = r.key(namespace, name);
@@ -319,8 +327,19 @@ impl Registry {
                     );
                 }
                 canonicalize(r, &mut new)?;
-                if let Some(manager) = manager {
-                    managed::record_update(r, manager, Some(&old), &mut new, Timestamp::now())?;
+                if let Some(recording) = &recording {
+                    let (manager, whole_object) = match recording {
+                        Recording::Request(m) => (*m, false),
+                        Recording::Server(m) => (*m, true),
+                    };
+                    managed::record_update(
+                        r,
+                        manager,
+                        whole_object,
+                        Some(&old),
+                        &mut new,
+                        Timestamp::now(),
+                    )?;
                 }
                 if new == old {
                     return Ok(None);
@@ -358,10 +377,10 @@ impl Registry {
             r,
             namespace,
             name,
-            Some(&Manager {
+            Some(Recording::Request(&Manager {
                 name: manager,
                 part,
-            }),
+            })),
             |current, old| {
                 let mut patched = old.clone();
                 patch
@@ -427,7 +446,9 @@ impl Registry {
         // another writer is tried again as an update.
         for _ in 0..3 {
             if store.get(&r.key(namespace, name)).await?.is_none() {
-                if precondition.is_some() {
+                // Only the main resource creates: a status write needs the
+                // object, as in Kubernetes.
+                if precondition.is_some() || part == Part::Status {
                     return Err(ApiError::not_found(r, name));
                 }
                 let object = managed::apply(r, &manager, None, &config, force, Timestamp::now())?;

@@ -27,8 +27,14 @@ pub const CONTROLLER_MANAGER: &str = "mube-controller-manager";
 #[derive(Debug, Clone, Copy)]
 pub struct Manager<'a> {
     pub name: &'a str,
+    /// The part written (the status subresource or the main resource).
     pub part: Part,
 }
+
+/// At most this many `Update` entries are kept; older ones are merged into
+/// one `ancient-changes` entry, as Kubernetes caps them, so that many
+/// writers cannot grow an object without bound.
+const MAX_UPDATE_MANAGERS: usize = 10;
 
 impl Manager<'_> {
     fn subresource(&self) -> &'static str {
@@ -156,7 +162,23 @@ fn take_managed_fields(object: &mut Value) -> Option<Value> {
 
 /// The fields nobody owns (identity and bookkeeping the server keeps), and
 /// the part of the object a write through `part` cannot change.
-fn owned_part(r: &Resource, part: Part, mut set: FieldSet) -> FieldSet {
+fn owned_part(r: &Resource, part: Part, set: FieldSet) -> FieldSet {
+    let set = without_identity(set);
+    if !r.status_subresource() {
+        return set;
+    }
+    match part {
+        Part::Main => {
+            let mut set = set;
+            set.remove(&fieldset::field_path("status"));
+            set
+        }
+        Part::Status => set.only("status"),
+    }
+}
+
+/// A set without the fields nobody owns (identity and bookkeeping).
+fn without_identity(mut set: FieldSet) -> FieldSet {
     for path in ["apiVersion", "kind"] {
         set.remove(&fieldset::field_path(path));
     }
@@ -175,16 +197,7 @@ fn owned_part(r: &Resource, part: Part, mut set: FieldSet) -> FieldSet {
         set.remove(&fieldset::field_path(&format!("metadata.{field}")));
     }
     set.unmark("metadata");
-    if !r.status_subresource() {
-        return set;
-    }
-    match part {
-        Part::Main => {
-            set.remove(&fieldset::field_path("status"));
-            set
-        }
-        Part::Status => set.only("status"),
-    }
+    set
 }
 
 fn now_value(now: Timestamp) -> Value {
@@ -206,24 +219,44 @@ fn entries_in(list: Option<&Value>) -> Result<Vec<Entry>, ApiError> {
 /// create), `new` what will be stored. A client that sends managedFields
 /// different from the stored ones replaces them (`[{}]` clears them), as in
 /// Kubernetes; the write itself is then recorded on top.
+/// `whole_object`: the write may change any part (the server's own writes
+/// through `Registry::modify`, which are not split into main and status).
 pub fn record_update(
     r: &Resource,
     manager: &Manager,
+    whole_object: bool,
     old: Option<&Value>,
     new: &mut Value,
     now: Timestamp,
 ) -> Result<(), ApiError> {
-    let sent = take_managed_fields(new);
+    // An empty list is "not sent", as in Kubernetes; `[{}]` clears.
+    let sent = take_managed_fields(new).filter(|s| s.as_array().is_none_or(|a| !a.is_empty()));
     let stored = old.and_then(|o| o.pointer("/metadata/managedFields"));
     let source = match &sent {
         Some(s) if Some(s) != stored => Some(s),
         _ => stored,
     };
     let mut entries = entries_in(source)?;
+    if old.is_some() && entries.is_empty() {
+        // An object nobody is tracked on (written before managers were, or
+        // cleared) stays so until an apply, which then finds every field
+        // owned by "before-first-apply": recording only this write's fields
+        // would let an apply silently take over all the others.
+        return Ok(());
+    }
     let empty = json!({});
     let changes = fieldset::compare(old.unwrap_or(&empty), new);
-    let changed = owned_part(r, manager.part, changes.changed());
-    let removed = owned_part(r, manager.part, changes.removed);
+    let (changed, removed) = if whole_object {
+        (
+            without_identity(changes.changed()),
+            without_identity(changes.removed),
+        )
+    } else {
+        (
+            owned_part(r, manager.part, changes.changed()),
+            owned_part(r, manager.part, changes.removed),
+        )
+    };
     for e in entries.iter_mut() {
         e.fields = e.fields.difference(&changed).difference(&removed);
     }
@@ -246,9 +279,57 @@ pub fn record_update(
             }),
         }
     }
+    cap_updaters(&mut entries);
     set_entries(new, entries);
     Ok(())
 }
+
+/// Merges the oldest `Update` entries beyond `MAX_UPDATE_MANAGERS` into one
+/// `ancient-changes` entry.
+fn cap_updaters(entries: &mut Vec<Entry>) {
+    let updaters = entries
+        .iter()
+        .filter(|e| e.operation == Operation::Update && !e.fields.is_empty())
+        .count();
+    if updaters <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    let time_of = |e: &Entry| {
+        e.time
+            .as_ref()
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut oldest: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].operation == Operation::Update && entries[i].manager != ANCIENT)
+        .collect();
+    oldest.sort_by_key(|&i| time_of(&entries[i]));
+    // Keep room for the merged entry itself.
+    let excess = updaters - MAX_UPDATE_MANAGERS + 1;
+    let merged: Vec<usize> = oldest.into_iter().take(excess).collect();
+    let mut fields = FieldSet::default();
+    let mut api_version = String::new();
+    for &i in &merged {
+        fields = fields.union(&entries[i].fields);
+        api_version = entries[i].api_version.clone();
+    }
+    let mut keep = 0..;
+    entries.retain(|_| !merged.contains(&keep.next().unwrap_or(usize::MAX)));
+    match entries.iter_mut().find(|e| e.manager == ANCIENT) {
+        Some(ancient) => ancient.fields = ancient.fields.union(&fields),
+        None => entries.push(Entry {
+            manager: ANCIENT.into(),
+            operation: Operation::Update,
+            subresource: String::new(),
+            api_version,
+            time: None,
+            fields,
+        }),
+    }
+}
+
+const ANCIENT: &str = "ancient-changes";
 
 /// Server-side apply of `config` by `manager`. `live` is the stored
 /// object, or `None` when the apply creates it. Returns the object to
@@ -263,6 +344,8 @@ pub fn apply(
     force: bool,
     now: Timestamp,
 ) -> Result<Value, ApiError> {
+    fieldset::check_config(config)
+        .map_err(|m| ApiError::bad_request(format!("failed to create typed patch object: {m}")))?;
     let applied = owned_part(r, manager.part, fieldset::of(config));
     let entry = |fields: FieldSet| Entry {
         manager: manager.name.to_string(),
@@ -291,7 +374,8 @@ pub fn apply(
             subresource: String::new(),
             api_version: r.api_version(),
             time: None,
-            fields: owned_part(r, manager.part, fieldset::of(live)),
+            // Every field, whatever part this apply writes.
+            fields: without_identity(fieldset::of(live)),
         });
     }
     let mut merged = live.clone();
@@ -440,7 +524,7 @@ mod tests {
         .unwrap();
         let mut updated = applied.clone();
         updated["spec"]["holderIdentity"] = json!("y");
-        record_update(&r, &main("b"), Some(&applied), &mut updated, at(1)).unwrap();
+        record_update(&r, &main("b"), false, Some(&applied), &mut updated, at(1)).unwrap();
         assert_eq!(owners(&updated, "/f:spec/f:holderIdentity"), ["b"]);
         assert_eq!(owners(&updated, "/f:spec/f:leaseDurationSeconds"), ["a"]);
         // The applier wants it back: a conflict naming the updater and its version.
@@ -591,14 +675,146 @@ mod tests {
         .unwrap();
         let mut cleared = applied.clone();
         cleared["metadata"]["managedFields"] = json!([{}]);
-        record_update(&r, &main("b"), Some(&applied), &mut cleared, at(1)).unwrap();
+        record_update(&r, &main("b"), false, Some(&applied), &mut cleared, at(1)).unwrap();
         assert!(
             cleared["metadata"].get("managedFields").is_none(),
             "{cleared}"
         );
         let mut bad = applied.clone();
         bad["metadata"]["managedFields"] = json!([{"manager": "x", "operation": "Sideways"}]);
-        let err = record_update(&r, &main("b"), Some(&applied), &mut bad, at(1)).unwrap_err();
+        let err =
+            record_update(&r, &main("b"), false, Some(&applied), &mut bad, at(1)).unwrap_err();
         assert_eq!(err.status.code, Some(400));
+    }
+
+    #[test]
+    fn an_applied_list_element_without_its_key_or_twice_is_refused() {
+        let r = super::super::pod::resource();
+        let pod = |containers: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                   "spec": {"containers": containers}})
+        };
+        let live = apply(
+            &r,
+            &main("a"),
+            None,
+            &pod(json!([{"name": "web", "image": "x"}])),
+            false,
+            at(0),
+        )
+        .unwrap();
+        let nameless = apply(
+            &r,
+            &main("b"),
+            Some(&live),
+            &pod(json!([{"image": "y"}])),
+            false,
+            at(1),
+        )
+        .unwrap_err();
+        assert_eq!(nameless.code(), 400);
+        assert!(nameless.status.message.as_deref().unwrap().contains(
+            ".spec.containers: element 0: associative list with keys has an element that omits key field \"name\""
+        ));
+        let twice = apply(
+            &r,
+            &main("b"),
+            Some(&live),
+            &pod(json!([{"name": "web", "image": "y"}, {"name": "web", "image": "z"}])),
+            false,
+            at(1),
+        )
+        .unwrap_err();
+        assert!(twice
+            .status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains(".spec.containers: duplicate entries for key [name=\"web\"]"));
+    }
+
+    #[test]
+    fn an_empty_managed_fields_list_is_not_sent_and_untracked_objects_stay_untracked() {
+        let r = super::super::lease::resource();
+        let applied = apply(
+            &r,
+            &main("a"),
+            None,
+            &lease(json!({"holderIdentity": "x"})),
+            false,
+            at(0),
+        )
+        .unwrap();
+        let mut kept = applied.clone();
+        kept["metadata"]["managedFields"] = json!([]);
+        kept["spec"]["leaseDurationSeconds"] = json!(5);
+        record_update(&r, &main("b"), false, Some(&applied), &mut kept, at(1)).unwrap();
+        assert_eq!(owners(&kept, "/f:spec/f:holderIdentity"), ["a"]);
+        assert_eq!(owners(&kept, "/f:spec/f:leaseDurationSeconds"), ["b"]);
+
+        let old = lease(json!({"holderIdentity": "x"}));
+        let mut new = lease(json!({"holderIdentity": "x", "leaseDurationSeconds": 5}));
+        record_update(&r, &main("b"), false, Some(&old), &mut new, at(1)).unwrap();
+        assert!(new["metadata"].get("managedFields").is_none(), "{new}");
+        // So the first apply finds everything owned by before-first-apply.
+        let err = apply(
+            &r,
+            &main("a"),
+            Some(&new),
+            &lease(json!({"leaseDurationSeconds": 6})),
+            false,
+            at(2),
+        )
+        .unwrap_err();
+        assert!(err
+            .status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("before-first-apply"));
+    }
+
+    #[test]
+    fn at_most_ten_updaters_are_kept_the_oldest_merged_into_ancient_changes() {
+        let r = super::super::lease::resource();
+        let mut object = apply(
+            &r,
+            &main("owner"),
+            None,
+            &lease(json!({"holderIdentity": "x"})),
+            false,
+            at(0),
+        )
+        .unwrap();
+        for i in 0..15 {
+            let old = object.clone();
+            object["metadata"]["labels"] = {
+                let mut labels = old["metadata"]["labels"].clone();
+                if !labels.is_object() {
+                    labels = json!({});
+                }
+                labels[format!("k{i}")] = json!("v");
+                labels
+            };
+            let name = format!("writer-{i}");
+            record_update(&r, &main(&name), false, Some(&old), &mut object, at(i + 1)).unwrap();
+        }
+        let managers: Vec<&str> = object["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        let updaters = managers
+            .iter()
+            .filter(|m| m.starts_with("writer-") || **m == "ancient-changes")
+            .count();
+        assert_eq!(updaters, MAX_UPDATE_MANAGERS, "{managers:?}");
+        assert!(managers.contains(&"ancient-changes") && managers.contains(&"writer-14"));
+        assert!(!managers.contains(&"writer-0"));
+        assert_eq!(
+            owners(&object, "/f:metadata/f:labels/f:k0"),
+            ["ancient-changes"]
+        );
     }
 }

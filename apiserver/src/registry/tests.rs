@@ -419,3 +419,44 @@ async fn a_strategy_validates_an_update_against_the_old_object() {
     let kept: Value = serde_json::from_slice(&kept.json).unwrap();
     assert!(kept.pointer("/status/capacity/pods").is_none(), "{kept}");
 }
+
+/// An apply creates through the main resource only: through `/status` a
+/// missing object is 404, as in Kubernetes.
+#[tokio::test]
+async fn an_apply_to_status_does_not_create() {
+    let f = Fixture::new();
+    let nodes = f.nodes();
+    let config = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n9"},
+                        "status": {"capacity": {"pods": "3"}}});
+    let err = f
+        .registry
+        .apply(
+            &nodes,
+            None,
+            "n9",
+            Part::Status,
+            config.clone(),
+            "m",
+            false,
+            DryRun::No,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(f.writes(), 0);
+    let (_, created) = f
+        .registry
+        .apply(
+            &nodes,
+            None,
+            "n9",
+            Part::Main,
+            config,
+            "m",
+            false,
+            DryRun::No,
+        )
+        .await
+        .unwrap();
+    assert!(created);
+}
