@@ -42,6 +42,17 @@ struct ConfigFile {
     /// reached waits for it before the answer is 504 (default 3s, as
     /// Kubernetes).
     resource_version_wait: Option<String>,
+    /// Requests served at once, watches aside; past it, 429 (default 400,
+    /// as kube-apiserver's --max-requests-inflight).
+    max_requests_in_flight: Option<usize>,
+    /// Watches open at once; past it, 429 (default 100000).
+    max_watches: Option<usize>,
+    /// How long a request other than a watch may take before it is 504
+    /// (default 60s, as kube-apiserver's --request-timeout).
+    request_timeout: Option<String>,
+    /// How long a connection may take to send a request's headers before it
+    /// is closed (default 30s).
+    request_header_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +75,10 @@ pub struct Config {
     pub watch_bookmark_interval: Duration,
     pub log_segment_bytes: u64,
     pub resource_version_wait: Duration,
+    pub max_requests_in_flight: usize,
+    pub max_watches: usize,
+    pub request_timeout: Duration,
+    pub request_header_timeout: Duration,
     /// `--repair-log`: start even though the log is damaged, cutting it at
     /// the first bad record.
     pub repair_log: bool,
@@ -187,6 +202,22 @@ impl Config {
             raw.resource_version_wait.as_deref(),
             Duration::from_secs(3),
         )?;
+        let request_timeout = positive_duration(
+            "requestTimeout",
+            raw.request_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        let request_header_timeout = positive_duration(
+            "requestHeaderTimeout",
+            raw.request_header_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?;
+        if raw.max_requests_in_flight == Some(0) {
+            return Err(format!("{file}: maxRequestsInFlight: must be at least 1"));
+        }
+        if raw.max_watches == Some(0) {
+            return Err(format!("{file}: maxWatches: must be at least 1"));
+        }
         if raw.history_retention == Some(0) {
             return Err(format!("{file}: historyRetention: must be at least 1"));
         }
@@ -206,6 +237,10 @@ impl Config {
             watch_bookmark_interval,
             log_segment_bytes: raw.log_segment_bytes.unwrap_or(32 * 1024 * 1024),
             resource_version_wait,
+            max_requests_in_flight: raw.max_requests_in_flight.unwrap_or(400),
+            max_watches: raw.max_watches.unwrap_or(100_000),
+            request_timeout,
+            request_header_timeout,
             repair_log: false,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),

@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -49,10 +48,6 @@ pub async fn run(config: Config) -> Result<(), String> {
             config.data_dir.display()
         )
     })?;
-    // Small JSON responses on kept-alive connections: don't let Nagle hold them.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -63,6 +58,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         lease_duration: config.notready_timeout,
         read_wait: config.resource_version_wait,
         openapi: Arc::new(crate::http::openapi::Documents::new(&registry)),
+        limits: Arc::new(crate::http::limits::Limits::new(
+            config.max_requests_in_flight,
+            config.max_watches,
+            config.request_timeout,
+        )),
     };
 
     let controller = NodeLifecycle::new(
@@ -70,13 +70,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         config.notready_timeout,
     );
     let controller = tokio::spawn(controller.run(shutdown.child_token()));
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let server = tokio::spawn(crate::http::serve::serve(
+        listener,
+        router(state),
+        config.request_header_timeout,
+        shutdown.clone(),
+    ));
     ready.store(true, Ordering::Release);
     tracing::info!(
         address = %bound,

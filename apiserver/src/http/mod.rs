@@ -2,11 +2,13 @@
 //! handler for every registered kind.
 
 mod discovery;
+pub mod limits;
 pub mod openapi;
 mod options;
 mod path;
 mod response;
 mod rest;
+pub mod serve;
 mod table;
 mod watch;
 
@@ -48,6 +50,8 @@ pub struct AppState {
     pub read_wait: Duration,
     /// The `/openapi/v3` documents, rendered at start.
     pub openapi: Arc<openapi::Documents>,
+    /// Caps on requests in flight and open watches, and the request timeout.
+    pub limits: Arc<limits::Limits>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -68,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_if_failed,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::limit,
         ))
         .route("/healthz", get(livez))
         .route("/livez", get(livez))

@@ -1,0 +1,140 @@
+//! Overload protection, as kube-apiserver's `--max-requests-inflight` and
+//! `--request-timeout` give it: a cap on requests being served and one on
+//! open watches, answered past the cap with Kubernetes' 429 and
+//! `Retry-After` (clients back off and retry), and a time limit on every
+//! request but a watch, answered with Kubernetes' 504.
+//!
+//! Health checks are not limited: a supervisor must see a busy server as
+//! alive.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use mube_apis::status::{self, Reason, StatusDetails};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// The caps and the time limit, from the config.
+pub struct Limits {
+    in_flight: Arc<Semaphore>,
+    watches: Arc<Semaphore>,
+    request_timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(max_in_flight: usize, max_watches: usize, request_timeout: Duration) -> Limits {
+        Limits {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            watches: Arc::new(Semaphore::new(max_watches)),
+            request_timeout,
+        }
+    }
+}
+
+/// `?watch=true` (or `1`): a long-running request, counted apart and
+/// never timed out.
+fn is_watch(query: Option<&str>) -> bool {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .any(|(k, v)| k == "watch" && matches!(&*v, "true" | "1" | "True"))
+}
+
+/// 429 as kube-apiserver answers it.
+fn too_many() -> Response {
+    let mut status = status::failure(
+        Reason::TooManyRequests,
+        "Too many requests, please try again later.",
+    );
+    status.details = Some(StatusDetails {
+        retry_after_seconds: Some(1),
+        ..Default::default()
+    });
+    let mut response = ApiError::from(status).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    if is_watch(request.uri().query()) {
+        let Ok(permit) = limits.watches.clone().try_acquire_owned() else {
+            return too_many();
+        };
+        return holding(next.run(request).await, permit);
+    }
+    let Ok(permit) = limits.in_flight.clone().try_acquire_owned() else {
+        return too_many();
+    };
+    let answered = tokio::time::timeout(limits.request_timeout, next.run(request)).await;
+    // As in kube-apiserver, a request counts until its handler returns (a
+    // list's body streams after): holding the slot through the body would
+    // cost every request a body wrapper, on the heartbeat's hot path.
+    drop(permit);
+    match answered {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            Reason::Timeout,
+            "Timeout: request did not complete within requested timeout - context deadline exceeded",
+        )
+        .into_response(),
+    }
+}
+
+/// The response, with `permit` held until its body has been sent (or the
+/// client went away).
+fn holding(response: Response, permit: OwnedSemaphorePermit) -> Response {
+    response.map(|body| {
+        Body::new(Holding {
+            body,
+            _permit: permit,
+        })
+    })
+}
+
+struct Holding {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HttpBody for Holding {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_are_told_by_their_query() {
+        assert!(is_watch(Some("watch=true&resourceVersion=5")));
+        assert!(is_watch(Some("labelSelector=a&watch=1")));
+        assert!(!is_watch(Some("watch=false")));
+        assert!(!is_watch(Some("limit=5")));
+        assert!(!is_watch(None));
+    }
+}
