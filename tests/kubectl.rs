@@ -992,3 +992,38 @@ async fn configmaps_are_served_like_any_kind() {
         404
     );
 }
+
+/// With TLS on, the kubeconfig the server writes points at https and
+/// carries the cluster CA: kubectl trusts it as is, and a kubeconfig
+/// without the CA is refused by kubectl's certificate check.
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn kubectl_speaks_tls_through_the_written_kubeconfig() {
+    let server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        tls: true,
+        ..Default::default()
+    })
+    .await;
+    let k = Kubectl::new(&server);
+    let rows = table(&k.ok(&["get", "nodes"]));
+    assert_eq!(rows[1][0], "node-a");
+    let explained = k.ok(&["explain", "leases.spec.holderIdentity"]);
+    assert!(explained.contains("holderIdentity"), "{explained}");
+
+    let text = std::fs::read_to_string(&k.kubeconfig).unwrap();
+    let stripped: String = text
+        .lines()
+        .filter(|l| !l.contains("certificate-authority-data"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let untrusting = Kubectl {
+        kubeconfig: dir.path().join("kubeconfig"),
+        cache: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(&untrusting.kubeconfig, stripped).unwrap();
+    let (code, _, err) = untrusting.run(&["get", "nodes"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("certificate"), "{err}");
+}

@@ -53,6 +53,27 @@ struct ConfigFile {
     /// How long a connection may take to send a request's headers before it
     /// is closed (default 30s).
     request_header_timeout: Option<String>,
+    /// HTTPS: a generated CA and serving certificate, or the given files.
+    tls: Option<TlsEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TlsEntry {
+    enabled: Option<bool>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    sans: Vec<String>,
+}
+
+/// `tls` resolved: on, with the user's files or generated ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub files: Option<crate::pki::UserFiles>,
+    /// Extra names for the generated serving certificate.
+    pub sans: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +83,11 @@ struct NodeEntry {
     ip: String,
     port: i64,
 }
+
+/// Whether the API server speaks HTTPS when the config does not say.
+/// Plain HTTP until clients (mubelet, mubectl, the bench, `make run`)
+/// speak TLS too; issue #11 makes this true.
+const DEFAULT_TLS: bool = false;
 
 /// The API server's settings, resolved and checked.
 #[derive(Debug, Clone)]
@@ -79,6 +105,8 @@ pub struct Config {
     pub max_watches: usize,
     pub request_timeout: Duration,
     pub request_header_timeout: Duration,
+    /// `None`: plain HTTP (`tls: {enabled: false}`).
+    pub tls: Option<Tls>,
     /// `--repair-log`: start even though the log is damaged, cutting it at
     /// the first bad record.
     pub repair_log: bool,
@@ -212,6 +240,28 @@ impl Config {
             raw.request_header_timeout.as_deref(),
             Duration::from_secs(30),
         )?;
+        let tls_entry = raw.tls.unwrap_or_default();
+        let tls = if tls_entry.enabled.unwrap_or(DEFAULT_TLS) {
+            let files = match (tls_entry.cert_file, tls_entry.key_file, tls_entry.ca_file) {
+                (None, None, None) => None,
+                (Some(cert), Some(key), Some(ca)) => Some(crate::pki::UserFiles {
+                    cert: cert.into(),
+                    key: key.into(),
+                    ca: ca.into(),
+                }),
+                _ => {
+                    return Err(format!(
+                        "{file}: tls: certFile, keyFile and caFile go together (all three, or none to generate them)"
+                    ))
+                }
+            };
+            Some(Tls {
+                files,
+                sans: tls_entry.sans,
+            })
+        } else {
+            None
+        };
         if raw.max_requests_in_flight == Some(0) {
             return Err(format!("{file}: maxRequestsInFlight: must be at least 1"));
         }
@@ -241,6 +291,7 @@ impl Config {
             max_watches: raw.max_watches.unwrap_or(100_000),
             request_timeout,
             request_header_timeout,
+            tls,
             repair_log: false,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),

@@ -9,7 +9,7 @@ pub const FILE: &str = "kubeconfig";
 
 /// The URL clients on this machine use: a wildcard listen address is
 /// reached through loopback.
-pub fn server_url(bound: SocketAddr) -> String {
+pub fn server_url(bound: SocketAddr, tls: bool) -> String {
     let ip = if bound.ip().is_unspecified() {
         if bound.is_ipv6() {
             "[::1]".to_string()
@@ -21,17 +21,31 @@ pub fn server_url(bound: SocketAddr) -> String {
     } else {
         bound.ip().to_string()
     };
-    format!("http://{ip}:{}", bound.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{ip}:{}", bound.port())
 }
 
-pub fn render(server: &str) -> String {
+/// What a TLS kubeconfig carries besides the URL: the CA to trust, and
+/// the admin's client certificate and key (PEM).
+pub struct Credentials<'a> {
+    pub ca_pem: &'a str,
+    pub admin: Option<(&'a str, &'a str)>,
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The kubeconfig text.
+pub fn render(server: &str, credentials: Option<&Credentials>) -> String {
     let template = r#"# Written by mube-apiserver at start: an admin kubeconfig for this server.
 apiVersion: v1
 kind: Config
 clusters:
 - name: mube
   cluster:
-    server: SERVER
+    server: SERVERCA
 contexts:
 - name: mube
   context:
@@ -40,16 +54,44 @@ contexts:
 current-context: mube
 users:
 - name: mube-admin
-  user: {}
+  user:USER
 "#;
-    template.replace("SERVER", server)
+    let ca = match credentials {
+        Some(c) => format!("\n    certificate-authority-data: {}", base64(c.ca_pem)),
+        None => String::new(),
+    };
+    let user = match credentials.and_then(|c| c.admin) {
+        Some((cert, key)) => format!(
+            "\n    client-certificate-data: {}\n    client-key-data: {}",
+            base64(cert),
+            base64(key)
+        ),
+        None => " {}".to_string(),
+    };
+    template
+        .replace("SERVERCA", &format!("{server}{ca}"))
+        .replace("USER", &user)
 }
 
 /// Writes `<data_dir>/kubeconfig` atomically (a reader never sees half a file).
-pub fn write(data_dir: &Path, bound: SocketAddr) -> std::io::Result<PathBuf> {
+/// Owner-only: with TLS it holds the admin's private key.
+pub fn write(
+    data_dir: &Path,
+    bound: SocketAddr,
+    credentials: Option<&Credentials>,
+) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(FILE);
     let tmp = data_dir.join(format!("{FILE}.tmp"));
-    std::fs::write(&tmp, render(&server_url(bound)))?;
+    let text = render(&server_url(bound, credentials.is_some()), credentials);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
@@ -61,22 +103,38 @@ mod tests {
     #[test]
     fn loopback_for_wildcards() {
         assert_eq!(
-            server_url("0.0.0.0:8080".parse().unwrap()),
+            server_url("0.0.0.0:8080".parse().unwrap(), false),
             "http://127.0.0.1:8080"
         );
         assert_eq!(
-            server_url("[::]:8080".parse().unwrap()),
-            "http://[::1]:8080"
+            server_url("[::]:8080".parse().unwrap(), true),
+            "https://[::1]:8080"
         );
         assert_eq!(
-            server_url("10.0.0.5:80".parse().unwrap()),
+            server_url("10.0.0.5:80".parse().unwrap(), false),
             "http://10.0.0.5:80"
         );
-        let yaml: serde_yaml::Value = serde_yaml::from_str(&render("http://127.0.0.1:1")).unwrap();
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(&render("http://127.0.0.1:1", None)).unwrap();
+        assert!(yaml["users"][0]["user"].as_mapping().unwrap().is_empty());
         assert_eq!(
             yaml["clusters"][0]["cluster"]["server"],
             "http://127.0.0.1:1"
         );
         assert_eq!(yaml["current-context"], "mube");
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&render(
+            "https://127.0.0.1:1",
+            Some(&Credentials {
+                ca_pem: "PEM",
+                admin: Some(("C", "K")),
+            }),
+        ))
+        .unwrap();
+        assert_eq!(
+            yaml["clusters"][0]["cluster"]["certificate-authority-data"],
+            "UEVN"
+        );
+        assert_eq!(yaml["users"][0]["user"]["client-certificate-data"], "Qw==");
+        assert_eq!(yaml["users"][0]["user"]["client-key-data"], "Sw==");
     }
 }

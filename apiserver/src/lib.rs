@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod kubeconfig;
 pub mod nodes;
+pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod store;

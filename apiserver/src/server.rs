@@ -42,12 +42,36 @@ pub async fn run(config: Config) -> Result<(), String> {
     let bound = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listen address: {e}"))?;
-    let kubeconfig = kubeconfig::write(&config.data_dir, bound).map_err(|e| {
-        format!(
-            "cannot write the kubeconfig under {}: {e}",
-            config.data_dir.display()
-        )
-    })?;
+    let pki = match &config.tls {
+        Some(tls) => {
+            let names = crate::pki::serving_names(bound.ip(), &tls.sans);
+            Some(crate::pki::load(
+                &config.data_dir,
+                tls.files.as_ref(),
+                &names,
+            )?)
+        }
+        None => {
+            if !bound.ip().is_loopback() {
+                tracing::warn!(
+                    address = %bound,
+                    "serving plain HTTP beyond loopback (tls: {{enabled: false}}): anyone on the network can read and change everything"
+                );
+            }
+            None
+        }
+    };
+    let credentials = pki.as_ref().map(|p| kubeconfig::Credentials {
+        ca_pem: &p.ca_pem,
+        admin: p.admin.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+    });
+    let kubeconfig =
+        kubeconfig::write(&config.data_dir, bound, credentials.as_ref()).map_err(|e| {
+            format!(
+                "cannot write the kubeconfig under {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -73,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let server = tokio::spawn(crate::http::serve::serve(
         listener,
         router(state),
+        pki.map(|p| tokio_rustls::TlsAcceptor::from(p.server)),
         config.request_header_timeout,
         shutdown.clone(),
     ));

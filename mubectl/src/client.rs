@@ -56,16 +56,34 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str) -> Result<Client, CtlError> {
-        let server = server.trim_end_matches('/').to_string();
+    pub fn new(target: &crate::kubeconfig::Target) -> Result<Client, CtlError> {
+        let server = target.server.trim_end_matches('/').to_string();
         reqwest::Url::parse(&server)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| CtlError::Other(format!("--server {server:?} is not an http(s) URL")))?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
             // The server names a write's field manager after it ("mubectl").
-            .user_agent(concat!("mubectl/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("mubectl/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &target.ca_pem {
+            let ca = reqwest::Certificate::from_pem(ca).map_err(|e| {
+                CtlError::Other(format!("the kubeconfig's CA is not a PEM certificate: {e}"))
+            })?;
+            // The cluster's CA, and only it.
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
+        if let Some(identity) = &target.identity_pem {
+            let identity = reqwest::Identity::from_pem(identity).map_err(|e| {
+                CtlError::Other(format!(
+                    "the kubeconfig's client certificate and key do not load: {e}"
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
             .build()
             .map_err(|e| CtlError::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client { server, http })

@@ -1,13 +1,95 @@
-//! Reading the API server URL from a kubeconfig (`--kubeconfig`), such as the
-//! one mube-apiserver writes under its data directory.
+//! Reading where and how to reach the API server from a kubeconfig
+//! (`--kubeconfig`), such as the one mube-apiserver writes under its data
+//! directory: the current context's server, the CA it trusts, and the
+//! user's client certificate. (kube-rs reads kubeconfigs too, but only
+//! these few fields are needed, and mubectl's client is plain reqwest.)
 
 use serde_yaml::Value;
 
-/// The server of the current context's cluster.
-pub fn server(path: &str) -> Result<String, String> {
+/// How to reach the server.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub server: String,
+    /// The CA to trust, PEM (`certificate-authority-data` or `-authority`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate and key, PEM, one after the other.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+/// `{field}-data` (base64) or `{field}` (a file path) of a kubeconfig entry.
+fn data_or_file(entry: &Value, field: &str, path: &str) -> Result<Option<Vec<u8>>, String> {
+    use base64::Engine;
+    if let Some(data) = entry.get(format!("{field}-data")).and_then(Value::as_str) {
+        return base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map(Some)
+            .map_err(|e| format!("kubeconfig {path}: {field}-data is not base64: {e}"));
+    }
+    match entry.get(field).and_then(Value::as_str) {
+        Some(file) => std::fs::read(file)
+            .map(Some)
+            .map_err(|e| format!("kubeconfig {path}: cannot read {field} {file}: {e}")),
+        None => Ok(None),
+    }
+}
+
+/// The current context's server, CA and client certificate.
+pub fn load(path: &str) -> Result<Target, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("cannot read kubeconfig {path}: {e}"))?;
     let doc: Value = serde_yaml::from_str(&text).map_err(|e| format!("kubeconfig {path}: {e}"))?;
+    let server = server_in(&doc, path)?;
+    let named = |list: &str, name: &str| -> Option<Value> {
+        doc.get(list)?
+            .as_sequence()?
+            .iter()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+            .cloned()
+    };
+    let context = doc
+        .get("current-context")
+        .and_then(Value::as_str)
+        .and_then(|c| named("contexts", c))
+        .and_then(|c| c.get("context").cloned())
+        .unwrap_or(Value::Null);
+    let cluster = context
+        .get("cluster")
+        .and_then(Value::as_str)
+        .and_then(|c| named("clusters", c))
+        .and_then(|c| c.get("cluster").cloned())
+        .unwrap_or(Value::Null);
+    let user = context
+        .get("user")
+        .and_then(Value::as_str)
+        .and_then(|u| named("users", u))
+        .and_then(|u| u.get("user").cloned())
+        .unwrap_or(Value::Null);
+    let ca_pem = data_or_file(&cluster, "certificate-authority", path)?;
+    let identity_pem = match (
+        data_or_file(&user, "client-certificate", path)?,
+        data_or_file(&user, "client-key", path)?,
+    ) {
+        (Some(mut cert), Some(key)) => {
+            cert.push(b'\n');
+            cert.extend_from_slice(&key);
+            Some(cert)
+        }
+        _ => None,
+    };
+    Ok(Target {
+        server,
+        ca_pem,
+        identity_pem,
+    })
+}
+
+/// The server of the current context's cluster.
+#[cfg(test)]
+pub fn server(path: &str) -> Result<String, String> {
+    load(path).map(|t| t.server)
+}
+
+fn server_in(doc: &Value, path: &str) -> Result<String, String> {
     let named = |list: &str, name: &str| -> Option<Value> {
         doc.get(list)?
             .as_sequence()?

@@ -146,21 +146,27 @@ pub struct GetArgs {
 }
 
 /// Where the API server is, in order of precedence.
-fn server(cli: &Cli) -> Result<String, CtlError> {
+fn target(cli: &Cli) -> Result<kubeconfig::Target, CtlError> {
     if let Some(s) = &cli.server {
-        return Ok(s.clone());
+        return Ok(kubeconfig::Target {
+            server: s.clone(),
+            ..Default::default()
+        });
     }
     if let Some(path) = &cli.kubeconfig {
-        return kubeconfig::server(path).map_err(CtlError::Other);
+        return kubeconfig::load(path).map_err(CtlError::Other);
     }
-    Ok(std::env::var("MUBE_API_SERVER")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:8080".to_string()))
+    Ok(kubeconfig::Target {
+        server: std::env::var("MUBE_API_SERVER")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
+        ..Default::default()
+    })
 }
 
 async fn run(cli: Cli) -> Result<(), CtlError> {
-    let client = Client::new(&server(&cli)?)?;
+    let client = Client::new(&target(&cli)?)?;
     match cli.command {
         Command::Get(args) => get::run(&client, args).await,
         Command::Describe { resource, name } => describe::run(&client, &resource, &name).await,

@@ -68,6 +68,11 @@ pub struct Options {
     pub extra_config: String,
     /// Where the data lives (default: `data` in the server's temp dir).
     pub data_dir: Option<PathBuf>,
+    /// HTTPS with the generated CA (`tls: {enabled: true}`, unless
+    /// `extra_config` has its own `tls:`).
+    pub tls: bool,
+    /// The CA clients trust (default: the one the server generates).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -77,6 +82,8 @@ impl Default for Options {
             notready_timeout: "60s",
             extra_config: String::new(),
             data_dir: None,
+            tls: false,
+            ca_file: None,
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct ApiServer {
     pub log: Arc<Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
+    pub tls: bool,
+    ca_file: Option<PathBuf>,
 }
 
 impl ApiServer {
@@ -103,7 +112,24 @@ impl ApiServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for this server: with TLS, trusting the cluster CA the
+    /// server generated (and nothing else).
+    pub fn http_client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if self.tls {
+            let ca = (self.ca_file.clone()).unwrap_or_else(|| self.data_dir().join("pki/ca.crt"));
+            let pem = std::fs::read(ca).unwrap_or_default();
+            if let Ok(ca) = reqwest::Certificate::from_pem(&pem) {
+                builder = builder
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(ca);
+            }
+        }
+        builder.build().expect("HTTP client")
     }
 
     /// Writes a config, starts the server and waits for /readyz.
@@ -123,8 +149,14 @@ impl ApiServer {
                 ("MUBE_APISERVER_SHUTDOWN_TIMEOUT".into(), "3s".into()),
             ],
             data_dir: options.data_dir,
+            tls: options.tls,
+            ca_file: options.ca_file.clone(),
         };
-        server.write_config(&options.nodes, &options.extra_config);
+        let mut extra = options.extra_config.clone();
+        if options.tls && !extra.contains("tls:") {
+            extra.push_str("tls: {enabled: true}\n");
+        }
+        server.write_config(&options.nodes, &extra);
         server.spawn();
         server.wait_ready().await;
         server
@@ -189,7 +221,6 @@ impl ApiServer {
     }
 
     pub async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -200,6 +231,8 @@ impl ApiServer {
                     );
                 }
             }
+            // Built each time: with TLS, the CA exists once the server made it.
+            let client = self.http_client();
             if let Ok(r) = client.get(format!("{}/readyz", self.url())).send().await {
                 if r.status().is_success() {
                     return;
@@ -280,7 +313,7 @@ impl Api {
     pub fn new(server: &ApiServer) -> Api {
         Api {
             base: server.url(),
-            http: reqwest::Client::new(),
+            http: server.http_client(),
         }
     }
 

@@ -3,8 +3,11 @@
 //! Written out (rather than `axum::serve`) for what axum's loop does not
 //! offer: a connection that does not finish its request headers within
 //! `header_timeout` is closed, so idle or hostile clients cannot hold
-//! connections open for nothing. On shutdown it stops accepting and lets
-//! open connections finish (watches end on the same signal).
+//! connections open for nothing; with TLS, the handshake has the same
+//! time limit, and a failed handshake (garbage, an unknown CA on the
+//! client's side) just closes the connection. On shutdown it stops
+//! accepting and lets open connections finish (watches end on the same
+//! signal).
 
 use std::time::Duration;
 
@@ -14,11 +17,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     header_timeout: Duration,
     shutdown: CancellationToken,
 ) {
@@ -47,13 +52,35 @@ pub async fn serve(
         // hold them.
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        // No upgrades yet: exec and port-forward will need them.
-        let connection = builder.serve_connection(TokioIo::new(tcp), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            // A client that hangs up or times out is not the server's error.
-            let _ = connection.await;
-        });
+        match &tls {
+            None => {
+                // No upgrades yet: exec and port-forward will need them.
+                let connection = builder.serve_connection(TokioIo::new(tcp), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    // A client that hangs up or times out is not the server's error.
+                    let _ = connection.await;
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection).await;
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -1,0 +1,375 @@
+//! The cluster's certificates, as k3s makes them: at first start a cluster
+//! CA and a serving certificate signed by it are generated under
+//! `<dataDir>/pki/` (keys 0600) and reused on every start after; the
+//! serving certificate is made again when it nears its expiry or no longer
+//! names every address the server answers on. Certificate files given in
+//! the config are used instead.
+//!
+//! Generation is rcgen's, reading certificates x509-parser's, TLS rustls's.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Certificate files from the config (`tls.certFile`, `tls.keyFile`,
+/// `tls.caFile`), used instead of generated ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// What the server needs to speak TLS, and what clients need to trust it.
+pub struct Pki {
+    /// The CA certificate, PEM: written into the kubeconfig.
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+    /// The admin's client certificate and key, PEM (CN `system:admin`, O
+    /// `system:masters`, as k3s names its admin), for the kubeconfig;
+    /// `None` with user-provided files (no CA key to sign with).
+    pub admin: Option<(String, String)>,
+}
+
+/// A serving certificate is made again when less than this is left.
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+const SERVING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const CA_NAME: &str = "mube-ca";
+
+fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+/// Writes `text` to `path`, readable by the owner only when `secret`.
+fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(|e| io("cannot create", &tmp, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("cannot rename into", path, e))
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| io("cannot read", path, e))
+}
+
+/// The names the serving certificate must carry: loopback, the host name
+/// and its addresses, the address listened on, and the config's extras.
+pub fn serving_names(listen: IpAddr, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Some(host) = host_name() {
+        names.push(host.clone());
+        if let Ok(addresses) = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0)) {
+            names.extend(addresses.map(|a| a.ip().to_string()));
+        }
+    }
+    if !listen.is_unspecified() {
+        names.push(listen.to_string());
+    }
+    names.extend(extra.iter().cloned());
+    let mut unique = Vec::new();
+    for n in names {
+        if !unique.contains(&n) {
+            unique.push(n);
+        }
+    }
+    unique
+}
+
+/// The machine's host name (Linux: the kernel's), if it has one.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+fn ca_params() -> Result<CertificateParams, String> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + CA_LIFETIME).into();
+    Ok(params)
+}
+
+fn san(name: &str) -> Result<SanType, String> {
+    match name.parse::<IpAddr>() {
+        Ok(ip) => Ok(SanType::IpAddress(ip)),
+        Err(_) => {
+            Ok(SanType::DnsName(name.to_string().try_into().map_err(
+                |e| format!("tls.sans: {name:?} is not a DNS name: {e}"),
+            )?))
+        }
+    }
+}
+
+/// Seconds since the epoch at which the certificate expires, and the names
+/// it carries; `None` if it cannot be read.
+fn inspect(pem: &str) -> Option<(i64, Vec<String>)> {
+    let der = rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    let mut names = Vec::new();
+    if let Ok(Some(sans)) = cert.subject_alternative_name() {
+        for name in &sans.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Some((not_after, names))
+}
+
+fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a serving certificate is still good: readable, not within
+/// `RENEW_BEFORE` of its expiry, and naming every name in `names`.
+fn still_good(pem: &str, names: &[String]) -> bool {
+    match inspect(pem) {
+        Some((not_after, has)) => {
+            not_after - now_seconds() > RENEW_BEFORE.as_secs() as i64
+                && names.iter().all(|n| {
+                    let n = n
+                        .parse::<IpAddr>()
+                        .map(|ip| ip.to_string())
+                        .unwrap_or(n.clone());
+                    has.contains(&n)
+                })
+        }
+        None => false,
+    }
+}
+
+/// The generated CA (made at first start, reused after): its PEM and key.
+fn cluster_ca(dir: &Path) -> Result<(String, KeyPair), String> {
+    let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if crt.exists() && key.exists() {
+        let key_pem = read(&key)?;
+        let pair = KeyPair::from_pem(&key_pem).map_err(|e| io("cannot load", &key, e))?;
+        return Ok((read(&crt)?, pair));
+    }
+    let pair = KeyPair::generate().map_err(|e| format!("cannot generate the CA key: {e}"))?;
+    let cert = ca_params()?
+        .self_signed(&pair)
+        .map_err(|e| format!("cannot make the CA certificate: {e}"))?;
+    write_file(&key, &pair.serialize_pem(), true)?;
+    write_file(&crt, &cert.pem(), false)?;
+    tracing::info!(ca = %crt.display(), "generated the cluster CA");
+    Ok((cert.pem(), pair))
+}
+
+/// A certificate signed by the cluster CA, kept as `{name}.crt` and
+/// `{name}.key`: reused while still good, else made anew.
+struct Leaf<'a> {
+    name: &'a str,
+    common_name: &'a str,
+    organization: Option<&'a str>,
+    names: &'a [String],
+    usage: ExtendedKeyUsagePurpose,
+}
+
+fn leaf(
+    dir: &Path,
+    ca_pem: &str,
+    ca_key_pem: &str,
+    leaf: Leaf,
+) -> Result<(String, String), String> {
+    let (crt, key) = (
+        dir.join(format!("{}.crt", leaf.name)),
+        dir.join(format!("{}.key", leaf.name)),
+    );
+    if crt.exists() && key.exists() {
+        let pem = read(&crt)?;
+        if still_good(&pem, leaf.names) {
+            return Ok((pem, read(&key)?));
+        }
+        tracing::info!(cert = %crt.display(), "renewing a certificate (near expiry, or new names)");
+    }
+    let ca_key =
+        KeyPair::from_pem(ca_key_pem).map_err(|e| format!("cannot load the CA key: {e}"))?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)
+        .map_err(|e| format!("cannot use the CA in {}: {e}", dir.display()))?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, leaf.common_name);
+    if let Some(o) = leaf.organization {
+        dn.push(DnType::OrganizationName, o);
+    }
+    params.distinguished_name = dn;
+    params.subject_alt_names = leaf
+        .names
+        .iter()
+        .map(|n| san(n))
+        .collect::<Result<_, _>>()?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![leaf.usage];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + SERVING_LIFETIME).into();
+    let pair = KeyPair::generate().map_err(|e| format!("cannot generate the serving key: {e}"))?;
+    let cert = params
+        .signed_by(&pair, &issuer)
+        .map_err(|e| format!("cannot sign the serving certificate: {e}"))?;
+    write_file(&key, &pair.serialize_pem(), true)?;
+    write_file(&crt, &cert.pem(), false)?;
+    Ok((cert.pem(), pair.serialize_pem()))
+}
+
+fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the serving certificate is not PEM: {e}"))?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| format!("the serving key is not PEM: {e}"))?
+        .ok_or("the serving key file holds no private key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the serving certificate and key do not fit: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Loads or makes the certificates: the user's files when given, else the
+/// generated ones under `<data_dir>/pki/`, naming `names`.
+pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Result<Pki, String> {
+    if let Some(files) = files {
+        let ca_pem = read(&files.ca)?;
+        let server = server_config(&read(&files.cert)?, &read(&files.key)?)?;
+        return Ok(Pki {
+            ca_pem,
+            server,
+            admin: None,
+        });
+    }
+    let dir = data_dir.join("pki");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io("cannot create", &dir, e))?;
+    }
+    let (ca_pem, ca_key) = cluster_ca(&dir)?;
+    let ca_key = ca_key.serialize_pem();
+    let (cert, key) = leaf(
+        &dir,
+        &ca_pem,
+        &ca_key,
+        Leaf {
+            name: "serving",
+            common_name: "mube-apiserver",
+            organization: None,
+            names,
+            usage: ExtendedKeyUsagePurpose::ServerAuth,
+        },
+    )?;
+    let admin = leaf(
+        &dir,
+        &ca_pem,
+        &ca_key,
+        Leaf {
+            name: "admin",
+            common_name: "system:admin",
+            organization: Some("system:masters"),
+            names: &[],
+            usage: ExtendedKeyUsagePurpose::ClientAuth,
+        },
+    )?;
+    let server = server_config(&cert, &key)?;
+    Ok(Pki {
+        ca_pem,
+        server,
+        admin: Some(admin),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_once_reused_and_renewed_for_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = serving_names("127.0.0.1".parse().unwrap(), &["mube.example".into()]);
+        let first = load(dir.path(), None, &names).unwrap();
+        let pki = dir.path().join("pki");
+        let serving = read(&pki.join("serving.crt")).unwrap();
+        let (_, has) = inspect(&serving).unwrap();
+        for n in ["localhost", "127.0.0.1", "::1", "mube.example"] {
+            assert!(has.contains(&n.to_string()), "{n} missing from {has:?}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for key in ["ca.key", "serving.key"] {
+            let mode = std::fs::metadata(pki.join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
+        // Reused as they are on the next start.
+        let again = load(dir.path(), None, &names).unwrap();
+        assert_eq!(again.ca_pem, first.ca_pem);
+        assert_eq!(read(&pki.join("serving.crt")).unwrap(), serving);
+        // A new name: a new serving certificate from the same CA.
+        let more = [names.clone(), vec!["10.9.8.7".to_string()]].concat();
+        let renewed = load(dir.path(), None, &more).unwrap();
+        assert_eq!(renewed.ca_pem, first.ca_pem);
+        let new_serving = read(&pki.join("serving.crt")).unwrap();
+        assert_ne!(new_serving, serving);
+        assert!(inspect(&new_serving)
+            .unwrap()
+            .1
+            .contains(&"10.9.8.7".to_string()));
+        assert!(still_good(&new_serving, &more));
+    }
+}
