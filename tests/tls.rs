@@ -169,3 +169,30 @@ async fn mubectl_reads_the_ca_and_client_certificate_from_the_kubeconfig() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach the API server"), "{err}");
 }
+
+/// A mubelet given the cluster CA (`MUBELET_CA_FILE`) heartbeats over
+/// HTTPS, and its node goes Ready.
+#[tokio::test]
+async fn mubelet_heartbeats_over_tls_with_the_cluster_ca() {
+    let server = ApiServer::start(tls()).await;
+    let ca = server.data_dir().join("pki/ca.crt");
+    let _agent = mube_e2e::Mubelet::start_with(
+        &server.url(),
+        "node-a",
+        "200ms",
+        &[("MUBELET_CA_FILE", ca.to_str().unwrap())],
+    );
+    let api = Api::new(&server);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let node = api.get(&format!("{NODES}/node-a")).await.body;
+        if mube_e2e::state(&node) == "Ready" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-a never went Ready: {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

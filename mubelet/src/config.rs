@@ -14,6 +14,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub health_listen: SocketAddr,
     pub shutdown_timeout: Duration,
+    /// `MUBELET_CA_FILE`: the cluster CA (PEM) to trust for an https
+    /// `MUBE_API_SERVER`, such as the API server's `<dataDir>/pki/ca.crt`.
+    /// Without it, the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 fn hostname() -> String {
@@ -63,7 +67,15 @@ impl Config {
         let health_listen =
             mube_apis::address::parse_listen(&text("MUBELET_HEALTH_LISTEN", ":10250"))
                 .map_err(|e| format!("MUBELET_HEALTH_LISTEN: {e}"))?;
+        let ca_pem = match env("MUBELET_CA_FILE") {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(path.trim())
+                    .map_err(|e| format!("MUBELET_CA_FILE: cannot read {path:?}: {e}"))?,
+            ),
+        };
         Ok(Config {
+            ca_pem,
             node_name,
             runtime: text("MUBELET_RUNTIME", "containerd"),
             version: text("MUBELET_VERSION", "0.1.0"),

@@ -69,11 +69,20 @@ impl Heartbeater {
     pub fn new(config: &Config, status: SharedStatus) -> Result<Heartbeater, String> {
         let timeout = (config.heartbeat_interval / 2)
             .clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(1)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(pem) = &config.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| format!("MUBELET_CA_FILE: not a PEM certificate: {e}"))?;
+            // The cluster's CA, and only it.
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let url = config

@@ -530,8 +530,13 @@ pub struct Mubelet {
 impl Mubelet {
     /// Starts an agent for `node` against `server`, beating every `interval`.
     pub fn start(server: &str, node: &str, interval: &str) -> Mubelet {
+        Self::start_with(server, node, interval, &[])
+    }
+
+    /// `start`, with more environment (`MUBELET_CA_FILE`, ...).
+    pub fn start_with(server: &str, node: &str, interval: &str, extra: &[(&str, &str)]) -> Mubelet {
         let health_port = free_port();
-        let env = vec![
+        let mut env = vec![
             ("MUBELET_NODE_NAME".to_string(), node.to_string()),
             ("MUBE_API_SERVER".to_string(), server.to_string()),
             (
@@ -544,6 +549,7 @@ impl Mubelet {
             ),
             ("MUBELET_SHUTDOWN_TIMEOUT".to_string(), "2s".to_string()),
         ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let (child, log) = Self::spawn(&env);
         Mubelet {
             child: Some(child),
