@@ -55,6 +55,17 @@ struct ConfigFile {
     request_header_timeout: Option<String>,
     /// HTTPS: a generated CA and serving certificate, or the given files.
     tls: Option<TlsEntry>,
+    /// The audit log (on by default, to <dataDir>/audit.log, 100 MB a file).
+    audit: Option<AuditEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AuditEntry {
+    enabled: Option<bool>,
+    path: Option<String>,
+    #[serde(rename = "maxSizeMB")]
+    max_size_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +77,14 @@ struct TlsEntry {
     ca_file: Option<String>,
     #[serde(default)]
     sans: Vec<String>,
+}
+
+/// `audit` resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// `None`: `<dataDir>/audit.log`.
+    pub path: Option<PathBuf>,
+    pub max_bytes: u64,
 }
 
 /// `tls` resolved: on, with the user's files or generated ones.
@@ -107,6 +126,8 @@ pub struct Config {
     pub request_header_timeout: Duration,
     /// `None`: plain HTTP (`tls: {enabled: false}`).
     pub tls: Option<Tls>,
+    /// `None`: no audit log (`audit: {enabled: false}`).
+    pub audit: Option<Audit>,
     /// `--repair-log`: start even though the log is damaged, cutting it at
     /// the first bad record.
     pub repair_log: bool,
@@ -262,6 +283,18 @@ impl Config {
         } else {
             None
         };
+        let audit_entry = raw.audit.unwrap_or_default();
+        let audit = if audit_entry.enabled.unwrap_or(true) {
+            if audit_entry.max_size_mb == Some(0) {
+                return Err(format!("{file}: audit.maxSizeMB: must be at least 1"));
+            }
+            Some(Audit {
+                path: audit_entry.path.map(PathBuf::from),
+                max_bytes: audit_entry.max_size_mb.unwrap_or(100) * 1024 * 1024,
+            })
+        } else {
+            None
+        };
         if raw.max_requests_in_flight == Some(0) {
             return Err(format!("{file}: maxRequestsInFlight: must be at least 1"));
         }
@@ -292,6 +325,7 @@ impl Config {
             request_timeout,
             request_header_timeout,
             tls,
+            audit,
             repair_log: false,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),

@@ -6,6 +6,7 @@
 //! (API clients that act on what they watch), `nodes` (registration from
 //! the config and the heartbeat). `server` wires them together.
 
+pub mod audit;
 pub mod config;
 pub mod controllers;
 pub mod error;

@@ -72,6 +72,16 @@ pub async fn run(config: Config) -> Result<(), String> {
                 config.data_dir.display()
             )
         })?;
+    let audit = match &config.audit {
+        Some(a) => Some(crate::audit::AuditLog::open(&crate::audit::AuditConfig {
+            path: a
+                .path
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("audit.log")),
+            max_bytes: a.max_bytes,
+        })?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -87,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             config.max_watches,
             config.request_timeout,
         )),
+        audit: audit.clone(),
     };
 
     let controller = NodeLifecycle::new(
@@ -113,6 +124,9 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     mube_process::stop_on_signal(&shutdown, config.shutdown_timeout, vec![server, controller])
         .await;
+    if let Some(audit) = &audit {
+        audit.close();
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

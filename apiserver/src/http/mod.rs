@@ -1,6 +1,7 @@
 //! The HTTP surface: health endpoints, the heartbeat, and one generic REST
 //! handler for every registered kind.
 
+pub mod audit;
 mod discovery;
 pub mod limits;
 pub mod openapi;
@@ -52,10 +53,13 @@ pub struct AppState {
     pub openapi: Arc<openapi::Documents>,
     /// Caps on requests in flight and open watches, and the request timeout.
     pub limits: Arc<limits::Limits>,
+    /// Where writes and denials are recorded; `None` with audit off.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let audit = state.audit.clone();
+    let router = Router::new()
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
         .route("/openapi/v2", get(openapi::v2))
@@ -83,7 +87,11 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(discovery::version))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
-        .with_state(state)
+        .with_state(state);
+    match audit {
+        Some(log) => router.layer(middleware::from_fn_with_state(log, audit::audit)),
+        None => router,
+    }
 }
 
 /// Once the store has stopped (its log could not be written), no request

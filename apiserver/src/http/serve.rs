@@ -38,8 +38,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, remote) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait a moment rather
                 // than spin, as axum's loop does.
@@ -51,7 +51,11 @@ pub async fn serve(
         // Small JSON responses on kept-alive connections: don't let Nagle
         // hold them.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The client's address, for the audit log (`ConnectInfo`).
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+        );
         match &tls {
             None => {
                 // No upgrades yet: exec and port-forward will need them.
