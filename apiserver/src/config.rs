@@ -57,6 +57,15 @@ struct ConfigFile {
     tls: Option<TlsEntry>,
     /// The audit log (on by default, to <dataDir>/audit.log, 100 MB a file).
     audit: Option<AuditEntry>,
+    /// Static tokens, and whether unauthenticated requests get in.
+    authentication: Option<AuthenticationEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AuthenticationEntry {
+    token_file: Option<String>,
+    anonymous: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +137,12 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `None`: no audit log (`audit: {enabled: false}`).
     pub audit: Option<Audit>,
+    /// `authentication.tokenFile`: kube-apiserver's token CSV.
+    pub token_file: Option<PathBuf>,
+    /// `authentication.anonymous`: unauthenticated requests get in as
+    /// `system:anonymous` (true until every mube client carries
+    /// credentials; issue #11 turns it off by default).
+    pub anonymous: bool,
     /// `--repair-log`: start even though the log is damaged, cutting it at
     /// the first bad record.
     pub repair_log: bool,
@@ -326,6 +341,16 @@ impl Config {
             request_header_timeout,
             tls,
             audit,
+            token_file: raw
+                .authentication
+                .as_ref()
+                .and_then(|a| a.token_file.as_ref())
+                .map(PathBuf::from),
+            anonymous: raw
+                .authentication
+                .as_ref()
+                .and_then(|a| a.anonymous)
+                .unwrap_or(true),
             repair_log: false,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),

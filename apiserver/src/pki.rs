@@ -260,7 +260,32 @@ fn leaf(
     Ok((cert.pem(), pair.serialize_pem()))
 }
 
-fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+/// The user a client certificate names, Kubernetes' way: CN is the user,
+/// each O a group.
+pub fn certificate_user(der: &[u8]) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some((user, groups))
+}
+
+/// The TLS config: the serving certificate, and client certificates
+/// verified against the cluster CA when a client offers one (a client
+/// without one is not refused here: it may carry a token).
+fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("the serving certificate is not PEM: {e}"))?;
@@ -268,10 +293,24 @@ fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConf
         .map_err(|e| format!("the serving key is not PEM: {e}"))?
         .ok_or("the serving key file holds no private key")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        let ca = ca.map_err(|e| format!("the CA is not PEM: {e}"))?;
+        roots
+            .add(ca)
+            .map_err(|e| format!("the CA certificate is not usable: {e}"))?;
+    }
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| format!("cannot verify client certificates with the CA: {e}"))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(chain, key)
         .map_err(|e| format!("the serving certificate and key do not fit: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -283,7 +322,7 @@ fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConf
 pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Result<Pki, String> {
     if let Some(files) = files {
         let ca_pem = read(&files.ca)?;
-        let server = server_config(&read(&files.cert)?, &read(&files.key)?)?;
+        let server = server_config(&read(&files.cert)?, &read(&files.key)?, &ca_pem)?;
         return Ok(Pki {
             ca_pem,
             server,
@@ -325,7 +364,7 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
             usage: ExtendedKeyUsagePurpose::ClientAuth,
         },
     )?;
-    let server = server_config(&cert, &key)?;
+    let server = server_config(&cert, &key, &ca_pem)?;
     Ok(Pki {
         ca_pem,
         server,

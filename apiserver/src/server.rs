@@ -98,6 +98,10 @@ pub async fn run(config: Config) -> Result<(), String> {
             config.request_timeout,
         )),
         audit: audit.clone(),
+        authn: Arc::new(crate::http::authn::Authenticator::new(
+            config.token_file.as_deref(),
+            config.anonymous,
+        )?),
     };
 
     let controller = NodeLifecycle::new(

@@ -18,8 +18,7 @@ use serde::Serialize;
 use super::path;
 use crate::audit::AuditLog;
 
-/// Who sent a request. Authentication will set it; until then every
-/// request is anonymous, and recorded so.
+/// Who sent a request, as authentication found it.
 #[derive(Debug, Clone)]
 pub struct UserInfo {
     pub username: String,
@@ -123,7 +122,12 @@ fn audit_id() -> String {
 }
 
 /// The event line for `request`, answered with `code`.
-fn event(request: &Recorded, code: u16, done: Timestamp) -> serde_json::Result<Vec<u8>> {
+fn event(
+    request: &Recorded,
+    user: &UserInfo,
+    code: u16,
+    done: Timestamp,
+) -> serde_json::Result<Vec<u8>> {
     let target = path::parse(&request.path);
     // The heartbeat is a subresource of the node collection, not a node
     // named "heartbeat".
@@ -157,8 +161,8 @@ fn event(request: &Recorded, code: u16, done: Timestamp) -> serde_json::Result<V
         request_uri: &request.uri,
         verb: verb(&request.method, named, &request.query),
         user: User {
-            username: &request.user.username,
-            groups: &request.user.groups,
+            username: &user.username,
+            groups: &user.groups,
         },
         source_ips: request
             .source
@@ -183,7 +187,6 @@ struct Recorded {
     query: String,
     user_agent: String,
     source: Option<SocketAddr>,
-    user: UserInfo,
     received: Timestamp,
 }
 
@@ -207,17 +210,19 @@ pub async fn audit(State(log): State<Arc<AuditLog>>, request: Request, next: Nex
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0),
-        user: request
-            .extensions()
-            .get::<UserInfo>()
-            .cloned()
-            .unwrap_or_else(UserInfo::anonymous),
         received: Timestamp::now(),
     };
     let response = next.run(request).await;
     let code = response.status().as_u16();
     if !read || code == 401 || code == 403 {
-        if let Ok(line) = event(&recorded, code, Timestamp::now()) {
+        // Authentication runs inside this filter and leaves the identity on
+        // the response; a request it refused has none.
+        let user = response
+            .extensions()
+            .get::<UserInfo>()
+            .cloned()
+            .unwrap_or_else(UserInfo::anonymous);
+        if let Ok(line) = event(&recorded, &user, code, Timestamp::now()) {
             log.record(line);
         }
     }

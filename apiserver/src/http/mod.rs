@@ -2,6 +2,7 @@
 //! handler for every registered kind.
 
 pub mod audit;
+pub mod authn;
 mod discovery;
 pub mod limits;
 pub mod openapi;
@@ -55,10 +56,13 @@ pub struct AppState {
     pub limits: Arc<limits::Limits>,
     /// Where writes and denials are recorded; `None` with audit off.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Who a request is from.
+    pub authn: Arc<authn::Authenticator>,
 }
 
 pub fn router(state: AppState) -> Router {
     let audit = state.audit.clone();
+    let authenticator = state.authn.clone();
     let router = Router::new()
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
@@ -87,7 +91,11 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(discovery::version))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
-        .with_state(state);
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            authenticator,
+            authn::authenticate,
+        ));
     match audit {
         Some(log) => router.layer(middleware::from_fn_with_state(log, audit::audit)),
         None => router,

@@ -68,6 +68,7 @@ pub async fn serve(
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
+                let app = app.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
@@ -80,6 +81,28 @@ pub async fn serve(
                             }
                             Err(_) => return,
                         };
+                    // A verified client certificate names the connection's user.
+                    let user = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|cert| crate::pki::certificate_user(cert))
+                        .map(|(username, mut groups)| {
+                            groups.push("system:authenticated".into());
+                            super::authn::CertificateUser(super::audit::UserInfo {
+                                username,
+                                groups,
+                            })
+                        });
+                    let service = match user {
+                        Some(user) => TowerToHyperService::new(
+                            app.clone()
+                                .layer(axum::Extension(axum::extract::ConnectInfo(remote)))
+                                .layer(axum::Extension(user)),
+                        ),
+                        None => service,
+                    };
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     let _ = watcher.watch(connection).await;
                 });

@@ -1,0 +1,144 @@
+//! Authentication, with Kubernetes' schemes and identities: a bearer token
+//! from the static token file (kube-apiserver's `--token-auth-file` CSV:
+//! `token,user,uid,"group1,group2"`), or a client certificate signed by the
+//! cluster CA (CN = user, O = groups), or else anonymous
+//! (`system:anonymous` in `system:unauthenticated`) when the config allows
+//! it. A bearer token that matches no one is 401, never anonymous.
+//!
+//! The identity travels in the request's extensions (for authorization,
+//! later) and the response's (for the audit filter, which sees the request
+//! before it is authenticated).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mube_apis::status::Reason;
+
+use super::audit::UserInfo;
+use crate::error::ApiError;
+
+/// The identity a verified client certificate carries, set per connection
+/// by the accept loop.
+#[derive(Debug, Clone)]
+pub struct CertificateUser(pub UserInfo);
+
+pub struct Authenticator {
+    tokens: HashMap<String, UserInfo>,
+    anonymous: bool,
+}
+
+/// Paths anyone may read, as in Kubernetes' defaults.
+const OPEN: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+
+impl Authenticator {
+    pub fn new(token_file: Option<&Path>, anonymous: bool) -> Result<Authenticator, String> {
+        let tokens = match token_file {
+            Some(path) => read_tokens(path)?,
+            None => HashMap::new(),
+        };
+        Ok(Authenticator { tokens, anonymous })
+    }
+}
+
+/// Parses a token file: `token,user,uid[,"group1,group2"]` per line.
+fn read_tokens(path: &Path) -> Result<HashMap<String, UserInfo>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .from_path(path)
+        .map_err(|e| {
+            format!(
+                "authentication.tokenFile: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+    let mut tokens = HashMap::new();
+    for (i, record) in reader.records().enumerate() {
+        let record =
+            record.map_err(|e| format!("authentication.tokenFile {}: {e}", path.display()))?;
+        let field = |n: usize| record.get(n).map(str::trim).unwrap_or("");
+        let (token, user) = (field(0), field(1));
+        if token.is_empty() || user.is_empty() || record.len() < 3 {
+            return Err(format!(
+                "authentication.tokenFile {}: line {}: expected token,user,uid[,\"group1,group2\"]",
+                path.display(),
+                i + 1
+            ));
+        }
+        let mut groups: Vec<String> = field(3)
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect();
+        groups.push("system:authenticated".into());
+        tokens.insert(
+            token.to_string(),
+            UserInfo {
+                username: user.to_string(),
+                groups,
+            },
+        );
+    }
+    Ok(tokens)
+}
+
+fn unauthorized() -> Response {
+    ApiError::new(Reason::Unauthorized, "Unauthorized").into_response()
+}
+
+pub async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let user = match bearer {
+        Some(token) => match auth.tokens.get(token) {
+            Some(user) => user.clone(),
+            None => return unauthorized(),
+        },
+        None => match request.extensions().get::<CertificateUser>() {
+            Some(CertificateUser(user)) => user.clone(),
+            None if auth.anonymous || OPEN.contains(&request.uri().path()) => UserInfo::anonymous(),
+            None => return unauthorized(),
+        },
+    };
+    request.extensions_mut().insert(user.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(user);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_in_kube_apiserver_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.csv");
+        std::fs::write(&path, "# comment\nt1,alice,1\nt2,bob,2,\"viewers,ops\"\n").unwrap();
+        let tokens = read_tokens(&path).unwrap();
+        assert_eq!(tokens["t1"].username, "alice");
+        assert_eq!(tokens["t1"].groups, ["system:authenticated"]);
+        assert_eq!(
+            tokens["t2"].groups,
+            ["viewers", "ops", "system:authenticated"]
+        );
+        std::fs::write(&path, "only-a-token\n").unwrap();
+        let err = read_tokens(&path).unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}
