@@ -67,6 +67,14 @@ async fn tokens_from_the_token_file_and_no_anonymous_access() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+    // The scheme in any case, as Kubernetes reads it.
+    let lower = http
+        .get(url("/api/v1/nodes"))
+        .header("authorization", "bearer s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
 
     let created = http
         .post(url(LEASES))

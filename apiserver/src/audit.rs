@@ -143,7 +143,12 @@ impl Rotating {
 
     fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
-            self.rotate()?;
+            if let Err(e) = self.rotate() {
+                // Keep appending to the live file rather than lose lines;
+                // try again once it has grown by another max_bytes.
+                tracing::error!(error = %e, path = %self.path.display(), "rotating the audit log failed");
+                self.size = 0;
+            }
         }
         self.out.write_all(line)?;
         self.size += line.len() as u64;

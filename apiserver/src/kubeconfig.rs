@@ -45,7 +45,7 @@ kind: Config
 clusters:
 - name: mube
   cluster:
-    server: SERVERCA
+    server: {server}
 contexts:
 - name: mube
   context:
@@ -54,7 +54,7 @@ contexts:
 current-context: mube
 users:
 - name: mube-admin
-  user:USER
+  user:{user}
 "#;
     let ca = match credentials {
         Some(c) => format!("\n    certificate-authority-data: {}", base64(c.ca_pem)),
@@ -68,9 +68,11 @@ users:
         ),
         None => " {}".to_string(),
     };
+    // Braces are not in base64's alphabet: no placeholder can appear in
+    // what replaces the other.
     template
-        .replace("SERVERCA", &format!("{server}{ca}"))
-        .replace("USER", &user)
+        .replace("{user}", &user)
+        .replace("{server}", &format!("{server}{ca}"))
 }
 
 /// Writes `<data_dir>/kubeconfig` atomically (a reader never sees half a file).
@@ -85,10 +87,11 @@ pub fn write(
     let path = data_dir.join(FILE);
     let tmp = data_dir.join(format!("{FILE}.tmp"));
     let text = render(&server_url(bound, credentials.is_some()), credentials);
+    // Made anew: a leftover with a wider mode must not receive the key.
+    let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(text.as_bytes())?;

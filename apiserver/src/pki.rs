@@ -52,11 +52,15 @@ fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    // `ca.key.tmp`, not `ca.tmp`: each file its own, and made anew, so a
+    // key never lands in a file left over with a wider mode.
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
+    let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(if secret { 0o600 } else { 0o644 })
         .open(&tmp)
         .map_err(|e| io("cannot create", &tmp, e))?;
@@ -183,12 +187,14 @@ fn still_good(pem: &str, names: &[String]) -> bool {
 }
 
 /// The generated CA (made at first start, reused after): its PEM and key.
-fn cluster_ca(dir: &Path) -> Result<(String, KeyPair), String> {
+/// `.2` is whether it was made just now: then nothing it did not sign
+/// may be reused.
+fn cluster_ca(dir: &Path) -> Result<(String, KeyPair, bool), String> {
     let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     if crt.exists() && key.exists() {
         let key_pem = read(&key)?;
         let pair = KeyPair::from_pem(&key_pem).map_err(|e| io("cannot load", &key, e))?;
-        return Ok((read(&crt)?, pair));
+        return Ok((read(&crt)?, pair, false));
     }
     let pair = KeyPair::generate().map_err(|e| format!("cannot generate the CA key: {e}"))?;
     let cert = ca_params()?
@@ -197,7 +203,7 @@ fn cluster_ca(dir: &Path) -> Result<(String, KeyPair), String> {
     write_file(&key, &pair.serialize_pem(), true)?;
     write_file(&crt, &cert.pem(), false)?;
     tracing::info!(ca = %crt.display(), "generated the cluster CA");
-    Ok((cert.pem(), pair))
+    Ok((cert.pem(), pair, true))
 }
 
 /// A certificate signed by the cluster CA, kept as `{name}.crt` and
@@ -208,6 +214,8 @@ struct Leaf<'a> {
     organization: Option<&'a str>,
     names: &'a [String],
     usage: ExtendedKeyUsagePurpose,
+    /// The CA is new: certificates on disk were signed by another.
+    new_ca: bool,
 }
 
 fn leaf(
@@ -220,7 +228,7 @@ fn leaf(
         dir.join(format!("{}.crt", leaf.name)),
         dir.join(format!("{}.key", leaf.name)),
     );
-    if crt.exists() && key.exists() {
+    if crt.exists() && key.exists() && !leaf.new_ca {
         let pem = read(&crt)?;
         if still_good(&pem, leaf.names) {
             return Ok((pem, read(&key)?));
@@ -281,10 +289,12 @@ pub fn certificate_user(der: &[u8]) -> Option<(String, Vec<String>)> {
 /// The TLS config: the serving certificate, and client certificates
 /// verified against the cluster CA when a client offers one (a client
 /// without one is not refused here: it may carry a token).
+/// `client_ca`: the CA whose client certificates log users in; `None`
+/// turns certificate login off.
 fn server_config(
     cert_pem: &str,
     key_pem: &str,
-    ca_pem: &str,
+    client_ca: Option<&str>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<_, _>>()
@@ -293,24 +303,30 @@ fn server_config(
         .map_err(|e| format!("the serving key is not PEM: {e}"))?
         .ok_or("the serving key file holds no private key")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        let ca = ca.map_err(|e| format!("the CA is not PEM: {e}"))?;
-        roots
-            .add(ca)
-            .map_err(|e| format!("the CA certificate is not usable: {e}"))?;
-    }
-    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| format!("cannot verify client certificates with the CA: {e}"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(clients)
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+                let ca = ca.map_err(|e| format!("the CA is not PEM: {e}"))?;
+                roots
+                    .add(ca)
+                    .map_err(|e| format!("the CA certificate is not usable: {e}"))?;
+            }
+            let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("cannot verify client certificates with the CA: {e}"))?;
+            builder.with_client_cert_verifier(clients)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("the serving certificate and key do not fit: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -322,7 +338,9 @@ fn server_config(
 pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Result<Pki, String> {
     if let Some(files) = files {
         let ca_pem = read(&files.ca)?;
-        let server = server_config(&read(&files.cert)?, &read(&files.key)?, &ca_pem)?;
+        // The given CA may be a company's or a public one that signs for
+        // many: its client certificates do not log anyone in here.
+        let server = server_config(&read(&files.cert)?, &read(&files.key)?, None)?;
         return Ok(Pki {
             ca_pem,
             server,
@@ -338,7 +356,7 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
             .create(&dir)
             .map_err(|e| io("cannot create", &dir, e))?;
     }
-    let (ca_pem, ca_key) = cluster_ca(&dir)?;
+    let (ca_pem, ca_key, new_ca) = cluster_ca(&dir)?;
     let ca_key = ca_key.serialize_pem();
     let (cert, key) = leaf(
         &dir,
@@ -350,6 +368,7 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
             organization: None,
             names,
             usage: ExtendedKeyUsagePurpose::ServerAuth,
+            new_ca,
         },
     )?;
     let admin = leaf(
@@ -362,9 +381,10 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
             organization: Some("system:masters"),
             names: &[],
             usage: ExtendedKeyUsagePurpose::ClientAuth,
+            new_ca,
         },
     )?;
-    let server = server_config(&cert, &key, &ca_pem)?;
+    let server = server_config(&cert, &key, Some(&ca_pem))?;
     Ok(Pki {
         ca_pem,
         server,
@@ -410,5 +430,18 @@ mod tests {
             .1
             .contains(&"10.9.8.7".to_string()));
         assert!(still_good(&new_serving, &more));
+        // A new CA (the old one deleted): nothing the old one signed is kept.
+        let admin = read(&pki.join("admin.crt")).unwrap();
+        std::fs::remove_file(pki.join("ca.crt")).unwrap();
+        std::fs::remove_file(pki.join("ca.key")).unwrap();
+        let rotated = load(dir.path(), None, &more).unwrap();
+        assert_ne!(rotated.ca_pem, first.ca_pem);
+        assert_ne!(read(&pki.join("serving.crt")).unwrap(), new_serving);
+        assert_ne!(read(&pki.join("admin.crt")).unwrap(), admin);
+        assert!(std::fs::read_dir(&pki).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
     }
 }

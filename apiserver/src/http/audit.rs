@@ -40,8 +40,7 @@ fn micro_time(t: Timestamp) -> String {
 
 /// Kubernetes' verb for a request.
 fn verb(method: &Method, named: bool, query: &str) -> &'static str {
-    let watch = form_urlencoded::parse(query.as_bytes())
-        .any(|(k, v)| k == "watch" && matches!(&*v, "true" | "1"));
+    let watch = super::limits::is_watch(method, Some(query));
     match *method {
         Method::GET | Method::HEAD if watch => "watch",
         Method::GET | Method::HEAD if named => "get",
@@ -146,7 +145,8 @@ fn event(
             resource: &t.plural,
             namespace: t.namespace.as_deref(),
             name: t.name.as_deref(),
-            api_group: Some(&t.group),
+            // Core resources have no group, and Kubernetes leaves it out.
+            api_group: Some(t.group.as_str()).filter(|g| !g.is_empty()),
             api_version: &t.version,
             subresource: t.subresource.as_deref(),
         })

@@ -98,20 +98,33 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let user = match bearer {
-        Some(token) => match auth.tokens.get(token) {
-            Some(user) => user.clone(),
-            None => return unauthorized(),
-        },
-        None => match request.extensions().get::<CertificateUser>() {
-            Some(CertificateUser(user)) => user.clone(),
-            None if auth.anonymous || OPEN.contains(&request.uri().path()) => UserInfo::anonymous(),
+    // As kube-apiserver's union of authenticators: a verified client
+    // certificate first, then a bearer token (the scheme in any case).
+    let open = auth.anonymous || OPEN.contains(&request.uri().path());
+    let certificate = request
+        .extensions()
+        .get::<CertificateUser>()
+        .map(|c| c.0.clone());
+    let user = match certificate {
+        Some(user) => user,
+        None => match request.headers().get(header::AUTHORIZATION) {
+            Some(value) => {
+                let Ok(value) = value.to_str() else {
+                    return unauthorized();
+                };
+                match value.trim().split_once(' ') {
+                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                        match auth.tokens.get(token.trim()) {
+                            Some(user) => user.clone(),
+                            None => return unauthorized(),
+                        }
+                    }
+                    // Basic and other schemes are not supported: no identity.
+                    _ if open => UserInfo::anonymous(),
+                    _ => return unauthorized(),
+                }
+            }
+            None if open => UserInfo::anonymous(),
             None => return unauthorized(),
         },
     };

@@ -40,11 +40,16 @@ impl Limits {
     }
 }
 
-/// `?watch=true` (or `1`): a long-running request, counted apart and
-/// never timed out.
-fn is_watch(query: Option<&str>) -> bool {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .any(|(k, v)| k == "watch" && matches!(&*v, "true" | "1" | "True"))
+/// A GET with `?watch=true` (or `1`, `True`): a long-running request,
+/// counted apart and never timed out. As the handler reads its query, the
+/// last `watch` wins: a request that is served as anything but a watch is
+/// never counted as one (or it would escape the in-flight cap).
+pub fn is_watch(method: &axum::http::Method, query: Option<&str>) -> bool {
+    *method == axum::http::Method::GET
+        && form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .filter(|(k, _)| k == "watch")
+            .last()
+            .is_some_and(|(_, v)| matches!(&*v, "true" | "1" | "True"))
 }
 
 /// 429 as kube-apiserver answers it.
@@ -65,7 +70,7 @@ fn too_many() -> Response {
 }
 
 pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
-    if is_watch(request.uri().query()) {
+    if is_watch(request.method(), request.uri().query()) {
         let Ok(permit) = limits.watches.clone().try_acquire_owned() else {
             return too_many();
         };
@@ -131,10 +136,13 @@ mod tests {
 
     #[test]
     fn watches_are_told_by_their_query() {
-        assert!(is_watch(Some("watch=true&resourceVersion=5")));
-        assert!(is_watch(Some("labelSelector=a&watch=1")));
-        assert!(!is_watch(Some("watch=false")));
-        assert!(!is_watch(Some("limit=5")));
-        assert!(!is_watch(None));
+        use axum::http::Method;
+        assert!(is_watch(&Method::GET, Some("watch=true&resourceVersion=5")));
+        assert!(is_watch(&Method::GET, Some("labelSelector=a&watch=1")));
+        assert!(!is_watch(&Method::GET, Some("watch=false")));
+        assert!(!is_watch(&Method::GET, Some("watch=true&watch=false")));
+        assert!(!is_watch(&Method::POST, Some("watch=true")));
+        assert!(!is_watch(&Method::GET, Some("limit=5")));
+        assert!(!is_watch(&Method::GET, None));
     }
 }

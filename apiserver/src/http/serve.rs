@@ -71,16 +71,21 @@ pub async fn serve(
                 let app = app.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
+                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    let stream =
-                        match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                    // A handshake in progress does not hold up shutdown.
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(tcp));
+                    let stream = tokio::select! {
+                        done = handshake => match done {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "TLS handshake failed");
                                 return;
                             }
                             Err(_) => return,
-                        };
+                        },
+                        _ = shutdown.cancelled() => return,
+                    };
                     // A verified client certificate names the connection's user.
                     let user = stream
                         .get_ref()
