@@ -2,34 +2,12 @@
 //! Event format for each write and each denied request, none for reads;
 //! off when the config says so.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mube_e2e::{node, Api, ApiServer, Options};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
-
-/// The audit events written so far, once there are at least `n`.
-async fn events(server: &ApiServer, n: usize) -> Vec<Value> {
-    let path = server.data_dir().join("audit.log");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("an audit line is JSON"))
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} audit lines, wanted {n}:\n{text}",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn writes_and_denials_are_audited_and_reads_are_not() {
@@ -57,7 +35,7 @@ async fn writes_and_denials_are_audited_and_reads_are_not() {
         .await;
     assert_eq!(denied.code, 403);
 
-    let lines = events(&server, 2).await;
+    let lines = mube_e2e::audit_lines(&server, 2).await;
     assert_eq!(lines.len(), 2, "reads are not audited: {lines:#?}");
     let write = &lines[0];
     assert_eq!(write["kind"], "Event");

@@ -3,33 +3,10 @@
 //! requests refused when the config says so (health checks stay open), and
 //! each identity, or refusal, in the audit log.
 
-use std::time::{Duration, Instant};
-
 use mube_e2e::{node, ApiServer, Options};
 use serde_json::{json, Value};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
-
-async fn audit_lines(server: &ApiServer, n: usize) -> Vec<Value> {
-    let path = server.data_dir().join("audit.log");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} audit lines, wanted {n}",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn tokens_from_the_token_file_and_no_anonymous_access() {
@@ -92,7 +69,7 @@ async fn tokens_from_the_token_file_and_no_anonymous_access() {
         .unwrap();
     assert_eq!(denied.status(), 401);
 
-    let lines = audit_lines(&server, 2).await;
+    let lines = mube_e2e::audit_lines(&server, 2).await;
     let write = lines
         .iter()
         .find(|l| l["responseStatus"]["code"] == 201)
@@ -158,7 +135,7 @@ async fn the_admin_certificate_authenticates_and_another_cas_does_not() {
         "a foreign certificate was accepted"
     );
 
-    let lines = audit_lines(&server, 2).await;
+    let lines = mube_e2e::audit_lines(&server, 2).await;
     let write = lines
         .iter()
         .find(|l| l["responseStatus"]["code"] == 201)

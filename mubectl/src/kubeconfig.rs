@@ -16,6 +16,23 @@ pub struct Target {
     pub identity_pem: Option<Vec<u8>>,
 }
 
+/// The `{inner}` of the entry of `list` named `name` (e.g. the `cluster`
+/// of the cluster a context names), or null.
+fn current(doc: &Value, list: &str, name: Option<&Value>, inner: &str) -> Value {
+    let Some(name) = name.and_then(Value::as_str) else {
+        return Value::Null;
+    };
+    doc.get(list)
+        .and_then(Value::as_sequence)
+        .and_then(|entries| {
+            entries
+                .iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+        })
+        .and_then(|e| e.get(inner).cloned())
+        .unwrap_or(Value::Null)
+}
+
 /// `{field}-data` (base64) or `{field}` (a file path) of a kubeconfig entry.
 fn data_or_file(entry: &Value, field: &str, path: &str) -> Result<Option<Vec<u8>>, String> {
     use base64::Engine;
@@ -39,31 +56,9 @@ pub fn load(path: &str) -> Result<Target, String> {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read kubeconfig {path}: {e}"))?;
     let doc: Value = serde_yaml::from_str(&text).map_err(|e| format!("kubeconfig {path}: {e}"))?;
     let server = server_in(&doc, path)?;
-    let named = |list: &str, name: &str| -> Option<Value> {
-        doc.get(list)?
-            .as_sequence()?
-            .iter()
-            .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
-            .cloned()
-    };
-    let context = doc
-        .get("current-context")
-        .and_then(Value::as_str)
-        .and_then(|c| named("contexts", c))
-        .and_then(|c| c.get("context").cloned())
-        .unwrap_or(Value::Null);
-    let cluster = context
-        .get("cluster")
-        .and_then(Value::as_str)
-        .and_then(|c| named("clusters", c))
-        .and_then(|c| c.get("cluster").cloned())
-        .unwrap_or(Value::Null);
-    let user = context
-        .get("user")
-        .and_then(Value::as_str)
-        .and_then(|u| named("users", u))
-        .and_then(|u| u.get("user").cloned())
-        .unwrap_or(Value::Null);
+    let context = current(&doc, "contexts", doc.get("current-context"), "context");
+    let cluster = current(&doc, "clusters", context.get("cluster"), "cluster");
+    let user = current(&doc, "users", context.get("user"), "user");
     let ca_pem = data_or_file(&cluster, "certificate-authority", path)?;
     let identity_pem = match (
         data_or_file(&user, "client-certificate", path)?,

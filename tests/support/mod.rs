@@ -682,3 +682,26 @@ impl Drop for MubectlWatch {
         let _ = self.child.wait();
     }
 }
+
+/// The audit events the server has written to `<dataDir>/audit.log`, once
+/// there are at least `n` (the writer flushes every 50 ms); at most 5 s.
+pub async fn audit_lines(server: &ApiServer, n: usize) -> Vec<Value> {
+    let path = server.data_dir().join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an audit line is JSON"))
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} audit lines, wanted {n}:\n{text}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
