@@ -82,20 +82,9 @@ pub fn write(
     bound: SocketAddr,
     credentials: Option<&Credentials>,
 ) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(FILE);
-    let tmp = data_dir.join(format!("{FILE}.tmp"));
     let text = render(&server_url(bound, credentials.is_some()), credentials);
-    // Made anew: a leftover with a wider mode must not receive the key.
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, &path)?;
+    crate::files::write_atomically(&path, text.as_bytes(), 0o600)?;
     Ok(path)
 }
 

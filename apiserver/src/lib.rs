@@ -10,6 +10,7 @@ pub mod audit;
 pub mod config;
 pub mod controllers;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod kubeconfig;
 pub mod nodes;

@@ -50,24 +50,8 @@ fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
 
 /// Writes `text` to `path`, readable by the owner only when `secret`.
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // `ca.key.tmp`, not `ca.tmp`: each file its own, and made anew, so a
-    // key never lands in a file left over with a wider mode.
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    let tmp = PathBuf::from(name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(|e| io("cannot create", &tmp, e))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("cannot write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("cannot rename into", path, e))
+    crate::files::write_atomically(path, text.as_bytes(), if secret { 0o600 } else { 0o644 })
+        .map_err(|e| io("cannot write", path, e))
 }
 
 fn read(path: &Path) -> Result<String, String> {

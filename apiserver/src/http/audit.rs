@@ -13,6 +13,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde::Serialize;
 
 use super::path;
@@ -32,10 +33,6 @@ impl UserInfo {
             groups: vec!["system:unauthenticated".into()],
         }
     }
-}
-
-fn micro_time(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 /// Kubernetes' verb for a request.
@@ -107,8 +104,8 @@ struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     object_ref: Option<ObjectRef<'a>>,
     response_status: ResponseStatus,
-    request_received_timestamp: String,
-    stage_timestamp: String,
+    request_received_timestamp: MicroTime,
+    stage_timestamp: MicroTime,
 }
 
 /// A random (version 4) UUID from a fast generator: an audit ID needs to
@@ -127,10 +124,11 @@ fn event(
     code: u16,
     done: Timestamp,
 ) -> serde_json::Result<Vec<u8>> {
-    let target = path::parse(&request.path);
+    let path = request.uri.path();
+    let target = path::parse(path);
     // The heartbeat is a subresource of the node collection, not a node
     // named "heartbeat".
-    let heartbeat = request.method == Method::POST && request.path == "/api/v1/nodes/heartbeat";
+    let heartbeat = request.method == Method::POST && path == "/api/v1/nodes/heartbeat";
     let object_ref = if heartbeat {
         Some(ObjectRef {
             resource: "nodes",
@@ -158,8 +156,8 @@ fn event(
         level: "Metadata",
         audit_id: audit_id(),
         stage: "ResponseComplete",
-        request_uri: &request.uri,
-        verb: verb(&request.method, named, &request.query),
+        request_uri: &request.uri.to_string(),
+        verb: verb(&request.method, named, request.uri.query().unwrap_or("")),
         user: User {
             username: &user.username,
             groups: &user.groups,
@@ -168,24 +166,28 @@ fn event(
             .source
             .map(|s| vec![s.ip().to_string()])
             .unwrap_or_default(),
-        user_agent: &request.user_agent,
+        user_agent: request
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
         object_ref,
         response_status: ResponseStatus {
             metadata: Empty {},
             code,
         },
-        request_received_timestamp: micro_time(request.received),
-        stage_timestamp: micro_time(done),
+        request_received_timestamp: MicroTime(request.received),
+        stage_timestamp: MicroTime(done),
     })
 }
 
 /// What the filter keeps of a request while it is served.
 struct Recorded {
     method: Method,
-    uri: String,
-    path: String,
-    query: String,
-    user_agent: String,
+    // Kept as they came (cheap clones of shared bytes); made into strings
+    // only for a request that is recorded, not for every read.
+    uri: axum::http::Uri,
+    user_agent: Option<axum::http::HeaderValue>,
     source: Option<SocketAddr>,
     received: Timestamp,
 }
@@ -197,15 +199,8 @@ pub async fn audit(State(log): State<Arc<AuditLog>>, request: Request, next: Nex
     );
     let recorded = Recorded {
         method: request.method().clone(),
-        uri: request.uri().to_string(),
-        path: request.uri().path().to_string(),
-        query: request.uri().query().unwrap_or("").to_string(),
-        user_agent: request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
+        uri: request.uri().clone(),
+        user_agent: request.headers().get(header::USER_AGENT).cloned(),
         source: request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

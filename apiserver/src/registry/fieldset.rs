@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::patch::{list_strategy, ListMerge};
+use super::patch::{join, list_strategy, ListMerge};
 
 /// One step of a path. The order (fields, then keys, then values) is the
 /// order Kubernetes serializes them in.
@@ -228,16 +228,6 @@ impl FieldSet {
             set.children.insert(element, Self::node_from_json(v, true)?);
         }
         Some(set)
-    }
-}
-
-/// The dotted path `list_strategy` knows lists by (`status.conditions`):
-/// field names only, list elements left out.
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
     }
 }
 

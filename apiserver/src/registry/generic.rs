@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 use super::dry_run::DryRunStore;
 use super::fields::{canonicalize, validate};
 use super::meta::{
-    check_type, metadata_mut, name_from_url, resource_version_precondition, set_namespace, stale,
-    time,
+    check_type, identify, metadata_mut, resource_version_precondition, set_namespace, stale, time,
 };
 use super::{managed, patch, DryRun, Filter, Manager, Part, Resource};
 use crate::error::ApiError;
@@ -236,11 +235,7 @@ impl Registry {
         manager: &str,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
-        check_type(r, &mut object)?;
-        let meta = metadata_mut(&mut object)?;
-        name_from_url(meta, name)?;
-        set_namespace(r, meta, namespace)?;
-        let precondition = resource_version_precondition(meta)?;
+        let precondition = identify(r, &mut object, namespace, name)?;
         self.modify_in(
             self.store_for(dry_run),
             r,
@@ -429,14 +424,13 @@ impl Registry {
                 )));
             }
         }
-        check_type(r, &mut config)?;
-        let meta = metadata_mut(&mut config)?;
-        name_from_url(meta, name)?;
-        if meta.get("managedFields").is_some_and(|m| !m.is_null()) {
+        if config
+            .pointer("/metadata/managedFields")
+            .is_some_and(|m| !m.is_null())
+        {
             return Err(ApiError::bad_request("metadata.managedFields must be nil"));
         }
-        set_namespace(r, meta, namespace)?;
-        let precondition = resource_version_precondition(meta)?;
+        let precondition = identify(r, &mut config, namespace, name)?;
         let manager = Manager {
             name: manager,
             part,

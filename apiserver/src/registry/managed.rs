@@ -200,11 +200,6 @@ fn without_identity(mut set: FieldSet) -> FieldSet {
     set
 }
 
-fn now_value(now: Timestamp) -> Value {
-    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now))
-        .unwrap_or(Value::Null)
-}
-
 fn entries_in(list: Option<&Value>) -> Result<Vec<Entry>, ApiError> {
     let mut out = Vec::new();
     for v in list.and_then(Value::as_array).into_iter().flatten() {
@@ -267,14 +262,14 @@ pub fn record_update(
         {
             Some(mine) => {
                 mine.fields = mine.fields.union(&changed);
-                mine.time = Some(now_value(now));
+                mine.time = Some(super::meta::time(now));
             }
             None => entries.push(Entry {
                 manager: manager.name.to_string(),
                 operation: Operation::Update,
                 subresource: manager.subresource().to_string(),
                 api_version: r.api_version(),
-                time: Some(now_value(now)),
+                time: Some(super::meta::time(now)),
                 fields: changed,
             }),
         }
@@ -352,7 +347,7 @@ pub fn apply(
         operation: Operation::Apply,
         subresource: manager.subresource().to_string(),
         api_version: r.api_version(),
-        time: Some(now_value(now)),
+        time: Some(super::meta::time(now)),
         // Fields the kind does not define are not stored, so nobody owns them.
         fields: applied.intersection(&fields),
     };

@@ -136,3 +136,19 @@ pub(super) fn name_from_url(
         }
     }
 }
+
+/// What a write to one named object checks of its body first (PUT and
+/// apply alike): the kind, the name and namespace of the URL, and a
+/// `metadata.resourceVersion` precondition, which it returns.
+pub(super) fn identify(
+    r: &Resource,
+    object: &mut Value,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<Revision>, ApiError> {
+    check_type(r, object)?;
+    let meta = metadata_mut(object)?;
+    name_from_url(meta, name)?;
+    set_namespace(r, meta, namespace)?;
+    resource_version_precondition(meta)
+}

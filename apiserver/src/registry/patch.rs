@@ -74,7 +74,9 @@ impl Patch {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+/// The dotted path the list table knows lists by (`status.conditions`):
+/// field names only, list elements left out.
+pub(super) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
