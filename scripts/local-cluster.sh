@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # A single-machine mube cluster: the API server on the embedded store and one
-# mubelet registered as mube-node-1 (see configs/apiserver.yaml). Logs of both
-# go to this terminal; Ctrl-C stops both cleanly. Stopping the agent alone
-# (to see its node go NotReady) leaves the API server running.
+# mubelet as mube-node-1 (see configs/apiserver.yaml). Logs of both go to
+# this terminal; Ctrl-C stops both cleanly. Stopping the agent alone (to see
+# its node go NotReady) leaves the API server running.
+#
+# Secure by default, with no questions: the API server makes its CA, its
+# serving certificate and an admin kubeconfig under its data directory; this
+# script creates a one-hour join token with that kubeconfig and starts the
+# mubelet with it and the CA, and the mubelet exchanges it for its own node
+# certificate (kept under <dataDir>/mubelet). With `tls: {enabled: false}`
+# in the config, the mubelet is started without credentials.
 #
 # Loads .env.apiserver and .env.mubelet if present. Binaries come from
 # target/debug, or $CARGO_TARGET_DIR/debug (run `cargo build --workspace --bins`
@@ -22,20 +29,43 @@ stop() {
 }
 trap 'stop; exit 0' INT TERM
 
-# Wait for the API server before starting the agent.
-server=${MUBE_API_SERVER:-http://127.0.0.1:8080}
-for _ in $(seq 1 100); do
+# Where the API server keeps its data, as it decides it.
+data_dir=$(load .env.apiserver
+  config=${MUBE_APISERVER_CONFIG:-configs/apiserver.yaml}
+  dir=${MUBE_APISERVER_DATA_DIR:-$(sed -n 's/^dataDir:[[:space:]]*//p' "$config" | tr -d '"'"'"'')}
+  echo "${dir:-data}")
+case $data_dir in /*) ;; *) data_dir=$PWD/$data_dir ;; esac
+kubeconfig=$data_dir/kubeconfig
+
+# Wait until the API server answers through the kubeconfig it writes.
+for _ in $(seq 1 200); do
   if ! kill -0 "$apiserver" 2>/dev/null; then
     echo "mube-apiserver exited during start-up" >&2
     exit 1
   fi
-  if (exec 3<>"/dev/tcp/127.0.0.1/${server##*:}") 2>/dev/null; then break; fi
+  if [ -f "$kubeconfig" ] && "$bin/mubectl" --kubeconfig "$kubeconfig" get nodes >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
+server=$(sed -n 's/^[[:space:]]*server:[[:space:]]*//p' "$kubeconfig" | head -n 1)
 
-(load .env.mubelet; export MUBELET_NODE_NAME=${MUBELET_NODE_NAME:-mube-node-1}; exec "$bin/mubelet") &
+agent_env=(MUBE_API_SERVER="$server" MUBELET_STATE_DIR="$data_dir/mubelet")
+if [[ $server == https://* ]]; then
+  agent_env+=(MUBELET_CA_FILE="$data_dir/pki/ca.crt")
+  if [ ! -f "$data_dir/mubelet/client.crt" ]; then
+    token=$("$bin/mubectl" --kubeconfig "$kubeconfig" token create --ttl 1h --description "make run: the local mubelet")
+    agent_env+=(MUBELET_TOKEN="$token")
+  fi
+fi
+
+(load .env.mubelet; export MUBELET_NODE_NAME=${MUBELET_NODE_NAME:-mube-node-1}; exec env "${agent_env[@]}" "$bin/mubelet") &
 mubelet=$!
-echo "mube: API server at $server, mubelet as ${MUBELET_NODE_NAME:-mube-node-1}. In another terminal: target/debug/mubectl get nodes -w. Ctrl-C stops both." >&2
+cat >&2 <<NOTE
+mube: API server at $server, mubelet as ${MUBELET_NODE_NAME:-mube-node-1}. Ctrl-C stops both.
+mube: in another terminal:
+  export KUBECONFIG=$kubeconfig
+  kubectl get nodes -w              # or: target/debug/mubectl get nodes -w
+  target/debug/mubectl token create # a join token for another mubelet
+NOTE
 
 # The cluster lives as long as the API server. The agent may be stopped (to
 # watch its node go NotReady) and started again by hand; that ends nothing.

@@ -483,7 +483,6 @@ async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
         .arg(script)
         .env("MUBE_BIN_DIR", bin_dir)
         .env("MUBE_APISERVER_CONFIG", &config)
-        .env("MUBE_API_SERVER", format!("http://127.0.0.1:{port}"))
         .env("MUBELET_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
         .env("MUBELET_HEARTBEAT_INTERVAL", "200ms")
         .stdin(std::process::Stdio::null())
@@ -491,15 +490,29 @@ async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let api = Api {
-        base: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
-    };
+    // Secure by default: the script's cluster speaks HTTPS, and only the
+    // admin of the kubeconfig it wrote (or a node) gets in.
+    let data = dir.path().join("data");
     let mut ready = false;
+    let mut http = None;
     for _ in 0..200 {
-        if let Ok(r) = api
-            .http
-            .get(format!("{}/api/v1/nodes/mube-node-1", api.base))
+        let pki = data.join("pki");
+        if http.is_none() && pki.join("admin.key").exists() {
+            let mut pem = std::fs::read(pki.join("admin.crt")).unwrap();
+            pem.push(b'\n');
+            pem.extend(std::fs::read(pki.join("admin.key")).unwrap());
+            http = Some(mube_e2e::client_for(
+                Some(pki.join("ca.crt")),
+                Some(&pem),
+                None,
+            ));
+        }
+        let Some(client) = &http else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if let Ok(r) = client
+            .get(format!("https://127.0.0.1:{port}/api/v1/nodes/mube-node-1"))
             .send()
             .await
         {
@@ -513,6 +526,19 @@ async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ready, "the local cluster must bring mube-node-1 to Ready");
+    assert!(
+        data.join("mubelet/client.crt").exists(),
+        "the mubelet joined with a token and keeps its own certificate"
+    );
+    let anonymous = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("https://127.0.0.1:{port}/api/v1/nodes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401, "no credentials, no access");
 
     std::process::Command::new("kill")
         .arg("-INT")

@@ -13,8 +13,14 @@ use kube::{Api, Client, ResourceExt};
 use mube_e2e::{node, ApiServer, Options};
 use serde_json::json;
 
-fn client(server: &ApiServer) -> Client {
-    let config = kube::Config::new(server.url().parse().expect("server URL"));
+/// A kube client from the kubeconfig the server wrote: HTTPS with the
+/// cluster CA, as its admin.
+async fn client(server: &ApiServer) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.data_dir().join("kubeconfig"))
+        .expect("the written kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("a config from the kubeconfig");
     Client::try_from(config).expect("kube client")
 }
 
@@ -26,11 +32,12 @@ fn named(name: &str) -> Node {
 #[tokio::test]
 async fn api_lists_gets_patches_and_watches_nodes() {
     let server = ApiServer::start(Options {
+        secure: true,
         nodes: vec![node("node-a")],
         ..Default::default()
     })
     .await;
-    let nodes: Api<Node> = Api::all(client(&server));
+    let nodes: Api<Node> = Api::all(client(&server).await);
 
     let list = nodes.list(&ListParams::default()).await.unwrap();
     assert_eq!(list.items.len(), 1);
@@ -137,11 +144,12 @@ async fn converges(store: &reflector::Store<Node>, nodes: &Api<Node>, what: &str
 
 async fn reflector_survives_restart(config: watcher::Config) {
     let mut server = ApiServer::start(Options {
+        secure: true,
         nodes: vec![node("node-a"), node("node-b")],
         ..Default::default()
     })
     .await;
-    let nodes: Api<Node> = Api::all(client(&server));
+    let nodes: Api<Node> = Api::all(client(&server).await);
     let (store, writer) = reflector::store::<Node>();
     let stream = reflector(writer, watcher(nodes.clone(), config))
         .default_backoff()
@@ -201,11 +209,12 @@ async fn reflector_stays_equal_across_a_restart_with_streaming_lists() {
 #[tokio::test]
 async fn dry_runs_and_preconditions_through_kube_rs() {
     let server = ApiServer::start(Options {
+        secure: true,
         nodes: vec![node("node-a"), node("node-b")],
         ..Default::default()
     })
     .await;
-    let nodes: Api<Node> = Api::all(client(&server));
+    let nodes: Api<Node> = Api::all(client(&server).await);
     let before = nodes.list(&ListParams::default()).await.unwrap().items;
 
     let dry_post = PostParams {
@@ -277,11 +286,12 @@ async fn dry_runs_and_preconditions_through_kube_rs() {
 async fn server_side_apply_through_kube_rs() {
     use k8s_openapi::api::coordination::v1::Lease;
     let server = ApiServer::start(Options {
+        secure: true,
         nodes: vec![node("node-a")],
         ..Default::default()
     })
     .await;
-    let client = client(&server);
+    let client = client(&server).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let lease = |holder: &str| {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

@@ -85,6 +85,9 @@ async fn cluster(nodes: &[&'static str], timeout: &'static str) -> (ApiServer, A
     let server = ApiServer::start(Options {
         nodes: nodes.iter().map(|n| node(n)).collect(),
         notready_timeout: timeout,
+        // The server's own defaults: kubectl works through the admin
+        // kubeconfig it wrote, over HTTPS.
+        secure: true,
         ..Default::default()
     })
     .await;
@@ -104,12 +107,37 @@ async fn discovery_lists_exactly_what_mube_serves() {
     );
     let mut rows: Vec<Vec<String>> = resources[1..].to_vec();
     rows.sort();
+    let rbac = "rbac.authorization.k8s.io/v1";
     let expected: Vec<Vec<String>> = vec![
+        vec![
+            "certificatesigningrequests",
+            "csr",
+            "certificates.k8s.io/v1",
+            "false",
+            "CertificateSigningRequest",
+        ],
+        vec!["clusterrolebindings", rbac, "false", "ClusterRoleBinding"],
+        vec!["clusterroles", rbac, "false", "ClusterRole"],
         vec!["configmaps", "cm", "v1", "true", "ConfigMap"],
         vec!["events", "ev", "v1", "true", "Event"],
         vec!["leases", "coordination.k8s.io/v1", "true", "Lease"],
         vec!["nodes", "no", "v1", "false", "Node"],
         vec!["pods", "po", "v1", "true", "Pod"],
+        vec!["rolebindings", rbac, "true", "RoleBinding"],
+        vec!["roles", rbac, "true", "Role"],
+        vec!["secrets", "v1", "true", "Secret"],
+        vec![
+            "selfsubjectaccessreviews",
+            "authorization.k8s.io/v1",
+            "false",
+            "SelfSubjectAccessReview",
+        ],
+        vec![
+            "selfsubjectreviews",
+            "authentication.k8s.io/v1",
+            "false",
+            "SelfSubjectReview",
+        ],
     ]
     .into_iter()
     .map(|r| r.into_iter().map(String::from).collect())
@@ -124,7 +152,16 @@ async fn discovery_lists_exactly_what_mube_serves() {
     );
     assert_eq!(
         k.ok(&["api-versions"]).lines().collect::<Vec<_>>(),
-        ["coordination.k8s.io/v1", "v1"]
+        [
+            "authentication.k8s.io/v1",
+            "authentication.k8s.io/v1alpha1",
+            "authentication.k8s.io/v1beta1",
+            "authorization.k8s.io/v1",
+            "certificates.k8s.io/v1",
+            "coordination.k8s.io/v1",
+            "rbac.authorization.k8s.io/v1",
+            "v1"
+        ]
     );
     let version: Value = serde_json::from_str(&k.ok(&["version", "-o", "json"])).unwrap();
     assert_eq!(version["serverVersion"]["major"], "1");
@@ -1026,4 +1063,42 @@ async fn kubectl_speaks_tls_through_the_written_kubeconfig() {
     let (code, _, err) = untrusting.run(&["get", "nodes"]);
     assert_ne!(code, 0);
     assert!(err.contains("certificate"), "{err}");
+}
+
+/// `kubectl auth whoami` and `auth can-i`, as the admin and (through
+/// impersonation) as a user of a group bound to `view`.
+#[tokio::test]
+async fn auth_whoami_and_can_i_answer_for_the_caller() {
+    let (_server, _api, k) = cluster(&["node-a"], "60s").await;
+    let me = k.ok(&["auth", "whoami", "-o", "json"]);
+    let me: Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(me["status"]["userInfo"]["username"], "system:admin");
+    assert!(me["status"]["userInfo"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("system:masters")));
+    assert_eq!(k.ok(&["auth", "can-i", "delete", "nodes"]).trim(), "yes");
+    let as_viewer = ["--as", "viewer", "--as-group", "viewers"];
+    let (code, out, _) =
+        k.run(&[&["auth", "can-i", "list", "configmaps"][..], &as_viewer].concat());
+    assert_eq!((code, out.trim()), (1, "no"));
+    let binding = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: viewers}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects: [{kind: Group, name: viewers, apiGroup: rbac.authorization.k8s.io}]\n";
+    let file = _server.dir.path().join("binding.yaml");
+    std::fs::write(&file, binding).unwrap();
+    k.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let (code, out, _) =
+        k.run(&[&["auth", "can-i", "list", "configmaps"][..], &as_viewer].concat());
+    assert_eq!((code, out.trim()), (0, "yes"));
+    let (code, out, _) =
+        k.run(&[&["auth", "can-i", "delete", "configmaps"][..], &as_viewer].concat());
+    assert_eq!((code, out.trim()), (1, "no"));
+    let (code, _, err) = k.run(&[&["delete", "configmap", "nothing"][..], &as_viewer].concat());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("configmaps \"nothing\" is forbidden: User \"viewer\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"default\""),
+        "{err}"
+    );
+    let who = k.ok(&[&["auth", "whoami", "-o", "json"][..], &as_viewer].concat());
+    let who: Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "viewer");
 }

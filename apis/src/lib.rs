@@ -11,6 +11,7 @@ pub mod address;
 pub mod duration;
 pub mod errors;
 pub mod heartbeat;
+pub mod join_token;
 pub mod node;
 pub mod resources;
 pub mod selector;

@@ -1,5 +1,5 @@
 //! Typed descriptors of kinds: names, group/version, scope and URL paths.
-//! Each kind the API server serves declares one (these four are the kinds
+//! Each kind the API server serves declares one (these are the kinds
 //! mube's own components name in code: a typo is a compile error, not a
 //! 404); clients learn the full list from the server's discovery.
 
@@ -54,6 +54,66 @@ pub const EVENTS: ResourceInfo = ResourceInfo {
     singular: "event",
     short_names: &["ev"],
     namespaced: true,
+};
+
+pub const SECRETS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    short_names: &[],
+    namespaced: true,
+};
+
+pub const CERTIFICATE_SIGNING_REQUESTS: ResourceInfo = ResourceInfo {
+    group: "certificates.k8s.io",
+    version: "v1",
+    kind: "CertificateSigningRequest",
+    plural: "certificatesigningrequests",
+    singular: "certificatesigningrequest",
+    short_names: &["csr"],
+    namespaced: false,
+};
+
+pub const ROLES: ResourceInfo = ResourceInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "Role",
+    plural: "roles",
+    singular: "role",
+    short_names: &[],
+    namespaced: true,
+};
+
+pub const CLUSTER_ROLES: ResourceInfo = ResourceInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "ClusterRole",
+    plural: "clusterroles",
+    singular: "clusterrole",
+    short_names: &[],
+    namespaced: false,
+};
+
+pub const ROLE_BINDINGS: ResourceInfo = ResourceInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "RoleBinding",
+    plural: "rolebindings",
+    singular: "rolebinding",
+    short_names: &[],
+    namespaced: true,
+};
+
+pub const CLUSTER_ROLE_BINDINGS: ResourceInfo = ResourceInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "ClusterRoleBinding",
+    plural: "clusterrolebindings",
+    singular: "clusterrolebinding",
+    short_names: &[],
+    namespaced: false,
 };
 
 impl ResourceInfo {

@@ -59,6 +59,8 @@ struct ConfigFile {
     audit: Option<AuditEntry>,
     /// Static tokens, and whether unauthenticated requests get in.
     authentication: Option<AuthenticationEntry>,
+    /// Who may do what (default mode `Node,RBAC`).
+    authorization: Option<AuthorizationEntry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +68,16 @@ struct ConfigFile {
 struct AuthenticationEntry {
     token_file: Option<String>,
     anonymous: Option<bool>,
+    /// How long the client certificates signed for nodes last (default
+    /// 8760h, as kube-controller-manager's --cluster-signing-duration).
+    #[serde(rename = "nodeCertificateTTL")]
+    node_certificate_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AuthorizationEntry {
+    mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,10 +124,9 @@ struct NodeEntry {
     port: i64,
 }
 
-/// Whether the API server speaks HTTPS when the config does not say.
-/// Plain HTTP until clients (mubelet, mubectl, the bench, `make run`)
-/// speak TLS too; issue #11 makes this true.
-const DEFAULT_TLS: bool = false;
+/// Whether the API server speaks HTTPS when the config does not say:
+/// secure by default; plain HTTP only when the config says so.
+const DEFAULT_TLS: bool = true;
 
 /// The API server's settings, resolved and checked.
 #[derive(Debug, Clone)]
@@ -140,9 +151,12 @@ pub struct Config {
     /// `authentication.tokenFile`: kube-apiserver's token CSV.
     pub token_file: Option<PathBuf>,
     /// `authentication.anonymous`: unauthenticated requests get in as
-    /// `system:anonymous` (true until every mube client carries
-    /// credentials; issue #11 turns it off by default).
+    /// `system:anonymous` (default false: they get 401).
     pub anonymous: bool,
+    /// `authentication.nodeCertificateTTL`.
+    pub node_certificate_ttl: Duration,
+    /// `authorization.mode`, in order.
+    pub authorization: Vec<crate::auth::Mode>,
     /// `--repair-log`: start even though the log is damaged, cutting it at
     /// the first bad record.
     pub repair_log: bool,
@@ -276,6 +290,20 @@ impl Config {
             raw.request_header_timeout.as_deref(),
             Duration::from_secs(30),
         )?;
+        let node_certificate_ttl = positive_duration(
+            "authentication.nodeCertificateTTL",
+            raw.authentication
+                .as_ref()
+                .and_then(|a| a.node_certificate_ttl.as_deref()),
+            Duration::from_secs(365 * 24 * 3600),
+        )?;
+        let authorization = crate::auth::parse_modes(
+            raw.authorization
+                .as_ref()
+                .and_then(|a| a.mode.as_deref())
+                .unwrap_or("Node,RBAC"),
+        )
+        .map_err(|e| format!("{file}: {e}"))?;
         let tls_entry = raw.tls.unwrap_or_default();
         let tls = if tls_entry.enabled.unwrap_or(DEFAULT_TLS) {
             let files = match (tls_entry.cert_file, tls_entry.key_file, tls_entry.ca_file) {
@@ -350,7 +378,9 @@ impl Config {
                 .authentication
                 .as_ref()
                 .and_then(|a| a.anonymous)
-                .unwrap_or(true),
+                .unwrap_or(false),
+            node_certificate_ttl,
+            authorization,
             repair_log: false,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),

@@ -7,6 +7,7 @@
 //! the config and the heartbeat). `server` wires them together.
 
 pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod controllers;
 pub mod error;

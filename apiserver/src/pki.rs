@@ -36,6 +36,102 @@ pub struct Pki {
     /// `system:masters`, as k3s names its admin), for the kubeconfig;
     /// `None` with user-provided files (no CA key to sign with).
     pub admin: Option<(String, String)>,
+    /// Signs node client certificates (`None` with user-provided files:
+    /// there is no CA key).
+    pub signer: Option<Signer>,
+    /// A bearer token for the admin (`pki/admin.token`, 0600), for tools
+    /// such as curl that are simpler with a token than a certificate.
+    pub admin_token: Option<String>,
+}
+
+/// The admin's bearer token under `dir`, made at first start: 32 random
+/// bytes from the kernel, hex.
+fn admin_token(dir: &Path) -> Result<String, String> {
+    let path = dir.join("admin.token");
+    if path.exists() {
+        let token = read(&path)?.trim().to_string();
+        if token.len() >= 32 {
+            return Ok(token);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    {
+        use std::io::Read;
+        let urandom = Path::new("/dev/urandom");
+        std::fs::File::open(urandom)
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| io("cannot read", urandom, e))?;
+    }
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_file(&path, &format!("{token}\n"), true)?;
+    Ok(token)
+}
+
+/// The cluster CA, as a signer of client certificates requested through
+/// CertificateSigningRequests (Kubernetes' `csrsigning` controller).
+#[derive(Clone)]
+pub struct Signer {
+    ca_pem: String,
+    ca_key_pem: String,
+}
+
+/// The subject a PEM certificate request asks for: (CN, [O]), after its
+/// signature is checked.
+pub fn request_subject(csr_pem: &str) -> Result<(String, Vec<String>), String> {
+    use x509_parser::prelude::FromDer;
+    let der =
+        rustls_pemfile::read_one(&mut csr_pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;
+    let Some(rustls_pemfile::Item::Csr(der)) = der else {
+        return Err("PEM block type must be CERTIFICATE REQUEST".into());
+    };
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .map_err(|e| format!("not a certificate request: {e}"))?;
+    csr.verify_signature()
+        .map_err(|_| "the request's signature does not verify".to_string())?;
+    let subject = &csr.certification_request_info.subject;
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let orgs = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Ok((cn, orgs))
+}
+
+impl Signer {
+    /// A client certificate (client auth only, not a CA) for the subject
+    /// and key of `csr_pem`, valid for `lifetime`.
+    pub fn sign_client(&self, csr_pem: &str, lifetime: Duration) -> Result<String, String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| format!("cannot read the certificate request: {e}"))?;
+        let params = &mut csr.params;
+        params.subject_alt_names = Vec::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = SystemTime::now();
+        // Backdated a little, as Kubernetes' signer does, for clock skew;
+        // by a tenth at most, so that a short lifetime stays mostly ahead
+        // (agents renew at 70-90 % of notBefore..notAfter).
+        let backdate = Duration::from_secs(300).min(lifetime / 10);
+        params.not_before = (now - backdate).into();
+        params.not_after = (now + lifetime).into();
+        let key = KeyPair::from_pem(&self.ca_key_pem)
+            .map_err(|e| format!("cannot load the CA key: {e}"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, key)
+            .map_err(|e| format!("cannot use the CA: {e}"))?;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(|e| format!("cannot sign: {e}"))?;
+        Ok(cert.pem())
+    }
 }
 
 /// A serving certificate is made again when less than this is left.
@@ -329,6 +425,8 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
             ca_pem,
             server,
             admin: None,
+            signer: None,
+            admin_token: None,
         });
     }
     let dir = data_dir.join("pki");
@@ -370,6 +468,11 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
     )?;
     let server = server_config(&cert, &key, Some(&ca_pem))?;
     Ok(Pki {
+        signer: Some(Signer {
+            ca_pem: ca_pem.clone(),
+            ca_key_pem: ca_key,
+        }),
+        admin_token: Some(admin_token(&dir)?),
         ca_pem,
         server,
         admin: Some(admin),

@@ -82,6 +82,16 @@ pub async fn run(config: Config) -> Result<(), String> {
         })?),
         None => None,
     };
+    let created = crate::auth::bootstrap::ensure(&registry)
+        .await
+        .map_err(|e| format!("creating the default roles: {e}"))?;
+    if created > 0 {
+        tracing::info!(created, "created the default roles and bindings");
+    }
+    let authorizer = Arc::new(crate::auth::Authorizer::new(
+        config.authorization.clone(),
+        registry.clone(),
+    ));
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -100,8 +110,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         audit: audit.clone(),
         authn: Arc::new(crate::http::authn::Authenticator::new(
             config.token_file.as_deref(),
+            pki.as_ref().and_then(|p| p.admin_token.as_deref()),
             config.anonymous,
+            registry.clone(),
         )?),
+        authz: authorizer.clone(),
     };
 
     let controller = NodeLifecycle::new(
@@ -109,6 +122,16 @@ pub async fn run(config: Config) -> Result<(), String> {
         config.notready_timeout,
     );
     let controller = tokio::spawn(controller.run(shutdown.child_token()));
+    let mut tasks = vec![controller];
+    if let Some(signer) = pki.as_ref().and_then(|p| p.signer.clone()) {
+        let csr = crate::controllers::csr_signer::CsrSigner::new(
+            Arc::new(LocalClient::new(registry.clone())),
+            authorizer.clone(),
+            signer,
+            config.node_certificate_ttl,
+        );
+        tasks.push(tokio::spawn(csr.run(shutdown.child_token())));
+    }
     let server = tokio::spawn(crate::http::serve::serve(
         listener,
         router(state),
@@ -126,8 +149,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         "mube-apiserver ready"
     );
 
-    mube_process::stop_on_signal(&shutdown, config.shutdown_timeout, vec![server, controller])
-        .await;
+    tasks.insert(0, server);
+    mube_process::stop_on_signal(&shutdown, config.shutdown_timeout, tasks).await;
     if let Some(audit) = &audit {
         audit.close();
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::server::node_name;
+use crate::server::{node_name, node_token, Endpoint};
 
 /// Outcome of a load run: request latencies in microseconds.
 pub struct LoadStats {
@@ -59,23 +59,17 @@ fn body(node: usize) -> String {
     )
 }
 
-fn connection() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("HTTP client")
-}
-
-/// One heartbeat; whether it was accepted.
-async fn beat(client: &reqwest::Client, url: &str, node: usize) -> bool {
-    let sent = client
+/// One heartbeat, as node `node` (with its token when `tokens`); whether
+/// it was accepted.
+async fn beat(client: &reqwest::Client, url: &str, node: usize, tokens: bool) -> bool {
+    let mut request = client
         .post(url)
         .header("content-type", "application/json")
-        .body(body(node))
-        .send()
-        .await;
+        .body(body(node));
+    if tokens {
+        request = request.bearer_auth(node_token(node));
+    }
+    let sent = request.send().await;
     match sent {
         Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
         Err(_) => false,
@@ -85,21 +79,22 @@ async fn beat(client: &reqwest::Client, url: &str, node: usize) -> bool {
 /// `connections` connections, each sending heartbeats back to back for
 /// `duration`, cycling through `nodes` distinct nodes.
 pub async fn closed_loop(
-    server: &str,
+    server: &Endpoint,
     nodes: usize,
     connections: usize,
     duration: Duration,
 ) -> LoadStats {
-    let url: Arc<str> = Arc::from(format!("{server}/api/v1/nodes/heartbeat"));
+    let url: Arc<str> = Arc::from(format!("{}/api/v1/nodes/heartbeat", server.url));
+    let tokens = server.node_tokens;
     run(connections, duration, move |c| {
         let url = url.clone();
-        let client = connection();
+        let client = server.connection();
         let mut node = c % nodes.max(1);
         move || {
             let this = node;
             node = (node + connections) % nodes.max(1);
             let (client, url) = (client.clone(), url.clone());
-            async move { beat(&client, &url, this).await }
+            async move { beat(&client, &url, this, tokens).await }
         }
     })
     .await
@@ -136,19 +131,20 @@ where
 /// `duration`; `connections` connections share the nodes. A connection that
 /// falls behind sends at once (its latency then shows the backlog).
 pub async fn paced(
-    server: &str,
+    server: &Endpoint,
     nodes: usize,
     connections: usize,
     interval: Duration,
     duration: Duration,
 ) -> LoadStats {
-    let url: Arc<str> = Arc::from(format!("{server}/api/v1/nodes/heartbeat"));
+    let url: Arc<str> = Arc::from(format!("{}/api/v1/nodes/heartbeat", server.url));
+    let tokens = server.node_tokens;
     let started = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let url = url.clone();
+            let client = server.connection();
             tokio::spawn(async move {
-                let client = connection();
                 let mine: Vec<usize> = (c..nodes).step_by(connections).collect();
                 let mut stats = LoadStats::new();
                 if mine.is_empty() {
@@ -166,7 +162,7 @@ pub async fn paced(
                     }
                     tokio::time::sleep_until(due).await;
                     let sent = Instant::now();
-                    let ok = beat(&client, &url, mine[(k as usize) % mine.len()]).await;
+                    let ok = beat(&client, &url, mine[(k as usize) % mine.len()], tokens).await;
                     stats.record(ok, sent.elapsed());
                     k += 1;
                 }

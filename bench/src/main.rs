@@ -7,6 +7,7 @@ mod ceiling;
 mod crash;
 mod etcd;
 mod load;
+mod security;
 mod server;
 mod watchers;
 
@@ -36,6 +37,21 @@ struct Cli {
 enum Scenario {
     /// C connections posting heartbeats for N nodes as fast as they are answered.
     Heartbeat {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// secure: HTTPS, each node with its own token, Node,RBAC (the
+        /// server's defaults); plain: HTTP, no authorization.
+        #[arg(long, value_enum, default_value = "secure")]
+        security: server::Security,
+    },
+    /// Heartbeats over HTTPS with node credentials against plain HTTP
+    /// without authorization, in one run; and what RBAC with 1,000
+    /// bindings adds to a read's p99.
+    Security {
         #[arg(long, default_value_t = 10_000)]
         nodes: usize,
         #[arg(long, default_value_t = 64)]
@@ -129,12 +145,12 @@ enum Scenario {
 
 /// Rows for the table and pairs for the last line.
 #[derive(Default)]
-struct Report {
+pub struct Report {
     rows: Vec<(String, String)>,
 }
 
 impl Report {
-    fn add(&mut self, key: &str, value: impl std::fmt::Display) {
+    pub fn add(&mut self, key: &str, value: impl std::fmt::Display) {
         self.rows.push((key.to_string(), value.to_string()));
     }
 
@@ -167,7 +183,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1048576.0)
 }
 
-fn load_rows(report: &mut Report, prefix: &str, stats: &load::LoadStats) {
+pub fn load_rows(report: &mut Report, prefix: &str, stats: &load::LoadStats) {
     report.add(
         &format!("{prefix}_rate_per_s"),
         format!("{:.0}", stats.rate()),
@@ -193,13 +209,15 @@ async fn heartbeat(
     nodes: usize,
     connections: usize,
     d: Duration,
+    security: server::Security,
     report: &mut Report,
 ) -> Result<(), String> {
-    let server = Server::start(bin, nodes, "").await?;
+    let server = Server::start_with(bin, nodes, "", security).await?;
     let before = proc_stats(server.pid());
-    let stats = load::closed_loop(&server.url, nodes, connections, d).await;
+    let stats = load::closed_loop(&server.endpoint(), nodes, connections, d).await;
     let after = proc_stats(server.pid());
     report.add("scenario", "heartbeat");
+    report.add("security", format!("{security:?}").to_lowercase());
     report.add("nodes", nodes);
     report.add("connections", connections);
     load_rows(report, "mube_heartbeat", &stats);
@@ -273,7 +291,7 @@ async fn paced(
         }
     });
     let before = proc_stats(pid);
-    let stats = load::paced(&server.url, nodes, connections, interval, d).await;
+    let stats = load::paced(&server.endpoint(), nodes, connections, interval, d).await;
     let after = proc_stats(pid);
     let expected = stats.ok * lease_watchers;
     watchers::settle(&lease_tally, expected, Duration::from_secs(30)).await;
@@ -384,7 +402,7 @@ async fn list_load(
     // Every node's first heartbeat creates its Lease and marks it Ready: a
     // heavier write than the renewals measured here. One round first.
     let warmup = load::paced(
-        &server.url,
+        &server.endpoint(),
         nodes,
         connections,
         Duration::from_secs(5),
@@ -429,8 +447,8 @@ async fn list_load(
         })
     };
     let stats = match interval {
-        Some(i) => load::paced(&server.url, nodes, connections, i, d).await,
-        None => load::closed_loop(&server.url, nodes, connections, d).await,
+        Some(i) => load::paced(&server.endpoint(), nodes, connections, i, d).await,
+        None => load::closed_loop(&server.endpoint(), nodes, connections, d).await,
     };
     stop.store(true, Ordering::Relaxed);
     let mut lists = lister.await.map_err(|e| e.to_string())??;
@@ -464,7 +482,7 @@ async fn restart(
     // A full history: a heartbeat from every node, and more, past the retention.
     let mut sent = 0usize;
     while sent < writes.max(nodes) {
-        let s = load::closed_loop(&server.url, nodes, 64, Duration::from_millis(500)).await;
+        let s = load::closed_loop(&server.endpoint(), nodes, 64, Duration::from_millis(500)).await;
         sent += s.ok as usize;
         if s.ok == 0 {
             return Err("no heartbeat was accepted while filling the history".into());
@@ -501,7 +519,7 @@ async fn versus_etcd(
     report.add("connections", connections);
     let mube = {
         let server = Server::start(bin, nodes, "").await?;
-        load::closed_loop(&server.url, nodes, connections, d).await
+        load::closed_loop(&server.endpoint(), nodes, connections, d).await
     };
     load_rows(report, "mube_heartbeat", &mube);
     let etcd = etcd::Etcd::start().await?;
@@ -529,7 +547,17 @@ async fn versus_etcd(
     drop(etcd);
     let bare = {
         let bare = ceiling::Bare::start().await?;
-        load::closed_loop(&bare.url, nodes, connections, d).await
+        load::closed_loop(
+            &server::Endpoint {
+                url: bare.url.clone(),
+                ca_pem: None,
+                node_tokens: false,
+            },
+            nodes,
+            connections,
+            d,
+        )
+        .await
     };
     load_rows(report, "bare_http", &bare);
     report.add(
@@ -547,7 +575,23 @@ async fn run(cli: Cli) -> Result<Report, String> {
             nodes,
             connections,
             duration: d,
-        } => heartbeat(&bin, nodes, connections, duration(&d)?, &mut report).await?,
+            security,
+        } => {
+            heartbeat(
+                &bin,
+                nodes,
+                connections,
+                duration(&d)?,
+                security,
+                &mut report,
+            )
+            .await?
+        }
+        Scenario::Security {
+            nodes,
+            connections,
+            duration: d,
+        } => security::run(&bin, nodes, connections, duration(&d)?, &mut report).await?,
         Scenario::Paced {
             nodes,
             interval,

@@ -77,12 +77,73 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub url: String,
     child: Option<Child>,
+    pub security: Security,
+}
+
+/// How the measured server is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Security {
+    /// Plain HTTP, anonymous access, `AlwaysAllow`: the API alone, as
+    /// measured before security existed.
+    Plain,
+    /// The server's defaults (HTTPS with the generated CA, `Node,RBAC`),
+    /// each node beating with its own credential (a bearer token for
+    /// `system:node:<name>` from a token file; TLS connections kept alive).
+    Secure,
+}
+
+/// Node `i`'s bearer token on a secure server.
+pub fn node_token(i: usize) -> String {
+    format!("bench-node-token-{i:08}")
+}
+
+/// The bench's admin token on a secure server (`system:masters`).
+pub const ADMIN_TOKEN: &str = "bench-admin-token";
+
+/// Where and how the load reaches a server.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub url: String,
+    /// The CA to trust, with TLS.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Whether each heartbeat carries its node's token.
+    pub node_tokens: bool,
+}
+
+impl Endpoint {
+    /// A client for this endpoint: one kept-alive connection.
+    pub fn connection(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30));
+        if let Some(ca) = self
+            .ca_pem
+            .as_ref()
+            .and_then(|p| reqwest::Certificate::from_pem(p).ok())
+        {
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
+        builder.build().expect("HTTP client")
+    }
 }
 
 impl Server {
     /// Writes a config with `nodes` registered nodes and starts the server;
     /// returns once /readyz answers.
     pub async fn start(binary: &Path, nodes: usize, extra_yaml: &str) -> Result<Server, String> {
+        Server::start_with(binary, nodes, extra_yaml, Security::Plain).await
+    }
+
+    /// `start`, set up as `security` says.
+    pub async fn start_with(
+        binary: &Path,
+        nodes: usize,
+        extra_yaml: &str,
+        security: Security,
+    ) -> Result<Server, String> {
         if !binary.exists() {
             return Err(format!(
                 "{} is missing: build it first with `cargo build --release -p mube-apiserver`",
@@ -91,8 +152,26 @@ impl Server {
         }
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let port = free_port()?;
+        let security_yaml = match security {
+            Security::Plain => "tls: {enabled: false}\nauthentication: {anonymous: true}\nauthorization: {mode: AlwaysAllow}\n".to_string(),
+            Security::Secure => {
+                let tokens = dir.path().join("tokens.csv");
+                let mut csv = format!(
+                    "{ADMIN_TOKEN},bench-admin,0,system:masters\nbench-reader-token,user-500,1,\n"
+                );
+                for i in 0..nodes {
+                    csv.push_str(&format!(
+                        "{},system:node:{},{i},system:nodes\n",
+                        node_token(i),
+                        node_name(i)
+                    ));
+                }
+                std::fs::write(&tokens, csv).map_err(|e| format!("token file: {e}"))?;
+                format!("authentication: {{tokenFile: {}}}\n", tokens.display())
+            }
+        };
         let mut yaml = format!(
-            "listenAddress: \"127.0.0.1:{port}\"\ndataDir: {}\n{extra_yaml}\nnodes:\n",
+            "listenAddress: \"127.0.0.1:{port}\"\ndataDir: {}\n{security_yaml}{extra_yaml}\nnodes:\n",
             dir.path().join("data").display()
         );
         for i in 0..nodes {
@@ -106,8 +185,12 @@ impl Server {
         let mut server = Server {
             binary: binary.to_path_buf(),
             dir,
-            url: format!("http://127.0.0.1:{port}"),
+            url: match security {
+                Security::Plain => format!("http://127.0.0.1:{port}"),
+                Security::Secure => format!("https://127.0.0.1:{port}"),
+            },
             child: None,
+            security,
         };
         server.spawn()?;
         server.wait_ready(Duration::from_secs(600)).await?;
@@ -116,6 +199,17 @@ impl Server {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// How the load reaches this server.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            url: self.url.clone(),
+            ca_pem: (self.security == Security::Secure)
+                .then(|| std::fs::read(self.data_dir().join("pki/ca.crt")).ok())
+                .flatten(),
+            node_tokens: self.security == Security::Secure,
+        }
     }
 
     pub fn spawn(&mut self) -> Result<(), String> {
@@ -147,8 +241,9 @@ impl Server {
     /// Polls /readyz; returns how long it took.
     pub async fn wait_ready(&mut self, limit: Duration) -> Result<Duration, String> {
         let started = Instant::now();
-        let client = reqwest::Client::new();
         loop {
+            // Made each time: with TLS, the CA exists once the server made it.
+            let client = self.endpoint().connection();
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return Err(format!("mube-apiserver exited during start-up: {status}"));
             }

@@ -83,6 +83,16 @@ impl Client {
             })?;
             builder = builder.identity(identity);
         }
+        if let Some(token) = &target.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    CtlError::Other("the kubeconfig's token is not valid in a header".into())
+                })?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
         let http = builder
             .build()
             .map_err(|e| CtlError::Other(format!("cannot build the HTTP client: {e}")))?;

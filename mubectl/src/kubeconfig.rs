@@ -1,7 +1,7 @@
 //! Reading where and how to reach the API server from a kubeconfig
 //! (`--kubeconfig`), such as the one mube-apiserver writes under its data
 //! directory: the current context's server, the CA it trusts, and the
-//! user's client certificate. (kube-rs reads kubeconfigs too, but only
+//! user's client certificate or token. (kube-rs reads kubeconfigs too, but only
 //! these few fields are needed, and mubectl's client is plain reqwest.)
 
 use serde_yaml::Value;
@@ -14,6 +14,8 @@ pub struct Target {
     pub ca_pem: Option<Vec<u8>>,
     /// The client certificate and key, PEM, one after the other.
     pub identity_pem: Option<Vec<u8>>,
+    /// A bearer token (`token`, or the contents of `tokenFile`).
+    pub token: Option<String>,
 }
 
 /// The `{inner}` of the entry of `list` named `name` (e.g. the `cluster`
@@ -71,10 +73,24 @@ pub fn load(path: &str) -> Result<Target, String> {
         }
         _ => None,
     };
+    let token = match (
+        user.get("token").and_then(Value::as_str),
+        user.get("tokenFile").and_then(Value::as_str),
+    ) {
+        (Some(token), _) => Some(token.trim().to_string()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("kubeconfig {path}: cannot read tokenFile {file}: {e}"))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
     Ok(Target {
         server,
         ca_pem,
         identity_pem,
+        token,
     })
 }
 

@@ -8,6 +8,7 @@ mod discovery;
 mod get;
 mod kubeconfig;
 mod table;
+mod token;
 mod watch;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -17,13 +18,14 @@ use client::{Client, CtlError};
 #[derive(Parser, Debug)]
 #[command(name = "mubectl", version, about = "Command-line client for the mube API server", long_about = None)]
 struct Cli {
-    /// API server URL. Without it: the server of --kubeconfig's current
+    /// API server URL. Without it: the server of the kubeconfig's current
     /// context, else MUBE_API_SERVER, else http://127.0.0.1:8080.
     #[arg(long, global = true)]
     server: Option<String>,
 
-    /// A kubeconfig to take the server from (mube-apiserver writes one to
-    /// <dataDir>/kubeconfig).
+    /// The kubeconfig to take the server and credentials from (default:
+    /// $KUBECONFIG, else ./data/kubeconfig when it exists: the one
+    /// mube-apiserver writes to <dataDir>/kubeconfig for `make run`).
     #[arg(long, global = true)]
     kubeconfig: Option<String>,
 
@@ -75,6 +77,14 @@ enum Command {
         #[command(flatten)]
         dry_run: DryRunArg,
     },
+    /// Join tokens, for adding nodes: create, list, delete (revoke).
+    ///
+    /// Examples:
+    ///   mubectl token create --ttl 24h
+    ///   mubectl token list
+    ///   mubectl token delete abcdef
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// `--dry-run`, with kubectl's meaning.
@@ -145,24 +155,44 @@ pub struct GetArgs {
     pub all_namespaces: bool,
 }
 
-/// Where the API server is, in order of precedence.
-fn target(cli: &Cli) -> Result<kubeconfig::Target, CtlError> {
-    if let Some(s) = &cli.server {
-        return Ok(kubeconfig::Target {
-            server: s.clone(),
-            ..Default::default()
-        });
-    }
+/// The kubeconfig to read: --kubeconfig, else $KUBECONFIG's first file,
+/// else the local cluster's.
+fn kubeconfig_path(cli: &Cli) -> Option<String> {
     if let Some(path) = &cli.kubeconfig {
-        return kubeconfig::load(path).map_err(CtlError::Other);
+        return Some(path.clone());
     }
-    Ok(kubeconfig::Target {
-        server: std::env::var("MUBE_API_SERVER")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
-        ..Default::default()
-    })
+    if let Some(path) = std::env::var("KUBECONFIG")
+        .ok()
+        .and_then(|v| v.split(':').find(|p| !p.is_empty()).map(str::to_string))
+    {
+        return Some(path);
+    }
+    let local = "data/kubeconfig";
+    std::path::Path::new(local)
+        .exists()
+        .then(|| local.to_string())
+}
+
+/// Where the API server is and how to log in, in order of precedence:
+/// --server overrides the kubeconfig's server but keeps its credentials.
+fn target(cli: &Cli) -> Result<kubeconfig::Target, CtlError> {
+    let mut target = match kubeconfig_path(cli) {
+        // --server without --kubeconfig: a server of its own, no credentials.
+        Some(path) if cli.server.is_none() || cli.kubeconfig.is_some() => {
+            kubeconfig::load(&path).map_err(CtlError::Other)?
+        }
+        _ => kubeconfig::Target {
+            server: std::env::var("MUBE_API_SERVER")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
+            ..Default::default()
+        },
+    };
+    if let Some(server) = &cli.server {
+        target.server = server.clone();
+    }
+    Ok(target)
 }
 
 async fn run(cli: Cli) -> Result<(), CtlError> {
@@ -181,6 +211,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             namespace,
             dry_run,
         } => delete::run(&client, &resource, &name, &namespace, dry_run.dry_run).await,
+        Command::Token(command) => token::run(&client, command).await,
     }
 }
 

@@ -18,6 +18,12 @@ pub struct Config {
     /// `MUBE_API_SERVER`, such as the API server's `<dataDir>/pki/ca.crt`.
     /// Without it, the system's roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// `MUBELET_TOKEN`, or the contents of `MUBELET_TOKEN_FILE`: a join
+    /// token (`mubectl token create`), exchanged for a node certificate.
+    pub token: Option<String>,
+    /// `MUBELET_STATE_DIR`: where the node's key and certificate are kept
+    /// (default /var/lib/mubelet).
+    pub state_dir: std::path::PathBuf,
 }
 
 fn hostname() -> String {
@@ -59,7 +65,32 @@ impl Config {
                 "MUBELET_CAPACITY: must be at least 1, got {capacity}"
             ));
         }
-        let server_text = text("MUBE_API_SERVER", "http://127.0.0.1:8080");
+        let token = match (env("MUBELET_TOKEN"), env("MUBELET_TOKEN_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err("MUBELET_TOKEN and MUBELET_TOKEN_FILE: give one, not both".into())
+            }
+            (Some(t), None) => Some(t.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path.trim())
+                    .map_err(|e| format!("MUBELET_TOKEN_FILE: cannot read {path:?}: {e}"))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(t) = &token {
+            if mube_apis::join_token::parse(t).is_none() {
+                return Err("MUBELET_TOKEN: not a join token (<6 characters>.<16 characters>, a-z and 0-9; `mubectl token create` makes one)".into());
+            }
+        }
+        // The original default is plain HTTP; an agent that joins with a
+        // token talks to a secure server, so its default is HTTPS.
+        let default_server = if token.is_some() {
+            "https://127.0.0.1:8080"
+        } else {
+            "http://127.0.0.1:8080"
+        };
+        let server_text = text("MUBE_API_SERVER", default_server);
         let api_server = reqwest::Url::parse(server_text.trim())
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
@@ -76,6 +107,8 @@ impl Config {
         };
         Ok(Config {
             ca_pem,
+            token,
+            state_dir: text("MUBELET_STATE_DIR", "/var/lib/mubelet").into(),
             node_name,
             runtime: text("MUBELET_RUNTIME", "containerd"),
             version: text("MUBELET_VERSION", "0.1.0"),

@@ -55,7 +55,9 @@ enum Outcome {
 }
 
 pub struct Heartbeater {
-    client: reqwest::Client,
+    /// The current client: a new one arrives when the node's certificate
+    /// is renewed.
+    client: tokio::sync::watch::Receiver<reqwest::Client>,
     url: reqwest::Url,
     body: Heartbeat,
     interval: Duration,
@@ -66,25 +68,16 @@ pub struct Heartbeater {
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 
 impl Heartbeater {
-    pub fn new(config: &Config, status: SharedStatus) -> Result<Heartbeater, String> {
-        let timeout = (config.heartbeat_interval / 2)
-            .clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_max_idle_per_host(1)
-            .tcp_nodelay(true);
-        if let Some(pem) = &config.ca_pem {
-            let ca = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| format!("MUBELET_CA_FILE: not a PEM certificate: {e}"))?;
-            // The cluster's CA, and only it.
-            builder = builder
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(ca);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    /// The per-request timeout: shorter than the interval.
+    pub fn timeout(config: &Config) -> Duration {
+        (config.heartbeat_interval / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    pub fn new(
+        config: &Config,
+        client: tokio::sync::watch::Receiver<reqwest::Client>,
+        status: SharedStatus,
+    ) -> Result<Heartbeater, String> {
         let url = config
             .api_server
             .join("api/v1/nodes/heartbeat")
@@ -105,13 +98,8 @@ impl Heartbeater {
     }
 
     async fn send(&self) -> Outcome {
-        let response = match self
-            .client
-            .post(self.url.clone())
-            .json(&self.body)
-            .send()
-            .await
-        {
+        let client = self.client.borrow().clone();
+        let response = match client.post(self.url.clone()).json(&self.body).send().await {
             Ok(r) => r,
             Err(e) => {
                 let message = if e.is_timeout() {
@@ -198,12 +186,18 @@ impl Heartbeater {
                     self.record("rejected", Some(code), message.clone(), true);
                     if logged != Some(code) {
                         logged = Some(code);
-                        if code == 403 {
+                        if code == 401 {
                             tracing::error!(
                                 node = %self.body.name,
                                 %message,
-                                "configuration error: the API server does not know this node; add it to nodes in configs/apiserver.yaml (name: {}, ip, port) and restart the API server, or set MUBELET_NODE_NAME to a registered name; retrying every {:?}",
-                                self.body.name,
+                                "the API server does not know who this agent is: join with a token (MUBELET_TOKEN, from `mubectl token create`) and the cluster CA (MUBELET_CA_FILE); retrying every {:?}",
+                                self.interval
+                            );
+                        } else if code == 403 {
+                            tracing::error!(
+                                node = %self.body.name,
+                                %message,
+                                "configuration error: the API server refused this node's heartbeat (its credential is another node's, or the node is not in nodes in configs/apiserver.yaml); retrying every {:?}",
                                 self.interval
                             );
                         } else {

@@ -3,8 +3,10 @@
 
 mod agent;
 mod config;
+mod credentials;
 mod health;
 mod heartbeat;
+mod registration;
 mod system;
 
 fn main() -> std::process::ExitCode {

@@ -73,6 +73,13 @@ pub struct Options {
     pub tls: bool,
     /// The CA clients trust (default: the one the server generates).
     pub ca_file: Option<PathBuf>,
+    /// The server's own security defaults (HTTPS, no anonymous access,
+    /// `Node,RBAC`); `Api` then acts as the admin of the written
+    /// kubeconfig, and as each node with a certificate for it. Without it,
+    /// the config says `authorization: {mode: AlwaysAllow}`, anonymous
+    /// access and plain HTTP (unless `tls`), so that suites about API
+    /// semantics need no credentials.
+    pub secure: bool,
 }
 
 impl Default for Options {
@@ -84,6 +91,7 @@ impl Default for Options {
             data_dir: None,
             tls: false,
             ca_file: None,
+            secure: false,
         }
     }
 }
@@ -98,6 +106,7 @@ pub struct ApiServer {
     data_dir: Option<PathBuf>,
     pub tls: bool,
     ca_file: Option<PathBuf>,
+    pub secure: bool,
 }
 
 impl ApiServer {
@@ -117,19 +126,44 @@ impl ApiServer {
     }
 
     /// A client for this server: with TLS, trusting the cluster CA the
-    /// server generated (and nothing else).
+    /// server generated (and nothing else); on a `secure` server, as its
+    /// admin (the kubeconfig's client certificate).
     pub fn http_client(&self) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder();
-        if self.tls {
-            let ca = (self.ca_file.clone()).unwrap_or_else(|| self.data_dir().join("pki/ca.crt"));
-            let pem = std::fs::read(ca).unwrap_or_default();
-            if let Ok(ca) = reqwest::Certificate::from_pem(&pem) {
-                builder = builder
-                    .tls_built_in_root_certs(false)
-                    .add_root_certificate(ca);
-            }
-        }
-        builder.build().expect("HTTP client")
+        let identity = self.secure.then(|| {
+            let pki = self.data_dir().join("pki");
+            let mut pem = std::fs::read(pki.join("admin.crt")).unwrap_or_default();
+            pem.push(b'\n');
+            pem.extend(std::fs::read(pki.join("admin.key")).unwrap_or_default());
+            pem
+        });
+        self.client_as(identity.as_deref(), None)
+    }
+
+    /// A client trusting the cluster CA (with TLS) that presents the
+    /// client certificate and key `identity_pem` and/or bearer `token`.
+    pub fn client_as(&self, identity_pem: Option<&[u8]>, token: Option<&str>) -> reqwest::Client {
+        client_for(self.ca(), identity_pem, token)
+    }
+
+    /// The CA file clients trust, with TLS.
+    fn ca(&self) -> Option<PathBuf> {
+        self.tls.then(|| {
+            self.ca_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir().join("pki/ca.crt"))
+        })
+    }
+
+    /// A certificate and key (PEM, one after the other) signed by the
+    /// cluster CA for `user` in `groups`, as `kubectl`'s users get them.
+    pub fn client_certificate(&self, user: &str, groups: &[&str]) -> Vec<u8> {
+        signed_identity(&self.data_dir(), user, groups)
+    }
+
+    /// A client acting as node `name` (`system:node:<name>`).
+    pub fn node_client(&self, name: &str) -> reqwest::Client {
+        let pem = self.client_certificate(&format!("system:node:{name}"), &["system:nodes"]);
+        self.client_as(Some(&pem), None)
     }
 
     /// Writes a config, starts the server and waits for /readyz.
@@ -149,13 +183,11 @@ impl ApiServer {
                 ("MUBE_APISERVER_SHUTDOWN_TIMEOUT".into(), "3s".into()),
             ],
             data_dir: options.data_dir,
-            tls: options.tls,
+            tls: options.tls || options.secure,
             ca_file: options.ca_file.clone(),
+            secure: options.secure,
         };
-        let mut extra = options.extra_config.clone();
-        if options.tls && !extra.contains("tls:") {
-            extra.push_str("tls: {enabled: true}\n");
-        }
+        let extra = options.extra_config.clone();
         server.write_config(&options.nodes, &extra);
         server.spawn();
         server.wait_ready().await;
@@ -180,6 +212,24 @@ impl ApiServer {
             }
         }
         yaml.push_str(extra);
+        if !self.secure {
+            let tls = if self.tls { "true" } else { "false" };
+            for (key, line) in [
+                ("tls:", format!("tls: {{enabled: {tls}}}\n")),
+                (
+                    "authentication:",
+                    "authentication: {anonymous: true}\n".into(),
+                ),
+                (
+                    "authorization:",
+                    "authorization: {mode: AlwaysAllow}\n".into(),
+                ),
+            ] {
+                if !extra.contains(key) {
+                    yaml.push_str(&line);
+                }
+            }
+        }
         std::fs::write(self.config_path(), yaml).expect("write config");
     }
 
@@ -296,11 +346,70 @@ impl Drop for ApiServer {
     }
 }
 
+/// A client trusting `ca` (when given), presenting `identity_pem` (a
+/// certificate and key) and/or a bearer `token`.
+pub fn client_for(
+    ca: Option<PathBuf>,
+    identity_pem: Option<&[u8]>,
+    token: Option<&str>,
+) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap_or_default();
+        if let Ok(ca) = reqwest::Certificate::from_pem(&pem) {
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
+    }
+    if let Some(identity) = identity_pem.and_then(|p| reqwest::Identity::from_pem(p).ok()) {
+        builder = builder.identity(identity);
+    }
+    if let Some(token) = token {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {token}").parse().expect("token header");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    builder.build().expect("HTTP client")
+}
+
+/// A client certificate and key for `user` in `groups`, signed by the CA
+/// under `data_dir/pki`.
+fn signed_identity(data_dir: &Path, user: &str, groups: &[&str]) -> Vec<u8> {
+    let pki = data_dir.join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.crt")).expect("the cluster CA");
+    let ca_key = std::fs::read_to_string(pki.join("ca.key")).expect("the cluster CA key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &ca_pem,
+        rcgen::KeyPair::from_pem(&ca_key).expect("CA key"),
+    )
+    .expect("CA");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, user);
+    for g in groups {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, *g);
+    }
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    format!("{}\n{}", cert.pem(), key.serialize_pem()).into_bytes()
+}
+
+/// Makes the client a node's heartbeat is sent with.
+type NodeClients = Arc<dyn Fn(&str) -> reqwest::Client + Send + Sync>;
+
 /// A thin client for the tests.
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+    /// On a secure server: makes the client each node's heartbeat needs.
+    nodes: Option<NodeClients>,
 }
 
 /// Status code and JSON body.
@@ -311,9 +420,26 @@ pub struct Reply {
 
 impl Api {
     pub fn new(server: &ApiServer) -> Api {
+        let nodes: Option<NodeClients> = server.secure.then(|| {
+            let (data_dir, ca) = (server.data_dir(), server.ca());
+            Arc::new(move |name: &str| {
+                let pem =
+                    signed_identity(&data_dir, &format!("system:node:{name}"), &["system:nodes"]);
+                client_for(ca.clone(), Some(&pem), None)
+            }) as Arc<_>
+        });
         Api {
             base: server.url(),
             http: server.http_client(),
+            nodes,
+        }
+    }
+
+    /// This client with another HTTP client (another identity).
+    pub fn with(&self, http: reqwest::Client) -> Api {
+        Api {
+            http,
+            ..self.clone()
         }
     }
 
@@ -358,8 +484,13 @@ impl Api {
         .await
     }
 
+    /// A heartbeat for `name`, sent as that node on a secure server.
     pub async fn heartbeat(&self, name: &str) -> Reply {
-        self.post(
+        let api = match &self.nodes {
+            Some(client_for) => self.with(client_for(name)),
+            None => self.clone(),
+        };
+        api.post(
             "/api/v1/nodes/heartbeat",
             &serde_json::json!({"name": name, "runtime": "containerd", "version": "0.1.0", "capacity": 10}),
         )

@@ -2,4 +2,5 @@
 //! same paths as any other client.
 
 pub mod client;
+pub mod csr_signer;
 pub mod node_lifecycle;

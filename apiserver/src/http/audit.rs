@@ -18,38 +18,8 @@ use serde::Serialize;
 
 use super::path;
 use crate::audit::AuditLog;
-
-/// Who sent a request, as authentication found it.
-#[derive(Debug, Clone)]
-pub struct UserInfo {
-    pub username: String,
-    pub groups: Vec<String>,
-}
-
-impl UserInfo {
-    pub fn anonymous() -> UserInfo {
-        UserInfo {
-            username: "system:anonymous".into(),
-            groups: vec!["system:unauthenticated".into()],
-        }
-    }
-}
-
-/// Kubernetes' verb for a request.
-fn verb(method: &Method, named: bool, query: &str) -> &'static str {
-    let watch = super::limits::is_watch(method, Some(query));
-    match *method {
-        Method::GET | Method::HEAD if watch => "watch",
-        Method::GET | Method::HEAD if named => "get",
-        Method::GET | Method::HEAD => "list",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if named => "delete",
-        Method::DELETE => "deletecollection",
-        _ => "unknown",
-    }
-}
+use crate::auth::attributes::verb;
+use crate::auth::UserInfo;
 
 /// `objectRef` of an audit Event.
 #[derive(Serialize)]
@@ -157,7 +127,11 @@ fn event(
         audit_id: audit_id(),
         stage: "ResponseComplete",
         request_uri: &request.uri.to_string(),
-        verb: verb(&request.method, named, request.uri.query().unwrap_or("")),
+        verb: verb(
+            &request.method,
+            named,
+            super::limits::is_watch(&request.method, request.uri.query()),
+        ),
         user: User {
             username: &user.username,
             groups: &user.groups,
@@ -222,21 +196,4 @@ pub async fn audit(State(log): State<Arc<AuditLog>>, request: Request, next: Nex
         }
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verbs_as_kubernetes_names_them() {
-        assert_eq!(verb(&Method::GET, true, ""), "get");
-        assert_eq!(verb(&Method::GET, false, "limit=1"), "list");
-        assert_eq!(verb(&Method::GET, false, "watch=true"), "watch");
-        assert_eq!(verb(&Method::POST, false, ""), "create");
-        assert_eq!(verb(&Method::PUT, true, ""), "update");
-        assert_eq!(verb(&Method::PATCH, true, ""), "patch");
-        assert_eq!(verb(&Method::DELETE, true, ""), "delete");
-        assert_eq!(verb(&Method::DELETE, false, ""), "deletecollection");
-    }
 }

@@ -1,6 +1,9 @@
 //! Authentication, with Kubernetes' schemes and identities: a bearer token
 //! from the static token file (kube-apiserver's `--token-auth-file` CSV:
-//! `token,user,uid,"group1,group2"`), or a client certificate signed by the
+//! `token,user,uid,"group1,group2"`), a join token (Kubernetes' bootstrap
+//! token, `<id>.<secret>`, kept as the Secret
+//! `kube-system/bootstrap-token-<id>`, for `system:bootstrap:<id>` in
+//! `system:bootstrappers`), or a client certificate signed by the
 //! cluster CA (CN = user, O = groups), or else anonymous
 //! (`system:anonymous` in `system:unauthenticated`) when the config allows
 //! it. A bearer token that matches no one is 401, never anonymous.
@@ -19,8 +22,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mube_apis::status::Reason;
 
-use super::audit::UserInfo;
+use k8s_openapi::api::core::v1::Secret;
+use mube_apis::resources;
+
+use mube_apis::join_token;
+
+use crate::auth::UserInfo;
 use crate::error::ApiError;
+use crate::registry::Registry;
 
 /// The identity a verified client certificate carries, set per connection
 /// by the accept loop.
@@ -30,18 +39,58 @@ pub struct CertificateUser(pub UserInfo);
 pub struct Authenticator {
     tokens: HashMap<String, UserInfo>,
     anonymous: bool,
+    /// Where join tokens are kept.
+    registry: Arc<Registry>,
 }
 
 /// Paths anyone may read, as in Kubernetes' defaults.
 const OPEN: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
 
 impl Authenticator {
-    pub fn new(token_file: Option<&Path>, anonymous: bool) -> Result<Authenticator, String> {
-        let tokens = match token_file {
+    /// `admin_token`: the generated admin's bearer token, `system:admin`
+    /// in `system:masters` as the admin certificate.
+    pub fn new(
+        token_file: Option<&Path>,
+        admin_token: Option<&str>,
+        anonymous: bool,
+        registry: Arc<Registry>,
+    ) -> Result<Authenticator, String> {
+        let mut tokens = match token_file {
             Some(path) => read_tokens(path)?,
             None => HashMap::new(),
         };
-        Ok(Authenticator { tokens, anonymous })
+        if let Some(token) = admin_token {
+            tokens.insert(
+                token.to_string(),
+                UserInfo::authenticated("system:admin", vec![crate::auth::user::MASTERS.into()]),
+            );
+        }
+        Ok(Authenticator {
+            tokens,
+            anonymous,
+            registry,
+        })
+    }
+
+    /// The user a bearer token names, if any.
+    async fn token_user(&self, token: &str) -> Option<UserInfo> {
+        if let Some(user) = self.tokens.get(token) {
+            return Some(user.clone());
+        }
+        let (id, secret) = join_token::parse(token)?;
+        let r = self.registry.resource(&resources::SECRETS).ok()?;
+        let stored = self
+            .registry
+            .get(
+                &r,
+                Some(join_token::NAMESPACE),
+                &join_token::secret_name(id),
+            )
+            .await
+            .ok()?;
+        let object: Secret = serde_json::from_slice(&stored.json).ok()?;
+        let (user, groups) = join_token::authenticate(&object, id, secret, jiff::Timestamp::now())?;
+        Some(UserInfo::authenticated(user, groups))
     }
 }
 
@@ -71,20 +120,13 @@ fn read_tokens(path: &Path) -> Result<HashMap<String, UserInfo>, String> {
                 i + 1
             ));
         }
-        let mut groups: Vec<String> = field(3)
+        let groups: Vec<String> = field(3)
             .split(',')
             .map(str::trim)
             .filter(|g| !g.is_empty())
             .map(str::to_string)
             .collect();
-        groups.push("system:authenticated".into());
-        tokens.insert(
-            token.to_string(),
-            UserInfo {
-                username: user.to_string(),
-                groups,
-            },
-        );
+        tokens.insert(token.to_string(), UserInfo::authenticated(user, groups));
     }
     Ok(tokens)
 }
@@ -114,8 +156,9 @@ pub async fn authenticate(
                 };
                 match value.trim().split_once(' ') {
                     Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                        match auth.tokens.get(token.trim()) {
-                            Some(user) => user.clone(),
+                        let token = token.trim().to_string();
+                        match auth.token_user(&token).await {
+                            Some(user) => user,
                             None => return unauthorized(),
                         }
                     }

@@ -74,7 +74,29 @@ fn groups(state: &AppState) -> BTreeMap<&'static str, Vec<&'static str>> {
             versions.push(r.version);
         }
     }
+    for r in super::reviews::REVIEWS {
+        let versions = groups.entry(r.group).or_default();
+        if !versions.contains(&r.version) {
+            versions.push(r.version);
+        }
+    }
     groups
+}
+
+/// A create-only review's discovery entry.
+fn review_entry(r: &super::reviews::Review) -> APIResource {
+    APIResource {
+        name: r.plural.to_string(),
+        singular_name: r.kind.to_ascii_lowercase(),
+        namespaced: false,
+        kind: r.kind.to_string(),
+        verbs: vec!["create".into()],
+        short_names: None,
+        categories: None,
+        group: None,
+        version: None,
+        storage_version_hash: None,
+    }
 }
 
 fn api_group(name: &str, versions: &[&str]) -> APIGroup {
@@ -160,6 +182,12 @@ pub fn serve(state: &AppState, group: &str, version: Option<&str>) -> Option<Res
                 .iter()
                 .filter(|r| r.group == group && r.version == version)
                 .flat_map(|r| resource_entries(r))
+                .chain(
+                    super::reviews::REVIEWS
+                        .iter()
+                        .filter(|r| r.group == group && r.version == version)
+                        .map(review_entry),
+                )
                 .collect();
             if resources.is_empty() {
                 return None;

@@ -3,13 +3,16 @@
 
 pub mod audit;
 pub mod authn;
+pub mod authz;
 mod discovery;
 pub mod limits;
 pub mod openapi;
 mod options;
 mod path;
+mod protobuf;
 mod response;
 mod rest;
+mod reviews;
 pub mod serve;
 mod table;
 mod watch;
@@ -58,11 +61,14 @@ pub struct AppState {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// Who a request is from.
     pub authn: Arc<authn::Authenticator>,
+    /// What they may do.
+    pub authz: Arc<crate::auth::Authorizer>,
 }
 
 pub fn router(state: AppState) -> Router {
     let audit = state.audit.clone();
     let authenticator = state.authn.clone();
+    let authorizer = state.authz.clone();
     let router = Router::new()
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
@@ -92,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+        .layer(middleware::from_fn_with_state(authorizer, authz::authorize))
         .layer(middleware::from_fn_with_state(
             authenticator,
             authn::authenticate,
@@ -145,6 +152,7 @@ async fn fallback(request: Request) -> ApiError {
 /// dry run of one is refused rather than ignored.
 async fn heartbeat(
     State(state): State<AppState>,
+    user: Option<axum::Extension<crate::auth::UserInfo>>,
     uri: axum::http::Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -169,6 +177,12 @@ async fn heartbeat(
         });
         ApiError::from(s)
     })?;
+    if !state.authz.allows_all() {
+        let user = user
+            .map(|u| u.0)
+            .unwrap_or_else(crate::auth::UserInfo::anonymous);
+        nodes::authorize_heartbeat(&user, &hb.name)?;
+    }
     let node = nodes::heartbeat(&state.registry, &hb, state.lease_duration).await?;
     Ok(response::json(StatusCode::ACCEPTED, node.json))
 }

@@ -17,7 +17,8 @@ use super::options;
 use super::path::{self, Target};
 use super::response::{json, read_body, read_object};
 use super::table::{self, TableRequest};
-use super::{discovery, watch, AppState};
+use super::{discovery, reviews, watch, AppState};
+use crate::auth::UserInfo;
 use crate::error::ApiError;
 use crate::registry::patch::Patch;
 use crate::registry::{
@@ -152,6 +153,7 @@ impl Params {
 /// resources, and the discovery documents between them.
 pub async fn handle(
     State(state): State<AppState>,
+    user: Option<axum::Extension<UserInfo>>,
     uri: Uri,
     method: Method,
     headers: HeaderMap,
@@ -167,7 +169,43 @@ pub async fn handle(
         };
         return found.ok_or_else(|| not_found_path(uri.path()));
     };
-    serve(state, target, method, uri.query(), headers, body).await
+    let user = user.map(|u| u.0).unwrap_or_else(UserInfo::anonymous);
+    if let Some(review) = reviews::find(&target) {
+        return reviews::serve(&state, review, &target, &method, &user, &headers, body).await;
+    }
+    serve(state, target, method, uri.query(), headers, body, &user).await
+}
+
+/// Admission for a create, once its body is read: a node creates only its
+/// own Node and Lease (Kubernetes' NodeRestriction).
+fn admit_create(
+    state: &AppState,
+    r: &Resource,
+    ns: Option<&str>,
+    object: &Value,
+    user: &UserInfo,
+) -> Result<(), ApiError> {
+    if state.authz.allows_all() || user.node_name().is_none() {
+        return Ok(());
+    }
+    let name = crate::registry::name_of(object);
+    crate::auth::node::admit_create(user, r.plural, name).map_err(|reason| {
+        crate::auth::forbidden(
+            &crate::auth::Attributes {
+                user,
+                verb: "create",
+                resource: Some(crate::auth::ResourceAttributes {
+                    api_group: r.group,
+                    resource: r.plural,
+                    subresource: "",
+                    namespace: ns.unwrap_or(""),
+                    name,
+                }),
+                path: "",
+            },
+            &reason,
+        )
+    })
 }
 
 pub fn not_found_path(path: &str) -> ApiError {
@@ -212,6 +250,7 @@ async fn serve(
     query: Option<&str>,
     headers: HeaderMap,
     body: Body,
+    user: &UserInfo,
 ) -> Result<Response, ApiError> {
     let r = state
         .registry
@@ -241,8 +280,10 @@ async fn serve(
             Method::POST if ns.is_some() || !r.namespaced => {
                 let dry_run = options::dry_run(query, "CreateOptions")?;
                 let manager = params.manager(&headers, "CreateOptions")?;
-                let object = read_object(&headers, body).await?;
+                let mut object = read_object(&headers, body).await?;
                 let warnings = check_fields(&r, &object, validation)?;
+                admit_create(&state, &r, ns, &object, user)?;
+                r.strategy.set_requester(&mut object, user);
                 let created = registry.create(&r, ns, object, &manager, dry_run).await?;
                 Ok(with_warnings(
                     object_response(&r, StatusCode::CREATED, &created, None)?,

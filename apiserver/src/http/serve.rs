@@ -93,12 +93,10 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .and_then(|cert| crate::pki::certificate_user(cert))
-                        .map(|(username, mut groups)| {
-                            groups.push("system:authenticated".into());
-                            super::authn::CertificateUser(super::audit::UserInfo {
-                                username,
-                                groups,
-                            })
+                        .map(|(username, groups)| {
+                            super::authn::CertificateUser(crate::auth::UserInfo::authenticated(
+                                username, groups,
+                            ))
                         });
                     let service = match user {
                         Some(user) => TowerToHyperService::new(

@@ -13,6 +13,7 @@ use mube_apis::resources;
 use mube_apis::status::Reason;
 use mube_apis::NODE_LEASE_NAMESPACE;
 
+use crate::auth::UserInfo;
 use crate::error::ApiError;
 use crate::registry::{managed, Manager, Part, Registry};
 use crate::store::{StoreError, StoredObject};
@@ -158,5 +159,31 @@ async fn renew_lease(
     Err(ApiError::new(
         Reason::Conflict,
         format!("could not renew the lease of node {node:?}"),
+    ))
+}
+
+/// Only a node may send a heartbeat, and only its own: the identity
+/// `system:node:<name>` (group `system:nodes`) for the body's `name`.
+pub fn authorize_heartbeat(user: &UserInfo, name: &str) -> Result<(), ApiError> {
+    if user.node_name() == Some(name) {
+        return Ok(());
+    }
+    let reason = match user.node_name() {
+        Some(own) => format!("node {own:?} may only send its own heartbeat"),
+        None => "only a node's own identity may send its heartbeat".into(),
+    };
+    Err(crate::auth::forbidden(
+        &crate::auth::Attributes {
+            user,
+            verb: "create",
+            resource: Some(crate::auth::ResourceAttributes {
+                resource: "nodes",
+                subresource: "heartbeat",
+                name,
+                ..Default::default()
+            }),
+            path: "/api/v1/nodes/heartbeat",
+        },
+        &reason,
     ))
 }

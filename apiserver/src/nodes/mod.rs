@@ -5,5 +5,5 @@
 mod heartbeat;
 mod registration;
 
-pub use heartbeat::heartbeat;
+pub use heartbeat::{authorize_heartbeat, heartbeat};
 pub use registration::{register_from_config, RegisteredNode};

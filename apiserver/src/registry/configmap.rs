@@ -44,7 +44,7 @@ fn entries<'a>(object: &'a Value, field: &str) -> impl Iterator<Item = (&'a Stri
 }
 
 /// Kubernetes' `IsConfigMapKey`.
-fn config_key(key: &str) -> Result<(), String> {
+pub(super) fn config_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > 253 {
         return Err("must be no more than 253 characters and not empty".into());
     }

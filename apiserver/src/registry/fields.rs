@@ -171,7 +171,7 @@ pub(super) fn validate(r: &Resource, name: &str, object: &Value) -> Result<(), A
             "metadata.name",
             "Required value: name or generateName is required",
         ));
-    } else if let Err(m) = validation::dns1123_subdomain(name) {
+    } else if let Err(m) = r.strategy.validate_name(name) {
         errors.push(FieldError::new("metadata.name", m));
     }
     let meta = object.get("metadata");

@@ -2,6 +2,7 @@
 //! delete, written once over the store (Kubernetes'
 //! `registry/generic/registry/store.go`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -51,6 +52,11 @@ pub struct Registry {
     /// What dry-run writes go through: reads from `store`, writes nothing.
     dry_run: DryRunStore,
     resources: Vec<Arc<Resource>>,
+    /// Writes per kind (parallel to `resources`), so that a cache of a
+    /// kind (the RBAC policy) knows when it is stale. Counted after the
+    /// store acknowledged; dry runs count too (a needless rebuild is
+    /// harmless, a missed one is not).
+    writes: Vec<AtomicU64>,
 }
 
 impl Registry {
@@ -59,7 +65,29 @@ impl Registry {
         Registry {
             dry_run: DryRunStore::new(store.clone()),
             store,
+            writes: super::standard_kinds()
+                .iter()
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             resources: super::standard_kinds().into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// How many writes of `kind` this server has made since it started.
+    pub fn writes(&self, kind: &ResourceInfo) -> u64 {
+        self.resources
+            .iter()
+            .position(|r| std::ptr::eq(r.info, kind) || *r.info == *kind)
+            .map_or(0, |i| self.writes[i].load(Ordering::Acquire))
+    }
+
+    fn wrote(&self, r: &Resource) {
+        if let Some(i) = self
+            .resources
+            .iter()
+            .position(|x| std::ptr::eq(x.info, r.info))
+        {
+            self.writes[i].fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -214,10 +242,13 @@ impl Registry {
             managed::record_update(r, manager, false, None, &mut object, now)?;
         }
         validate(r, &name, &object)?;
-        self.store_for(dry_run)
+        let created = self
+            .store_for(dry_run)
             .create(&r.key(namespace, &name), object)
             .await
-            .map_err(|e| ApiError::from_store(e, r, &name))
+            .map_err(|e| ApiError::from_store(e, r, &name))?;
+        self.wrote(r);
+        Ok(created)
     }
 
     /// PUT of the whole object (`Part::Main`) or of `/status`. A
@@ -348,10 +379,12 @@ impl Registry {
             },
         )
         .await;
-        result.map_err(|f| match f {
+        let updated = result.map_err(|f| match f {
             UpdateFailure::Store(e) => ApiError::from_store(e, r, name),
             UpdateFailure::Api(e) => e,
-        })
+        })?;
+        self.wrote(r);
+        Ok(updated)
     }
 
     /// PATCH of the whole object (`Part::Main`) or of `/status`. A
@@ -481,10 +514,13 @@ impl Registry {
         preconditions: &Preconditions,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
-        self.store_for(dry_run)
+        let deleted = self
+            .store_for(dry_run)
             .delete(&r.key(namespace, name), preconditions)
             .await
-            .map_err(|e| ApiError::from_store(e, r, name))
+            .map_err(|e| ApiError::from_store(e, r, name))?;
+        self.wrote(r);
+        Ok(deleted)
     }
 
     /// DELETE on a collection: every object the filter matches, each deleted
@@ -506,7 +542,10 @@ impl Registry {
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {
             match store.delete(&item.key, preconditions).await {
-                Ok(gone) => deleted.push(gone),
+                Ok(gone) => {
+                    self.wrote(r);
+                    deleted.push(gone)
+                }
                 Err(StoreError::NotFound { .. }) => {}
                 Err(e) => {
                     // The name is the key's last segment.

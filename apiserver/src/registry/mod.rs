@@ -29,18 +29,22 @@ mod tests;
 
 /// Declares every kind's module and `standard_kinds`, from one list: a kind
 /// is named once.
+/// After `;`, kinds declared by a function of a module that holds several
+/// (the four RBAC kinds share their rules).
 macro_rules! kinds {
-    ($($kind:ident),* $(,)?) => {
+    ($($kind:ident),* ; $($module:ident :: $declare:ident),* $(,)?) => {
         $(pub mod $kind;)*
 
         /// Every kind mube serves, in discovery order.
         fn standard_kinds() -> Vec<Resource> {
-            vec![$($kind::resource()),*]
+            vec![$($kind::resource(),)* $($module::$declare(),)*]
         }
     };
 }
 
-kinds!(node, lease, pod, event, configmap);
+kinds!(node, lease, pod, event, configmap, secret, csr;
+    rbac::role, rbac::cluster_role, rbac::role_binding, rbac::cluster_role_binding);
+pub mod rbac;
 
 use jiff::Timestamp;
 use k8s_openapi::schemars::{JsonSchema, SchemaGenerator};
@@ -105,6 +109,12 @@ pub trait Strategy: Send + Sync {
         &[]
     }
 
+    /// The rule for `metadata.name`: by default a DNS subdomain, as most
+    /// Kubernetes kinds.
+    fn validate_name(&self, name: &str) -> Result<(), String> {
+        mube_apis::validation::dns1123_subdomain(name)
+    }
+
     /// Kind-specific validation, after the shape and the generic checks.
     fn validate(&self, _object: &Value) -> Vec<FieldError> {
         Vec::new()
@@ -112,6 +122,10 @@ pub trait Strategy: Send + Sync {
 
     /// Defaulting on create (e.g. a Node starts in state Unknown).
     fn prepare_for_create(&self, _object: &mut Value, _now: Timestamp) {}
+
+    /// On a client's create: record who asked, for kinds that keep it
+    /// (a CertificateSigningRequest's `spec.username`).
+    fn set_requester(&self, _object: &mut Value, _user: &crate::auth::UserInfo) {}
 
     /// Whether the kind has a status subresource (`/status`).
     fn status_subresource(&self) -> bool {
