@@ -51,7 +51,7 @@ server=$(sed -n 's/^[[:space:]]*server:[[:space:]]*//p' "$kubeconfig" | head -n 
 agent_env=(MUBE_API_SERVER="$server" MUBELET_STATE_DIR="$data_dir/mubelet")
 if [[ $server == https://* ]]; then
   agent_env+=(MUBELET_CA_FILE="$data_dir/pki/ca.crt")
-  if [ ! -f "$data_dir/mubelet/client.crt" ]; then
+  if [ ! -f "$data_dir/mubelet/client.pem" ]; then
     token=$("$bin/mubectl" --kubeconfig "$kubeconfig" token create --ttl 1h --description "make run: the local mubelet")
     agent_env+=(MUBELET_TOKEN="$token")
   fi

@@ -200,7 +200,50 @@ async fn a_view_only_token_user_can_list_but_not_delete_and_each_denial_is_audit
         403
     );
 
-    let lines = audit_lines(&server, 1).await;
+    // The admin acting as the viewer (kubectl --as): refused as the viewer,
+    // and the audit line names both.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("impersonate-user", "viewer".parse().unwrap());
+    headers.insert("impersonate-group", "viewers".parse().unwrap());
+    let pem = server.client_certificate("system:admin", &["system:masters"]);
+    let impersonating = admin.with(
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(
+                    &std::fs::read(server.data_dir().join("pki/ca.crt")).unwrap(),
+                )
+                .unwrap(),
+            )
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+    );
+    let as_viewer = impersonating
+        .post("/api/v1/namespaces/default/configmaps", &configmap("d"))
+        .await;
+    assert_eq!(as_viewer.code, 403, "{}", as_viewer.body);
+
+    // The writer flushes every 50 ms: wait for the last line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (lines, impersonated) = loop {
+        let lines = audit_lines(&server, 1).await;
+        if let Some(line) = lines
+            .iter()
+            .find(|l| l["impersonatedUser"]["username"] == "viewer")
+            .cloned()
+        {
+            break (lines, line);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit line for the impersonated write: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(impersonated["user"]["username"], "system:admin");
+    assert_eq!(impersonated["responseStatus"]["code"], 403);
     let denied = lines
         .iter()
         .find(|l| l["verb"] == "delete" && l["responseStatus"]["code"] == 403)
@@ -310,7 +353,7 @@ async fn a_join_token_joins_a_node_until_it_is_revoked_or_expires() {
     // Joins: a certificate for system:node:j1, and the node registers itself.
     let mut agent = joining(&server, "j1", &token, &state.path().join("j1"));
     wait_ready(&admin, "j1").await;
-    assert!(state.path().join("j1/client.crt").exists());
+    assert!(state.path().join("j1/client.pem").exists());
     let csrs = admin
         .get("/apis/certificates.k8s.io/v1/certificatesigningrequests")
         .await;
@@ -376,9 +419,9 @@ async fn a_node_renews_its_certificate_before_it_expires() {
     let token = join_token(&server, "1h");
     let _agent = joining(&server, "r1", &token, state.path());
     wait_ready(&admin, "r1").await;
-    let first = std::fs::read(state.path().join("client.crt")).unwrap();
+    let first = std::fs::read(state.path().join("client.pem")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read(state.path().join("client.crt")).unwrap() == first {
+    while std::fs::read(state.path().join("client.pem")).unwrap() == first {
         assert!(
             Instant::now() < deadline,
             "not renewed within 10s of a 4s certificate"
@@ -420,4 +463,173 @@ async fn a_node_renews_its_certificate_before_it_expires() {
         "{} renewals in about 8s",
         renewals.len()
     );
+}
+
+/// A PEM certificate request for `cn` in `o`.
+fn certificate_request(cn: &str, o: &str) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, o);
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[tokio::test]
+async fn no_one_grants_what_they_do_not_hold_or_forges_who_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "lead-token,lead,1001\n").unwrap();
+    let server = ApiServer::start(secure(
+        &[],
+        &format!("authentication: {{tokenFile: {}}}\n", tokens.display()),
+    ))
+    .await;
+    let admin = Api::new(&server);
+    let lead = admin.with(server.client_as(None, Some("lead-token")));
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    // The lead administers namespace team, and may write CSRs (to try forging one).
+    let made = admin
+        .post(
+            &format!("{rbac}/namespaces/team/rolebindings"),
+            &json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "lead-admin"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+                "subjects": [{"kind": "User", "name": "lead", "apiGroup": "rbac.authorization.k8s.io"}],
+            }),
+        )
+        .await;
+    assert_eq!(made.code, 201, "{}", made.body);
+    for (kind, body) in [
+        (
+            "clusterroles",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "csr-writer"},
+            "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "patch", "get"]}]}),
+        ),
+        (
+            "clusterrolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "lead-csr"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-writer"},
+            "subjects": [{"kind": "User", "name": "lead", "apiGroup": "rbac.authorization.k8s.io"}]}),
+        ),
+    ] {
+        assert_eq!(admin.post(&format!("{rbac}/{kind}"), &body).await.code, 201);
+    }
+
+    let binding = |role: &str| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("x-{role}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "User", "name": "friend", "apiGroup": "rbac.authorization.k8s.io"}],
+        })
+    };
+    // Binding what the lead holds in team: yes; cluster-admin: no.
+    let view = lead
+        .post(
+            &format!("{rbac}/namespaces/team/rolebindings"),
+            &binding("view"),
+        )
+        .await;
+    assert_eq!(view.code, 201, "{}", view.body);
+    let all = lead
+        .post(
+            &format!("{rbac}/namespaces/team/rolebindings"),
+            &binding("cluster-admin"),
+        )
+        .await;
+    assert_eq!(all.code, 403, "{}", all.body);
+    assert!(all.body["message"]
+        .as_str()
+        .unwrap()
+        .contains("is attempting to grant RBAC permissions not currently held"));
+    let role = |verbs: &[&str], resources: &[&str]| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r"},
+               "rules": [{"apiGroups": [""], "resources": resources, "verbs": verbs}]})
+    };
+    let wide = lead
+        .post(
+            &format!("{rbac}/namespaces/team/roles"),
+            &role(&["*"], &["*"]),
+        )
+        .await;
+    assert_eq!(wide.code, 403, "{}", wide.body);
+    let held = lead
+        .post(
+            &format!("{rbac}/namespaces/team/roles"),
+            &role(&["get"], &["configmaps"]),
+        )
+        .await;
+    assert_eq!(held.code, 201, "{}", held.body);
+    // Widening it by a patch is checked too.
+    let widen = lead
+        .raw(
+            reqwest::Method::PATCH,
+            &format!("{rbac}/namespaces/team/roles/r"),
+            "application/merge-patch+json",
+            serde_json::to_vec(&json!({"rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["delete"]}]})).unwrap(),
+        )
+        .await;
+    assert_eq!(widen.code, 403, "{}", widen.body);
+    // Nor in another namespace.
+    let elsewhere = lead
+        .post(
+            &format!("{rbac}/namespaces/other/rolebindings"),
+            &binding("view"),
+        )
+        .await;
+    assert_eq!(elsewhere.code, 403, "{}", elsewhere.body);
+
+    // A CSR records who asked, however it is written: the lead cannot
+    // pass as a bootstrapper, so the signer leaves it pending.
+    let csr = json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "forged"},
+        "spec": {
+            "request": base64_pem(&certificate_request("system:node:victim", "system:nodes")),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+            "username": "system:bootstrap:abcdef",
+            "groups": ["system:bootstrappers", "system:authenticated"],
+        },
+    });
+    let applied = lead
+        .raw(
+            reqwest::Method::PATCH,
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/forged?fieldManager=lead",
+            "application/apply-patch+yaml",
+            serde_json::to_vec(&csr).unwrap(),
+        )
+        .await;
+    assert_eq!(applied.code, 201, "{}", applied.body);
+    assert_eq!(applied.body["spec"]["username"], "lead");
+    let mut posted = csr.clone();
+    posted["metadata"]["name"] = json!("forged2");
+    let posted = lead
+        .post(
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            &posted,
+        )
+        .await;
+    assert_eq!(posted.code, 201, "{}", posted.body);
+    assert_eq!(posted.body["spec"]["username"], "lead");
+    // The signer decides at once; give it a moment, then neither is signed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for name in ["forged", "forged2"] {
+        let got = admin
+            .get(&format!(
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}"
+            ))
+            .await;
+        assert!(got.body["status"]["certificate"].is_null(), "{}", got.body);
+    }
+}
+
+fn base64_pem(pem: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(pem)
 }

@@ -527,7 +527,7 @@ async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
     }
     assert!(ready, "the local cluster must bring mube-node-1 to Ready");
     assert!(
-        data.join("mubelet/client.crt").exists(),
+        data.join("mubelet/client.pem").exists(),
         "the mubelet joined with a token and keeps its own certificate"
     );
     let anonymous = reqwest::Client::builder()

@@ -89,26 +89,48 @@ pub fn request_subject(csr_pem: &str) -> Result<(String, Vec<String>), String> {
     csr.verify_signature()
         .map_err(|_| "the request's signature does not verify".to_string())?;
     let subject = &csr.certification_request_info.subject;
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    Ok((cn, orgs))
+    // One CN, and nothing in the name but CN and O: what is approved is
+    // exactly what is signed (a second CN could otherwise be the one a
+    // signer keeps).
+    let mut cn = None;
+    let mut orgs = Vec::new();
+    for attribute in subject.iter_attributes() {
+        let value = attribute
+            .as_str()
+            .map_err(|_| "the subject holds a value that is not text".to_string())?
+            .to_string();
+        match attribute.attr_type() {
+            t if *t == x509_parser::oid_registry::OID_X509_COMMON_NAME => {
+                if cn.replace(value).is_some() {
+                    return Err("the subject names more than one common name".into());
+                }
+            }
+            t if *t == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME => orgs.push(value),
+            _ => return Err("the subject may hold only a common name and organizations".into()),
+        }
+    }
+    Ok((cn.unwrap_or_default(), orgs))
 }
 
 impl Signer {
-    /// A client certificate (client auth only, not a CA) for the subject
-    /// and key of `csr_pem`, valid for `lifetime`.
-    pub fn sign_client(&self, csr_pem: &str, lifetime: Duration) -> Result<String, String> {
+    /// A client certificate (client auth only, not a CA) for the key of
+    /// `csr_pem`, naming exactly `subject` (CN, [O]) as the caller checked
+    /// it (never the request's own name, taken again), valid for `lifetime`.
+    pub fn sign_client(
+        &self,
+        csr_pem: &str,
+        subject: &(String, Vec<String>),
+        lifetime: Duration,
+    ) -> Result<String, String> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| format!("cannot read the certificate request: {e}"))?;
         let params = &mut csr.params;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, subject.0.as_str());
+        for o in &subject.1 {
+            name.push(DnType::OrganizationName, o.as_str());
+        }
+        params.distinguished_name = name;
         params.subject_alt_names = Vec::new();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
@@ -482,6 +504,51 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(names: &[(DnType, &str)]) -> String {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for (t, v) in names {
+            dn.push(t.clone(), *v);
+        }
+        params.distinguished_name = dn;
+        let key = KeyPair::generate().unwrap();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn a_request_is_signed_for_exactly_the_name_that_was_checked() {
+        let good = request(&[
+            (DnType::CommonName, "system:node:n1"),
+            (DnType::OrganizationName, "system:nodes"),
+        ]);
+        let subject = request_subject(&good).unwrap();
+        assert_eq!(
+            subject,
+            (
+                "system:node:n1".to_string(),
+                vec!["system:nodes".to_string()]
+            )
+        );
+        // A second CN (one signer might keep the last): refused.
+        let two = request(&[
+            (DnType::CommonName, "system:node:n1"),
+            (DnType::CustomDnType(vec![2, 5, 4, 3]), "system:node:n2"),
+        ]);
+        assert!(request_subject(&two).unwrap_err().contains("more than one"));
+        let dir = tempfile::tempdir().unwrap();
+        let pki = load(dir.path(), None, &["localhost".to_string()]).unwrap();
+        let cert = pki
+            .signer
+            .unwrap()
+            .sign_client(&good, &subject, Duration::from_secs(60))
+            .unwrap();
+        let der = rustls_pemfile::certs(&mut cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(certificate_user(&der).unwrap(), subject);
+    }
 
     #[test]
     fn generated_once_reused_and_renewed_for_new_names() {

@@ -5,7 +5,10 @@
 //!    usable certificate under `MUBELET_STATE_DIR`, the agent makes a key
 //!    (which never leaves the node) and sends a CertificateSigningRequest
 //!    for its name, authenticated by the token; the API server approves and
-//!    signs it, and the agent keeps the key and certificate (0600).
+//!    signs it, and the agent keeps the certificate and key in one file
+//!    (`client.pem`, 0600, replaced whole: never a key beside another's
+//!    certificate), once it has checked that the certificate is for its
+//!    key and its name.
 //! 2. On every start after, the kept certificate is used; the token is no
 //!    longer needed.
 //! 3. Before the certificate expires (at 70-90 % of its life, as the
@@ -41,8 +44,13 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The pair, if the certificate is for this key.
     fn parse(cert_pem: String, key_pem: String) -> Result<Identity, String> {
-        let (not_before, not_after, _) = inspect(&cert_pem)?;
+        let (not_before, not_after, _, public_key) = inspect(&cert_pem)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| format!("not a private key: {e}"))?;
+        if rcgen::PublicKeyData::der_bytes(&key) != public_key.as_slice() {
+            return Err("the certificate is not for this key".into());
+        }
         Ok(Identity {
             cert_pem,
             key_pem,
@@ -66,8 +74,8 @@ impl Identity {
     }
 }
 
-/// (notBefore, notAfter, CN) of a PEM certificate.
-fn inspect(pem: &str) -> Result<(SystemTime, SystemTime, String), String> {
+/// (notBefore, notAfter, CN, public key bits) of a PEM certificate.
+fn inspect(pem: &str) -> Result<(SystemTime, SystemTime, String, Vec<u8>), String> {
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|e| format!("not a PEM certificate: {e}"))?;
     let cert = parsed
@@ -84,34 +92,47 @@ fn inspect(pem: &str) -> Result<(SystemTime, SystemTime, String), String> {
         .and_then(|c| c.as_str().ok())
         .unwrap_or("")
         .to_string();
-    Ok((at(validity.not_before), at(validity.not_after), cn))
+    let public_key = cert.public_key().subject_public_key.data.to_vec();
+    Ok((
+        at(validity.not_before),
+        at(validity.not_after),
+        cn,
+        public_key,
+    ))
 }
 
-fn cert_path(dir: &Path) -> PathBuf {
-    dir.join("client.crt")
+/// The node's certificate and key, in one file.
+pub fn pem_path(dir: &Path) -> PathBuf {
+    dir.join("client.pem")
 }
 
-fn key_path(dir: &Path) -> PathBuf {
-    dir.join("client.key")
-}
-
-/// The kept certificate, if it is this node's and not expired.
+/// The kept certificate, if it is this node's, for the kept key, and not
+/// expired; anything else is logged and not used.
 fn load(config: &Config) -> Result<Option<Identity>, String> {
-    let (crt, key) = (cert_path(&config.state_dir), key_path(&config.state_dir));
-    if !crt.exists() || !key.exists() {
+    let path = pem_path(&config.state_dir);
+    if !path.exists() {
         return Ok(None);
     }
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let Some(split) = text.find("-----BEGIN PRIVATE KEY-----") else {
+        tracing::warn!(file = %path.display(), "the kept credential holds no key; not using it");
+        return Ok(None);
     };
-    let identity = Identity::parse(read(&crt)?, read(&key)?)?;
-    let (_, _, cn) = inspect(&identity.cert_pem)?;
+    let identity = match Identity::parse(text[..split].to_string(), text[split..].to_string()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the kept credential is not usable");
+            return Ok(None);
+        }
+    };
+    let (_, _, cn, _) = inspect(&identity.cert_pem)?;
     if cn != format!("system:node:{}", config.node_name) {
-        tracing::warn!(cert = %crt.display(), %cn, "the kept certificate is for another node; not using it");
+        tracing::warn!(cert = %path.display(), %cn, "the kept certificate is for another node; not using it");
         return Ok(None);
     }
     if identity.expired() {
-        tracing::warn!(cert = %crt.display(), "the kept certificate has expired");
+        tracing::warn!(cert = %path.display(), "the kept certificate has expired");
         return Ok(None);
     }
     Ok(Some(identity))
@@ -143,8 +164,8 @@ fn save(dir: &Path, identity: &Identity) -> Result<(), String> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("MUBELET_STATE_DIR: cannot create {}: {e}", dir.display()))?;
-    write_private(&key_path(dir), &identity.key_pem)?;
-    write_private(&cert_path(dir), &identity.cert_pem)
+    let pem = format!("{}\n{}", identity.cert_pem.trim_end(), identity.key_pem);
+    write_private(&pem_path(dir), &pem)
 }
 
 /// An HTTP client for the API server: trusting the cluster CA, and
@@ -182,19 +203,24 @@ pub fn http_client(
 /// join token, else none.
 pub async fn initial(config: &Config) -> Result<Option<Identity>, String> {
     if let Some(identity) = load(config)? {
-        tracing::info!(cert = %cert_path(&config.state_dir).display(), "using the kept node certificate");
+        tracing::info!(cert = %pem_path(&config.state_dir).display(), "using the kept node certificate");
         return Ok(Some(identity));
     }
     let Some(token) = &config.token else {
         return Ok(None);
     };
+    Ok(Some(join(config, token).await?))
+}
+
+/// A certificate got with the join token, kept.
+async fn join(config: &Config, token: &str) -> Result<Identity, String> {
     let client = http_client(config, None, Duration::from_secs(10))?;
     let identity = request(config, &client, Some(token))
         .await
         .map_err(|e| format!("joining the cluster with the join token failed: {e}"))?;
     save(&config.state_dir, &identity)?;
-    tracing::info!(cert = %cert_path(&config.state_dir).display(), "joined: got a node certificate");
-    Ok(Some(identity))
+    tracing::info!(cert = %pem_path(&config.state_dir).display(), "joined: got a node certificate");
+    Ok(identity)
 }
 
 /// Asks the API server to sign a new key for this node: a
@@ -252,7 +278,14 @@ async fn request(
                 .decode(cert)
                 .map_err(|e| format!("the certificate is not base64: {e}"))?;
             let pem = String::from_utf8(pem).map_err(|_| "the certificate is not PEM")?;
-            return Identity::parse(pem, key.serialize_pem());
+            // Only a certificate for this key and this node is kept.
+            let identity = Identity::parse(pem, key.serialize_pem())
+                .map_err(|e| format!("certificate request {name}: {e}"))?;
+            let (_, _, cn, _) = inspect(&identity.cert_pem)?;
+            if cn != format!("system:node:{}", config.node_name) {
+                return Err(format!("certificate request {name}: issued for {cn:?}"));
+            }
+            return Ok(identity);
         }
         let refused = csr
             .pointer("/status/conditions")
@@ -269,7 +302,7 @@ async fn request(
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!(
-                "certificate request {name} is still pending after {SIGN_WAIT:?} (may this token join? ask an admin to look at `kubectl get csr`)"
+                "certificate request {name} is still pending after {SIGN_WAIT:?}: the server did not approve it (is the token's group bound to system:certificates.k8s.io:certificatesigningrequests:nodeclient? `kubectl get csr` shows it)"
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -316,12 +349,19 @@ pub async fn renew(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let renewed = match http_client(&config, Some(&identity), Duration::from_secs(10)) {
-            Ok(client) => request(&config, &client, None).await,
-            Err(e) => Err(e),
+        // An expired certificate cannot renew itself: join again with
+        // the token, when there is one.
+        let renewed = match (&config.token, identity.expired()) {
+            (Some(token), true) => join(&config, token).await,
+            _ => match http_client(&config, Some(&identity), Duration::from_secs(10)) {
+                Ok(client) => match request(&config, &client, None).await {
+                    Ok(id) => save(&config.state_dir, &id).map(|_| id),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
         };
         let fresh = renewed.and_then(|id| {
-            save(&config.state_dir, &id)?;
             let client = http_client(&config, Some(&id), timeout)?;
             Ok((id, client))
         });

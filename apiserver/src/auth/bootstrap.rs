@@ -78,9 +78,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             "cluster-admin",
             vec![rule(&["*"], "*", &["*"]), paths(&["*"], &["*"])],
         ),
+        // As Kubernetes aggregates them: admin holds edit, edit holds view
+        // (so an admin may bind either).
         role(
             "admin",
             vec![
+                rule(READ, "", VIEWABLE),
                 rule(&all, "", EDITABLE),
                 rule(&all, rbac, &["roles", "rolebindings"]),
                 rule(READ, "coordination.k8s.io", &["leases"]),
@@ -94,6 +97,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         role(
             "edit",
             vec![
+                rule(READ, "", VIEWABLE),
                 rule(&all, "", EDITABLE),
                 rule(READ, "coordination.k8s.io", &["leases"]),
             ],

@@ -7,6 +7,7 @@
 
 pub mod attributes;
 pub mod bootstrap;
+pub mod escalation;
 pub mod node;
 pub mod rbac;
 pub mod user;

@@ -50,7 +50,8 @@ enum Verdict {
     /// Well formed, but the requester may not have it (left pending).
     Pending(String),
     Fail(String),
-    Sign,
+    /// Approved: sign for exactly this subject (CN, [O]).
+    Sign((String, Vec<String>)),
 }
 
 impl CsrSigner {
@@ -115,7 +116,7 @@ impl CsrSigner {
                 return;
             }
             Verdict::Fail(why) => self.finish(csr, Err(why)).await,
-            Verdict::Sign => {
+            Verdict::Sign(subject) => {
                 let pem = request_pem(&csr);
                 let lifetime = csr
                     .spec
@@ -123,7 +124,7 @@ impl CsrSigner {
                     .filter(|s| *s > 0)
                     .map(|s| Duration::from_secs(s as u64).min(self.ttl))
                     .unwrap_or(self.ttl);
-                match self.signer.sign_client(&pem, lifetime) {
+                match self.signer.sign_client(&pem, &subject, lifetime) {
                     Ok(cert) => self.finish(csr, Ok(cert)).await,
                     Err(e) => self.finish(csr, Err(e)).await,
                 }
@@ -201,7 +202,7 @@ impl CsrSigner {
             path: "",
         };
         match self.authorizer.authorize(&asks).await {
-            Ok(Decision::Allow) => Verdict::Sign,
+            Ok(Decision::Allow) => Verdict::Sign((cn.clone(), orgs.clone())),
             Ok(_) => Verdict::Pending(format!(
                 "{} may not create certificatesigningrequests/{subresource} (for node {node:?})",
                 user.username

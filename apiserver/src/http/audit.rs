@@ -68,6 +68,8 @@ struct Event<'a> {
     request_uri: &'a str,
     verb: &'static str,
     user: User<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonated_user: Option<User<'a>>,
     #[serde(rename = "sourceIPs")]
     source_ips: Vec<String>,
     user_agent: &'a str,
@@ -91,6 +93,7 @@ fn audit_id() -> String {
 fn event(
     request: &Recorded,
     user: &UserInfo,
+    impersonated: Option<&UserInfo>,
     code: u16,
     done: Timestamp,
 ) -> serde_json::Result<Vec<u8>> {
@@ -136,6 +139,10 @@ fn event(
             username: &user.username,
             groups: &user.groups,
         },
+        impersonated_user: impersonated.map(|u| User {
+            username: &u.username,
+            groups: &u.groups,
+        }),
         source_ips: request
             .source
             .map(|s| vec![s.ip().to_string()])
@@ -191,7 +198,11 @@ pub async fn audit(State(log): State<Arc<AuditLog>>, request: Request, next: Nex
             .get::<UserInfo>()
             .cloned()
             .unwrap_or_else(UserInfo::anonymous);
-        if let Ok(line) = event(&recorded, &user, code, Timestamp::now()) {
+        let impersonated = response
+            .extensions()
+            .get::<super::authz::Impersonated>()
+            .map(|i| &i.0);
+        if let Ok(line) = event(&recorded, &user, impersonated, code, Timestamp::now()) {
             log.record(line);
         }
     }

@@ -20,10 +20,17 @@ pub fn is_heartbeat(method: &Method, path: &str) -> bool {
     method == Method::POST && path == "/api/v1/nodes/heartbeat"
 }
 
+/// Who a request ran as, when it impersonated someone (for the audit log).
+#[derive(Debug, Clone)]
+pub struct Impersonated(pub UserInfo);
+
 /// Kubernetes' impersonation (`kubectl --as USER --as-group GROUP`): the
 /// caller must be allowed to `impersonate` that user and each group; the
 /// request then runs as them.
-async fn impersonate(authorizer: &Authorizer, request: &mut Request) -> Result<(), Response> {
+async fn impersonate(
+    authorizer: &Authorizer,
+    request: &mut Request,
+) -> Result<Option<UserInfo>, Response> {
     let headers = request.headers();
     let Some(target) = headers.get("impersonate-user") else {
         if headers.contains_key("impersonate-group") {
@@ -32,7 +39,7 @@ async fn impersonate(authorizer: &Authorizer, request: &mut Request) -> Result<(
             )
             .into_response());
         }
-        return Ok(());
+        return Ok(None);
     };
     let target = target
         .to_str()
@@ -67,10 +74,9 @@ async fn impersonate(authorizer: &Authorizer, request: &mut Request) -> Result<(
             .await
             .map_err(IntoResponse::into_response)?;
     }
-    request
-        .extensions_mut()
-        .insert(UserInfo::authenticated(target, groups));
-    Ok(())
+    let user = UserInfo::authenticated(target, groups);
+    request.extensions_mut().insert(user.clone());
+    Ok(Some(user))
 }
 
 pub async fn authorize(
@@ -78,9 +84,18 @@ pub async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if let Err(refused) = impersonate(&authorizer, &mut request).await {
-        return refused;
+    let impersonated = match impersonate(&authorizer, &mut request).await {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    let mut response = authorized(&authorizer, request, next).await;
+    if let Some(user) = impersonated {
+        response.extensions_mut().insert(Impersonated(user));
     }
+    response
+}
+
+async fn authorized(authorizer: &Authorizer, request: Request, next: Next) -> Response {
     if authorizer.allows_all() || is_heartbeat(request.method(), request.uri().path()) {
         return next.run(request).await;
     }

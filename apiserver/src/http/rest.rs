@@ -22,7 +22,7 @@ use crate::auth::UserInfo;
 use crate::error::ApiError;
 use crate::registry::patch::Patch;
 use crate::registry::{
-    check_fields, parse_resource_version, FieldValidation, Filter, Part, Resource,
+    check_fields, parse_resource_version, DryRun, FieldValidation, Filter, Part, Resource,
 };
 use crate::store::{ReadAt, Revision, StoredObject};
 
@@ -208,6 +208,73 @@ fn admit_create(
     })
 }
 
+/// Whether writes of `r` are checked for RBAC escalation.
+fn is_rbac(state: &AppState, r: &Resource) -> bool {
+    r.group == "rbac.authorization.k8s.io" && !state.authz.allows_all()
+}
+
+/// RBAC's escalation prevention for a write that would store `object`
+/// (see `auth::escalation`).
+async fn admit_rbac(
+    state: &AppState,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    object: &Value,
+    user: &UserInfo,
+) -> Result<(), ApiError> {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
+    if !is_rbac(state, r) {
+        return Ok(());
+    }
+    let namespace = ns.unwrap_or("");
+    let field = |name: &str| object.get(name).filter(|v| !v.is_null()).cloned();
+    match r.kind {
+        "Role" | "ClusterRole" => {
+            let rules: Vec<PolicyRule> = match field("rules") {
+                Some(v) => serde_json::from_value(v)
+                    .map_err(|e| ApiError::bad_request(format!("rules: {e}")))?,
+                None => Vec::new(),
+            };
+            crate::auth::escalation::check_role(&state.authz, user, namespace, name, &rules).await
+        }
+        _ => {
+            let Some(role_ref) = field("roleRef") else {
+                return Ok(()); // validation refuses it
+            };
+            let role: RoleRef = serde_json::from_value(role_ref)
+                .map_err(|e| ApiError::bad_request(format!("roleRef: {e}")))?;
+            let (kind, role_ns) = if role.kind == "ClusterRole" {
+                (&mube_apis::resources::CLUSTER_ROLES, None)
+            } else {
+                (&mube_apis::resources::ROLES, ns)
+            };
+            let roles = state.registry.resource(kind)?;
+            let rules: Option<Vec<PolicyRule>> =
+                match state.registry.get(&roles, role_ns, &role.name).await {
+                    Ok(stored) => {
+                        let v = stored.value()?;
+                        Some(
+                            serde_json::from_value(v.get("rules").cloned().unwrap_or(Value::Null))
+                                .unwrap_or_default(),
+                        )
+                    }
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(e),
+                };
+            crate::auth::escalation::check_binding(
+                &state.authz,
+                user,
+                namespace,
+                name,
+                &role,
+                rules.as_deref(),
+            )
+            .await
+        }
+    }
+}
+
 pub fn not_found_path(path: &str) -> ApiError {
     ApiError::new(
         Reason::NotFound,
@@ -283,6 +350,15 @@ async fn serve(
                 let mut object = read_object(&headers, body).await?;
                 let warnings = check_fields(&r, &object, validation)?;
                 admit_create(&state, &r, ns, &object, user)?;
+                admit_rbac(
+                    &state,
+                    &r,
+                    ns,
+                    crate::registry::name_of(&object),
+                    &object,
+                    user,
+                )
+                .await?;
                 r.strategy.set_requester(&mut object, user);
                 let created = registry.create(&r, ns, object, &manager, dry_run).await?;
                 Ok(with_warnings(
@@ -327,6 +403,7 @@ async fn serve(
                     let manager = params.manager(&headers, "UpdateOptions")?;
                     let object = read_object(&headers, body).await?;
                     let warnings = check_fields(&r, &object, validation)?;
+                    admit_rbac(&state, &r, ns, name, &object, user).await?;
                     let updated = registry
                         .update(&r, ns, name, part, object, &manager, dry_run)
                         .await?;
@@ -345,7 +422,7 @@ async fn serve(
                     if is_apply(content_type) {
                         return apply(
                             &state, &r, ns, name, part, &params, &headers, &bytes, validation,
-                            dry_run,
+                            dry_run, user,
                         )
                         .await;
                     }
@@ -373,6 +450,13 @@ async fn serve(
                         }
                         Patch::Json(_) => Vec::new(),
                     };
+                    if is_rbac(&state, &r) {
+                        // What the patch would make is what is checked.
+                        let preview = registry
+                            .patch(&r, ns, name, part, &patch, &manager, DryRun::All)
+                            .await?;
+                        admit_rbac(&state, &r, ns, name, &preview.value()?, user).await?;
+                    }
                     let patched = registry
                         .patch(&r, ns, name, part, &patch, &manager, dry_run)
                         .await?;
@@ -414,6 +498,7 @@ async fn apply(
     bytes: &[u8],
     validation: FieldValidation,
     dry_run: crate::registry::DryRun,
+    user: &UserInfo,
 ) -> Result<Response, ApiError> {
     if params.field_manager.is_none() {
         return Err(ApiError::invalid_options(
@@ -429,18 +514,33 @@ async fn apply(
     let config: Value = serde_yaml::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     let warnings = check_fields(r, &config, validation)?;
+    let admit = |object: &mut Value| -> Result<(), ApiError> {
+        admit_create(state, r, ns, object, user)?;
+        r.strategy.set_requester(object, user);
+        Ok(())
+    };
+    let force = params.force.unwrap_or(false);
+    if is_rbac(state, r) {
+        // What the apply would make is what is checked.
+        let (preview, _) = state
+            .registry
+            .apply(
+                r,
+                ns,
+                name,
+                part,
+                config.clone(),
+                &manager,
+                force,
+                DryRun::All,
+                &admit,
+            )
+            .await?;
+        admit_rbac(state, r, ns, name, &preview.value()?, user).await?;
+    }
     let (object, created) = state
         .registry
-        .apply(
-            r,
-            ns,
-            name,
-            part,
-            config,
-            &manager,
-            params.force.unwrap_or(false),
-            dry_run,
-        )
+        .apply(r, ns, name, part, config, &manager, force, dry_run, &admit)
         .await?;
     let code = if created {
         StatusCode::CREATED

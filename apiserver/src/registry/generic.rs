@@ -442,6 +442,7 @@ impl Registry {
         manager: &str,
         force: bool,
         dry_run: DryRun,
+        admit_create: &(dyn Fn(&mut Value) -> Result<(), ApiError> + Sync),
     ) -> Result<(StoredObject, bool), ApiError> {
         let obj = config
             .as_object()
@@ -478,7 +479,10 @@ impl Registry {
                 if precondition.is_some() || part == Part::Status {
                     return Err(ApiError::not_found(r, name));
                 }
-                let object = managed::apply(r, &manager, None, &config, force, Timestamp::now())?;
+                let mut object =
+                    managed::apply(r, &manager, None, &config, force, Timestamp::now())?;
+                // What a create admits and records (who asked), as a POST.
+                admit_create(&mut object)?;
                 match self.create_in(r, namespace, object, None, dry_run).await {
                     Err(e) if e.is_already_exists() => continue,
                     other => return other.map(|o| (o, true)),

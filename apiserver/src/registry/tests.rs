@@ -439,6 +439,7 @@ async fn an_apply_to_status_does_not_create() {
             "m",
             false,
             DryRun::No,
+            &|_| Ok(()),
         )
         .await
         .unwrap_err();
@@ -455,6 +456,7 @@ async fn an_apply_to_status_does_not_create() {
             "m",
             false,
             DryRun::No,
+            &|_| Ok(()),
         )
         .await
         .unwrap();
