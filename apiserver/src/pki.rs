@@ -1,9 +1,10 @@
 //! The cluster's certificates, as k3s makes them: at first start a cluster
 //! CA and a serving certificate signed by it are generated under
 //! `<dataDir>/pki/` (keys 0600) and reused on every start after; the
-//! serving certificate is made again when it nears its expiry or no longer
-//! names every address the server answers on. Certificate files given in
-//! the config are used instead.
+//! serving certificate is made again when it nears its expiry (checked at
+//! start and every hour while running: the new one is served at once) or
+//! no longer names every address the server answers on. Certificate files
+//! given in the config are used instead, and read again every hour.
 //!
 //! Generation is rcgen's, reading certificates x509-parser's, TLS rustls's.
 
@@ -42,6 +43,8 @@ pub struct Pki {
     /// A bearer token for the admin (`pki/admin.token`, 0600), for tools
     /// such as curl that are simpler with a token than a certificate.
     pub admin_token: Option<String>,
+    /// Renews the serving certificate while the server runs.
+    pub renewal: Renewal,
 }
 
 /// The admin's bearer token under `dir`, made at first start: 32 random
@@ -388,22 +391,72 @@ pub fn certificate_user(der: &[u8]) -> Option<(String, Vec<String>)> {
     Some((user, groups))
 }
 
+/// The serving certificate the TLS config presents, replaceable while the
+/// server runs (renewal swaps it; connections already open keep theirs).
+#[derive(Debug)]
+pub struct ServingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    pem: std::sync::Mutex<String>,
+}
+
+impl ServingCert {
+    fn new(cert_pem: &str, key_pem: &str) -> Result<ServingCert, String> {
+        Ok(ServingCert {
+            current: std::sync::RwLock::new(Arc::new(certified_key(cert_pem, key_pem)?)),
+            pem: std::sync::Mutex::new(cert_pem.to_string()),
+        })
+    }
+
+    /// Presents `cert_pem` from now on, if it differs; whether it did.
+    fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<bool, String> {
+        let mut pem = self.pem.lock().unwrap_or_else(|p| p.into_inner());
+        if *pem == cert_pem {
+            return Ok(false);
+        }
+        let key = Arc::new(certified_key(cert_pem, key_pem)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *pem = cert_pem.to_string();
+        Ok(true)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the serving certificate is not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("the serving certificate file holds no certificate".into());
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| format!("the serving key is not PEM: {e}"))?
+        .ok_or("the serving key file holds no private key")?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("the serving certificate and key do not fit: {e}"))
+}
+
 /// The TLS config: the serving certificate, and client certificates
 /// verified against the cluster CA when a client offers one (a client
 /// without one is not refused here: it may carry a token).
 /// `client_ca`: the CA whose client certificates log users in; `None`
 /// turns certificate login off.
 fn server_config(
-    cert_pem: &str,
-    key_pem: &str,
+    serving: Arc<ServingCert>,
     client_ca: Option<&str>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("the serving certificate is not PEM: {e}"))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| format!("the serving key is not PEM: {e}"))?
-        .ok_or("the serving key file holds no private key")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -428,11 +481,55 @@ fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("the serving certificate and key do not fit: {e}"))?;
+    let mut config = builder.with_cert_resolver(serving);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Keeps the serving certificate fresh while the server runs: the
+/// generated one is made again within `RENEW_BEFORE` of its expiry (as at
+/// start), and user files are read again, so that a certificate renewed
+/// on disk (by cert-manager, certbot, ...) is served without a restart.
+pub struct Renewal {
+    serving: Arc<ServingCert>,
+    source: Source,
+}
+
+enum Source {
+    Files(UserFiles),
+    Generated {
+        dir: PathBuf,
+        ca_pem: String,
+        ca_key_pem: String,
+        names: Vec<String>,
+    },
+}
+
+impl Renewal {
+    /// Checks once; whether a new certificate is now served.
+    pub fn check(&self) -> Result<bool, String> {
+        let (cert, key) = match &self.source {
+            Source::Files(files) => (read(&files.cert)?, read(&files.key)?),
+            Source::Generated {
+                dir,
+                ca_pem,
+                ca_key_pem,
+                names,
+            } => leaf(dir, ca_pem, ca_key_pem, serving_leaf(names, false))?,
+        };
+        self.serving.replace(&cert, &key)
+    }
+}
+
+fn serving_leaf(names: &[String], new_ca: bool) -> Leaf<'_> {
+    Leaf {
+        name: "serving",
+        common_name: "mube-apiserver",
+        organization: None,
+        names,
+        usage: ExtendedKeyUsagePurpose::ServerAuth,
+        new_ca,
+    }
 }
 
 /// Loads or makes the certificates: the user's files when given, else the
@@ -442,13 +539,18 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
         let ca_pem = read(&files.ca)?;
         // The given CA may be a company's or a public one that signs for
         // many: its client certificates do not log anyone in here.
-        let server = server_config(&read(&files.cert)?, &read(&files.key)?, None)?;
+        let serving = Arc::new(ServingCert::new(&read(&files.cert)?, &read(&files.key)?)?);
+        let server = server_config(serving.clone(), None)?;
         return Ok(Pki {
             ca_pem,
             server,
             admin: None,
             signer: None,
             admin_token: None,
+            renewal: Renewal {
+                serving,
+                source: Source::Files(files.clone()),
+            },
         });
     }
     let dir = data_dir.join("pki");
@@ -462,19 +564,7 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
     }
     let (ca_pem, ca_key, new_ca) = cluster_ca(&dir)?;
     let ca_key = ca_key.serialize_pem();
-    let (cert, key) = leaf(
-        &dir,
-        &ca_pem,
-        &ca_key,
-        Leaf {
-            name: "serving",
-            common_name: "mube-apiserver",
-            organization: None,
-            names,
-            usage: ExtendedKeyUsagePurpose::ServerAuth,
-            new_ca,
-        },
-    )?;
+    let (cert, key) = leaf(&dir, &ca_pem, &ca_key, serving_leaf(names, new_ca))?;
     let admin = leaf(
         &dir,
         &ca_pem,
@@ -488,13 +578,23 @@ pub fn load(data_dir: &Path, files: Option<&UserFiles>, names: &[String]) -> Res
             new_ca,
         },
     )?;
-    let server = server_config(&cert, &key, Some(&ca_pem))?;
+    let serving = Arc::new(ServingCert::new(&cert, &key)?);
+    let server = server_config(serving.clone(), Some(&ca_pem))?;
     Ok(Pki {
         signer: Some(Signer {
             ca_pem: ca_pem.clone(),
-            ca_key_pem: ca_key,
+            ca_key_pem: ca_key.clone(),
         }),
         admin_token: Some(admin_token(&dir)?),
+        renewal: Renewal {
+            serving,
+            source: Source::Generated {
+                dir,
+                ca_pem: ca_pem.clone(),
+                ca_key_pem: ca_key,
+                names: names.to_vec(),
+            },
+        },
         ca_pem,
         server,
         admin: Some(admin),
@@ -514,6 +614,32 @@ mod tests {
         params.distinguished_name = dn;
         let key = KeyPair::generate().unwrap();
         params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn the_serving_certificate_is_renewed_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        let pki = load(dir.path(), None, &names).unwrap();
+        assert!(!pki.renewal.check().unwrap(), "fresh: nothing to do");
+        // On disk, one a day from expiry (as a year later would find it).
+        let pki_dir = dir.path().join("pki");
+        let issuer = Issuer::from_ca_cert_pem(
+            &read(&pki_dir.join("ca.crt")).unwrap(),
+            KeyPair::from_pem(&read(&pki_dir.join("ca.key")).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params.not_after = (SystemTime::now() + Duration::from_secs(24 * 3600)).into();
+        let key = KeyPair::generate().unwrap();
+        let old = params.signed_by(&key, &issuer).unwrap();
+        write_file(&pki_dir.join("serving.crt"), &old.pem(), false).unwrap();
+        write_file(&pki_dir.join("serving.key"), &key.serialize_pem(), true).unwrap();
+        assert!(pki.renewal.check().unwrap(), "due: renewed and served");
+        let renewed = read(&pki_dir.join("serving.crt")).unwrap();
+        assert_ne!(renewed, old.pem());
+        assert!(still_good(&renewed, &names));
+        assert!(!pki.renewal.check().unwrap(), "and not again");
     }
 
     #[test]

@@ -132,10 +132,17 @@ pub async fn run(config: Config) -> Result<(), String> {
         );
         tasks.push(tokio::spawn(csr.run(shutdown.child_token())));
     }
+    let (acceptor, renewal) = match pki {
+        Some(p) => (
+            Some(tokio_rustls::TlsAcceptor::from(p.server)),
+            Some(p.renewal),
+        ),
+        None => (None, None),
+    };
     let server = tokio::spawn(crate::http::serve::serve(
         listener,
         router(state),
-        pki.map(|p| tokio_rustls::TlsAcceptor::from(p.server)),
+        acceptor,
         config.request_header_timeout,
         shutdown.clone(),
     ));
@@ -149,6 +156,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         "mube-apiserver ready"
     );
 
+    if let Some(renewal) = renewal {
+        tasks.push(tokio::spawn(renew_serving_certificate(
+            renewal,
+            shutdown.child_token(),
+        )));
+    }
     tasks.insert(0, server);
     mube_process::stop_on_signal(&shutdown, config.shutdown_timeout, tasks).await;
     if let Some(audit) = &audit {
@@ -157,4 +170,22 @@ pub async fn run(config: Config) -> Result<(), String> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every hour, renews the serving certificate if it is due (or reads the
+/// user's files again); a failure is logged and tried again next hour.
+async fn renew_serving_certificate(renewal: crate::pki::Renewal, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+        match tokio::task::block_in_place(|| renewal.check()) {
+            Ok(true) => tracing::info!("serving a renewed certificate"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the serving certificate; trying again in an hour")
+            }
+        }
+    }
 }
