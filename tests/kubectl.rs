@@ -1028,6 +1028,19 @@ async fn configmaps_are_served_like_any_kind() {
             .code,
         404
     );
+
+    // kubectl's generators send protobuf; the server reads it.
+    assert!(k
+        .ok(&["create", "configmap", "lit", "--from-literal=k=v"])
+        .contains("configmap/lit created"));
+    assert!(k
+        .ok(&["create", "secret", "generic", "s", "--from-literal=p=q"])
+        .contains("secret/s created"));
+    let cm = api.get("/api/v1/namespaces/default/configmaps/lit").await;
+    assert_eq!(cm.body["data"]["k"], "v");
+    let secret = api.get("/api/v1/namespaces/default/secrets/s").await;
+    assert_eq!(secret.body["data"]["p"], "cQ==");
+    assert_eq!(secret.body["type"], "Opaque");
 }
 
 /// With TLS on, the kubeconfig the server writes points at https and
@@ -1082,10 +1095,16 @@ async fn auth_whoami_and_can_i_answer_for_the_caller() {
     let (code, out, _) =
         k.run(&[&["auth", "can-i", "list", "configmaps"][..], &as_viewer].concat());
     assert_eq!((code, out.trim()), (1, "no"));
-    let binding = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: viewers}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects: [{kind: Group, name: viewers, apiGroup: rbac.authorization.k8s.io}]\n";
-    let file = _server.dir.path().join("binding.yaml");
-    std::fs::write(&file, binding).unwrap();
-    k.ok(&["apply", "-f", file.to_str().unwrap()]);
+    // As users grant roles: kubectl's generator (sent as protobuf).
+    assert!(k
+        .ok(&[
+            "create",
+            "clusterrolebinding",
+            "viewers",
+            "--clusterrole=view",
+            "--group=viewers"
+        ])
+        .contains("clusterrolebinding.rbac.authorization.k8s.io/viewers created"));
     let (code, out, _) =
         k.run(&[&["auth", "can-i", "list", "configmaps"][..], &as_viewer].concat());
     assert_eq!((code, out.trim()), (0, "yes"));

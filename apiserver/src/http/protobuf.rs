@@ -1,10 +1,19 @@
 //! The few Kubernetes protobuf messages mube reads. kubectl sends some
-//! requests only as `application/vnd.kubernetes.protobuf` (the reviews of
-//! `kubectl auth can-i` and `whoami`); their fields are declared here for
-//! prost, by tag, from Kubernetes' `generated.proto`. mube answers in
+//! requests only as `application/vnd.kubernetes.protobuf`: the reviews of
+//! `kubectl auth can-i` and `whoami`, and the objects its `create`
+//! generators make (`create configmap|secret|role|rolebinding|
+//! clusterrole|clusterrolebinding`). Their fields are declared here for
+//! prost, by tag, from Kubernetes' `generated.proto` (no crate ships them
+//! without pulling every Kubernetes type in); each is turned into the JSON
+//! object the rest of the server works with. Fields mube does not declare
+//! are not read (kubectl's generators do not set them). mube answers in
 //! JSON, which clients accept whatever they sent.
 
+use std::collections::BTreeMap;
+
+use base64::Engine;
 use prost::Message;
+use serde_json::{json, Map, Value};
 
 /// Kubernetes' protobuf envelope: `k8s\0` and then an `Unknown`.
 const MAGIC: &[u8] = b"k8s\x00";
@@ -63,6 +72,236 @@ struct SelfSubjectAccessReviewSpec {
 struct SelfSubjectAccessReview {
     #[prost(message, optional, tag = "2")]
     spec: Option<SelfSubjectAccessReviewSpec>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ObjectMeta {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    generate_name: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    namespace: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    resource_version: Option<String>,
+    #[prost(btree_map = "string, string", tag = "11")]
+    labels: BTreeMap<String, String>,
+    #[prost(btree_map = "string, string", tag = "12")]
+    annotations: BTreeMap<String, String>,
+    #[prost(string, repeated, tag = "14")]
+    finalizers: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ConfigMap {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(btree_map = "string, string", tag = "2")]
+    data: BTreeMap<String, String>,
+    #[prost(btree_map = "string, bytes", tag = "3")]
+    binary_data: BTreeMap<String, Vec<u8>>,
+    #[prost(bool, optional, tag = "4")]
+    immutable: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Secret {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(btree_map = "string, bytes", tag = "2")]
+    data: BTreeMap<String, Vec<u8>>,
+    #[prost(string, optional, tag = "3")]
+    type_: Option<String>,
+    #[prost(btree_map = "string, string", tag = "4")]
+    string_data: BTreeMap<String, String>,
+    #[prost(bool, optional, tag = "5")]
+    immutable: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PolicyRule {
+    #[prost(string, repeated, tag = "1")]
+    verbs: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    api_groups: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    resources: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    resource_names: Vec<String>,
+    #[prost(string, repeated, tag = "5")]
+    non_resource_urls: Vec<String>,
+}
+
+/// Role and ClusterRole (whose aggregationRule, tag 3, mube does not serve).
+#[derive(Clone, PartialEq, Message)]
+struct Role {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, repeated, tag = "2")]
+    rules: Vec<PolicyRule>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Subject {
+    #[prost(string, optional, tag = "1")]
+    kind: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    api_group: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    namespace: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct RoleRef {
+    #[prost(string, optional, tag = "1")]
+    api_group: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    kind: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    name: Option<String>,
+}
+
+/// RoleBinding and ClusterRoleBinding.
+#[derive(Clone, PartialEq, Message)]
+struct Binding {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, repeated, tag = "2")]
+    subjects: Vec<Subject>,
+    #[prost(message, optional, tag = "3")]
+    role_ref: Option<RoleRef>,
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A JSON object of the entries of `map` (none: no field).
+fn object_of<V>(map: BTreeMap<String, V>, value: impl Fn(V) -> Value) -> Option<Value> {
+    (!map.is_empty()).then(|| {
+        Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, value(v)))
+                .collect::<Map<_, _>>(),
+        )
+    })
+}
+
+fn metadata(meta: Option<ObjectMeta>) -> Value {
+    let meta = meta.unwrap_or_default();
+    let mut out = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            out.insert(k.into(), v);
+        }
+    };
+    // Go leaves empty strings out of JSON (omitempty); so does this.
+    let text = |v: Option<String>| v.filter(|s| !s.is_empty()).map(Value::from);
+    put("name", text(meta.name));
+    put("generateName", text(meta.generate_name));
+    put("namespace", text(meta.namespace));
+    put("resourceVersion", text(meta.resource_version));
+    put("labels", object_of(meta.labels, Value::from));
+    put("annotations", object_of(meta.annotations, Value::from));
+    put(
+        "finalizers",
+        (!meta.finalizers.is_empty()).then(|| json!(meta.finalizers)),
+    );
+    Value::Object(out)
+}
+
+/// An object sent as protobuf, as JSON: the kinds kubectl's generators
+/// send. Any other kind is 415, as before.
+pub fn object_to_json(body: &[u8]) -> Result<Value, ProtobufError> {
+    let (api_version, kind, raw) = open(body).map_err(ProtobufError::Invalid)?;
+    let bad = |e: prost::DecodeError| ProtobufError::Invalid(format!("invalid {kind}: {e}"));
+    let mut object = match kind.as_str() {
+        "SelfSubjectAccessReview" | "SelfSubjectReview" => {
+            return review_to_json(body).map_err(ProtobufError::Invalid)
+        }
+        "ConfigMap" => {
+            let m = ConfigMap::decode(raw.as_slice()).map_err(bad)?;
+            json!({
+                "metadata": metadata(m.metadata),
+                "data": object_of(m.data, Value::from),
+                "binaryData": object_of(m.binary_data, |b| Value::from(base64(&b))),
+                "immutable": m.immutable,
+            })
+        }
+        "Secret" => {
+            let m = Secret::decode(raw.as_slice()).map_err(bad)?;
+            json!({
+                "metadata": metadata(m.metadata),
+                "data": object_of(m.data, |b| Value::from(base64(&b))),
+                "stringData": object_of(m.string_data, Value::from),
+                "type": m.type_,
+                "immutable": m.immutable,
+            })
+        }
+        "Role" | "ClusterRole" => {
+            let m = Role::decode(raw.as_slice()).map_err(bad)?;
+            let rules: Vec<Value> = m
+                .rules
+                .into_iter()
+                .map(|r| {
+                    let list = |v: Vec<String>| (!v.is_empty()).then(|| json!(v));
+                    json!({
+                        "verbs": r.verbs,
+                        "apiGroups": list(r.api_groups),
+                        "resources": list(r.resources),
+                        "resourceNames": list(r.resource_names),
+                        "nonResourceURLs": list(r.non_resource_urls),
+                    })
+                })
+                .collect();
+            json!({"metadata": metadata(m.metadata), "rules": rules})
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let m = Binding::decode(raw.as_slice()).map_err(bad)?;
+            let role = m.role_ref.unwrap_or_default();
+            let subjects: Vec<Value> = m
+                .subjects
+                .into_iter()
+                .map(|s| {
+                    json!({"kind": s.kind, "apiGroup": s.api_group.filter(|g| !g.is_empty()),
+                           "name": s.name, "namespace": s.namespace.filter(|n| !n.is_empty())})
+                })
+                .collect();
+            json!({
+                "metadata": metadata(m.metadata),
+                "subjects": subjects,
+                "roleRef": {"apiGroup": role.api_group, "kind": role.kind, "name": role.name},
+            })
+        }
+        other => return Err(ProtobufError::Unsupported(other.to_string())),
+    };
+    strip_nulls(&mut object);
+    object["apiVersion"] = Value::from(api_version);
+    object["kind"] = Value::from(kind);
+    Ok(object)
+}
+
+/// Optional fields not sent are absent, not null.
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// Why a protobuf body was not read.
+#[derive(Debug)]
+pub enum ProtobufError {
+    /// Not a Kubernetes protobuf object.
+    Invalid(String),
+    /// A kind mube does not read in protobuf.
+    Unsupported(String),
 }
 
 /// The object inside an envelope: (apiVersion, kind, message bytes).
@@ -131,5 +370,71 @@ mod tests {
         assert_eq!(json["spec"]["resourceAttributes"]["verb"], "delete");
         assert_eq!(json["kind"], "SelfSubjectAccessReview");
         assert!(review_to_json(b"garbage").is_err());
+    }
+
+    fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let mut body = MAGIC.to_vec();
+        body.extend(
+            Unknown {
+                type_meta: Some(TypeMeta {
+                    api_version: Some(api_version.into()),
+                    kind: Some(kind.into()),
+                }),
+                raw: Some(raw),
+            }
+            .encode_to_vec(),
+        );
+        body
+    }
+
+    #[test]
+    fn reads_what_kubectl_create_sends() {
+        let binding = Binding {
+            metadata: Some(ObjectMeta {
+                name: Some("viewers".into()),
+                ..Default::default()
+            }),
+            subjects: vec![Subject {
+                kind: Some("User".into()),
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                name: Some("bob".into()),
+                namespace: None,
+            }],
+            role_ref: Some(RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("ClusterRole".into()),
+                name: Some("view".into()),
+            }),
+        };
+        let json = object_to_json(&envelope(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            binding.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            json,
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "viewers"},
+                   "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "bob"}],
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}})
+        );
+        let cm = ConfigMap {
+            metadata: Some(ObjectMeta {
+                name: Some("c".into()),
+                ..Default::default()
+            }),
+            data: [("k".to_string(), "v".to_string())].into(),
+            binary_data: [("b".to_string(), vec![0u8, 1])].into(),
+            immutable: None,
+        };
+        let json = object_to_json(&envelope("v1", "ConfigMap", cm.encode_to_vec())).unwrap();
+        assert_eq!(json["data"]["k"], "v");
+        assert_eq!(json["binaryData"]["b"], "AAE=");
+        assert!(json.get("immutable").is_none());
+        assert!(matches!(
+            object_to_json(&envelope("v1", "Pod", vec![])),
+            Err(ProtobufError::Unsupported(_))
+        ));
     }
 }

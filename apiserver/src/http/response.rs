@@ -61,15 +61,25 @@ pub async fn read_object(headers: &HeaderMap, body: Body) -> Result<Value, ApiEr
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    let unsupported = |what: &str| {
+        ApiError::new(
+            Reason::UnsupportedMediaType,
+            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {what:?})"),
+        )
+    };
     let yaml = match media.as_str() {
         "application/json" | "" => false,
         "application/yaml" | "application/x-yaml" | "text/yaml" => true,
-        other => {
-            return Err(ApiError::new(
-                Reason::UnsupportedMediaType,
-                format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other:?})"),
-            ))
+        "application/vnd.kubernetes.protobuf" => {
+            let bytes = read_body(body).await?;
+            return super::protobuf::object_to_json(&bytes).map_err(|e| match e {
+                super::protobuf::ProtobufError::Invalid(m) => ApiError::bad_request(m),
+                super::protobuf::ProtobufError::Unsupported(kind) => {
+                    unsupported(&format!("application/vnd.kubernetes.protobuf for {kind}"))
+                }
+            });
         }
+        other => return Err(unsupported(other)),
     };
     let bytes = read_body(body).await?;
     if yaml {

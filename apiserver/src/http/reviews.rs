@@ -89,16 +89,7 @@ pub async fn serve(
             ),
         ));
     }
-    let protobuf = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/vnd.kubernetes.protobuf"));
-    let object = if protobuf {
-        let bytes = super::response::read_body(body).await?;
-        super::protobuf::review_to_json(&bytes).map_err(ApiError::bad_request)?
-    } else {
-        read_object(headers, body).await?
-    };
+    let object = read_object(headers, body).await?;
     let answer = match review.plural {
         "selfsubjectaccessreviews" => access_review(state, user, object).await?,
         _ => json!({
