@@ -33,16 +33,23 @@ struct Cli {
     scenario: Scenario,
 }
 
+/// A closed-loop heartbeat load: C connections for N nodes, for a time.
+#[derive(clap::Args, Debug, Clone)]
+struct LoadArgs {
+    #[arg(long, default_value_t = 10_000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value = "10s")]
+    duration: String,
+}
+
 #[derive(Subcommand, Debug, Clone)]
 enum Scenario {
     /// C connections posting heartbeats for N nodes as fast as they are answered.
     Heartbeat {
-        #[arg(long, default_value_t = 10_000)]
-        nodes: usize,
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        #[arg(long, default_value = "10s")]
-        duration: String,
+        #[command(flatten)]
+        load: LoadArgs,
         /// secure: HTTPS, each node with its own token, Node,RBAC (the
         /// server's defaults); plain: HTTP, no authorization.
         #[arg(long, value_enum, default_value = "secure")]
@@ -52,12 +59,8 @@ enum Scenario {
     /// without authorization, in one run; and what RBAC with 1,000
     /// bindings adds to a read's p99.
     Security {
-        #[arg(long, default_value_t = 10_000)]
-        nodes: usize,
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        #[arg(long, default_value = "10s")]
-        duration: String,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// N nodes each heartbeating every interval, with W watchers on nodes and leases.
     Paced {
@@ -104,12 +107,8 @@ enum Scenario {
     /// The heartbeat-shaped durable write load against mube and against etcd, in one run
     /// (and against a bare HTTP endpoint that only parses the body: the machine's ceiling).
     Etcd {
-        #[arg(long, default_value_t = 10_000)]
-        nodes: usize,
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        #[arg(long, default_value = "10s")]
-        duration: String,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// kill -9 at random moments under writers, watchers and listers, restart,
     /// and check acknowledged writes, resourceVersions and watches (see crash.rs).
@@ -571,27 +570,14 @@ async fn run(cli: Cli) -> Result<Report, String> {
     let bin = cli.apiserver.unwrap_or_else(default_apiserver);
     let mut report = Report::default();
     match cli.scenario {
-        Scenario::Heartbeat {
-            nodes,
-            connections,
-            duration: d,
-            security,
-        } => {
-            heartbeat(
-                &bin,
-                nodes,
-                connections,
-                duration(&d)?,
-                security,
-                &mut report,
-            )
-            .await?
+        Scenario::Heartbeat { load, security } => {
+            let d = duration(&load.duration)?;
+            heartbeat(&bin, load.nodes, load.connections, d, security, &mut report).await?
         }
-        Scenario::Security {
-            nodes,
-            connections,
-            duration: d,
-        } => security::run(&bin, nodes, connections, duration(&d)?, &mut report).await?,
+        Scenario::Security { load } => {
+            let d = duration(&load.duration)?;
+            security::run(&bin, load.nodes, load.connections, d, &mut report).await?
+        }
         Scenario::Paced {
             nodes,
             interval,
@@ -632,11 +618,10 @@ async fn run(cli: Cli) -> Result<Report, String> {
             .await?
         }
         Scenario::Restart { nodes, writes } => restart(&bin, nodes, writes, &mut report).await?,
-        Scenario::Etcd {
-            nodes,
-            connections,
-            duration: d,
-        } => versus_etcd(&bin, nodes, connections, duration(&d)?, &mut report).await?,
+        Scenario::Etcd { load } => {
+            let d = duration(&load.duration)?;
+            versus_etcd(&bin, load.nodes, load.connections, d, &mut report).await?
+        }
         Scenario::Crash {
             cycles,
             writers,
