@@ -87,6 +87,28 @@ async fn nothing_unauthenticated_gets_in_but_health_and_version() {
     for path in ["/healthz", "/livez", "/readyz", "/version"] {
         assert_eq!(anonymous.get(path).await.code, 200, "{path}");
     }
+    // Malformed, unknown, join-token-shaped and huge tokens, and bytes
+    // that are not text: 401 each, and the server stays up.
+    let long = format!("Bearer {}", "x".repeat(16 * 1024));
+    let cases: Vec<reqwest::header::HeaderValue> = vec![
+        "Bearer ".parse().unwrap(),
+        "Bearer abcdef.0123456789abcdef".parse().unwrap(),
+        "Bearer not-a-token".parse().unwrap(),
+        "Basic YWRtaW46YWRtaW4=".parse().unwrap(),
+        long.parse().unwrap(),
+        reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+    ];
+    let http = server.client_as(None, None);
+    for value in cases {
+        let r = http
+            .get(format!("{}/api/v1/nodes", server.url()))
+            .header(reqwest::header::AUTHORIZATION, value.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{value:?}");
+    }
+    assert_eq!(anonymous.get("/readyz").await.code, 200);
     // The admin of the written kubeconfig may do anything.
     let admin = Api::new(&server);
     let created = admin
