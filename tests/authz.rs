@@ -513,6 +513,15 @@ async fn no_one_grants_what_they_do_not_hold_or_forges_who_asked() {
     let admin = Api::new(&server);
     let lead = admin.with(server.client_as(None, Some("lead-token")));
     let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    for ns in ["team", "other"] {
+        let made = admin
+            .post(
+                "/api/v1/namespaces",
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )
+            .await;
+        assert_eq!(made.code, 201, "{}", made.body);
+    }
     // The lead administers namespace team, and may write CSRs (to try forging one).
     let made = admin
         .post(

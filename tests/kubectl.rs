@@ -121,6 +121,7 @@ async fn discovery_lists_exactly_what_mube_serves() {
         vec!["configmaps", "cm", "v1", "true", "ConfigMap"],
         vec!["events", "ev", "v1", "true", "Event"],
         vec!["leases", "coordination.k8s.io/v1", "true", "Lease"],
+        vec!["namespaces", "ns", "v1", "false", "Namespace"],
         vec!["nodes", "no", "v1", "false", "Node"],
         vec!["pods", "po", "v1", "true", "Pod"],
         vec!["rolebindings", rbac, "true", "RoleBinding"],
@@ -1120,4 +1121,73 @@ async fn auth_whoami_and_can_i_answer_for_the_caller() {
     let who = k.ok(&[&["auth", "whoami", "-o", "json"][..], &as_viewer].concat());
     let who: Value = serde_json::from_str(&who).unwrap();
     assert_eq!(who["status"]["userInfo"]["username"], "viewer");
+}
+
+/// Namespaces as Kubernetes has them: the system ones, 404 for content in
+/// a missing one, and deleting one deletes what it holds.
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn namespaces_hold_their_objects_and_go_with_them() {
+    let (_server, api, k) = cluster(&["node-a"], "60s").await;
+    let names: Vec<String> = table(&k.ok(&["get", "namespaces"]))[1..]
+        .iter()
+        .map(|r| format!("{} {}", r[0], r[1]))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "default Active",
+            "kube-node-lease Active",
+            "kube-public Active",
+            "kube-system Active"
+        ]
+    );
+    let (code, _, err) = k.run(&[
+        "create",
+        "configmap",
+        "c",
+        "-n",
+        "nope",
+        "--from-literal=a=b",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+    assert!(k
+        .ok(&["create", "namespace", "team"])
+        .contains("namespace/team created"));
+    k.ok(&[
+        "create",
+        "configmap",
+        "c",
+        "-n",
+        "team",
+        "--from-literal=a=b",
+    ]);
+    k.ok(&[
+        "create",
+        "role",
+        "r",
+        "-n",
+        "team",
+        "--verb=get",
+        "--resource=pods",
+    ]);
+    // kubectl waits until the namespace is gone, content first.
+    assert!(k
+        .ok(&["delete", "namespace", "team", "--timeout=10s"])
+        .contains("namespace \"team\" deleted"));
+    assert_eq!(api.get("/api/v1/namespaces/team").await.code, 404);
+    assert_eq!(
+        api.get("/api/v1/namespaces/team/configmaps/c").await.code,
+        404
+    );
+    assert_eq!(
+        api.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles/r")
+            .await
+            .code,
+        404
+    );
+    let (code, _, err) = k.run(&["delete", "namespace", "default"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("this namespace may not be deleted"), "{err}");
 }

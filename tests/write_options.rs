@@ -454,6 +454,15 @@ async fn delete_collection_removes_exactly_what_the_selectors_match() {
     assert_eq!(names(&api.get(NODES).await.body), Vec::<String>::new());
 
     // A namespaced kind: within one namespace; never across all of them.
+    for ns in ["team-a", "team-b"] {
+        let made = api
+            .post(
+                "/api/v1/namespaces",
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )
+            .await;
+        assert_eq!(made.code, 201, "{:?}", made.body);
+    }
     for (ns, name) in [("team-a", "l1"), ("team-a", "l2"), ("team-b", "l1")] {
         let reply = api
             .post(

@@ -56,6 +56,16 @@ pub const EVENTS: ResourceInfo = ResourceInfo {
     namespaced: true,
 };
 
+pub const NAMESPACES: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    singular: "namespace",
+    short_names: &["ns"],
+    namespaced: false,
+};
+
 pub const SECRETS: ResourceInfo = ResourceInfo {
     group: "",
     version: "v1",

@@ -23,6 +23,26 @@ fn is_lower_alnum(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit()
 }
 
+/// RFC 1123 label: the rule for Namespace names (at most 63 characters,
+/// no dots).
+pub fn dns1123_label(value: &str) -> Result<(), String> {
+    const MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
+    if value.len() > 63 {
+        return Err(format!(
+            "Invalid value: {value:?}: must be no more than 63 characters"
+        ));
+    }
+    let ok = !value.is_empty()
+        && value.chars().all(|c| is_lower_alnum(c) || c == '-')
+        && value.starts_with(is_lower_alnum)
+        && value.ends_with(is_lower_alnum);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("Invalid value: {value:?}: {MSG}"))
+    }
+}
+
 /// RFC 1123 subdomain: the rule for Node and Lease names.
 pub fn dns1123_subdomain(value: &str) -> Result<(), String> {
     const MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";

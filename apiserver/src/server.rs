@@ -32,6 +32,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let store: Arc<dyn Store> = Arc::new(store);
     let registry = Arc::new(Registry::standard(store.clone()));
+    crate::registry::ensure_system_namespaces(&registry)
+        .await
+        .map_err(|e| format!("creating the system namespaces: {e}"))?;
     nodes::register_from_config(&registry, &config.nodes)
         .await
         .map_err(|e| format!("registering the nodes from the config: {e}"))?;
@@ -122,7 +125,13 @@ pub async fn run(config: Config) -> Result<(), String> {
         config.notready_timeout,
     );
     let controller = tokio::spawn(controller.run(shutdown.child_token()));
-    let mut tasks = vec![controller];
+    let namespaces = crate::controllers::namespace::NamespaceController::new(Arc::new(
+        LocalClient::new(registry.clone()),
+    ));
+    let mut tasks = vec![
+        controller,
+        tokio::spawn(namespaces.run(shutdown.child_token())),
+    ];
     if let Some(signer) = pki.as_ref().and_then(|p| p.signer.clone()) {
         let csr = crate::controllers::csr_signer::CsrSigner::new(
             Arc::new(LocalClient::new(registry.clone())),

@@ -68,6 +68,9 @@ pub trait ApiClient: Send + Sync {
         namespace: Option<&str>,
         object: Value,
     ) -> Result<Value, ApiError>;
+
+    /// Every namespaced kind the server serves (its discovery).
+    fn namespaced_kinds(&self) -> Vec<&'static ResourceInfo>;
 }
 
 /// The in-process client.
@@ -83,6 +86,15 @@ impl LocalClient {
 
 #[async_trait]
 impl ApiClient for LocalClient {
+    fn namespaced_kinds(&self) -> Vec<&'static ResourceInfo> {
+        self.registry
+            .resources()
+            .iter()
+            .filter(|r| r.namespaced)
+            .map(|r| r.info)
+            .collect()
+    }
+
     async fn list(
         &self,
         kind: &ResourceInfo,

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod csr_signer;
+pub mod namespace;
 pub mod node_lifecycle;

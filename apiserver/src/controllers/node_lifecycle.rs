@@ -523,6 +523,10 @@ mod tests {
 
     #[async_trait]
     impl ApiClient for FakeApi {
+        fn namespaced_kinds(&self) -> Vec<&'static ResourceInfo> {
+            Vec::new()
+        }
+
         async fn list(
             &self,
             kind: &ResourceInfo,

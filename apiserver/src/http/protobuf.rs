@@ -1,7 +1,7 @@
 //! The few Kubernetes protobuf messages mube reads. kubectl sends some
 //! requests only as `application/vnd.kubernetes.protobuf`: the reviews of
 //! `kubectl auth can-i` and `whoami`, and the objects its `create`
-//! generators make (`create configmap|secret|role|rolebinding|
+//! generators make (`create namespace|configmap|secret|role|rolebinding|
 //! clusterrole|clusterrolebinding`). Their fields are declared here for
 //! prost, by tag, from Kubernetes' `generated.proto` (no crate ships them
 //! without pulling every Kubernetes type in); each is turned into the JSON
@@ -118,6 +118,13 @@ struct Secret {
     immutable: Option<bool>,
 }
 
+/// Namespace (its spec and status are the server's to set).
+#[derive(Clone, PartialEq, Message)]
+struct Namespace {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+}
+
 #[derive(Clone, PartialEq, Message)]
 struct PolicyRule {
     #[prost(string, repeated, tag = "1")]
@@ -220,6 +227,10 @@ pub fn object_to_json(body: &[u8]) -> Result<Value, ProtobufError> {
     let mut object = match kind.as_str() {
         "SelfSubjectAccessReview" | "SelfSubjectReview" => {
             return review_to_json(body).map_err(ProtobufError::Invalid)
+        }
+        "Namespace" => {
+            let m = Namespace::decode(raw.as_slice()).map_err(bad)?;
+            json!({"metadata": metadata(m.metadata)})
         }
         "ConfigMap" => {
             let m = ConfigMap::decode(raw.as_slice()).map_err(bad)?;

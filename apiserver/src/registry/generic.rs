@@ -224,6 +224,10 @@ impl Registry {
             }
         }
         set_namespace(r, meta, namespace)?;
+        if r.namespaced {
+            self.admit_into_namespace(namespace.unwrap_or_default())
+                .await?;
+        }
         let now = Timestamp::now();
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), time(now));
@@ -507,9 +511,104 @@ impl Registry {
         ))
     }
 
+    /// A namespaced object may be created only in a namespace that exists
+    /// and is not being deleted, as in Kubernetes.
+    async fn admit_into_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        let namespaces = self.resource(&mube_apis::resources::NAMESPACES)?;
+        let Some(stored) = self.store.get(&namespaces.key(None, namespace)).await? else {
+            return Err(ApiError::not_found(&namespaces, namespace));
+        };
+        let object = stored.value()?;
+        if object.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::new(
+                Reason::Forbidden,
+                format!("unable to create new content in namespace {namespace} because it is being terminated"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether nothing of any namespaced kind is left in `namespace`.
+    pub async fn namespace_is_empty(&self, namespace: &str) -> Result<bool, ApiError> {
+        for r in self.resources.iter().filter(|r| r.namespaced) {
+            let list = self
+                .store
+                .list(&r.prefix(Some(namespace)), ReadAt::Newest)
+                .await?;
+            if !list.items.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// DELETE of a kind that `terminates` (a Namespace): the first marks
+    /// it Terminating; once it holds nothing, a delete removes it.
+    async fn terminate(
+        &self,
+        r: &Resource,
+        name: &str,
+        preconditions: &Preconditions,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
+        if super::namespace::SYSTEM.contains(&name) {
+            return Err(ApiError::from(mube_apis::status::failure_for(
+                Reason::Forbidden,
+                format!(
+                    "{} \"{name}\" is forbidden: this namespace may not be deleted",
+                    r.plural
+                ),
+                r.group,
+                r.plural,
+                name,
+                vec![],
+            )));
+        }
+        let current = self.get(r, None, name).await?;
+        preconditions
+            .check(&current)
+            .map_err(|e| ApiError::from_store(e, r, name))?;
+        if current
+            .value()?
+            .pointer("/metadata/deletionTimestamp")
+            .is_none()
+        {
+            let now = time(Timestamp::now());
+            let manager = Manager {
+                name: managed::APISERVER,
+                part: Part::Main,
+            };
+            return self
+                .modify_in(
+                    self.store_for(dry_run),
+                    r,
+                    None,
+                    name,
+                    Some(Recording::Server(&manager)),
+                    |_, mut object| {
+                        object["metadata"]["deletionTimestamp"] = now.clone();
+                        object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                        object["status"] = json!({"phase": "Terminating"});
+                        Ok(Some(object))
+                    },
+                )
+                .await;
+        }
+        if !self.namespace_is_empty(name).await? {
+            return Ok(current);
+        }
+        let removed = self
+            .store_for(dry_run)
+            .delete(&r.key(None, name), preconditions)
+            .await
+            .map_err(|e| ApiError::from_store(e, r, name))?;
+        self.wrote(r);
+        Ok(removed)
+    }
+
     /// DELETE. The preconditions (uid, resourceVersion) are checked by the
-    /// store atomically with the removal. Every kind mube serves today is
-    /// removed at once (none has graceful deletion or finalizers yet).
+    /// store atomically with the removal. Objects are removed at once, but
+    /// for kinds that `terminate` (Namespaces).
     pub async fn delete(
         &self,
         r: &Resource,
@@ -518,6 +617,9 @@ impl Registry {
         preconditions: &Preconditions,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
+        if r.strategy.terminates() {
+            return self.terminate(r, name, preconditions, dry_run).await;
+        }
         let deleted = self
             .store_for(dry_run)
             .delete(&r.key(namespace, name), preconditions)
@@ -542,6 +644,20 @@ impl Registry {
         dry_run: DryRun,
     ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
         let (items, revision) = self.list(r, namespace, filter, ReadAt::Newest).await?;
+        if r.strategy.terminates() {
+            let mut marked = Vec::with_capacity(items.len());
+            for item in items {
+                let name = item.key.rsplit('/').next().unwrap_or_default();
+                match self.terminate(r, name, preconditions, dry_run).await {
+                    Ok(object) => marked.push(object),
+                    Err(e) if e.is_not_found() => {}
+                    // The system namespaces stay; the others go on.
+                    Err(e) if e.code() == 403 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok((marked, revision));
+        }
         let store = self.store_for(dry_run);
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {

@@ -42,7 +42,7 @@ macro_rules! kinds {
     };
 }
 
-kinds!(node, lease, pod, event, configmap, secret, csr;
+kinds!(namespace, node, lease, pod, event, configmap, secret, csr;
     rbac::role, rbac::cluster_role, rbac::role_binding, rbac::cluster_role_binding);
 pub mod rbac;
 
@@ -60,6 +60,7 @@ pub use filter::Filter;
 pub use generic::Registry;
 pub use managed::Manager;
 pub use meta::parse_resource_version;
+pub use namespace::ensure_system_namespaces;
 
 /// A kind's declaration: its names (shared with clients through
 /// `mube_apis::resources`) and its hooks.
@@ -126,6 +127,13 @@ pub trait Strategy: Send + Sync {
     /// On a client's create: record who asked, for kinds that keep it
     /// (a CertificateSigningRequest's `spec.username`).
     fn set_requester(&self, _object: &mut Value, _user: &crate::auth::UserInfo) {}
+
+    /// Whether a delete only marks the object `Terminating` (with
+    /// `deletionTimestamp`), and removes it once nothing lives in it (a
+    /// Namespace, emptied by the namespace controller).
+    fn terminates(&self) -> bool {
+        false
+    }
 
     /// Whether the kind has a status subresource (`/status`).
     fn status_subresource(&self) -> bool {
