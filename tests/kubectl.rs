@@ -1191,3 +1191,82 @@ async fn namespaces_hold_their_objects_and_go_with_them() {
     assert_ne!(code, 0);
     assert!(err.contains("this namespace may not be deleted"), "{err}");
 }
+
+/// Pods: what `kubectl run` sends is accepted with Kubernetes' defaults, a
+/// field mube does not run is refused by name, and a pod is bound once.
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn pods_are_validated_defaulted_and_bound_once() {
+    let (server, api, k) = cluster(&["node-a"], "60s").await;
+    assert!(k
+        .ok(&[
+            "run",
+            "hello",
+            "--image=mube.local/busybox",
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            "echo hi"
+        ])
+        .contains("pod/hello created"));
+    let pod = api.get("/api/v1/namespaces/default/pods/hello").await.body;
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
+    assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    let rows = table(&k.ok(&["get", "pods", "-o", "wide"]));
+    assert_eq!(rows[1][..3], ["hello", "0/1", "Pending"]);
+    assert_eq!(rows[1][6], "<none>", "not bound yet: {rows:?}");
+
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "hello"},
+                         "target": {"kind": "Node", "name": "node-a"}});
+    let bound = api
+        .post("/api/v1/namespaces/default/pods/hello/binding", &binding)
+        .await;
+    assert_eq!(bound.code, 201, "{}", bound.body);
+    assert_eq!(bound.body["status"], "Success");
+    let again = api
+        .post("/api/v1/namespaces/default/pods/hello/binding", &binding)
+        .await;
+    assert_eq!(again.code, 409, "{}", again.body);
+    assert_eq!(
+        again.body["message"],
+        "Operation cannot be fulfilled on pods/binding \"hello\": pod hello is already assigned to node \"node-a\""
+    );
+    let rows = table(&k.ok(&["get", "pods", "-o", "wide"]));
+    assert_eq!(rows[1][6], "node-a");
+    let pod = api.get("/api/v1/namespaces/default/pods/hello").await.body;
+    assert_eq!(pod["status"]["conditions"][0]["type"], "PodScheduled");
+    let (code, _, err) = k.run(&[
+        "patch",
+        "pod",
+        "hello",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"nodeName":"elsewhere"}}"#,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("spec.nodeName: Forbidden: pod is already assigned to node \"node-a\""),
+        "{err}"
+    );
+
+    let file = server.dir.path().join("pod.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: v}\nspec:\n  volumes: [{name: d, emptyDir: {}}]\n  containers: [{name: c, image: i, volumeMounts: [{name: d, mountPath: /d}]}]\n",
+    )
+    .unwrap();
+    let (code, _, err) = k.run(&["create", "-f", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("spec.volumes: Forbidden: not supported by mube"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.containers[0].volumeMounts: Forbidden: not supported by mube"),
+        "{err}"
+    );
+    assert_eq!(api.get("/api/v1/namespaces/default/pods/v").await.code, 404);
+}

@@ -208,6 +208,80 @@ fn admit_create(
     })
 }
 
+/// `POST .../pods/{name}/binding`: assigns the pod to the Binding's
+/// target node, once (a second binding is 409), and marks it scheduled;
+/// answered as Kubernetes does, `201` with a success Status.
+async fn bind(
+    state: &AppState,
+    pods: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    binding: Value,
+    dry_run: DryRun,
+) -> Result<Response, ApiError> {
+    use k8s_openapi::api::core::v1::Binding;
+    let binding: Binding = serde_json::from_value(binding)
+        .map_err(|e| ApiError::bad_request(format!("invalid Binding: {e}")))?;
+    let node = binding.target.name.clone().unwrap_or_default();
+    let kind = binding.target.kind.as_deref().unwrap_or("Node");
+    if node.is_empty() || kind != "Node" {
+        return Err(ApiError::new(
+            Reason::Invalid,
+            format!("Binding.core \"{name}\" is invalid: target: Invalid value: a Binding's target must name a Node"),
+        ));
+    }
+    if binding.metadata.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(
+            "the name of the Binding does not match the name of the pod in the URL",
+        ));
+    }
+    let manager = crate::registry::Manager {
+        name: crate::registry::managed::SCHEDULER,
+        part: Part::Main,
+    };
+    let now = crate::registry::now_time();
+    state
+        .registry
+        .bind(pods, ns, name, &manager, dry_run, |_current, mut pod| {
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(ApiError::new(
+                    Reason::Conflict,
+                    format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"),
+                ));
+            }
+            let assigned = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            if !assigned.is_empty() {
+                return Err(ApiError::new(
+                    Reason::Conflict,
+                    format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""),
+                ));
+            }
+            if let Some(uid) = binding.metadata.uid.as_deref() {
+                if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                    return Err(ApiError::new(
+                        Reason::Conflict,
+                        format!("Operation cannot be fulfilled on pods/binding \"{name}\": the UID in the precondition does not match the pod's"),
+                    ));
+                }
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            let conditions = pod["status"]
+                .as_object_mut()
+                .map(|st| st.entry("conditions").or_insert_with(|| json!([])));
+            if let Some(Value::Array(list)) = conditions {
+                list.retain(|c| c["type"] != "PodScheduled");
+                list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+            }
+            Ok(Some(pod))
+        })
+        .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+            .to_string(),
+    ))
+}
+
 /// Whether writes of `r` are checked for RBAC escalation.
 fn is_rbac(state: &AppState, r: &Resource) -> bool {
     r.group == "rbac.authorization.k8s.io" && !state.authz.allows_all()
@@ -475,6 +549,14 @@ async fn serve(
                 _ => Err(method_not_allowed(&method, &format!("{}/{name}", r.plural))),
             }
         }
+        (Some(name), Some("binding")) if r.kind == "Pod" => match method {
+            Method::POST => {
+                let dry_run = options::dry_run(query, "CreateOptions")?;
+                let binding = read_object(&headers, body).await?;
+                bind(&state, &r, ns, name, binding, dry_run).await
+            }
+            _ => Err(method_not_allowed(&method, &format!("pods/{name}/binding"))),
+        },
         (Some(name), Some(sub)) => Err(not_found_path(&format!("{}/{name}/{sub}", r.plural))),
     }
 }

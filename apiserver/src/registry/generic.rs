@@ -314,6 +314,28 @@ impl Registry {
         .await
     }
 
+    /// A binding's write (`pods/binding`): `change` as in `modify`, through
+    /// the dry-run store when asked.
+    pub async fn bind(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        manager: &Manager<'_>,
+        dry_run: DryRun,
+        change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
+    ) -> Result<StoredObject, ApiError> {
+        self.modify_in(
+            self.store_for(dry_run),
+            r,
+            namespace,
+            name,
+            Some(Recording::Server(manager)),
+            change,
+        )
+        .await
+    }
+
     /// `modify` through `store`: the real one, or the dry-run one.
     /// `recording` says how the change goes into managedFields; `None`:
     /// `change` has set them (an apply).

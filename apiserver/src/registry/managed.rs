@@ -22,6 +22,8 @@ use crate::error::ApiError;
 pub const APISERVER: &str = "mube-apiserver";
 pub const MUBELET: &str = "mubelet";
 pub const CONTROLLER_MANAGER: &str = "mube-controller-manager";
+/// Who binds pods (`pods/binding`), as Kubernetes' scheduler.
+pub const SCHEDULER: &str = "default-scheduler";
 
 /// Who writes: the `fieldManager` of a request, or a component's own name.
 #[derive(Debug, Clone, Copy)]

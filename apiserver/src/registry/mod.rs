@@ -62,6 +62,11 @@ pub use managed::Manager;
 pub use meta::parse_resource_version;
 pub use namespace::ensure_system_namespaces;
 
+/// The time now, as a Kubernetes `Time` in JSON.
+pub fn now_time() -> Value {
+    meta::time(Timestamp::now())
+}
+
 /// A kind's declaration: its names (shared with clients through
 /// `mube_apis::resources`) and its hooks.
 pub struct Resource {

@@ -1,10 +1,12 @@
-//! Core `v1` Pod. Stored and served like any kind so that clients that ask
-//! about pods (`kubectl describe node` lists the pods on a node) get correct
-//! answers; running them is the node agent's next capability.
+//! Core `v1` Pod, with the fields mube runs: a field it does not support
+//! is refused (422), never silently ignored. A pod is bound to a node once
+//! (`pods/binding`, or its `spec.nodeName`), and its spec does not change
+//! after, but for container images, as Kubernetes allows.
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use mube_apis::table::Column;
+use mube_apis::validation::FieldError;
 use serde_json::{json, Value};
 
 use super::{age_of, name_of, string_at, Resource, Strategy, TableConvertor, Typed, TypedAs};
@@ -19,9 +21,180 @@ pub fn resource() -> Resource {
 
 struct PodStrategy;
 
+/// The pod spec fields mube supports. `dnsPolicy` is kept as Kubernetes
+/// treats it without cluster DNS: `ClusterFirst` resolves as `Default`.
+const SPEC_FIELDS: &[&str] = &[
+    "containers",
+    "restartPolicy",
+    "nodeSelector",
+    "tolerations",
+    "terminationGracePeriodSeconds",
+    "hostNetwork",
+    "nodeName",
+    "schedulerName",
+    "dnsPolicy",
+];
+
+/// The container fields mube supports.
+const CONTAINER_FIELDS: &[&str] = &[
+    "name",
+    "image",
+    "command",
+    "args",
+    "env",
+    "ports",
+    "resources",
+    "imagePullPolicy",
+];
+
+fn unsupported(field: String) -> FieldError {
+    FieldError::new(field, "Forbidden: not supported by mube")
+}
+
+/// `Always` for an image without a tag or tagged `latest`, else
+/// `IfNotPresent`, as Kubernetes defaults it.
+fn default_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let tagged = last.contains(':') && !last.ends_with(":latest");
+    if tagged || image.contains('@') {
+        "IfNotPresent"
+    } else {
+        "Always"
+    }
+}
+
 impl Strategy for PodStrategy {
     fn typed(&self) -> &'static dyn Typed {
         &TypedAs::<Pod>::NEW
+    }
+
+    /// Kubernetes' defaults for what mube supports, and phase Pending.
+    fn prepare_for_create(&self, object: &mut Value, _now: Timestamp) {
+        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+            for (field, default) in [
+                ("restartPolicy", json!("Always")),
+                ("terminationGracePeriodSeconds", json!(30)),
+                ("dnsPolicy", json!("ClusterFirst")),
+                ("schedulerName", json!("default-scheduler")),
+            ] {
+                spec.entry(field).or_insert(default);
+            }
+            if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
+                for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+                    c.entry("imagePullPolicy")
+                        .or_insert(json!(default_pull_policy(&image)));
+                }
+            }
+        }
+        if let Some(obj) = object.as_object_mut() {
+            obj.insert("status".into(), json!({"phase": "Pending"}));
+        }
+    }
+
+    /// The supported fields only, with the values mube can act on.
+    fn validate(&self, object: &Value) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let Some(spec) = object.get("spec").and_then(Value::as_object) else {
+            return vec![FieldError::new("spec.containers", "Required value")];
+        };
+        for field in spec.keys().filter(|k| !SPEC_FIELDS.contains(&k.as_str())) {
+            errors.push(unsupported(format!("spec.{field}")));
+        }
+        let containers = spec.get("containers").and_then(Value::as_array);
+        if containers.is_none_or(Vec::is_empty) {
+            errors.push(FieldError::new("spec.containers", "Required value"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in containers.into_iter().flatten().enumerate() {
+            let at = |f: &str| format!("spec.containers[{i}].{f}");
+            let Some(c) = c.as_object() else { continue };
+            for field in c.keys().filter(|k| !CONTAINER_FIELDS.contains(&k.as_str())) {
+                errors.push(unsupported(at(field)));
+            }
+            match c.get("name").and_then(Value::as_str).unwrap_or("") {
+                "" => errors.push(FieldError::new(at("name"), "Required value")),
+                name => {
+                    if let Err(m) = mube_apis::validation::dns1123_label(name) {
+                        errors.push(FieldError::new(at("name"), m));
+                    }
+                    if !names.insert(name.to_string()) {
+                        errors.push(FieldError::new(at("name"), format!("Duplicate value: {name:?}")));
+                    }
+                }
+            }
+            if c.get("image").and_then(Value::as_str).unwrap_or("").trim().is_empty() {
+                errors.push(FieldError::new(at("image"), "Required value"));
+            }
+            if let Some(p) = c.get("imagePullPolicy").and_then(Value::as_str) {
+                if !matches!(p, "Always" | "IfNotPresent" | "Never") {
+                    errors.push(FieldError::new(
+                        at("imagePullPolicy"),
+                        format!("Unsupported value: {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+                    ));
+                }
+            }
+        }
+        let text = |f: &str| spec.get(f).and_then(Value::as_str);
+        if let Some(p) = text("restartPolicy") {
+            if !matches!(p, "Always" | "OnFailure" | "Never") {
+                errors.push(FieldError::new(
+                    "spec.restartPolicy",
+                    format!("Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+                ));
+            }
+        }
+        if let Some(p) = text("dnsPolicy") {
+            if !matches!(p, "ClusterFirst" | "Default") {
+                errors.push(FieldError::new(
+                    "spec.dnsPolicy",
+                    format!("Unsupported value: {p:?}: supported values: \"ClusterFirst\", \"Default\" (mube has no cluster DNS)"),
+                ));
+            }
+        }
+        if spec
+            .get("terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|s| s < 0)
+        {
+            errors.push(FieldError::new(
+                "spec.terminationGracePeriodSeconds",
+                "Invalid value: must be greater than or equal to 0",
+            ));
+        }
+        errors
+    }
+
+    /// Kubernetes' rule: a pod's spec does not change, but for container
+    /// images; `spec.nodeName` may be set once (a binding) and never moved.
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let mut new_spec = new.get("spec").cloned().unwrap_or(Value::Null);
+        let mut old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+        let old_node = old_spec.get("nodeName").and_then(Value::as_str).unwrap_or("").to_string();
+        let new_node = new_spec.get("nodeName").and_then(Value::as_str).unwrap_or("").to_string();
+        if !old_node.is_empty() && old_node != new_node {
+            return vec![FieldError::new(
+                "spec.nodeName",
+                format!("Forbidden: pod is already assigned to node {old_node:?}"),
+            )];
+        }
+        for spec in [&mut new_spec, &mut old_spec] {
+            if let Some(s) = spec.as_object_mut() {
+                s.remove("nodeName");
+                if let Some(cs) = s.get_mut("containers").and_then(Value::as_array_mut) {
+                    for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                        c.remove("image");
+                    }
+                }
+            }
+        }
+        if new_spec != old_spec {
+            return vec![FieldError::new(
+                "spec",
+                "Forbidden: pod updates may not change fields other than `spec.containers[*].image` (and `spec.nodeName` once, by a binding)",
+            )];
+        }
+        Vec::new()
     }
 
     fn status_subresource(&self) -> bool {
