@@ -13,6 +13,7 @@ pub mod errors;
 pub mod heartbeat;
 pub mod join_token;
 pub mod node;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod status;

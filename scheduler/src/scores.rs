@@ -1,0 +1,95 @@
+//! The scores of a node that passed the filters (0-100 each, summed):
+//! Kubernetes' LeastAllocated (the share of CPU and memory left after the
+//! pod, averaged) and spreading the pods of one owner (a ReplicaSet's
+//! pods) across nodes.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::resources::{allocatable, holds_resources, in_use, requests};
+use super::NodeInfo;
+
+pub fn score(pod: &Pod, info: &NodeInfo) -> i64 {
+    least_allocated(pod, info) + spread(pod, info)
+}
+
+/// `(free - requested) × 100 / free`, for CPU and memory, averaged; a
+/// resource the node does not report counts as fully used.
+pub fn least_allocated(pod: &Pod, info: &NodeInfo) -> i64 {
+    let (room, _) = allocatable(&info.node);
+    let (used, _) = in_use(&info.pods);
+    let asks = requests(pod);
+    let share = |capacity: i128, taken: i128| -> i64 {
+        if capacity <= 0 {
+            return 0;
+        }
+        (((capacity - taken).max(0) * 100) / capacity) as i64
+    };
+    (share(room.cpu, used.cpu + asks.cpu) + share(room.memory, used.memory + asks.memory)) / 2
+}
+
+/// The owner that keeps this pod (its controller reference), if any.
+fn owner(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// 100 on a node with none of the owner's pods, less for each there (a
+/// pod without an owner scores 100 everywhere).
+pub fn spread(pod: &Pod, info: &NodeInfo) -> i64 {
+    let Some(uid) = owner(pod) else {
+        return 100;
+    };
+    let siblings = info
+        .pods
+        .iter()
+        .filter(|p| holds_resources(p) && owner(p) == Some(uid))
+        .count() as i64;
+    100 / (1 + siblings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{node, pod};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    #[test]
+    fn emptier_nodes_score_higher() {
+        let empty = node("a", "2", "2Gi", "10");
+        let mut half = node("b", "2", "2Gi", "10");
+        half.pods.push(pod("x", "1", "1Gi"));
+        let p = pod("p", "500m", "512Mi");
+        assert_eq!(least_allocated(&p, &empty), 75);
+        assert_eq!(least_allocated(&p, &half), 25);
+    }
+
+    #[test]
+    fn pods_of_one_owner_spread_out() {
+        let owned = |name: &str| {
+            let mut p = pod(name, "", "");
+            p.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: "rs".into(),
+                uid: "u1".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]);
+            p
+        };
+        let mut a = node("a", "2", "2Gi", "10");
+        a.pods.push(owned("x"));
+        let b = node("b", "2", "2Gi", "10");
+        assert_eq!(spread(&owned("y"), &a), 50);
+        assert_eq!(spread(&owned("y"), &b), 100);
+        assert_eq!(spread(&pod("free", "", ""), &a), 100);
+        assert_eq!(
+            crate::schedule(&owned("y"), &[a, b]),
+            crate::Decision::Bind("b".into())
+        );
+    }
+}
