@@ -1,0 +1,28 @@
+//! `mube-scheduler --kubeconfig PATH`: binds pods without a node to the
+//! node the algorithm picks, as an API client like any other (its
+//! Kubernetes counterpart takes the same flag).
+
+mod run;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Binds each pending pod to a node.
+#[derive(Parser, Debug)]
+#[command(name = "mube-scheduler", version)]
+pub struct Args {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG,
+    /// then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    mube_process::main(
+        "mube-scheduler",
+        None,
+        || Ok(Args::parse()),
+        |args: Args| run::run(args.kubeconfig),
+    )
+}

@@ -1,0 +1,270 @@
+//! The scheduler process: caches of nodes and pods kept by kube-runtime
+//! reflectors (watches that relist on 410), and a loop that binds each
+//! pending pod through `pods/binding`, records `Scheduled` and
+//! `FailedScheduling` Events, and tries unschedulable pods again whenever
+//! a node or a pod changes.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Event, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, PostParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use mube_scheduler::{schedule, Decision, NodeInfo};
+use tokio_util::sync::CancellationToken;
+
+const NAME: &str = "default-scheduler";
+
+async fn client(kubeconfig: Option<PathBuf>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(&path)
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no kubeconfig: {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("cannot build the API client: {e}"))
+}
+
+pub async fn run(kubeconfig: Option<PathBuf>) -> Result<(), String> {
+    let client = client(kubeconfig).await?;
+    let shutdown = CancellationToken::new();
+    // Bumped on every change either cache sees: the loop works only then.
+    let changes = Arc::new(AtomicU64::new(1));
+    let (nodes, nodes_writer) = reflector::store::<Node>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let (node_changes, pod_changes) = (changes.clone(), changes.clone());
+    let node_stream = reflector(
+        nodes_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(move |_| {
+        node_changes.fetch_add(1, Ordering::AcqRel);
+        async {}
+    });
+    let pod_stream = reflector(
+        pods_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(move |_| {
+        pod_changes.fetch_add(1, Ordering::AcqRel);
+        async {}
+    });
+    let caches = tokio::spawn(async move {
+        tokio::join!(node_stream, pod_stream);
+    });
+    let stop = shutdown.clone();
+    let scheduler = tokio::spawn(async move {
+        let mut state = Loop {
+            client,
+            reported: HashMap::new(),
+            assumed: HashMap::new(),
+        };
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let now = changes.load(Ordering::Acquire);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            state.pass(&nodes.state(), &pods.state()).await;
+        }
+    });
+    tracing::info!("mube-scheduler started");
+    mube_process::stop_on_signal(&shutdown, Duration::from_secs(5), vec![scheduler]).await;
+    caches.abort();
+    Ok(())
+}
+
+struct Loop {
+    client: Client,
+    /// The last FailedScheduling message posted per pod uid (not repeated).
+    reported: HashMap<String, String>,
+    /// Pods bound by this process that the cache does not show bound yet
+    /// (uid → node): counted on their node, as Kubernetes' scheduler
+    /// "assumes" them.
+    assumed: HashMap<String, String>,
+}
+
+fn pending(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    spec.and_then(|s| s.node_name.as_deref())
+        .unwrap_or("")
+        .is_empty()
+        && spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or(NAME)
+            == NAME
+        && pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+impl Loop {
+    async fn pass(&mut self, nodes: &[Arc<Node>], pods: &[Arc<Pod>]) {
+        let bound: HashSet<String> = pods
+            .iter()
+            .filter(|p| !pending(p))
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        self.assumed.retain(|uid, _| !bound.contains(uid));
+        let mut infos: Vec<NodeInfo> = nodes
+            .iter()
+            .map(|n| NodeInfo {
+                node: (**n).clone(),
+                pods: Vec::new(),
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name().cmp(b.name()));
+        let index: HashMap<String, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name().to_string(), i))
+            .collect();
+        let mut queue = Vec::new();
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let node = match self.assumed.get(&uid) {
+                Some(n) => Some(n.clone()),
+                None => pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            };
+            match node.filter(|n| !n.is_empty()) {
+                Some(n) => {
+                    if let Some(&i) = index.get(&n) {
+                        infos[i].pods.push((**pod).clone());
+                    }
+                }
+                None if pending(pod) => queue.push(pod.clone()),
+                None => {}
+            }
+        }
+        queue.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+        for pod in queue {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            match schedule(&pod, &infos) {
+                Decision::Bind(node) => {
+                    if self.bind(&pod, &node).await {
+                        self.assumed.insert(uid.clone(), node.clone());
+                        self.reported.remove(&uid);
+                        if let Some(&i) = index.get(&node) {
+                            infos[i].pods.push((*pod).clone());
+                        }
+                    }
+                }
+                Decision::Unschedulable(message) => {
+                    if self.reported.get(&uid) != Some(&message) {
+                        tracing::info!(pod = %pod.name_any(), %message, "unschedulable");
+                        self.event(&pod, "Warning", "FailedScheduling", &message)
+                            .await;
+                        self.reported.insert(uid, message);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn bind(&self, pod: &Pod, node: &str) -> bool {
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                uid: pod.metadata.uid.clone(),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                ..Default::default()
+            },
+        };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        match api
+            .create_subresource::<Binding, serde_json::Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &binding,
+            )
+            .await
+        {
+            Ok(_) => {
+                let message = format!("Successfully assigned {ns}/{name} to {node}");
+                self.event(pod, "Normal", "Scheduled", &message).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pod = %name, %node, error = %e, "binding failed");
+                false
+            }
+        }
+    }
+
+    /// An Event about `pod`, as Kubernetes' scheduler records it.
+    async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
+        let ns = pod.namespace().unwrap_or_default();
+        let now = jiff::Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", pod.name_any())),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                namespace: Some(ns.clone()),
+                uid: pod.metadata.uid.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(type_.into()),
+            count: Some(1),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            reporting_component: Some(NAME.into()),
+            reporting_instance: Some(NAME.into()),
+            action: Some(
+                if reason == "Scheduled" {
+                    "Binding"
+                } else {
+                    "Scheduling"
+                }
+                .into(),
+            ),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some(NAME.into()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(error = %e, "cannot record an event");
+        }
+    }
+}
