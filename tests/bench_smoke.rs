@@ -126,3 +126,33 @@ fn crash_scenario_loses_reuses_and_repeats_nothing() {
         assert_eq!(number(&r, zero), 0.0, "{zero}: {r:?}");
     }
 }
+
+#[test]
+fn schedule_scenario() {
+    let scheduler = mube_e2e::bin("mube-scheduler");
+    let r = bench(&[
+        "schedule",
+        "--nodes",
+        "3",
+        "--pods",
+        "10",
+        "--scheduler",
+        scheduler.to_str().unwrap(),
+    ]);
+    assert!(number(&r, "all_bound_s") > 0.0);
+}
+
+#[test]
+fn security_scenario() {
+    let r = bench(&[
+        "security",
+        "--nodes",
+        "5",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+    ]);
+    assert!(number(&r, "tls_over_plain") > 0.0);
+    assert!(number(&r, "rbac_authorize_alone_p99_us") > 0.0);
+}

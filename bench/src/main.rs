@@ -7,6 +7,7 @@ mod ceiling;
 mod crash;
 mod etcd;
 mod load;
+mod schedule;
 mod security;
 mod server;
 mod watchers;
@@ -54,6 +55,16 @@ enum Scenario {
         /// server's defaults); plain: HTTP, no authorization.
         #[arg(long, value_enum, default_value = "secure")]
         security: server::Security,
+    },
+    /// P pending pods over N Ready nodes; how long mube-scheduler takes to bind them all.
+    Schedule {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// The mube-scheduler binary (default: the one next to this one).
+        #[arg(long)]
+        scheduler: Option<PathBuf>,
     },
     /// Heartbeats over HTTPS with node credentials against plain HTTP
     /// without authorization, in one run; and what RBAC with 1,000
@@ -172,10 +183,15 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 fn default_apiserver() -> PathBuf {
+    sibling("mube-apiserver")
+}
+
+/// A binary of the workspace next to this one (the same build).
+fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("mube-apiserver")))
-        .unwrap_or_else(|| PathBuf::from("target/release/mube-apiserver"))
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from("target/release").join(name))
 }
 
 fn mib(bytes: u64) -> String {
@@ -616,6 +632,14 @@ async fn run(cli: Cli) -> Result<Report, String> {
                 &mut report,
             )
             .await?
+        }
+        Scenario::Schedule {
+            nodes,
+            pods,
+            scheduler,
+        } => {
+            let scheduler = scheduler.unwrap_or_else(|| sibling("mube-scheduler"));
+            schedule::run(&bin, &scheduler, nodes, pods, &mut report).await?
         }
         Scenario::Restart { nodes, writes } => restart(&bin, nodes, writes, &mut report).await?,
         Scenario::Etcd { load } => {

@@ -221,7 +221,9 @@ impl Loop {
         }
     }
 
-    /// An Event about `pod`, as Kubernetes' scheduler records it.
+    /// An Event about `pod`, as Kubernetes' scheduler records it: sent in
+    /// the background, so that binding never waits for it (as Kubernetes'
+    /// event broadcaster).
     async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
         let ns = pod.namespace().unwrap_or_default();
         let now = jiff::Timestamp::now();
@@ -263,8 +265,10 @@ impl Loop {
             ..Default::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(error = %e, "cannot record an event");
-        }
+        tokio::spawn(async move {
+            if let Err(e) = api.create(&PostParams::default(), &event).await {
+                tracing::warn!(error = %e, "cannot record an event");
+            }
+        });
     }
 }
