@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A single-machine mube cluster: the API server on the embedded store and one
-# mubelet as mube-node-1 (see configs/apiserver.yaml). Logs of both go to
+# A single-machine mube cluster: the API server on the embedded store, the
+# scheduler, and one mubelet as mube-node-1 (see configs/apiserver.yaml). Logs of both go to
 # this terminal; Ctrl-C stops both cleanly. Stopping the agent alone (to see
 # its node go NotReady) leaves the API server running.
 #
@@ -24,7 +24,7 @@ load() { set -a; [ ! -f "$1" ] || . "./$1"; set +a; }
 apiserver=$!
 stop() {
   trap - INT TERM
-  kill -TERM "${mubelet:-}" "$apiserver" 2>/dev/null || true
+  kill -TERM "${mubelet:-}" "${scheduler:-}" "$apiserver" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap 'stop; exit 0' INT TERM
@@ -57,10 +57,14 @@ if [[ $server == https://* ]]; then
   fi
 fi
 
+# The scheduler, an API client like any other, with the admin kubeconfig.
+"$bin/mube-scheduler" --kubeconfig "$kubeconfig" &
+scheduler=$!
+
 (load .env.mubelet; export MUBELET_NODE_NAME=${MUBELET_NODE_NAME:-mube-node-1}; exec env "${agent_env[@]}" "$bin/mubelet") &
 mubelet=$!
 cat >&2 <<NOTE
-mube: API server at $server, mubelet as ${MUBELET_NODE_NAME:-mube-node-1}. Ctrl-C stops both.
+mube: API server at $server, mube-scheduler, mubelet as ${MUBELET_NODE_NAME:-mube-node-1}. Ctrl-C stops them.
 mube: in another terminal:
   export KUBECONFIG=$kubeconfig
   kubectl get nodes -w              # or: target/debug/mubectl get nodes -w

@@ -539,6 +539,37 @@ async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401, "no credentials, no access");
+    // The scheduler runs too: a pod is bound to the node.
+    let client = http.as_ref().unwrap();
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "mube.local/busybox"}]}});
+    let created = client
+        .post(format!(
+            "https://127.0.0.1:{port}/api/v1/namespaces/default/pods"
+        ))
+        .json(&pod)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: serde_json::Value = client
+            .get(format!(
+                "https://127.0.0.1:{port}/api/v1/namespaces/default/pods/p"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if got["spec"]["nodeName"] == "mube-node-1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pod was not bound: {got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     std::process::Command::new("kill")
         .arg("-INT")
