@@ -69,11 +69,27 @@ async fn tokens_from_the_token_file_and_no_anonymous_access() {
         .unwrap();
     assert_eq!(denied.status(), 401);
 
-    let lines = mube_e2e::audit_lines(&server, 2).await;
-    let write = lines
-        .iter()
-        .find(|l| l["responseStatus"]["code"] == 201)
-        .unwrap();
+    // Earlier refusals are audited too: wait for the write's line (the
+    // writer flushes every 50 ms), not just for any two lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (lines, write) = loop {
+        let lines = mube_e2e::audit_lines(&server, 2).await;
+        let write = lines
+            .iter()
+            .find(|l| l["responseStatus"]["code"] == 201)
+            .cloned();
+        let refused = lines
+            .iter()
+            .any(|l| l["responseStatus"]["code"] == 401 && l["verb"] == "create");
+        if let (Some(write), true) = (write, refused) {
+            break (lines, write);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit line for the write: {lines:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(write["user"]["username"], "alice");
     assert_eq!(
         write["user"]["groups"],
@@ -81,7 +97,7 @@ async fn tokens_from_the_token_file_and_no_anonymous_access() {
     );
     let refusal = lines
         .iter()
-        .find(|l| l["responseStatus"]["code"] == 401)
+        .find(|l| l["responseStatus"]["code"] == 401 && l["verb"] == "create")
         .unwrap();
     assert_eq!(refusal["user"]["username"], "system:anonymous");
 }
@@ -135,11 +151,24 @@ async fn the_admin_certificate_authenticates_and_another_cas_does_not() {
         "a foreign certificate was accepted"
     );
 
-    let lines = mube_e2e::audit_lines(&server, 2).await;
-    let write = lines
-        .iter()
-        .find(|l| l["responseStatus"]["code"] == 201)
-        .unwrap();
+    // Earlier refusals are audited too: wait for the write's line (the
+    // writer flushes every 50 ms), not just for any two lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let write = loop {
+        let lines = mube_e2e::audit_lines(&server, 2).await;
+        let write = lines
+            .iter()
+            .find(|l| l["responseStatus"]["code"] == 201)
+            .cloned();
+        if let Some(write) = write {
+            break write;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit line for the write: {lines:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(write["user"]["username"], "system:admin");
     assert_eq!(
         write["user"]["groups"],

@@ -70,16 +70,10 @@ impl CsrSigner {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            match self.list_and_watch(&shutdown).await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, "certificate signer: relisting"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
+        super::relist_until("certificate signer", &shutdown, || {
+            self.list_and_watch(&shutdown)
+        })
+        .await
     }
 
     async fn list_and_watch(&self, shutdown: &CancellationToken) -> Result<(), ApiError> {

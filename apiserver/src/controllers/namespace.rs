@@ -4,7 +4,6 @@
 //! the server now does since nothing is left in it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use mube_apis::resources::NAMESPACES;
@@ -33,16 +32,10 @@ impl NamespaceController {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            match self.list_and_watch(&shutdown).await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, "namespace controller: relisting"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
+        super::relist_until("namespace controller", &shutdown, || {
+            self.list_and_watch(&shutdown)
+        })
+        .await
     }
 
     async fn list_and_watch(&self, shutdown: &CancellationToken) -> Result<(), ApiError> {
