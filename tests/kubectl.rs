@@ -1163,6 +1163,23 @@ async fn namespaces_hold_their_objects_and_go_with_them() {
         "team",
         "--from-literal=a=b",
     ]);
+    // Only a delete marks a namespace for deletion: a patch cannot.
+    k.ok(&[
+        "patch",
+        "namespace",
+        "team",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"deletionTimestamp":"2020-01-01T00:00:00Z"}}"#,
+    ]);
+    let team = api.get("/api/v1/namespaces/team").await.body;
+    assert!(team["metadata"]["deletionTimestamp"].is_null(), "{team}");
+    assert_eq!(team["status"]["phase"], "Active");
+    assert_eq!(
+        api.get("/api/v1/namespaces/team/configmaps/c").await.code,
+        200
+    );
     k.ok(&[
         "create",
         "role",
@@ -1218,6 +1235,21 @@ async fn pods_are_validated_defaulted_and_bound_once() {
     assert_eq!(rows[1][..3], ["hello", "0/1", "Pending"]);
     assert_eq!(rows[1][6], "<none>", "not bound yet: {rows:?}");
 
+    // Only pods/binding assigns a node; an update may not.
+    let (code, _, err) = k.run(&[
+        "patch",
+        "pod",
+        "hello",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"nodeName":"node-a"}}"#,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("a pod is assigned to a node through pods/binding"),
+        "{err}"
+    );
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "hello"},
                          "target": {"kind": "Node", "name": "node-a"}});
     let bound = api
@@ -1269,4 +1301,21 @@ async fn pods_are_validated_defaulted_and_bound_once() {
         "{err}"
     );
     assert_eq!(api.get("/api/v1/namespaces/default/pods/v").await.code, 404);
+    // Quantities are checked: negative, or not one at all, or too large.
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: q}\nspec:\n  containers: [{name: c, image: i, resources: {requests: {cpu: \"-1\", memory: \"1e40\"}, limits: {cpu: lots}}}]\n",
+    )
+    .unwrap();
+    let (code, _, err) = k.run(&["create", "-f", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("spec.containers[0].resources.requests[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"), "{err}");
+    assert!(
+        err.contains("spec.containers[0].resources.requests[memory]: Invalid value"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.containers[0].resources.limits[cpu]: Invalid value"),
+        "{err}"
+    );
 }

@@ -35,32 +35,36 @@ fn scaled(text: &str, extra: i32) -> Option<i128> {
     // The number as an integer and a power of ten: 1.5 = 15 × 10^-1.
     let digits = format!("{whole}{fraction}");
     let mantissa: i128 = digits.parse().ok()?;
-    let mut exp10 = -(fraction.len() as i32) + extra;
-    let mut exp2 = 0;
-    match suffix {
-        "" => {}
-        "m" => exp10 -= 3,
-        "k" => exp10 += 3,
-        "M" => exp10 += 6,
-        "G" => exp10 += 9,
-        "T" => exp10 += 12,
-        "P" => exp10 += 15,
-        "E" => exp10 += 18,
-        "Ki" => exp2 = 10,
-        "Mi" => exp2 = 20,
-        "Gi" => exp2 = 30,
-        "Ti" => exp2 = 40,
-        "Pi" => exp2 = 50,
-        "Ei" => exp2 = 60,
-        s if s.starts_with(['e', 'E']) => exp10 += s[1..].parse::<i32>().ok()?,
+    // Every step checked: a quantity is client input, and one too large
+    // for i128 is simply not a quantity here.
+    let (decimal, exp2): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        s if s.starts_with(['e', 'E']) => (s[1..].parse::<i32>().ok()?, 0),
         _ => return None,
-    }
-    let mut value = mantissa.checked_mul(1i128.checked_shl(exp2 as u32)?)?;
+    };
+    let exp10 = extra
+        .checked_sub(i32::try_from(fraction.len()).ok()?)?
+        .checked_add(decimal)?;
+    let mut value = mantissa.checked_mul(1i128.checked_shl(exp2)?)?;
     if exp10 >= 0 {
-        value = value.checked_mul(10i128.checked_pow(exp10 as u32)?)?;
+        value = value.checked_mul(10i128.checked_pow(u32::try_from(exp10).ok()?)?)?;
     } else {
-        let divisor = 10i128.checked_pow((-exp10) as u32)?;
-        value = (value + divisor - 1) / divisor;
+        let divisor = 10i128.checked_pow(exp10.checked_neg()?.try_into().ok()?)?;
+        // Rounded up, without overflowing on the way.
+        value = value / divisor + i128::from(value % divisor != 0);
     }
     Some(if negative { -value } else { value })
 }
@@ -83,5 +87,14 @@ mod tests {
         assert_eq!(units("x"), None);
         assert_eq!(units("10Qi"), None);
         assert_eq!(units(""), None);
+        // Too large or too small for the arithmetic: not a quantity, no panic.
+        assert_eq!(milli("1e2147483647"), None);
+        assert_eq!(units("1e-2147483648"), None);
+        assert_eq!(units("1e-100"), None);
+        assert_eq!(
+            units("170141183460469231731687303715884105727m"),
+            Some(170141183460469231731687303715884106)
+        );
+        assert_eq!(milli("-1"), Some(-1000));
     }
 }

@@ -89,13 +89,15 @@ pub async fn run(
     );
 
     let started = Instant::now();
-    let mut child = Command::new(scheduler)
+    let child = Command::new(scheduler)
         .arg("--kubeconfig")
         .arg(server.data_dir().join("kubeconfig"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", scheduler.display()))?;
+    // Killed however this function returns.
+    let _guard = KillOnDrop(child);
     let mut first = None;
     let outcome = loop {
         let list: serde_json::Value = http
@@ -125,8 +127,6 @@ pub async fn run(
         // Not faster: a list of every pod costs the server a few ms.
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
     let all = outcome?;
     let first = first.unwrap_or(all);
     report.add("first_bound_s", format!("{:.3}", first.as_secs_f64()));
@@ -140,4 +140,13 @@ pub async fn run(
         format!("{:.0}", pods as f64 / all.as_secs_f64()),
     );
     Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -69,10 +69,11 @@ pub fn fits(pod: &Pod, info: &NodeInfo) -> Result<(), Refusal> {
         return Err(Refusal::TooManyPods);
     }
     let asks = requests(pod);
-    if asks.cpu > 0 && used.cpu + asks.cpu > room.cpu {
+    let total = used + asks;
+    if asks.cpu > 0 && total.cpu > room.cpu {
         return Err(Refusal::InsufficientCpu);
     }
-    if asks.memory > 0 && used.memory + asks.memory > room.memory {
+    if asks.memory > 0 && total.memory > room.memory {
         return Err(Refusal::InsufficientMemory);
     }
     Ok(())

@@ -15,9 +15,10 @@ impl std::ops::Add for Amount {
     type Output = Amount;
 
     fn add(self, other: Amount) -> Amount {
+        // Saturating: the server bounds each quantity, not their sums.
         Amount {
-            cpu: self.cpu + other.cpu,
-            memory: self.memory + other.memory,
+            cpu: self.cpu.saturating_add(other.cpu),
+            memory: self.memory.saturating_add(other.memory),
         }
     }
 }
@@ -37,8 +38,11 @@ pub fn requests(pod: &Pod) -> Amount {
                 .and_then(|q| read(&q.0))
                 .unwrap_or(0)
         };
-        total.cpu += get("cpu", quantity::milli);
-        total.memory += get("memory", quantity::units);
+        total = total
+            + Amount {
+                cpu: get("cpu", quantity::milli).max(0),
+                memory: get("memory", quantity::units).max(0),
+            };
     }
     total
 }

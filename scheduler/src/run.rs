@@ -84,7 +84,15 @@ pub async fn run(kubeconfig: Option<PathBuf>) -> Result<(), String> {
                 continue;
             }
             seen = now;
-            state.pass(&nodes.state(), &pods.state()).await;
+            // A bug must not leave the process up and every pod Pending.
+            let (node_list, pod_list) = (nodes.state(), pods.state());
+            let pass = std::panic::AssertUnwindSafe(state.pass(&node_list, &pod_list));
+            if futures::FutureExt::catch_unwind(pass).await.is_err() {
+                tracing::error!(
+                    "the scheduling loop panicked; exiting so that a supervisor restarts it"
+                );
+                std::process::exit(1);
+            }
         }
     });
     tracing::info!("mube-scheduler started");
@@ -126,7 +134,15 @@ impl Loop {
             .filter(|p| !pending(p))
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
-        self.assumed.retain(|uid, _| !bound.contains(uid));
+        // Forget pods that are bound, or gone.
+        let present: HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        self.assumed
+            .retain(|uid, _| !bound.contains(uid) && present.contains(uid.as_str()));
+        self.reported
+            .retain(|uid, _| present.contains(uid.as_str()));
         let mut infos: Vec<NodeInfo> = nodes
             .iter()
             .map(|n| NodeInfo {

@@ -22,9 +22,11 @@ pub fn least_allocated(pod: &Pod, info: &NodeInfo) -> i64 {
         if capacity <= 0 {
             return 0;
         }
-        (((capacity - taken).max(0) * 100) / capacity) as i64
+        // 0..=100; capacity and taken are non-negative and bounded.
+        ((capacity.saturating_sub(taken).max(0).saturating_mul(100)) / capacity) as i64
     };
-    (share(room.cpu, used.cpu + asks.cpu) + share(room.memory, used.memory + asks.memory)) / 2
+    let total = used + asks;
+    (share(room.cpu, total.cpu) + share(room.memory, total.memory)) / 2
 }
 
 /// The owner that keeps this pod (its controller reference), if any.

@@ -23,6 +23,8 @@ fn terminating(namespace: &Value) -> Option<String> {
     namespace
         .pointer("/metadata/name")
         .and_then(Value::as_str)
+        // The system namespaces are never emptied (they cannot be deleted).
+        .filter(|name| !crate::registry::namespace::SYSTEM.contains(name))
         .map(str::to_string)
 }
 

@@ -25,6 +25,9 @@ enum Recording<'a> {
     Request(&'a Manager<'a>),
     /// The server's own write (`Registry::modify`): any part may change.
     Server(&'a Manager<'a>),
+    /// A binding (`pods/binding`): a server write that sets what no update
+    /// may (a pod's node), so the kind's update rules are not applied.
+    Binding(&'a Manager<'a>),
 }
 
 /// Failure inside a read-modify-write: either from the store (mapped with the
@@ -330,7 +333,7 @@ impl Registry {
             r,
             namespace,
             name,
-            Some(Recording::Server(manager)),
+            Some(Recording::Binding(manager)),
             change,
         )
         .await
@@ -349,6 +352,13 @@ impl Registry {
         mut change: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, ApiError>,
     ) -> Result<StoredObject, ApiError> {
         let key = r.key(namespace, name);
+        // Only the server's own writes (a namespace being terminated) may
+        // set or clear the deletion fields; a client's update keeps them.
+        let server_write = matches!(
+            recording,
+            Some(Recording::Server(_) | Recording::Binding(_))
+        );
+        let binding = matches!(recording, Some(Recording::Binding(_)));
         let result = crate::store::guaranteed_update(
             store,
             &key,
@@ -361,16 +371,24 @@ impl Registry {
                     new.get_mut("metadata").and_then(Value::as_object_mut),
                     old.get("metadata").and_then(Value::as_object),
                 ) {
+                    let deletion: &[&str] = if server_write {
+                        &[]
+                    } else {
+                        &["deletionTimestamp", "deletionGracePeriodSeconds"]
+                    };
                     for kept in [
                         "uid",
                         "creationTimestamp",
                         "generation",
                         "namespace",
                         "name",
-                    ] {
-                        match old_meta.get(kept) {
-                            Some(v) => new_meta.insert(kept.into(), v.clone()),
-                            None => new_meta.remove(kept),
+                    ]
+                    .iter()
+                    .chain(deletion)
+                    {
+                        match old_meta.get(*kept) {
+                            Some(v) => new_meta.insert(kept.to_string(), v.clone()),
+                            None => new_meta.remove(*kept),
                         };
                     }
                     new_meta.insert(
@@ -382,7 +400,7 @@ impl Registry {
                 if let Some(recording) = &recording {
                     let (manager, whole_object) = match recording {
                         Recording::Request(m) => (*m, false),
-                        Recording::Server(m) => (*m, true),
+                        Recording::Server(m) | Recording::Binding(m) => (*m, true),
                     };
                     managed::record_update(
                         r,
@@ -397,7 +415,11 @@ impl Registry {
                     return Ok(None);
                 }
                 validate(r, name, &new)?;
-                let errors = r.strategy.validate_update(&new, &old);
+                let errors = if binding {
+                    Vec::new()
+                } else {
+                    r.strategy.validate_update(&new, &old)
+                };
                 if !errors.is_empty() {
                     return Err(ApiError::invalid(r, name, errors).into());
                 }
@@ -617,7 +639,12 @@ impl Registry {
                 .await;
         }
         if !self.namespace_is_empty(name).await? {
-            return Ok(current);
+            // As Kubernetes answers a delete of a namespace still being
+            // emptied; the namespace controller tries again.
+            return Err(ApiError::new(
+                Reason::Conflict,
+                format!("Operation cannot be fulfilled on namespaces \"{name}\": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."),
+            ));
         }
         let removed = self
             .store_for(dry_run)

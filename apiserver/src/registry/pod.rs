@@ -123,6 +123,24 @@ impl Strategy for PodStrategy {
                     }
                 }
             }
+            for part in ["requests", "limits"] {
+                let table = c.get("resources").and_then(|r| r.get(part)).and_then(Value::as_object);
+                for (resource, value) in table.into_iter().flatten() {
+                    let field = at(&format!("resources.{part}[{resource}]"));
+                    match value.as_str().and_then(mube_apis::quantity::milli) {
+                        // Kubernetes' bound: 2^63-1 in milli-units.
+                        Some(q) if (0..=i64::MAX as i128).contains(&q) => {}
+                        Some(q) if q < 0 => errors.push(FieldError::new(
+                            field,
+                            format!("Invalid value: {value}: must be greater than or equal to 0"),
+                        )),
+                        _ => errors.push(FieldError::new(
+                            field,
+                            format!("Invalid value: {value}: must be a quantity, such as 500m, 2 or 128Mi, no larger than 2^63-1 milli-units"),
+                        )),
+                    }
+                }
+            }
             if c.get("image").and_then(Value::as_str).unwrap_or("").trim().is_empty() {
                 errors.push(FieldError::new(at("image"), "Required value"));
             }
@@ -166,7 +184,7 @@ impl Strategy for PodStrategy {
     }
 
     /// Kubernetes' rule: a pod's spec does not change, but for container
-    /// images; `spec.nodeName` may be set once (a binding) and never moved.
+    /// images; `spec.nodeName` is set only by a binding, and never moved.
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
         let mut new_spec = new.get("spec").cloned().unwrap_or(Value::Null);
         let mut old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
@@ -176,6 +194,14 @@ impl Strategy for PodStrategy {
             return vec![FieldError::new(
                 "spec.nodeName",
                 format!("Forbidden: pod is already assigned to node {old_node:?}"),
+            )];
+        }
+        // Binding is `pods/binding`'s (a right of its own, and the registry
+        // does not apply these rules to it), never an update's.
+        if old_node.is_empty() && !new_node.is_empty() {
+            return vec![FieldError::new(
+                "spec.nodeName",
+                "Forbidden: a pod is assigned to a node through pods/binding",
             )];
         }
         for spec in [&mut new_spec, &mut old_spec] {
