@@ -113,9 +113,7 @@ async fn the_admin_certificate_authenticates_and_another_cas_does_not() {
     .await;
     let pki = server.data_dir().join("pki");
     let identity = |dir: &std::path::Path| {
-        let mut pem = std::fs::read(dir.join("admin.crt")).unwrap();
-        pem.extend(std::fs::read(dir.join("admin.key")).unwrap());
-        reqwest::Identity::from_pem(&pem).unwrap()
+        reqwest::Identity::from_pem(&mube_e2e::admin_identity(dir)).unwrap()
     };
     let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).unwrap()).unwrap();
     let client = |id: Option<reqwest::Identity>| {

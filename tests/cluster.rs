@@ -498,9 +498,7 @@ async fn the_local_cluster_script_runs_both_and_ctrl_c_stops_both() {
     for _ in 0..200 {
         let pki = data.join("pki");
         if http.is_none() && pki.join("admin.key").exists() {
-            let mut pem = std::fs::read(pki.join("admin.crt")).unwrap();
-            pem.push(b'\n');
-            pem.extend(std::fs::read(pki.join("admin.key")).unwrap());
+            let pem = mube_e2e::admin_identity(&pki);
             http = Some(mube_e2e::client_for(
                 Some(pki.join("ca.crt")),
                 Some(&pem),

@@ -263,14 +263,7 @@ async fn paced(
         let client = client.clone();
         let url = format!("{}{path}?limit=1", server.url);
         async move {
-            let v: serde_json::Value = client
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let v = server::get_json(&client, &url, None).await?;
             v.pointer("/metadata/resourceVersion")
                 .and_then(|r| r.as_str())
                 .map(str::to_string)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::server::{node_name, node_token, Security, Server, ADMIN_TOKEN};
+use crate::server::{get_json, node_name, node_token, Security, Server, ADMIN_TOKEN};
 use crate::Report;
 
 pub async fn run(
@@ -100,15 +100,7 @@ pub async fn run(
     let _guard = KillOnDrop(child);
     let mut first = None;
     let outcome = loop {
-        let list: serde_json::Value = http
-            .get(&url)
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let list = get_json(&http, &url, Some(ADMIN_TOKEN)).await?;
         let bound = list["items"].as_array().map_or(0, |items| {
             items
                 .iter()

@@ -92,6 +92,20 @@ pub enum Security {
     Secure,
 }
 
+/// `GET url` (with `token`, if any) decoded as JSON; errors as text.
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    response.json().await.map_err(|e| e.to_string())
+}
+
 /// Node `i`'s bearer token on a secure server.
 pub fn node_token(i: usize) -> String {
     format!("bench-node-token-{i:08}")

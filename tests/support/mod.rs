@@ -129,13 +129,9 @@ impl ApiServer {
     /// server generated (and nothing else); on a `secure` server, as its
     /// admin (the kubeconfig's client certificate).
     pub fn http_client(&self) -> reqwest::Client {
-        let identity = self.secure.then(|| {
-            let pki = self.data_dir().join("pki");
-            let mut pem = std::fs::read(pki.join("admin.crt")).unwrap_or_default();
-            pem.push(b'\n');
-            pem.extend(std::fs::read(pki.join("admin.key")).unwrap_or_default());
-            pem
-        });
+        let identity = self
+            .secure
+            .then(|| admin_identity(&self.data_dir().join("pki")));
         self.client_as(identity.as_deref(), None)
     }
 
@@ -372,6 +368,15 @@ pub fn client_for(
         builder = builder.default_headers(headers);
     }
     builder.build().expect("HTTP client")
+}
+
+/// The admin's certificate and key under a server's `pki` directory (what
+/// its kubeconfig holds), PEM, one after the other; empty if not there yet.
+pub fn admin_identity(pki: &Path) -> Vec<u8> {
+    let mut pem = std::fs::read(pki.join("admin.crt")).unwrap_or_default();
+    pem.push(b'\n');
+    pem.extend(std::fs::read(pki.join("admin.key")).unwrap_or_default());
+    pem
 }
 
 /// A client certificate and key for `user` in `groups`, signed by the CA
