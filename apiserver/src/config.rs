@@ -61,6 +61,11 @@ struct ConfigFile {
     authentication: Option<AuthenticationEntry>,
     /// Who may do what (default mode `Node,RBAC`).
     authorization: Option<AuthorizationEntry>,
+    /// Pod addresses: each node gets a /24 of this as its `spec.podCIDR`
+    /// (default 10.244.0.0/16, as kube-controller-manager's
+    /// --cluster-cidr is commonly set).
+    #[serde(rename = "clusterCIDR")]
+    cluster_cidr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +167,8 @@ pub struct Config {
     pub repair_log: bool,
     pub shutdown_timeout: Duration,
     pub notready_timeout: Duration,
+    /// `clusterCIDR`: where nodes' pod CIDRs come from.
+    pub cluster_cidr: crate::controllers::node_ipam::ClusterCidr,
 }
 
 fn duration_env(
@@ -297,6 +304,10 @@ impl Config {
                 .and_then(|a| a.node_certificate_ttl.as_deref()),
             Duration::from_secs(365 * 24 * 3600),
         )?;
+        let cluster_cidr = crate::controllers::node_ipam::ClusterCidr::parse(
+            raw.cluster_cidr.as_deref().unwrap_or("10.244.0.0/16"),
+        )
+        .map_err(|e| format!("{file}: clusterCIDR: {e}"))?;
         let authorization = crate::auth::parse_modes(
             raw.authorization
                 .as_ref()
@@ -384,6 +395,7 @@ impl Config {
             repair_log: false,
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),
+            cluster_cidr,
         })
     }
 }

@@ -47,8 +47,19 @@ pub struct Pki {
     pub renewal: Renewal,
 }
 
-/// The admin's bearer token under `dir`, made at first start: 32 random
-/// bytes from the kernel, hex.
+/// 32 bytes from the system's secure random source, as hex: a bearer
+/// token nobody can guess.
+pub fn random_token() -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    let urandom = Path::new("/dev/urandom");
+    std::fs::File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| io("cannot read", urandom, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The admin's bearer token under `dir`, made at first start.
 fn admin_token(dir: &Path) -> Result<String, String> {
     let path = dir.join("admin.token");
     if path.exists() {
@@ -57,15 +68,7 @@ fn admin_token(dir: &Path) -> Result<String, String> {
             return Ok(token);
         }
     }
-    let mut bytes = [0u8; 32];
-    {
-        use std::io::Read;
-        let urandom = Path::new("/dev/urandom");
-        std::fs::File::open(urandom)
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| io("cannot read", urandom, e))?;
-    }
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = random_token()?;
     write_file(&path, &format!("{token}\n"), true)?;
     Ok(token)
 }

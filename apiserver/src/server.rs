@@ -97,7 +97,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     ));
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
+    let nodes = Arc::new(crate::http::logs::NodeClient::new()?);
     let state = AppState {
+        nodes: nodes.clone(),
         registry: registry.clone(),
         shutdown: shutdown.clone(),
         ready: ready.clone(),
@@ -114,6 +116,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         authn: Arc::new(crate::http::authn::Authenticator::new(
             config.token_file.as_deref(),
             pki.as_ref().and_then(|p| p.admin_token.as_deref()),
+            nodes.token(),
             config.anonymous,
             registry.clone(),
         )?),
@@ -128,9 +131,14 @@ pub async fn run(config: Config) -> Result<(), String> {
     let namespaces = crate::controllers::namespace::NamespaceController::new(Arc::new(
         LocalClient::new(registry.clone()),
     ));
+    let ipam = crate::controllers::node_ipam::NodeIpam::new(
+        Arc::new(LocalClient::new(registry.clone())),
+        config.cluster_cidr,
+    );
     let mut tasks = vec![
         controller,
         tokio::spawn(namespaces.run(shutdown.child_token())),
+        tokio::spawn(ipam.run(shutdown.child_token())),
     ];
     if let Some(signer) = pki.as_ref().and_then(|p| p.signer.clone()) {
         let csr = crate::controllers::csr_signer::CsrSigner::new(

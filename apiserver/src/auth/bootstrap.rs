@@ -216,6 +216,16 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 ),
             ],
         ),
+        // What node agents let the API server do (Kubernetes' role of the
+        // same name): mubelet asks before it serves logs.
+        role(
+            "system:kubelet-api-admin",
+            vec![rule(
+                &["get", "create", "list", "watch"],
+                "",
+                &["nodes/proxy", "nodes/log", "nodes/stats", "nodes/metrics"],
+            )],
+        ),
         role(
             "system:kube-scheduler",
             vec![
@@ -292,6 +302,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:kube-controller-manager",
             "system:kube-controller-manager",
             &[("User", "system:kube-controller-manager")],
+        ),
+        binding(
+            "mube:apiserver-kubelet-client",
+            "system:kubelet-api-admin",
+            &[("User", super::user::KUBELET_CLIENT)],
         ),
         binding(
             "system:kube-scheduler",

@@ -58,6 +58,16 @@ pub fn authorize(request: &Attributes) -> Decision {
             "create" | "update" | "patch" => Decision::Allow,
             _ => Decision::NoOpinion,
         },
+        // The pods to run: `admit_pod_write` checks, with the stored pod
+        // in hand, that a status write or a delete is of a pod bound here.
+        ("", "pods", "") => match verb {
+            "get" | "list" | "watch" | "delete" => Decision::Allow,
+            _ => Decision::NoOpinion,
+        },
+        ("", "pods", "status") => match verb {
+            "get" | "update" | "patch" => Decision::Allow,
+            _ => Decision::NoOpinion,
+        },
         ("certificates.k8s.io", "certificatesigningrequests", "") => match verb {
             "create" | "get" | "list" | "watch" => Decision::Allow,
             _ => Decision::NoOpinion,
@@ -79,6 +89,17 @@ pub fn admit_create(user: &UserInfo, resource: &str, name: &str) -> Result<(), S
         "leases" if name != node => {
             Err("can only access node lease with the same name as the requesting node".into())
         }
+        _ => Ok(()),
+    }
+}
+
+/// NodeRestriction for a pod: a node writes the status of, and deletes,
+/// only the pods bound to it. `bound_to` is the stored pod's node.
+pub fn admit_pod_write(user: &UserInfo, bound_to: &str) -> Result<(), String> {
+    match user.node_name() {
+        Some(node) if node != bound_to => Err(format!(
+            "node {node:?} can only modify pods bound to it, not to {bound_to:?}"
+        )),
         _ => Ok(()),
     }
 }

@@ -53,6 +53,11 @@ impl UserInfo {
     }
 }
 
+/// The user the API server is towards node agents (kube-apiserver's
+/// kubelet client certificate has this name); bound to
+/// `system:kubelet-api-admin` by the bootstrap policy.
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
+
 #[cfg(test)]
 mod tests {
     use super::*;

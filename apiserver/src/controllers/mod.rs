@@ -4,6 +4,7 @@
 pub mod client;
 pub mod csr_signer;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 
 use std::future::Future;

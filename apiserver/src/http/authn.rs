@@ -52,6 +52,7 @@ impl Authenticator {
     pub fn new(
         token_file: Option<&Path>,
         admin_token: Option<&str>,
+        kubelet_client_token: &str,
         anonymous: bool,
         registry: Arc<Registry>,
     ) -> Result<Authenticator, String> {
@@ -59,6 +60,12 @@ impl Authenticator {
             Some(path) => read_tokens(path)?,
             None => HashMap::new(),
         };
+        // The identity this server uses towards node agents (pods/log):
+        // a token made at start and never written anywhere.
+        tokens.insert(
+            kubelet_client_token.to_string(),
+            UserInfo::authenticated(crate::auth::user::KUBELET_CLIENT, vec![]),
+        );
         if let Some(token) = admin_token {
             tokens.insert(
                 token.to_string(),

@@ -6,6 +6,7 @@ pub mod authn;
 pub mod authz;
 mod discovery;
 pub mod limits;
+pub mod logs;
 pub mod openapi;
 mod options;
 mod path;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub authn: Arc<authn::Authenticator>,
     /// What they may do.
     pub authz: Arc<crate::auth::Authorizer>,
+    /// How this server reaches node agents (`pods/log`).
+    pub nodes: Arc<logs::NodeClient>,
 }
 
 pub fn router(state: AppState) -> Router {

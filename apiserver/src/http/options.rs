@@ -60,6 +60,8 @@ pub fn dry_run(query: Option<&str>, options_kind: &str) -> Result<DryRun, ApiErr
 #[derive(Debug, Default)]
 pub struct Deletion {
     pub preconditions: Preconditions,
+    /// `gracePeriodSeconds`: for pods on a node (graceful deletion).
+    pub grace: Option<i64>,
     pub dry_run: DryRun,
 }
 
@@ -77,9 +79,9 @@ pub struct Deletion {
 ///   controller when it sees its Node's deletion;
 /// - `Orphan` (and `orphanDependents: true`) and `Foreground` need finalizers
 ///   and a garbage collector, which mube does not have yet: refused (422);
-/// - `gracePeriodSeconds`: accepted; every kind is removed at once. Nodes,
-///   Leases and Events have no graceful deletion in Kubernetes either; Pods
-///   do, but mube runs no pods yet, so there is nothing to stop.
+/// - `gracePeriodSeconds`: how long a pod on a node gets to stop (its
+///   node agent finishes the delete); every other kind is removed at once,
+///   as in Kubernetes (Nodes, Leases and Events have no graceful deletion).
 pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> {
     let options = if body.iter().all(u8::is_ascii_whitespace) {
         from_query(query)?
@@ -147,6 +149,7 @@ pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> 
             uid: preconditions.uid,
             resource_version: preconditions.resource_version,
         },
+        grace: options.grace_period_seconds,
         dry_run,
     })
 }

@@ -208,6 +208,43 @@ fn admit_create(
     })
 }
 
+/// NodeRestriction for a node's write to a pod (its status, or the final
+/// delete): only a pod bound to that node.
+async fn admit_pod_write(
+    state: &AppState,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    verb: &'static str,
+    user: &UserInfo,
+) -> Result<(), ApiError> {
+    if r.kind != "Pod" || state.authz.allows_all() || user.node_name().is_none() {
+        return Ok(());
+    }
+    let pod = state.registry.get(r, ns, name).await?.value()?;
+    let bound_to = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    crate::auth::node::admit_pod_write(user, bound_to).map_err(|reason| {
+        crate::auth::forbidden(
+            &crate::auth::Attributes {
+                user,
+                verb,
+                resource: Some(crate::auth::ResourceAttributes {
+                    api_group: r.group,
+                    resource: r.plural,
+                    subresource: if verb == "delete" { "" } else { "status" },
+                    namespace: ns.unwrap_or(""),
+                    name,
+                }),
+                path: "",
+            },
+            &reason,
+        )
+    })
+}
+
 /// `POST .../pods/{name}/binding`: assigns the pod to the Binding's
 /// target node, once (a second binding is 409), and marks it scheduled;
 /// answered as Kubernetes does, `201` with a success Status.
@@ -446,7 +483,14 @@ async fn serve(
                 let filter = params.filter(&r)?;
                 let deletion = options::deletion(query, &read_body(body).await?)?;
                 let (deleted, revision) = registry
-                    .delete_collection(&r, ns, &filter, &deletion.preconditions, deletion.dry_run)
+                    .delete_collection(
+                        &r,
+                        ns,
+                        &filter,
+                        &deletion.preconditions,
+                        deletion.grace,
+                        deletion.dry_run,
+                    )
                     .await?;
                 Ok(list_body(
                     &r,
@@ -477,6 +521,7 @@ async fn serve(
                     let manager = params.manager(&headers, "UpdateOptions")?;
                     let object = read_object(&headers, body).await?;
                     let warnings = check_fields(&r, &object, validation)?;
+                    admit_pod_write(&state, &r, ns, name, "update", user).await?;
                     admit_rbac(&state, &r, ns, name, &object, user).await?;
                     let updated = registry
                         .update(&r, ns, name, part, object, &manager, dry_run)
@@ -493,6 +538,7 @@ async fn serve(
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
                     let bytes = read_body(body).await?;
+                    admit_pod_write(&state, &r, ns, name, "patch", user).await?;
                     if is_apply(content_type) {
                         return apply(
                             &state, &r, ns, name, part, &params, &headers, &bytes, validation,
@@ -541,8 +587,16 @@ async fn serve(
                 }
                 Method::DELETE if part == Part::Main => {
                     let deletion = options::deletion(query, &read_body(body).await?)?;
+                    admit_pod_write(&state, &r, ns, name, "delete", user).await?;
                     let deleted = registry
-                        .delete(&r, ns, name, &deletion.preconditions, deletion.dry_run)
+                        .delete_with_grace(
+                            &r,
+                            ns,
+                            name,
+                            &deletion.preconditions,
+                            deletion.grace,
+                            deletion.dry_run,
+                        )
                         .await?;
                     object_response(&r, StatusCode::OK, &deleted, None)
                 }
@@ -556,6 +610,10 @@ async fn serve(
                 bind(&state, &r, ns, name, binding, dry_run).await
             }
             _ => Err(method_not_allowed(&method, &format!("pods/{name}/binding"))),
+        },
+        (Some(name), Some("log")) if r.kind == "Pod" => match method {
+            Method::GET => super::logs::serve(&state, &r, ns, name, query).await,
+            _ => Err(method_not_allowed(&method, &format!("pods/{name}/log"))),
         },
         (Some(name), Some(sub)) => Err(not_found_path(&format!("{}/{name}/{sub}", r.plural))),
     }

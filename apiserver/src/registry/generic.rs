@@ -655,9 +655,7 @@ impl Registry {
         Ok(removed)
     }
 
-    /// DELETE. The preconditions (uid, resourceVersion) are checked by the
-    /// store atomically with the removal. Objects are removed at once, but
-    /// for kinds that `terminate` (Namespaces).
+    /// DELETE with the kind's default grace period: see `delete_with_grace`.
     pub async fn delete(
         &self,
         r: &Resource,
@@ -666,8 +664,32 @@ impl Registry {
         preconditions: &Preconditions,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
+        self.delete_with_grace(r, namespace, name, preconditions, None, dry_run)
+            .await
+    }
+
+    /// DELETE. The preconditions (uid, resourceVersion) are checked by the
+    /// store atomically with the removal. Objects are removed at once, but
+    /// for kinds that `terminate` (Namespaces), and pods running on a node:
+    /// those get `deletionTimestamp` and `deletionGracePeriodSeconds`, and
+    /// their node agent stops them and then deletes them with grace 0.
+    pub async fn delete_with_grace(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        preconditions: &Preconditions,
+        grace: Option<i64>,
+        dry_run: DryRun,
+    ) -> Result<StoredObject, ApiError> {
         if r.strategy.terminates() {
             return self.terminate(r, name, preconditions, dry_run).await;
+        }
+        if let Some(marked) = self
+            .mark_for_deletion(r, namespace, name, preconditions, grace, dry_run)
+            .await?
+        {
+            return Ok(marked);
         }
         let deleted = self
             .store_for(dry_run)
@@ -676,6 +698,71 @@ impl Registry {
             .map_err(|e| ApiError::from_store(e, r, name))?;
         self.wrote(r);
         Ok(deleted)
+    }
+
+    /// The graceful part of a delete: `Some` when the object was marked
+    /// (or already was, with no longer a grace period than asked) and stays
+    /// for its node agent to finish; `None` to remove it now. A pod whose
+    /// node is gone has no agent to finish it, so it goes at once.
+    async fn mark_for_deletion(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        preconditions: &Preconditions,
+        grace: Option<i64>,
+        dry_run: DryRun,
+    ) -> Result<Option<StoredObject>, ApiError> {
+        let current = self.get(r, namespace, name).await?;
+        let value = current.value()?;
+        let Some(graceful) = r.strategy.graceful_deletion(&value, grace) else {
+            return Ok(None);
+        };
+        let nodes = self.resource(&mube_apis::resources::NODES)?;
+        match self.get(&nodes, None, &graceful.node).await {
+            Err(e) if e.is_not_found() => return Ok(None),
+            other => other?,
+        };
+        preconditions
+            .check(&current)
+            .map_err(|e| ApiError::from_store(e, r, name))?;
+        let already = value
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if value.pointer("/metadata/deletionTimestamp").is_some()
+            && already.is_some_and(|a| a <= graceful.seconds)
+        {
+            return Ok(Some(current));
+        }
+        // As Kubernetes: the timestamp is when the object should be gone.
+        let deadline = Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(graceful.seconds))
+            .unwrap_or_else(|_| Timestamp::now());
+        let manager = Manager {
+            name: managed::APISERVER,
+            part: Part::Main,
+        };
+        let uid = value.pointer("/metadata/uid").cloned();
+        self.modify_in(
+            self.store_for(dry_run),
+            r,
+            namespace,
+            name,
+            Some(Recording::Server(&manager)),
+            |_, mut object| {
+                if object.pointer("/metadata/uid") != uid.as_ref() {
+                    return Err(ApiError::new(
+                        Reason::Conflict,
+                        format!("{} {name:?} was replaced while being deleted", r.kind),
+                    ));
+                }
+                object["metadata"]["deletionTimestamp"] = time(deadline);
+                object["metadata"]["deletionGracePeriodSeconds"] = json!(graceful.seconds);
+                Ok(Some(object))
+            },
+        )
+        .await
+        .map(Some)
     }
 
     /// DELETE on a collection: every object the filter matches, each deleted
@@ -690,6 +777,7 @@ impl Registry {
         namespace: Option<&str>,
         filter: &Filter,
         preconditions: &Preconditions,
+        grace: Option<i64>,
         dry_run: DryRun,
     ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
         let (items, revision) = self.list(r, namespace, filter, ReadAt::Newest).await?;
@@ -710,6 +798,20 @@ impl Registry {
         let store = self.store_for(dry_run);
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {
+            // The name is the key's last segment.
+            let name = item.key.rsplit('/').next().unwrap_or_default();
+            match self
+                .mark_for_deletion(r, namespace, name, preconditions, grace, dry_run)
+                .await
+            {
+                Ok(Some(marked)) => {
+                    deleted.push(marked);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
             match store.delete(&item.key, preconditions).await {
                 Ok(gone) => {
                     self.wrote(r);
@@ -717,8 +819,6 @@ impl Registry {
                 }
                 Err(StoreError::NotFound { .. }) => {}
                 Err(e) => {
-                    // The name is the key's last segment.
-                    let name = item.key.rsplit('/').next().unwrap_or_default();
                     return Err(ApiError::from_store(e, r, name));
                 }
             }

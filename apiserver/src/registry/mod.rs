@@ -106,6 +106,13 @@ impl Resource {
 }
 
 /// The per-kind hooks. Defaults suit a kind with no special rules.
+/// A deletion the node agent finishes: see `Strategy::graceful_deletion`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Graceful {
+    pub seconds: i64,
+    pub node: String,
+}
+
 pub trait Strategy: Send + Sync {
     /// The kind's typed Kubernetes struct (`&TypedAs::<Node>::NEW`).
     fn typed(&self) -> &'static dyn Typed;
@@ -138,6 +145,14 @@ pub trait Strategy: Send + Sync {
     /// Namespace, emptied by the namespace controller).
     fn terminates(&self) -> bool {
         false
+    }
+
+    /// Kubernetes' graceful deletion (`CheckGracefulDelete`): for a delete
+    /// that asked for `requested` seconds (or nothing), the grace period the
+    /// object gets and the node whose agent finishes the deletion. `None`
+    /// removes the object at once, as for every kind but pods.
+    fn graceful_deletion(&self, _object: &Value, _requested: Option<i64>) -> Option<Graceful> {
+        None
     }
 
     /// Whether the kind has a status subresource (`/status`).

@@ -9,7 +9,9 @@ use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, string_at, Resource, Strategy, TableConvertor, Typed, TypedAs};
+use super::{
+    age_of, name_of, string_at, Graceful, Resource, Strategy, TableConvertor, Typed, TypedAs,
+};
 
 pub fn resource() -> Resource {
     Resource {
@@ -52,8 +54,17 @@ fn unsupported(field: String) -> FieldError {
 }
 
 /// `Always` for an image without a tag or tagged `latest`, else
-/// `IfNotPresent`, as Kubernetes defaults it.
+/// `IfNotPresent`, as Kubernetes defaults it. One addition: images named
+/// under `mube.local/` are built and imported locally (scripts/images.py,
+/// `ctr images import`); no registry serves that name, so pulling one
+/// always fails and they default to `IfNotPresent`, tag or not.
+/// The registry name of images that exist only where they were imported.
+pub const LOCAL_REGISTRY: &str = "mube.local/";
+
 fn default_pull_policy(image: &str) -> &'static str {
+    if image.starts_with(LOCAL_REGISTRY) {
+        return "IfNotPresent";
+    }
     let last = image.rsplit('/').next().unwrap_or(image);
     let tagged = last.contains(':') && !last.ends_with(":latest");
     if tagged || image.contains('@') {
@@ -227,6 +238,30 @@ impl Strategy for PodStrategy {
         true
     }
 
+    /// As Kubernetes' pod strategy: a pod bound to a node gets the grace
+    /// period asked for, else its own `terminationGracePeriodSeconds`
+    /// (default 30); a negative one is 1. A pod on no node, a finished
+    /// pod, and a delete with grace 0 (`--force --grace-period=0`, and the
+    /// agent's own final delete) remove it at once.
+    fn graceful_deletion(&self, object: &Value, requested: Option<i64>) -> Option<Graceful> {
+        let node = string_at(object, "/spec/nodeName").filter(|n| !n.is_empty())?;
+        if matches!(
+            object.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        ) {
+            return None;
+        }
+        let seconds = requested
+            .or_else(|| {
+                object
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
+        let seconds = if seconds < 0 { 1 } else { seconds };
+        (seconds > 0).then_some(Graceful { seconds, node })
+    }
+
     fn selectable_fields(&self) -> &'static [&'static str] {
         &[
             "metadata.name",
@@ -285,39 +320,77 @@ impl TableConvertor for PodStrategy {
         ]
     }
 
+    /// As kubectl's (and kube-apiserver's) pod printer: STATUS is the
+    /// reason a container waits or ended (`CrashLoopBackOff`, `Completed`,
+    /// `Error`), else the phase; `Terminating` once deleted. RESTARTS
+    /// says when the last restart was.
     fn cells(&self, object: &Value, now: Timestamp) -> Vec<Value> {
-        let statuses = object
-            .pointer("/status/containerStatuses")
-            .and_then(Value::as_array);
+        let text = |p: &str| object.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty());
         let total = object
             .pointer("/spec/containers")
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
-        let ready = statuses.map_or(0, |s| {
-            s.iter()
-                .filter(|c| c.get("ready") == Some(&json!(true)))
-                .count()
-        });
-        let restarts: i64 = statuses.map_or(0, |s| {
-            s.iter()
-                .filter_map(|c| c.get("restartCount")?.as_i64())
-                .sum()
-        });
-        let text = |p: &str, none: &str| {
-            object
-                .pointer(p)
+        let mut reason = text("/status/reason")
+            .or(text("/status/phase"))
+            .unwrap_or("Pending")
+            .to_string();
+        let (mut ready, mut restarts, mut running) = (0, 0i64, false);
+        let mut last_restart: Option<Timestamp> = None;
+        let statuses = object
+            .pointer("/status/containerStatuses")
+            .and_then(Value::as_array);
+        for c in statuses.into_iter().flatten().rev() {
+            restarts += c.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
+            if let Some(t) = c
+                .pointer("/lastState/terminated/finishedAt")
                 .and_then(Value::as_str)
-                .unwrap_or(none)
-                .to_string()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+            {
+                last_restart = Some(last_restart.map_or(t, |l| l.max(t)));
+            }
+            let at = |p: &str| c.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty());
+            if let Some(r) = at("/state/waiting/reason") {
+                reason = r.to_string();
+            } else if let Some(r) = at("/state/terminated/reason") {
+                reason = r.to_string();
+            } else if let Some(t) = c.pointer("/state/terminated") {
+                reason = match t.get("signal").and_then(Value::as_i64).filter(|s| *s != 0) {
+                    Some(signal) => format!("Signal:{signal}"),
+                    None => format!(
+                        "ExitCode:{}",
+                        t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                    ),
+                };
+            } else if c.get("ready") == Some(&json!(true)) && c.pointer("/state/running").is_some() {
+                running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && running {
+            reason = "Running".into();
+        }
+        if object.pointer("/metadata/deletionTimestamp").is_some() {
+            reason = if text("/status/reason") == Some("NodeLost") {
+                "Unknown".into()
+            } else {
+                "Terminating".into()
+            };
+        }
+        let restarts = match last_restart {
+            Some(t) if restarts > 0 => format!(
+                "{restarts} ({} ago)",
+                mube_apis::table::human_age(Some(t), now)
+            ),
+            _ => restarts.to_string(),
         };
         vec![
             json!(name_of(object)),
             json!(format!("{ready}/{total}")),
-            json!(text("/status/phase", "Pending")),
+            json!(reason),
             json!(restarts),
             json!(age_of(object, now)),
-            json!(text("/status/podIP", "<none>")),
-            json!(text("/spec/nodeName", "<none>")),
+            json!(text("/status/podIP").unwrap_or("<none>")),
+            json!(text("/spec/nodeName").unwrap_or("<none>")),
         ]
     }
 }

@@ -311,7 +311,7 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     let filter = Filter::parse(&nodes, Some("a=1"), None).unwrap();
     let (gone, _) = f
         .registry
-        .delete_collection(&nodes, None, &filter, &Preconditions::default(), dry)
+        .delete_collection(&nodes, None, &filter, &Preconditions::default(), None, dry)
         .await
         .unwrap();
     assert_eq!(gone.len(), 2);
@@ -353,7 +353,14 @@ async fn delete_collection_removes_exactly_the_matching_objects() {
     let filter = Filter::parse(&nodes, Some("pool=a"), None).unwrap();
     let (gone, _) = f
         .registry
-        .delete_collection(&nodes, None, &filter, &Preconditions::default(), DryRun::No)
+        .delete_collection(
+            &nodes,
+            None,
+            &filter,
+            &Preconditions::default(),
+            None,
+            DryRun::No,
+        )
         .await
         .unwrap();
     let names: Vec<String> = gone

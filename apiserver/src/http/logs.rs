@@ -1,0 +1,206 @@
+//! `GET .../pods/{name}/log`: the API server checks the request against
+//! the pod (bound to a node, the container named and started), then
+//! proxies it to the node agent's `/containerLogs/{ns}/{pod}/{container}`,
+//! the kubelet's endpoint, and streams the answer back. Authorization of
+//! `pods/log` happened in the request chain already; the node agent in
+//! turn asks this server whether the caller (this server's own kubelet
+//! client identity) may read node logs, as the kubelet's webhook
+//! authorization does.
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::registry::Resource;
+use mube_apis::status::Reason;
+
+/// The client for node agents, with this server's identity towards them.
+pub struct NodeClient {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl NodeClient {
+    pub fn new() -> Result<NodeClient, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("building the node client: {e}"))?;
+        Ok(NodeClient {
+            http,
+            token: crate::pki::random_token()?,
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+/// PodLogOptions that pass through to the node agent as they are.
+const PASSED: &[&str] = &[
+    "follow",
+    "previous",
+    "timestamps",
+    "tailLines",
+    "limitBytes",
+    "sinceSeconds",
+];
+
+fn bad_request(message: String) -> ApiError {
+    ApiError::bad_request(message)
+}
+
+pub async fn serve(
+    state: &AppState,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let pod = state.registry.get(r, ns, name).await?.value()?;
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    for number in ["tailLines", "limitBytes", "sinceSeconds"] {
+        if let Some(v) = get(number) {
+            if v.parse::<i64>()
+                .map_or(true, |n| n < 0 || (number != "tailLines" && n == 0))
+            {
+                return Err(bad_request(format!("{number}: invalid value {v:?}")));
+            }
+        }
+    }
+    let names: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name")?.as_str())
+        .collect();
+    let container = match get("container").filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c) => c.to_string(),
+        Some(c) => {
+            return Err(bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
+        None if names.len() == 1 => names[0].to_string(),
+        None => {
+            return Err(bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )))
+        }
+    };
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad_request(format!("pod {name} does not have a host assigned")))?;
+    // As kube-apiserver: a container that has not started has no logs yet.
+    let status = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .and_then(|all| {
+            all.iter()
+                .find(|s| s.get("name").and_then(Value::as_str) == Some(&container))
+        });
+    let started = status.is_some_and(|s| {
+        s.pointer("/state/running").is_some()
+            || s.pointer("/state/terminated").is_some()
+            || s.pointer("/lastState/terminated").is_some()
+    });
+    if !started {
+        let reason = status
+            .and_then(|s| s.pointer("/state/waiting/reason"))
+            .and_then(Value::as_str)
+            .unwrap_or("ContainerCreating");
+        return Err(bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
+        )));
+    }
+    let nodes = state.registry.resource(&mube_apis::resources::NODES)?;
+    let node_object = state.registry.get(&nodes, None, node).await?.value()?;
+    let address = node_object
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        })
+        .and_then(|x| x.get("address")?.as_str())
+        .ok_or_else(|| {
+            ApiError::new(
+                Reason::ServiceUnavailable,
+                format!("node {node:?} has no InternalIP address to reach its agent at"),
+            )
+        })?;
+    let port = node_object
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .unwrap_or(10250);
+    let host = match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => address.to_string(),
+    };
+    let ns = ns.unwrap_or("default");
+    let mut url = reqwest::Url::parse(&format!("http://{host}:{port}/"))
+        .map_err(|e| ApiError::new(Reason::InternalError, format!("node address: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|_| ApiError::new(Reason::InternalError, "node address"))?
+        .extend(["containerLogs", ns, name, &container]);
+    {
+        let mut q = url.query_pairs_mut();
+        for key in PASSED {
+            if let Some(v) = get(key) {
+                q.append_pair(key, v);
+            }
+        }
+    }
+    let answer = state
+        .nodes
+        .http
+        .get(url)
+        .bearer_auth(&state.nodes.token)
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                Reason::ServiceUnavailable,
+                format!(
+                    "cannot reach the agent of node {node:?} at {host}:{port}: {}",
+                    mube_apis::errors::chain(&e)
+                ),
+            )
+        })?;
+    let code = answer.status();
+    if !code.is_success() {
+        let text = answer.text().await.unwrap_or_default();
+        let reason = match code.as_u16() {
+            404 => Reason::NotFound,
+            400 => Reason::BadRequest,
+            401 | 403 => Reason::Forbidden,
+            _ => Reason::InternalError,
+        };
+        return Err(ApiError::new(
+            reason,
+            format!("node {node:?} answered {code}: {}", text.trim()),
+        ));
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(answer.bytes_stream()))
+        .map_err(|e| ApiError::new(Reason::InternalError, e.to_string()))
+}
