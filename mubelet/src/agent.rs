@@ -1,6 +1,6 @@
-//! The agent: owns its components and stops them in order. Today these are
-//! the heartbeat and the health endpoint; running pods through the container
-//! runtime will be one more component started here, beside them.
+//! The agent: owns its components and stops them in order: the heartbeat,
+//! the health endpoint, the node's status, and the pods it runs through the
+//! container runtime.
 
 use std::sync::Arc;
 
@@ -28,7 +28,19 @@ pub async fn run(config: Config) -> Result<(), String> {
             tracing::warn!(error = %e, "cannot register this node");
         }
     }
-    let heartbeater = Heartbeater::new(&config, client, status.clone())?;
+    let runtime = crate::cri::Runtime::new(&config.runtime_endpoint, config.runtime_timeout)
+        .map_err(|e| format!("MUBELET_CONTAINER_RUNTIME_ENDPOINT: {e}"))?;
+    let runtime_name = crate::node_status::RuntimeName::default();
+    let heartbeater = Heartbeater::new(
+        &config,
+        client.clone(),
+        status.clone(),
+        (!config.runtime_given).then(|| runtime_name.clone()),
+    )?;
+    let host_ip = config
+        .node_ip
+        .clone()
+        .or_else(|| crate::node_status::detect_ip(&config.api_server));
     let listener = tokio::net::TcpListener::bind(config.health_listen)
         .await
         .map_err(|e| {
@@ -39,7 +51,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         })?;
 
     let shutdown = CancellationToken::new();
-    let health = axum::serve(listener, health::router(config.clone(), status))
+    let logs = crate::logs::LogState::new(
+        config.clone(),
+        runtime.clone(),
+        credentials::http_client(&config, None, timeout)?,
+    );
+    let health = axum::serve(listener, health::router(config.clone(), status, logs))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let health = tokio::spawn(async move {
         if let Err(e) = health.await {
@@ -47,7 +64,31 @@ pub async fn run(config: Config) -> Result<(), String> {
         }
     });
     let heartbeat = tokio::spawn(heartbeater.run(shutdown.clone()));
-    let mut tasks = vec![heartbeat, health];
+    let node_status = tokio::spawn(crate::node_status::run(
+        config.clone(),
+        runtime.clone(),
+        runtime_name,
+        host_ip.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    let pods = tokio::spawn(crate::pods::run(
+        Arc::new(crate::pods::Shared {
+            runtime,
+            node: config.node_name.clone(),
+            api_server: config.api_server.clone(),
+            client,
+            log_root: config.pod_log_dir.clone(),
+            backoff: crate::pods::backoff::Policy {
+                base: config.restart_backoff,
+                max: config.restart_backoff * 30,
+            },
+            host_ip,
+            resync: config.sync_interval,
+        }),
+        shutdown.clone(),
+    ));
+    let mut tasks = vec![heartbeat, health, node_status, pods];
     if let Some(identity) = identity {
         tasks.push(tokio::spawn(credentials::renew(
             config.clone(),

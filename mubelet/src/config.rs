@@ -24,6 +24,29 @@ pub struct Config {
     /// `MUBELET_STATE_DIR`: where the node's key and certificate are kept
     /// (default /var/lib/mubelet).
     pub state_dir: std::path::PathBuf,
+    /// Whether `MUBELET_RUNTIME` was given: if not, the heartbeat reports
+    /// what the runtime says it is (`containerd://1.6.20`).
+    pub runtime_given: bool,
+    /// `MUBELET_CONTAINER_RUNTIME_ENDPOINT` (kubelet's
+    /// `--container-runtime-endpoint`).
+    pub runtime_endpoint: String,
+    /// `MUBELET_RUNTIME_REQUEST_TIMEOUT`: the deadline of one CRI call.
+    pub runtime_timeout: Duration,
+    /// `MUBELET_POD_LOG_DIR`: where containers' logs are written (the
+    /// kubelet's /var/log/pods).
+    pub pod_log_dir: std::path::PathBuf,
+    /// `MUBELET_CNI_CONF_DIR`: where the CNI config is written, the
+    /// runtime's CNI conf_dir.
+    pub cni_conf_dir: std::path::PathBuf,
+    /// `MUBELET_RESTART_BACKOFF`: the first wait of the restart back-off
+    /// (Kubernetes: 10s); it doubles up to 30 times that (5 min).
+    pub restart_backoff: Duration,
+    /// `MUBELET_SYNC_INTERVAL`: how often each pod is looked at without a
+    /// change to it (containers that exit are noticed within this).
+    pub sync_interval: Duration,
+    /// `MUBELET_NODE_IP`: the node's address (default: the one it reaches
+    /// the API server from).
+    pub node_ip: Option<String>,
 }
 
 fn hostname() -> String {
@@ -105,7 +128,30 @@ impl Config {
                     .map_err(|e| format!("MUBELET_CA_FILE: cannot read {path:?}: {e}"))?,
             ),
         };
+        let runtime_endpoint = text(
+            "MUBELET_CONTAINER_RUNTIME_ENDPOINT",
+            "unix:///run/containerd/containerd.sock",
+        );
+        crate::cri::socket_path(&runtime_endpoint)
+            .map_err(|e| format!("MUBELET_CONTAINER_RUNTIME_ENDPOINT: {e}"))?;
+        let node_ip = match env("MUBELET_NODE_IP") {
+            None => None,
+            Some(ip) => Some(
+                ip.trim()
+                    .parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("MUBELET_NODE_IP: {ip:?} is not an IP address"))?
+                    .to_string(),
+            ),
+        };
         Ok(Config {
+            runtime_given: env("MUBELET_RUNTIME").is_some(),
+            runtime_endpoint,
+            runtime_timeout: duration("MUBELET_RUNTIME_REQUEST_TIMEOUT", "10s")?,
+            pod_log_dir: text("MUBELET_POD_LOG_DIR", "/var/log/pods").into(),
+            cni_conf_dir: text("MUBELET_CNI_CONF_DIR", "/etc/cni/net.d").into(),
+            restart_backoff: duration("MUBELET_RESTART_BACKOFF", "10s")?,
+            sync_interval: duration("MUBELET_SYNC_INTERVAL", "1s")?,
+            node_ip,
             ca_pem,
             token,
             state_dir: text("MUBELET_STATE_DIR", "/var/lib/mubelet").into(),
@@ -155,6 +201,9 @@ mod tests {
             ("MUBELET_HEALTH_LISTEN", "10250"),
             ("MUBELET_SHUTDOWN_TIMEOUT", "0"),
             ("MUBELET_NODE_NAME", "Bad_Name"),
+            ("MUBELET_CONTAINER_RUNTIME_ENDPOINT", "tcp://localhost:1"),
+            ("MUBELET_NODE_IP", "here"),
+            ("MUBELET_RESTART_BACKOFF", "0s"),
         ] {
             let e = load(&[(var, value), ("MUBELET_NODE_NAME", "n1")]).unwrap_err();
             assert!(e.starts_with(var), "{var}={value}: {e}");

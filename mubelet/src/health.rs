@@ -1,4 +1,5 @@
-//! The agent's own HTTP endpoint: `GET /healthz` and `GET /status`.
+//! The agent's own HTTP endpoint: `GET /healthz`, `GET /status`, and the
+//! container logs the API server proxies `kubectl logs` to.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::heartbeat::SharedStatus;
+use crate::logs::LogState;
 
 #[derive(Clone)]
 struct HealthState {
@@ -16,11 +18,18 @@ struct HealthState {
     heartbeat: SharedStatus,
 }
 
-pub fn router(config: Arc<Config>, heartbeat: SharedStatus) -> Router {
+pub fn router(config: Arc<Config>, heartbeat: SharedStatus, logs: LogState) -> Router {
+    let logs = Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(crate::logs::container_logs),
+        )
+        .with_state(logs);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(status))
         .with_state(HealthState { config, heartbeat })
+        .merge(logs)
 }
 
 async fn status(State(state): State<HealthState>) -> Json<Value> {

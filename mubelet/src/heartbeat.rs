@@ -62,6 +62,9 @@ pub struct Heartbeater {
     body: Heartbeat,
     interval: Duration,
     status: SharedStatus,
+    /// The runtime's own name and version, once it answered, for the
+    /// body's `runtime` (when MUBELET_RUNTIME does not say).
+    runtime_name: Option<crate::node_status::RuntimeName>,
 }
 
 /// First retry after this, doubling up to the heartbeat interval.
@@ -77,6 +80,7 @@ impl Heartbeater {
         config: &Config,
         client: tokio::sync::watch::Receiver<reqwest::Client>,
         status: SharedStatus,
+        runtime_name: Option<crate::node_status::RuntimeName>,
     ) -> Result<Heartbeater, String> {
         let url = config
             .api_server
@@ -94,12 +98,24 @@ impl Heartbeater {
             },
             interval: config.heartbeat_interval,
             status,
+            runtime_name,
         })
     }
 
     async fn send(&self) -> Outcome {
         let client = self.client.borrow().clone();
-        let response = match client.post(self.url.clone()).json(&self.body).send().await {
+        let reported = self
+            .runtime_name
+            .as_ref()
+            .and_then(|n| n.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let body = match reported {
+            Some(runtime) => std::borrow::Cow::Owned(Heartbeat {
+                runtime,
+                ..self.body.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(&self.body),
+        };
+        let response = match client.post(self.url.clone()).json(&*body).send().await {
             Ok(r) => r,
             Err(e) => {
                 let message = if e.is_timeout() {

@@ -4,12 +4,18 @@
 mod agent;
 mod config;
 mod credentials;
+mod cri;
 mod health;
 mod heartbeat;
+mod logs;
+mod network;
+mod node_status;
+mod pods;
 mod registration;
 mod system;
 
 fn main() -> std::process::ExitCode {
-    // One worker thread: the agent's work is a request every few seconds.
+    // One worker thread: the agent's work is a heartbeat every few seconds
+    // and runtime calls that mostly wait on containerd.
     mube_process::main("mubelet", Some(1), config::Config::from_env, agent::run)
 }

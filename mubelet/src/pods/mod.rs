@@ -1,0 +1,120 @@
+//! Running the pods bound to this node: a source (list and watch of the
+//! API), one worker per pod, and a sweep that removes what the runtime
+//! holds for pods that no longer exist.
+
+pub mod backoff;
+mod source;
+mod spec;
+pub mod status;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cri::{self, Runtime};
+
+/// What every pod worker shares.
+pub struct Shared {
+    pub runtime: Runtime,
+    pub node: String,
+    pub api_server: reqwest::Url,
+    pub client: watch::Receiver<reqwest::Client>,
+    pub log_root: PathBuf,
+    pub backoff: backoff::Policy,
+    pub host_ip: Option<String>,
+    /// How often a worker looks at its pod without being told to.
+    pub resync: Duration,
+}
+
+struct Running {
+    updates: watch::Sender<Option<Pod>>,
+    task: JoinHandle<()>,
+}
+
+/// Runs pods until `shutdown`. Containers keep running when mubelet stops:
+/// the next mubelet adopts them by their labels.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let (tx, mut pods) = watch::channel::<source::Pods>(None);
+    let source = tokio::spawn(source::run(
+        shared.api_server.clone(),
+        shared.node.clone(),
+        shared.client.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    let mut workers: HashMap<String, Running> = HashMap::new();
+    let mut sweep = tokio::time::interval(shared.resync.max(Duration::from_secs(1)) * 5);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = pods.changed() => if changed.is_err() { break },
+            _ = sweep.tick() => {}
+        }
+        let Some(snapshot) = pods.borrow_and_update().clone() else {
+            continue;
+        };
+        for (uid, pod) in snapshot.iter() {
+            match workers.get(uid) {
+                Some(w) => {
+                    w.updates.send_replace(Some(pod.clone()));
+                }
+                None => {
+                    let (updates, rx) = watch::channel(Some(pod.clone()));
+                    let worker = worker::Worker::new(shared.clone(), uid.clone());
+                    let task = tokio::spawn(worker.run(rx, shutdown.clone()));
+                    workers.insert(uid.clone(), Running { updates, task });
+                }
+            }
+        }
+        // Pods gone from the API: their workers clean up and end.
+        for (uid, w) in &workers {
+            if !snapshot.contains_key(uid) {
+                w.updates.send_replace(None);
+            }
+        }
+        workers.retain(|_, w| !w.task.is_finished());
+        sweep_orphans(&shared, &snapshot, &workers).await;
+    }
+    for (_, w) in workers {
+        let _ = w.task.await;
+    }
+    let _ = source.await;
+}
+
+/// Sandboxes of this node whose pod neither exists nor has a worker (left
+/// from before a restart of mubelet, say) are stopped and removed. Other
+/// nodes' sandboxes, and anything not labelled by mubelet, are never
+/// touched.
+async fn sweep_orphans(
+    shared: &Shared,
+    pods: &HashMap<String, Pod>,
+    workers: &HashMap<String, Running>,
+) {
+    let mine = HashMap::from([(cri::NODE.to_string(), shared.node.clone())]);
+    let Ok(sandboxes) = shared.runtime.sandboxes(mine).await else {
+        return;
+    };
+    for s in sandboxes {
+        let Some(uid) = s.labels.get(cri::POD_UID) else {
+            continue;
+        };
+        if pods.contains_key(uid) || workers.contains_key(uid) {
+            continue;
+        }
+        tracing::info!(pod_uid = %uid, sandbox = %s.id, "removing the sandbox of a pod that no longer exists");
+        let selector = HashMap::from([
+            (cri::POD_UID.to_string(), uid.clone()),
+            (cri::NODE.to_string(), shared.node.clone()),
+        ]);
+        if let Err(e) = worker::remove_pod(&shared.runtime, selector, Duration::ZERO).await {
+            tracing::warn!(pod_uid = %uid, error = %e, "cannot remove an orphaned sandbox yet");
+        }
+    }
+}
