@@ -168,7 +168,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub notready_timeout: Duration,
     /// `clusterCIDR`: where nodes' pod CIDRs come from.
-    pub cluster_cidr: crate::controllers::node_ipam::ClusterCidr,
+    pub cluster_cidr: crate::registry::pod_cidr::ClusterCidr,
 }
 
 fn duration_env(
@@ -304,7 +304,7 @@ impl Config {
                 .and_then(|a| a.node_certificate_ttl.as_deref()),
             Duration::from_secs(365 * 24 * 3600),
         )?;
-        let cluster_cidr = crate::controllers::node_ipam::ClusterCidr::parse(
+        let cluster_cidr = crate::registry::pod_cidr::ClusterCidr::parse(
             raw.cluster_cidr.as_deref().unwrap_or("10.244.0.0/16"),
         )
         .map_err(|e| format!("{file}: clusterCIDR: {e}"))?;

@@ -31,7 +31,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let store: Arc<dyn Store> = Arc::new(store);
-    let registry = Arc::new(Registry::standard(store.clone()));
+    let registry = Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr));
     crate::registry::ensure_system_namespaces(&registry)
         .await
         .map_err(|e| format!("creating the system namespaces: {e}"))?;
@@ -116,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         authn: Arc::new(crate::http::authn::Authenticator::new(
             config.token_file.as_deref(),
             pki.as_ref().and_then(|p| p.admin_token.as_deref()),
-            nodes.token(),
+            nodes.clone(),
             config.anonymous,
             registry.clone(),
         )?),
@@ -131,14 +131,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     let namespaces = crate::controllers::namespace::NamespaceController::new(Arc::new(
         LocalClient::new(registry.clone()),
     ));
-    let ipam = crate::controllers::node_ipam::NodeIpam::new(
-        Arc::new(LocalClient::new(registry.clone())),
-        config.cluster_cidr,
-    );
     let mut tasks = vec![
         controller,
         tokio::spawn(namespaces.run(shutdown.child_token())),
-        tokio::spawn(ipam.run(shutdown.child_token())),
     ];
     if let Some(signer) = pki.as_ref().and_then(|p| p.signer.clone()) {
         let csr = crate::controllers::csr_signer::CsrSigner::new(

@@ -216,8 +216,8 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 ),
             ],
         ),
-        // What node agents let the API server do (Kubernetes' role of the
-        // same name): mubelet asks before it serves logs.
+        // What node agents let a client do (Kubernetes' role of the same
+        // name), for operators who bind it.
         role(
             "system:kubelet-api-admin",
             vec![rule(
@@ -302,11 +302,6 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:kube-controller-manager",
             "system:kube-controller-manager",
             &[("User", "system:kube-controller-manager")],
-        ),
-        binding(
-            "mube:apiserver-kubelet-client",
-            "system:kubelet-api-admin",
-            &[("User", super::user::KUBELET_CLIENT)],
         ),
         binding(
             "system:kube-scheduler",

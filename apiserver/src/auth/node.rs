@@ -15,6 +15,13 @@ use super::user::UserInfo;
 use super::Decision;
 
 pub fn authorize(request: &Attributes) -> Decision {
+    if let Some(node) = request
+        .user
+        .username
+        .strip_prefix(super::user::KUBELET_CLIENT_PREFIX)
+    {
+        return apiserver_towards(node, request);
+    }
     let Some(node) = request.user.node_name() else {
         return Decision::NoOpinion;
     };
@@ -72,6 +79,23 @@ pub fn authorize(request: &Attributes) -> Decision {
             "create" | "get" | "list" | "watch" => Decision::Allow,
             _ => Decision::NoOpinion,
         },
+        _ => Decision::NoOpinion,
+    }
+}
+
+/// The API server's identity towards one node's agent may get
+/// `nodes/proxy` of that node, never of another, whatever RBAC says. Its
+/// other requests (the agent's access review of it) are RBAC's to decide,
+/// as for any authenticated user.
+fn apiserver_towards(node: &str, request: &Attributes) -> Decision {
+    match &request.resource {
+        Some(r) if r.api_group.is_empty() && r.resource == "nodes" && r.subresource == "proxy" => {
+            if r.name == node && request.verb == "get" {
+                Decision::Allow
+            } else {
+                Decision::Deny(format!("this identity may only read node {node:?}'s agent"))
+            }
+        }
         _ => Decision::NoOpinion,
     }
 }
@@ -168,6 +192,19 @@ mod tests {
         );
         assert!(admit_create(&n1, "leases", "n2").is_err());
         assert!(admit_create(&n1, "leases", "n1").is_ok());
+        // The API server towards n1's agent: n1's logs, no one else's.
+        let towards = UserInfo::authenticated(
+            format!("{}n1", crate::auth::user::KUBELET_CLIENT_PREFIX),
+            vec![],
+        );
+        assert_eq!(
+            ask(&towards, "get", "", "nodes", "proxy", "", "n1"),
+            Decision::Allow
+        );
+        assert!(matches!(
+            ask(&towards, "get", "", "nodes", "proxy", "", "n2"),
+            Decision::Deny(_)
+        ));
         let admin = UserInfo::authenticated("admin", vec![]);
         assert_eq!(
             ask(&admin, "update", "", "nodes", "status", "", "n2"),

@@ -53,10 +53,12 @@ impl UserInfo {
     }
 }
 
-/// The user the API server is towards node agents (kube-apiserver's
-/// kubelet client certificate has this name); bound to
-/// `system:kubelet-api-admin` by the bootstrap policy.
-pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
+/// The user the API server is towards one node's agent:
+/// `kube-apiserver-kubelet-client:<node>` (kube-apiserver's kubelet client
+/// certificate is named `kube-apiserver-kubelet-client`). Each node gets a
+/// token of its own, so a node that keeps the token it was shown can do
+/// no more than read its own logs (auth/node.rs).
+pub const KUBELET_CLIENT_PREFIX: &str = "kube-apiserver-kubelet-client:";
 
 #[cfg(test)]
 mod tests {

@@ -46,15 +46,6 @@ pub trait ApiClient: Send + Sync {
         name: &str,
     ) -> Result<Value, ApiError>;
 
-    /// `PUT .../{name}`; the object's resourceVersion is a precondition.
-    async fn update(
-        &self,
-        kind: &ResourceInfo,
-        namespace: Option<&str>,
-        name: &str,
-        object: Value,
-    ) -> Result<Value, ApiError>;
-
     /// `PUT .../{name}/status`; the object's resourceVersion is a precondition.
     async fn update_status(
         &self,
@@ -162,29 +153,6 @@ impl ApiClient for LocalClient {
     ) -> Result<Value, ApiError> {
         let r = self.registry.resource(kind)?;
         Ok(self.registry.get(&r, namespace, name).await?.value()?)
-    }
-
-    async fn update(
-        &self,
-        kind: &ResourceInfo,
-        namespace: Option<&str>,
-        name: &str,
-        object: Value,
-    ) -> Result<Value, ApiError> {
-        let r = self.registry.resource(kind)?;
-        Ok(self
-            .registry
-            .update(
-                &r,
-                namespace,
-                name,
-                Part::Main,
-                object,
-                managed::CONTROLLER_MANAGER,
-                DryRun::No,
-            )
-            .await?
-            .value()?)
     }
 
     async fn update_status(

@@ -4,7 +4,6 @@
 pub mod client;
 pub mod csr_signer;
 pub mod namespace;
-pub mod node_ipam;
 pub mod node_lifecycle;
 
 use std::future::Future;

@@ -561,20 +561,6 @@ mod tests {
             self.object(kind, name).ok_or_else(|| not_found(name))
         }
 
-        async fn update(
-            &self,
-            kind: &ResourceInfo,
-            _namespace: Option<&str>,
-            name: &str,
-            _object: Value,
-        ) -> Result<Value, ApiError> {
-            self.record(format!("update {} {name}", kind.plural));
-            Err(ApiError::new(
-                Reason::Forbidden,
-                "not used by this controller",
-            ))
-        }
-
         async fn update_status(
             &self,
             kind: &ResourceInfo,

@@ -38,6 +38,8 @@ pub struct CertificateUser(pub UserInfo);
 
 pub struct Authenticator {
     tokens: HashMap<String, UserInfo>,
+    /// This server's own tokens towards node agents (pods/log).
+    nodes: Arc<super::logs::NodeClient>,
     anonymous: bool,
     /// Where join tokens are kept.
     registry: Arc<Registry>,
@@ -52,7 +54,7 @@ impl Authenticator {
     pub fn new(
         token_file: Option<&Path>,
         admin_token: Option<&str>,
-        kubelet_client_token: &str,
+        nodes: Arc<super::logs::NodeClient>,
         anonymous: bool,
         registry: Arc<Registry>,
     ) -> Result<Authenticator, String> {
@@ -60,12 +62,6 @@ impl Authenticator {
             Some(path) => read_tokens(path)?,
             None => HashMap::new(),
         };
-        // The identity this server uses towards node agents (pods/log):
-        // a token made at start and never written anywhere.
-        tokens.insert(
-            kubelet_client_token.to_string(),
-            UserInfo::authenticated(crate::auth::user::KUBELET_CLIENT, vec![]),
-        );
         if let Some(token) = admin_token {
             tokens.insert(
                 token.to_string(),
@@ -74,6 +70,7 @@ impl Authenticator {
         }
         Ok(Authenticator {
             tokens,
+            nodes,
             anonymous,
             registry,
         })
@@ -83,6 +80,12 @@ impl Authenticator {
     async fn token_user(&self, token: &str) -> Option<UserInfo> {
         if let Some(user) = self.tokens.get(token) {
             return Some(user.clone());
+        }
+        if let Some(node) = self.nodes.node_of(token) {
+            return Some(UserInfo::authenticated(
+                format!("{}{node}", crate::auth::user::KUBELET_CLIENT_PREFIX),
+                vec![],
+            ));
         }
         let (id, secret) = join_token::parse(token)?;
         let r = self.registry.resource(&resources::SECRETS).ok()?;

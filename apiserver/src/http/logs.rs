@@ -7,6 +7,8 @@
 //! client identity) may read node logs, as the kubelet's webhook
 //! authorization does.
 
+use std::collections::HashMap;
+
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -17,10 +19,13 @@ use crate::error::ApiError;
 use crate::registry::Resource;
 use mube_apis::status::Reason;
 
-/// The client for node agents, with this server's identity towards them.
+/// The client for node agents, with this server's identity towards each:
+/// a token per node, made when first needed and kept only in memory, so
+/// that what one node is shown opens no other node's logs.
 pub struct NodeClient {
     http: reqwest::Client,
-    token: String,
+    /// node -> token, and token -> node.
+    tokens: std::sync::Mutex<(HashMap<String, String>, HashMap<String, String>)>,
 }
 
 impl NodeClient {
@@ -31,12 +36,26 @@ impl NodeClient {
             .map_err(|e| format!("building the node client: {e}"))?;
         Ok(NodeClient {
             http,
-            token: crate::pki::random_token()?,
+            tokens: Default::default(),
         })
     }
 
-    pub fn token(&self) -> &str {
-        &self.token
+    fn token_for(&self, node: &str) -> Result<String, ApiError> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tokens.0.get(node) {
+            return Ok(t.clone());
+        }
+        let token =
+            crate::pki::random_token().map_err(|e| ApiError::new(Reason::InternalError, e))?;
+        tokens.0.insert(node.to_string(), token.clone());
+        tokens.1.insert(token.clone(), node.to_string());
+        Ok(token)
+    }
+
+    /// The node whose agent `token` was made for.
+    pub fn node_of(&self, token: &str) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.1.get(token).cloned()
     }
 }
 
@@ -167,12 +186,15 @@ pub async fn serve(
                 q.append_pair(key, v);
             }
         }
+        if let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) {
+            q.append_pair("podUID", uid);
+        }
     }
     let answer = state
         .nodes
         .http
         .get(url)
-        .bearer_auth(&state.nodes.token)
+        .bearer_auth(state.nodes.token_for(node)?)
         .send()
         .await
         .map_err(|e| {

@@ -209,7 +209,8 @@ fn admit_create(
 }
 
 /// NodeRestriction for a node's write to a pod (its status, or the final
-/// delete): only a pod bound to that node.
+/// delete): only a pod bound to that node. Returns the UID of the pod that
+/// was checked, when a node asked, so that the write can be held to it.
 async fn admit_pod_write(
     state: &AppState,
     r: &Resource,
@@ -217,32 +218,38 @@ async fn admit_pod_write(
     name: &str,
     verb: &'static str,
     user: &UserInfo,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     if r.kind != "Pod" || state.authz.allows_all() || user.node_name().is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let pod = state.registry.get(r, ns, name).await?.value()?;
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let bound_to = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .unwrap_or("");
-    crate::auth::node::admit_pod_write(user, bound_to).map_err(|reason| {
-        crate::auth::forbidden(
-            &crate::auth::Attributes {
-                user,
-                verb,
-                resource: Some(crate::auth::ResourceAttributes {
-                    api_group: r.group,
-                    resource: r.plural,
-                    subresource: if verb == "delete" { "" } else { "status" },
-                    namespace: ns.unwrap_or(""),
-                    name,
-                }),
-                path: "",
-            },
-            &reason,
-        )
-    })
+    crate::auth::node::admit_pod_write(user, bound_to)
+        .map(|()| uid)
+        .map_err(|reason| {
+            crate::auth::forbidden(
+                &crate::auth::Attributes {
+                    user,
+                    verb,
+                    resource: Some(crate::auth::ResourceAttributes {
+                        api_group: r.group,
+                        resource: r.plural,
+                        subresource: if verb == "delete" { "" } else { "status" },
+                        namespace: ns.unwrap_or(""),
+                        name,
+                    }),
+                    path: "",
+                },
+                &reason,
+            )
+        })
 }
 
 /// `POST .../pods/{name}/binding`: assigns the pod to the Binding's
@@ -586,8 +593,13 @@ async fn serve(
                     ))
                 }
                 Method::DELETE if part == Part::Main => {
-                    let deletion = options::deletion(query, &read_body(body).await?)?;
-                    admit_pod_write(&state, &r, ns, name, "delete", user).await?;
+                    let mut deletion = options::deletion(query, &read_body(body).await?)?;
+                    let checked = admit_pod_write(&state, &r, ns, name, "delete", user).await?;
+                    // The pod that was checked is the one deleted, not one
+                    // made under its name meanwhile.
+                    if deletion.preconditions.uid.is_none() {
+                        deletion.preconditions.uid = checked;
+                    }
                     let deleted = registry
                         .delete_with_grace(
                             &r,

@@ -60,6 +60,8 @@ pub struct Registry {
     /// store acknowledged; dry runs count too (a needless rebuild is
     /// harmless, a missed one is not).
     writes: Vec<AtomicU64>,
+    /// Nodes' pod CIDRs, given at create (`with_pod_cidrs`).
+    pod_cidrs: Option<super::pod_cidr::PodCidrs>,
 }
 
 impl Registry {
@@ -73,6 +75,24 @@ impl Registry {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             resources: super::standard_kinds().into_iter().map(Arc::new).collect(),
+            pod_cidrs: None,
+        }
+    }
+
+    /// Nodes created from now on get a pod CIDR out of `cidr`.
+    pub fn with_pod_cidrs(mut self, cidr: super::pod_cidr::ClusterCidr) -> Registry {
+        self.pod_cidrs = Some(super::pod_cidr::PodCidrs::new(cidr));
+        self
+    }
+
+    /// After a delete: a Node's pod CIDR is free again.
+    async fn forget(&self, r: &Resource, deleted: &StoredObject) {
+        if let (Some(cidrs), "Node") = (&self.pod_cidrs, r.kind) {
+            if let Ok(node) = deleted.value() {
+                if let Some(range) = super::pod_cidr::pod_cidr(&node) {
+                    cidrs.release(range).await;
+                }
+            }
         }
     }
 
@@ -244,18 +264,28 @@ impl Registry {
             meta.remove(server_owned);
         }
         r.strategy.prepare_for_create(&mut object, now);
-        canonicalize(r, &mut object)?;
-        if let Some(manager) = manager {
-            managed::record_update(r, manager, false, None, &mut object, now)?;
+        let reserved = match (&self.pod_cidrs, r.kind, dry_run) {
+            (Some(cidrs), "Node", DryRun::No) => cidrs.assign(self, &mut object).await?,
+            _ => None,
+        };
+        let created = async {
+            canonicalize(r, &mut object)?;
+            if let Some(manager) = manager {
+                managed::record_update(r, manager, false, None, &mut object, now)?;
+            }
+            validate(r, &name, &object)?;
+            self.store_for(dry_run)
+                .create(&r.key(namespace, &name), object)
+                .await
+                .map_err(|e| ApiError::from_store(e, r, &name))
         }
-        validate(r, &name, &object)?;
-        let created = self
-            .store_for(dry_run)
-            .create(&r.key(namespace, &name), object)
-            .await
-            .map_err(|e| ApiError::from_store(e, r, &name))?;
-        self.wrote(r);
-        Ok(created)
+        .await;
+        match (&created, &self.pod_cidrs, reserved) {
+            (Err(_), Some(cidrs), Some(range)) => cidrs.release(&range).await,
+            (Ok(_), _, _) => self.wrote(r),
+            _ => {}
+        }
+        created
     }
 
     /// PUT of the whole object (`Part::Main`) or of `/status`. A
@@ -697,6 +727,9 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_store(e, r, name))?;
         self.wrote(r);
+        if dry_run == DryRun::No {
+            self.forget(r, &deleted).await;
+        }
         Ok(deleted)
     }
 
@@ -815,6 +848,9 @@ impl Registry {
             match store.delete(&item.key, preconditions).await {
                 Ok(gone) => {
                     self.wrote(r);
+                    if dry_run == DryRun::No {
+                        self.forget(r, &gone).await;
+                    }
                     deleted.push(gone)
                 }
                 Err(StoreError::NotFound { .. }) => {}

@@ -24,6 +24,7 @@ mod generic;
 pub mod managed;
 mod meta;
 pub mod patch;
+pub mod pod_cidr;
 #[cfg(test)]
 mod tests;
 

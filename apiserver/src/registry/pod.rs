@@ -367,9 +367,17 @@ impl TableConvertor for PodStrategy {
             }
         }
         if reason == "Completed" && running {
-            reason = "Running".into();
+            let ready_condition = object
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+            reason = if ready_condition { "Running" } else { "NotReady" }.into();
         }
-        if object.pointer("/metadata/deletionTimestamp").is_some() {
+        let terminal = matches!(text("/status/phase"), Some("Succeeded" | "Failed"));
+        if object.pointer("/metadata/deletionTimestamp").is_some() && !terminal {
             reason = if text("/status/reason") == Some("NodeLost") {
                 "Unknown".into()
             } else {
@@ -392,5 +400,36 @@ impl TableConvertor for PodStrategy {
             json!(text("/status/podIP").unwrap_or("<none>")),
             json!(text("/spec/nodeName").unwrap_or("<none>")),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policy_defaults_as_kubernetes_but_for_local_images() {
+        assert_eq!(default_pull_policy("busybox"), "Always");
+        assert_eq!(default_pull_policy("busybox:latest"), "Always");
+        assert_eq!(default_pull_policy("busybox:1.36"), "IfNotPresent");
+        assert_eq!(default_pull_policy("localhost:5000/app"), "Always");
+        assert_eq!(default_pull_policy("mube.local/busybox"), "IfNotPresent");
+    }
+
+    #[test]
+    fn graceful_deletion_as_kubernetes_pod_strategy() {
+        let pod = |node: &str, phase: &str| {
+            json!({"spec": {"nodeName": node, "terminationGracePeriodSeconds": 5},
+                   "status": {"phase": phase}})
+        };
+        let s = PodStrategy;
+        assert_eq!(
+            s.graceful_deletion(&pod("n1", "Running"), None),
+            Some(Graceful { seconds: 5, node: "n1".into() })
+        );
+        assert_eq!(s.graceful_deletion(&pod("n1", "Running"), Some(-3)).map(|g| g.seconds), Some(1));
+        assert_eq!(s.graceful_deletion(&pod("n1", "Running"), Some(0)), None);
+        assert_eq!(s.graceful_deletion(&pod("", "Pending"), None), None);
+        assert_eq!(s.graceful_deletion(&pod("n1", "Succeeded"), None), None);
     }
 }
