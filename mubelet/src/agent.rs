@@ -30,7 +30,18 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     let runtime = crate::cri::Runtime::new(&config.runtime_endpoint, config.runtime_timeout)
         .map_err(|e| format!("MUBELET_CONTAINER_RUNTIME_ENDPOINT: {e}"))?;
+    // Asked once before the first heartbeat, so that the node reports the
+    // runtime's own name from the start instead of changing it a moment
+    // later (a Node write, and a watch event, on every start).
     let runtime_name = crate::node_status::RuntimeName::default();
+    if !config.runtime_given {
+        if let Ok(Ok(v)) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), runtime.version()).await
+        {
+            *runtime_name.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(crate::node_status::reported_name(&v));
+        }
+    }
     let heartbeater = Heartbeater::new(
         &config,
         client.clone(),

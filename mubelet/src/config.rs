@@ -150,7 +150,7 @@ impl Config {
             pod_log_dir: text("MUBELET_POD_LOG_DIR", "/var/log/pods").into(),
             cni_conf_dir: text("MUBELET_CNI_CONF_DIR", "/etc/cni/net.d").into(),
             restart_backoff: duration("MUBELET_RESTART_BACKOFF", "10s")?,
-            sync_interval: duration("MUBELET_SYNC_INTERVAL", "1s")?,
+            sync_interval: duration("MUBELET_SYNC_INTERVAL", "1s")?.max(Duration::from_millis(100)),
             node_ip,
             ca_pem,
             token,

@@ -164,6 +164,10 @@ pub struct Options {
     tail_lines: Option<i64>,
     limit_bytes: Option<i64>,
     since_seconds: Option<i64>,
+    /// mube's addition, sent by the API server: only this pod's
+    /// containers, not those an earlier pod of the same name left.
+    #[serde(rename = "podUID")]
+    pod_uid: Option<String>,
 }
 
 fn yes(v: &Option<String>) -> bool {
@@ -185,6 +189,10 @@ pub async fn container_logs(
         (cri::POD_NAME.to_string(), pod.clone()),
         (cri::CONTAINER_NAME.to_string(), container.clone()),
     ]);
+    let mut selector = selector;
+    if let Some(uid) = options.pod_uid.as_ref().filter(|u| !u.is_empty()) {
+        selector.insert(cri::POD_UID.to_string(), uid.clone());
+    }
     let mut found = match state.runtime.containers(selector).await {
         Ok(c) => c,
         Err(e) => {
@@ -272,16 +280,25 @@ async fn stream(
     };
     let keep =
         |m: &Message| since.is_none_or(|s| m.time.parse::<jiff::Timestamp>().is_ok_and(|t| t >= s));
-    let data = match tokio::fs::read(&path).await {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    // The file stays open, and a follow reads only what was added.
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
             return;
         }
     };
+    let mut data = Vec::new();
+    if let Some(f) = file.as_mut() {
+        use tokio::io::AsyncReadExt;
+        if let Err(e) = f.read_to_end(&mut data).await {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    }
     let mut pending = String::new();
-    let (messages, mut offset) = parse(&data, &mut pending);
+    let (messages, offset) = parse(&data, &mut pending);
     let mut messages: Vec<Message> = messages.into_iter().filter(|m| keep(m)).collect();
     if let Some(n) = options.tail_lines {
         let n = n.max(0) as usize;
@@ -316,12 +333,16 @@ async fn stream(
         // Whether the container still runs, asked before reading, so that
         // what it wrote last is read after it stopped.
         let running = matches!(runtime.container_status(&id).await, Ok(Some(s)) if s.state == 1);
-        let fresh = match tokio::fs::read(&path).await {
-            Ok(d) if d.len() > offset => d[offset..].to_vec(),
-            _ => Vec::new(),
-        };
-        offset += fresh.len();
-        tail.extend_from_slice(&fresh);
+        if file.is_none() {
+            file = tokio::fs::File::open(&path).await.ok();
+        }
+        if let Some(f) = file.as_mut() {
+            use tokio::io::AsyncReadExt;
+            if let Err(e) = f.read_to_end(&mut tail).await {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
         let (messages, used) = parse(&tail, &mut pending);
         tail.drain(..used);
         let out: Vec<u8> = messages

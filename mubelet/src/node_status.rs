@@ -19,6 +19,11 @@ use crate::network;
 /// The runtime as it answered last: `containerd://1.6.20`, or why not.
 pub type RuntimeName = Arc<Mutex<Option<String>>>;
 
+/// How a node reports its runtime, as the kubelet: `containerd://1.6.20`.
+pub fn reported_name(v: &crate::cri::api::VersionResponse) -> String {
+    format!("{}://{}", v.runtime_name, v.runtime_version)
+}
+
 /// The host's CPUs (as Kubernetes counts them: the ones this process may
 /// use) and memory in bytes.
 pub fn host_resources() -> (usize, u64) {
@@ -66,13 +71,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (cpus, memory) = host_resources();
-    let mut written: Option<Value> = None;
     let mut cni_written: Option<String> = None;
     let mut logged_down = false;
     loop {
         let health = match runtime.version().await {
             Ok(v) => {
-                let name = format!("{}://{}", v.runtime_name, v.runtime_version);
+                let name = reported_name(&v);
                 *runtime_name.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
                 if logged_down {
                     logged_down = false;
@@ -88,26 +92,20 @@ pub async fn run(
                 Err(e.message)
             }
         };
-        let wanted = json!({
-            "capacity": {"cpu": cpus.to_string(), "memory": format!("{}Ki", memory / 1024)},
-            "health": health.as_ref().err(),
-            "ip": host_ip,
-        });
         let client_now = client.borrow().clone();
-        if written.as_ref() != Some(&wanted) {
-            match update_node(
-                &config,
-                &client_now,
-                cpus,
-                memory,
-                host_ip.as_deref(),
-                &health,
-            )
-            .await
-            {
-                Ok(()) => written = Some(wanted),
-                Err(e) => tracing::debug!(error = %e, "cannot update the node's status yet"),
-            }
+        // Compared with the Node as it is now, every time: a Node made
+        // again, or changed by someone else, gets its values back.
+        if let Err(e) = update_node(
+            &config,
+            &client_now,
+            cpus,
+            memory,
+            host_ip.as_deref(),
+            &health,
+        )
+        .await
+        {
+            tracing::debug!(error = %e, "cannot update the node's status yet");
         }
         match pod_cidr(&config, &client_now).await {
             Ok(Some(cidr)) if cni_written.as_deref() != Some(&cidr) => {
@@ -170,13 +168,19 @@ async fn update_node(
 ) -> Result<(), String> {
     let url = config
         .api_server
-        .join(&format!("api/v1/nodes/{}/status", config.node_name))
+        .join(&format!(
+            "api/v1/nodes/{}/status?fieldManager=mubelet",
+            config.node_name
+        ))
         .map_err(|e| e.to_string())?;
     for _ in 0..5 {
         let mut node = get_node(config, client).await?;
-        let Some(status) = node.get_mut("status").and_then(Value::as_object_mut) else {
+        let before = node.clone();
+        if !node.get("status").is_some_and(Value::is_object) {
             node["status"] = json!({});
-            continue;
+        }
+        let Some(status) = node.get_mut("status").and_then(Value::as_object_mut) else {
+            return Err("the Node is not an object".into());
         };
         for key in ["capacity", "allocatable"] {
             let map = status.entry(key).or_insert_with(|| json!({}));
@@ -215,19 +219,29 @@ async fn update_node(
             let old = list
                 .iter()
                 .position(|c| c["type"] == "ContainerRuntimeUnhealthy");
-            let since = old
+            let same = old
                 .and_then(|i| list.get(i))
-                .filter(|c| c["status"] == state)
+                .filter(|c| c["status"] == state);
+            let since = same
                 .and_then(|c| c.get("lastTransitionTime").cloned())
+                .unwrap_or_else(|| json!(now));
+            // Written only when it changes: a steady node causes no Node
+            // events (its liveness is the Lease's business).
+            let checked = same
+                .filter(|c| c["reason"] == reason && c["message"] == message.as_str())
+                .and_then(|c| c.get("lastHeartbeatTime").cloned())
                 .unwrap_or_else(|| json!(now));
             let condition = json!({
                 "type": "ContainerRuntimeUnhealthy", "status": state, "reason": reason,
-                "message": message, "lastHeartbeatTime": now, "lastTransitionTime": since,
+                "message": message, "lastHeartbeatTime": checked, "lastTransitionTime": since,
             });
             match old {
                 Some(i) => list[i] = condition,
                 None => list.push(condition),
             }
+        }
+        if node == before {
+            return Ok(());
         }
         let r = client
             .put(url.clone())

@@ -51,19 +51,28 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     ));
     let mut workers: HashMap<String, Running> = HashMap::new();
     let mut sweep = tokio::time::interval(shared.resync.max(Duration::from_secs(1)) * 5);
+    let mut sweeping: Option<JoinHandle<()>> = None;
     loop {
-        tokio::select! {
+        let tick = tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = pods.changed() => if changed.is_err() { break },
-            _ = sweep.tick() => {}
-        }
+            changed = pods.changed() => if changed.is_err() { break } else { false },
+            _ = sweep.tick() => true,
+        };
         let Some(snapshot) = pods.borrow_and_update().clone() else {
             continue;
         };
         for (uid, pod) in snapshot.iter() {
             match workers.get(uid) {
                 Some(w) => {
-                    w.updates.send_replace(Some(pod.clone()));
+                    // Only a worker whose pod changed is woken.
+                    w.updates.send_if_modified(|current| {
+                        let changed = current.as_ref().map(|p| &p.metadata.resource_version)
+                            != Some(&pod.metadata.resource_version);
+                        if changed {
+                            *current = Some(pod.clone());
+                        }
+                        changed
+                    });
                 }
                 None => {
                     let (updates, rx) = watch::channel(Some(pod.clone()));
@@ -80,7 +89,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
         }
         workers.retain(|_, w| !w.task.is_finished());
-        sweep_orphans(&shared, &snapshot, &workers).await;
+        // The sweep runs beside the loop (a slow runtime must not hold up
+        // new pods), one at a time.
+        if tick && sweeping.as_ref().is_none_or(|t| t.is_finished()) {
+            let known: std::collections::HashSet<String> =
+                snapshot.keys().chain(workers.keys()).cloned().collect();
+            let taken = jiff::Timestamp::now().as_nanosecond();
+            sweeping = Some(tokio::spawn(sweep_orphans(shared.clone(), known, taken)));
+        }
     }
     for (_, w) in workers {
         let _ = w.task.await;
@@ -92,11 +108,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// from before a restart of mubelet, say) are stopped and removed. Other
 /// nodes' sandboxes, and anything not labelled by mubelet, are never
 /// touched.
-async fn sweep_orphans(
-    shared: &Shared,
-    pods: &HashMap<String, Pod>,
-    workers: &HashMap<String, Running>,
-) {
+/// Sandboxes made after `taken` (when `known` was read) may belong to pods
+/// `known` does not name yet: only older ones can be orphans.
+async fn sweep_orphans(shared: Arc<Shared>, known: std::collections::HashSet<String>, taken: i128) {
     let mine = HashMap::from([(cri::NODE.to_string(), shared.node.clone())]);
     let Ok(sandboxes) = shared.runtime.sandboxes(mine).await else {
         return;
@@ -105,7 +119,7 @@ async fn sweep_orphans(
         let Some(uid) = s.labels.get(cri::POD_UID) else {
             continue;
         };
-        if pods.contains_key(uid) || workers.contains_key(uid) {
+        if known.contains(uid) || i128::from(s.created_at) >= taken {
             continue;
         }
         tracing::info!(pod_uid = %uid, sandbox = %s.id, "removing the sandbox of a pod that no longer exists");
@@ -113,7 +127,9 @@ async fn sweep_orphans(
             (cri::POD_UID.to_string(), uid.clone()),
             (cri::NODE.to_string(), shared.node.clone()),
         ]);
-        if let Err(e) = worker::remove_pod(&shared.runtime, selector, Duration::ZERO).await {
+        if let Err(e) =
+            worker::remove_pod(&shared.runtime, selector, Duration::ZERO, &shared.log_root).await
+        {
             tracing::warn!(pod_uid = %uid, error = %e, "cannot remove an orphaned sandbox yet");
         }
     }

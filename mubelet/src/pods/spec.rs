@@ -95,7 +95,9 @@ pub fn sandbox(
         }
     }
     let hostname = if host_network(pod) {
-        gethostname::gethostname().to_string_lossy().into_owned()
+        // The host's own UTS namespace: its hostname is not the sandbox's
+        // to set (runc refuses to).
+        String::new()
     } else {
         // Kubernetes' limit for a hostname is 63 characters.
         id.name.chars().take(63).collect()

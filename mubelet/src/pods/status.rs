@@ -233,7 +233,6 @@ pub fn pod_status(o: &PodObservation, old: Option<&Value>, now: &str) -> Value {
         let mut c = Map::new();
         c.insert("type".into(), json!(kind));
         c.insert("status".into(), json!(status));
-        c.insert("lastProbeTime".into(), Value::Null);
         c.insert("lastTransitionTime".into(), since);
         if let Some(r) = reason {
             c.insert("reason".into(), json!(r));

@@ -20,6 +20,9 @@ use super::status::{self, Instance, Observed, PodObservation, RunState};
 use super::Shared;
 use crate::cri::{self, api};
 
+/// The longest grace period honoured: a day.
+const MAX_GRACE_SECONDS: i64 = 24 * 3600;
+
 /// CRI's states.
 const SANDBOX_READY: i32 = 0;
 const CREATED: i32 = 0;
@@ -90,17 +93,24 @@ impl Worker {
     /// Stops every container (SIGTERM, SIGKILL after `grace`), then the
     /// sandboxes, and removes them all.
     async fn remove_all(&self, grace: Duration) -> cri::Result<()> {
-        remove_pod(&self.shared.runtime, self.selector(), grace).await
+        remove_pod(
+            &self.shared.runtime,
+            self.selector(),
+            grace,
+            &self.shared.log_root,
+        )
+        .await
     }
 
     /// Graceful deletion: stop within the grace period, then the final
     /// delete (grace 0, only this UID).
     async fn terminate(&mut self, pod: &Pod) {
+        // Capped: the API takes any number, the runtime's deadlines do not.
         let grace = pod
             .metadata
             .deletion_grace_period_seconds
             .unwrap_or(30)
-            .max(0);
+            .clamp(0, MAX_GRACE_SECONDS);
         if let Err(e) = self.remove_all(Duration::from_secs(grace as u64)).await {
             tracing::warn!(pod = %self.uid, error = %e, "cannot stop a terminating pod yet; retrying");
             return;
@@ -185,6 +195,12 @@ impl Worker {
                         .map_or(0, |m| m.attempt);
                     sandbox_config = spec::sandbox(pod, &id, attempt, &shared.log_root);
                     sid
+                }
+                None if done_without_sandbox(&policy, &spec_containers, &containers, runtime).await? => {
+                    // Its sandbox is gone (a host or runtime restart), and
+                    // by its restart policy nothing is to run again: the
+                    // pod is finished with what its containers left.
+                    return Ok((None, containers, None));
                 }
                 None => {
                     // None yet, or it died: a new one, after the old ones.
@@ -296,7 +312,13 @@ impl Worker {
                     .collect();
                 mine.sort_by_key(|x| std::cmp::Reverse((x.metadata.as_ref().map_or(0, |m| m.attempt), x.created_at)));
                 for old in mine.iter().skip(2).filter(|x| x.state == EXITED) {
+                    // The runtime leaves the log file; the kubelet removes
+                    // it with the container, and so does this.
+                    let log = runtime.container_status(&old.id).await?.map(|s| s.log_path);
                     runtime.remove_container(&old.id).await?;
+                    if let Some(path) = log.filter(|p| !p.is_empty()) {
+                        let _ = std::fs::remove_file(path);
+                    }
                 }
             }
             // Sandboxes that were replaced go too.
@@ -322,8 +344,14 @@ impl Worker {
                         .entry(c.name.clone())
                         .or_insert((reason.into(), format!("container runtime: {e}")));
                 }
-                if self.written.is_some() && e.unreachable() {
-                    // Running containers are not known to have stopped.
+                let known = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.container_id.is_some()));
+                if known || self.written.is_some() {
+                    // What ran is not known to have changed: the status
+                    // stays as it is until the runtime answers.
                     return shared.resync;
                 }
                 (None, Vec::new())
@@ -474,6 +502,16 @@ impl Worker {
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok());
         let status = status::pod_status(observation, old.as_ref(), &now_text());
+        // A finished pod stays finished, as in Kubernetes.
+        let terminal = |s: Option<&Value>| {
+            matches!(
+                s.and_then(|s| s.get("phase")).and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            )
+        };
+        if terminal(old.as_ref()) && !terminal(Some(&status)) {
+            return;
+        }
         let same_as_stored = old.as_ref().is_some_and(|o| {
             status
                 .as_object()
@@ -483,11 +521,9 @@ impl Worker {
             return;
         }
         let (ns, name) = namespaced_name(pod);
-        let Ok(url) = self
-            .shared
-            .api_server
-            .join(&format!("api/v1/namespaces/{ns}/pods/{name}/status"))
-        else {
+        let Ok(url) = self.shared.api_server.join(&format!(
+            "api/v1/namespaces/{ns}/pods/{name}/status?fieldManager=mubelet"
+        )) else {
             return;
         };
         let client = self.shared.client.borrow().clone();
@@ -513,11 +549,42 @@ impl Worker {
     }
 }
 
+/// Whether a pod whose sandbox is gone is finished by its restart
+/// policy: under Never once every container has run, under OnFailure once
+/// every container's last run exited 0.
+async fn done_without_sandbox(
+    policy: &str,
+    spec_containers: &[Container],
+    containers: &[api::Container],
+    runtime: &cri::Runtime,
+) -> cri::Result<bool> {
+    if policy == "Always" || containers.is_empty() {
+        return Ok(false);
+    }
+    for c in spec_containers {
+        let latest = containers
+            .iter()
+            .filter(|x| x.labels.get(cri::CONTAINER_NAME) == Some(&c.name))
+            .max_by_key(|x| (x.metadata.as_ref().map_or(0, |m| m.attempt), x.created_at));
+        let Some(latest) = latest else {
+            return Ok(false);
+        };
+        if policy == "OnFailure" {
+            let status = runtime.container_status(&latest.id).await?;
+            if latest.state != EXITED || status.is_none_or(|s| s.exit_code != 0) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Stops and removes every container and sandbox the labels select.
 pub async fn remove_pod(
     runtime: &cri::Runtime,
     selector: HashMap<String, String>,
     grace: Duration,
+    log_root: &std::path::Path,
 ) -> cri::Result<()> {
     let containers = runtime.containers(selector.clone()).await?;
     let stops = containers
@@ -533,6 +600,23 @@ pub async fn remove_pod(
     for s in runtime.sandboxes(selector).await? {
         runtime.stop_sandbox(&s.id).await?;
         runtime.remove_sandbox(&s.id).await?;
+        // The pod's logs go with it, as the kubelet removes them.
+        let label = |k: &str| s.labels.get(k).map(String::as_str).unwrap_or("");
+        let (ns, name, uid) = (
+            label(cri::POD_NAMESPACE),
+            label(cri::POD_NAME),
+            label(cri::POD_UID),
+        );
+        if !uid.is_empty() && !name.is_empty() && !ns.is_empty() {
+            let dir = PodIdentity {
+                name,
+                namespace: ns,
+                uid,
+                node: "",
+            }
+            .log_directory(log_root);
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     Ok(())
 }
