@@ -832,3 +832,35 @@ async fn a_heartbeated_node_has_every_required_node_info_field() {
             .expect("every listed Node as Kubernetes types it");
     }
 }
+
+/// Each node is created with its own /24 of clusterCIDR as spec.podCIDR;
+/// a deleted node's range is given again, and after a restart the ranges
+/// in use are known.
+#[tokio::test]
+async fn nodes_get_their_own_pod_cidrs() {
+    let mut server = ApiServer::start(Options {
+        nodes: vec![],
+        extra_config: "clusterCIDR: 10.10.0.0/22\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    let cidr = |r: &mube_e2e::Reply| r.body["spec"]["podCIDR"].as_str().unwrap_or("").to_string();
+    let a = api.post(NODES, &new_node("a")).await;
+    let b = api.post(NODES, &new_node("b")).await;
+    assert_eq!(
+        (cidr(&a).as_str(), cidr(&b).as_str()),
+        ("10.10.0.0/24", "10.10.1.0/24")
+    );
+    assert_eq!(b.body["spec"]["podCIDRs"], json!(["10.10.1.0/24"]));
+    assert_eq!(api.delete("/api/v1/nodes/a").await.code, 200);
+    assert_eq!(cidr(&api.post(NODES, &new_node("c")).await), "10.10.0.0/24");
+    server.kill9();
+    server.restart().await;
+    assert_eq!(cidr(&api.post(NODES, &new_node("d")).await), "10.10.2.0/24");
+    assert_eq!(cidr(&api.post(NODES, &new_node("e")).await), "10.10.3.0/24");
+    // The range is used up: a node without one, said in the log once.
+    let f = api.post(NODES, &new_node("f")).await;
+    assert_eq!(f.code, 201);
+    assert!(f.body["spec"]["podCIDR"].is_null(), "{}", f.body);
+}

@@ -3,10 +3,9 @@
 //! tokens, and Kubernetes' wording for every refusal.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mube_e2e::{audit_lines, bin, node, Api, ApiServer, Mubelet, Options};
+use mube_e2e::{admin_mubectl, audit_lines, join_token, node, Api, ApiServer, Mubelet, Options};
 use serde_json::{json, Value};
 
 fn secure(nodes: &[&'static str], extra: &str) -> Options {
@@ -20,27 +19,6 @@ fn secure(nodes: &[&'static str], extra: &str) -> Options {
 
 fn configmap(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}})
-}
-
-/// `mubectl --kubeconfig <the admin's> ARGS`: (exit code, stdout, stderr).
-fn admin_mubectl(server: &ApiServer, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("mubectl"))
-        .arg("--kubeconfig")
-        .arg(server.data_dir().join("kubeconfig"))
-        .args(args)
-        .output()
-        .expect("run mubectl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn join_token(server: &ApiServer, ttl: &str) -> String {
-    let (code, out, err) = admin_mubectl(server, &["token", "create", "--ttl", ttl]);
-    assert_eq!(code, 0, "token create: {err}");
-    out.trim().to_string()
 }
 
 /// A mubelet joining `server` as `name` with `token`, keeping its

@@ -3,83 +3,10 @@
 //! writes, checked by its output. Without kubectl these tests are ignored
 //! (see build.rs).
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mube_e2e::{node, Api, ApiServer, Lines, Options};
+use mube_e2e::{node, table, Api, ApiServer, Kubectl, Options};
 use serde_json::{json, Value};
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(server: &ApiServer) -> Kubectl {
-        let kubeconfig = server.data_dir().join("kubeconfig");
-        assert!(
-            kubeconfig.exists(),
-            "the API server must write {}",
-            kubeconfig.display()
-        );
-        Kubectl {
-            kubeconfig,
-            cache: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        // MUBE_KUBECTL picks another kubectl (e.g. kubectl.1.27) for the same tests.
-        let binary = std::env::var("MUBE_KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
-        let mut cmd = Command::new(binary);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs to completion: (exit code, stdout, stderr).
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self
-            .command(args)
-            .output()
-            .expect("kubectl runs (is it on PATH?)");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// Runs and requires success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args);
-        assert_eq!(code, 0, "kubectl {args:?} failed:\n{err}\n{out}");
-        out
-    }
-
-    /// Starts a long-running kubectl (`get -w`) and follows its output.
-    fn follow(&self, args: &[&str]) -> (std::process::Child, Lines) {
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = Lines::follow(child.stdout.take().unwrap());
-        (child, lines)
-    }
-}
-
-/// The whitespace-separated columns of each line.
-fn table(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .map(|l| l.split_whitespace().map(String::from).collect())
-        .collect()
-}
 
 async fn cluster(nodes: &[&'static str], timeout: &'static str) -> (ApiServer, Api, Kubectl) {
     let server = ApiServer::start(Options {
@@ -1230,7 +1157,11 @@ async fn pods_are_validated_defaulted_and_bound_once() {
     let pod = api.get("/api/v1/namespaces/default/pods/hello").await.body;
     assert_eq!(pod["status"]["phase"], "Pending");
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
-    assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    // Untagged, but mube.local/ images exist only where imported.
+    assert_eq!(
+        pod["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
     let rows = table(&k.ok(&["get", "pods", "-o", "wide"]));
     assert_eq!(rows[1][..3], ["hello", "0/1", "Pending"]);
     assert_eq!(rows[1][6], "<none>", "not bound yet: {rows:?}");

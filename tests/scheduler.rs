@@ -170,10 +170,13 @@ async fn pending_pods_are_bound_spread_and_the_rest_reported() {
         .as_str()
         .unwrap()
         .to_string();
+    // Grace 0: n1 has no agent to finish a graceful deletion.
     assert_eq!(
-        api.delete(&format!("/api/v1/namespaces/default/pods/{name}"))
-            .await
-            .code,
+        api.delete(&format!(
+            "/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0"
+        ))
+        .await
+        .code,
         200
     );
     assert_eq!(

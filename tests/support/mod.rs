@@ -841,3 +841,98 @@ pub async fn audit_lines(server: &ApiServer, n: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The real `kubectl` (or `MUBE_KUBECTL`) with the server's admin
+/// kubeconfig and a cache of its own.
+pub struct Kubectl {
+    pub kubeconfig: PathBuf,
+    pub cache: tempfile::TempDir,
+}
+
+impl Kubectl {
+    pub fn new(server: &ApiServer) -> Kubectl {
+        let kubeconfig = server.data_dir().join("kubeconfig");
+        assert!(
+            kubeconfig.exists(),
+            "the API server must write {}",
+            kubeconfig.display()
+        );
+        Kubectl {
+            kubeconfig,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        // MUBE_KUBECTL picks another kubectl (e.g. kubectl.1.27) for the same tests.
+        let binary = std::env::var("MUBE_KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
+        let mut cmd = Command::new(binary);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs to completion: (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .command(args)
+            .output()
+            .expect("kubectl runs (is it on PATH?)");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "kubectl {args:?} failed:\n{err}\n{out}");
+        out
+    }
+
+    /// Starts a long-running kubectl (`get -w`) and follows its output.
+    pub fn follow(&self, args: &[&str]) -> (std::process::Child, Lines) {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Lines::follow(child.stdout.take().unwrap());
+        (child, lines)
+    }
+}
+
+/// The whitespace-separated columns of each line.
+pub fn table(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+/// `mubectl --kubeconfig <the admin's> ARGS`: (exit code, stdout, stderr).
+pub fn admin_mubectl(server: &ApiServer, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("mubectl"))
+        .arg("--kubeconfig")
+        .arg(server.data_dir().join("kubeconfig"))
+        .args(args)
+        .output()
+        .expect("run mubectl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A join token made with the admin kubeconfig.
+pub fn join_token(server: &ApiServer, ttl: &str) -> String {
+    let (code, out, err) = admin_mubectl(server, &["token", "create", "--ttl", ttl]);
+    assert_eq!(code, 0, "token create: {err}");
+    out.trim().to_string()
+}

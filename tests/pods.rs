@@ -1,0 +1,661 @@
+//! Pods on a real containerd: the API server, mube-scheduler and a
+//! mubelet joined with a token, driven by the real kubectl. containerd is
+//! the one `scripts/containerd.sh` starts (CI does; these tests start it
+//! themselves when nothing answers on the socket), with mube's config and
+//! local images. Each test has its own node name, so tests running side by
+//! side on one containerd never touch each other's sandboxes.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mube_e2e::{bin, free_port, join_token, table, Api, ApiServer, Kubectl, Mubelet, Options};
+use serde_json::{json, Value};
+
+/// containerd's socket: `MUBE_CONTAINERD_ENDPOINT`, or the default one.
+fn endpoint() -> String {
+    std::env::var("MUBE_CONTAINERD_ENDPOINT")
+        .unwrap_or_else(|_| "unix:///run/containerd/containerd.sock".into())
+}
+
+/// Starts containerd and imports the images, once per test binary.
+fn containerd() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let socket = endpoint().trim_start_matches("unix://").to_string();
+        let out = Command::new(root.join("scripts/containerd.sh"))
+            .env("CONTAINERD_ADDRESS", &socket)
+            .current_dir(&root)
+            .output()
+            .expect("run scripts/containerd.sh");
+        assert!(
+            out.status.success(),
+            "scripts/containerd.sh failed (containerd, runc, containernetworking-plugins and busybox-static are needed; CI installs them):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+struct Scheduler(Child);
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    _server: ApiServer,
+    api: Api,
+    kubectl: Kubectl,
+    mubelet: Mubelet,
+    node: String,
+    _scheduler: Scheduler,
+    _state: tempfile::TempDir,
+}
+
+async fn cluster(extra: &[(&str, &str)]) -> Cluster {
+    containerd();
+    let server = ApiServer::start(Options {
+        secure: true,
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    let scheduler = Scheduler(
+        Command::new(bin("mube-scheduler"))
+            .arg("--kubeconfig")
+            .arg(server.data_dir().join("kubeconfig"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mube-scheduler"),
+    );
+    let node = format!("pods-{}", free_port());
+    let state = tempfile::tempdir().unwrap();
+    let token = join_token(&server, "10m");
+    let ca = server.data_dir().join("pki/ca.crt");
+    let logs = state.path().join("pods");
+    let mut env = vec![
+        ("MUBELET_TOKEN", token.as_str()),
+        ("MUBELET_CA_FILE", ca.to_str().unwrap()),
+        ("MUBELET_STATE_DIR", state.path().to_str().unwrap()),
+        ("MUBELET_POD_LOG_DIR", logs.to_str().unwrap()),
+        ("MUBELET_RESTART_BACKOFF", "1s"),
+        ("MUBELET_SYNC_INTERVAL", "200ms"),
+    ];
+    let runtime = endpoint();
+    if !extra
+        .iter()
+        .any(|(k, _)| *k == "MUBELET_CONTAINER_RUNTIME_ENDPOINT")
+    {
+        env.push(("MUBELET_CONTAINER_RUNTIME_ENDPOINT", runtime.as_str()));
+    }
+    env.extend_from_slice(extra);
+    let mubelet = Mubelet::start_with(&server.url(), &node, "500ms", &env);
+    let kubectl = Kubectl::new(&server);
+    let c = Cluster {
+        _server: server,
+        api,
+        kubectl,
+        mubelet,
+        node,
+        _scheduler: scheduler,
+        _state: state,
+    };
+    c.wait_for(
+        &format!("/api/v1/nodes/{}", c.node),
+        "node Ready with a pod CIDR",
+        |n| mube_e2e::state(n) == "Ready" && n.pointer("/spec/podCIDR").is_some(),
+    )
+    .await;
+    c
+}
+
+impl Cluster {
+    /// Polls `path` until `check` holds; fails with the last answer.
+    async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.api.get(path).await;
+            if r.code == 200 && check(&r.body) {
+                return r.body;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {}", r.body);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn pod(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            what,
+            check,
+        )
+        .await
+    }
+
+    /// Deletes every pod at once (grace 0) and waits until the mubelet
+    /// removed all it ran from the runtime, so that tests leave nothing
+    /// behind in a containerd that outlives them.
+    async fn finish(self) {
+        let r = self
+            .api
+            .delete("/api/v1/namespaces/default/pods?gracePeriodSeconds=0")
+            .await;
+        assert_eq!(r.code, 200, "{}", r.body);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = runtime_containers(&self.node);
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "left in the runtime: {left:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn create(&self, pod: Value) {
+        let r = self.api.post("/api/v1/namespaces/default/pods", &pod).await;
+        assert_eq!(r.code, 201, "{}", r.body);
+    }
+
+    /// `kubectl get pods` as rows (header first).
+    fn rows(&self) -> Vec<Vec<String>> {
+        table(&self.kubectl.ok(&["get", "pods", "-o", "wide"]))
+    }
+}
+
+fn phase(pod: &Value) -> &str {
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn container(pod: &Value) -> &Value {
+    &pod["status"]["containerStatuses"][0]
+}
+
+fn busybox(name: &str, policy: &str, script: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"restartPolicy": policy, "terminationGracePeriodSeconds": 2,
+                    "containers": [{"name": name, "image": "mube.local/busybox",
+                                    "command": ["sh", "-c", script]}]}})
+}
+
+/// The runtime's containers (sandboxes too) labelled with `node`.
+fn runtime_containers(node: &str) -> Vec<String> {
+    let socket = endpoint().trim_start_matches("unix://").to_string();
+    let filter = format!("labels.\"io.mube.node\"=={node}");
+    let out = Command::new("ctr")
+        .args([
+            "--address",
+            &socket,
+            "-n",
+            "k8s.io",
+            "containers",
+            "ls",
+            "-q",
+            &filter,
+        ])
+        .output()
+        .expect("ctr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the runtime still has the container (`containerd://ID`).
+fn runtime_has(container_id: &str) -> bool {
+    let id = container_id.trim_start_matches("containerd://");
+    let socket = endpoint().trim_start_matches("unix://").to_string();
+    let out = Command::new("ctr")
+        .args([
+            "--address",
+            &socket,
+            "-n",
+            "k8s.io",
+            "containers",
+            "ls",
+            "-q",
+        ])
+        .output()
+        .expect("ctr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l == id)
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn kubectl_run_then_logs_and_exit_codes() {
+    let c = cluster(&[]).await;
+    let k = &c.kubectl;
+    k.ok(&[
+        "run",
+        "hello",
+        "--image=mube.local/busybox",
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from mube",
+    ]);
+    let pod = c
+        .pod("hello", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
+    assert_eq!(container(&pod)["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(k.ok(&["logs", "hello"]), "hello from mube\n");
+    let ip = pod["status"]["podIP"].as_str().expect("a pod IP");
+    let cidr = c.api.get(&format!("/api/v1/nodes/{}", c.node)).await.body["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ip.starts_with("10.") && !cidr.is_empty(),
+        "pod IP {ip}, node CIDR {cidr}"
+    );
+    let rows = c.rows();
+    assert_eq!(
+        rows[0][..7],
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    );
+    assert_eq!(rows[1][0], "hello");
+    assert_eq!(rows[1][2], "Completed");
+    assert_eq!(rows[1][5], ip);
+    assert_eq!(rows[1][6], c.node);
+
+    c.create(busybox("fails", "Never", "echo to stderr >&2; exit 1"))
+        .await;
+    let pod = c.pod("fails", "Failed", |p| phase(p) == "Failed").await;
+    let terminated = &container(&pod)["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 1);
+    assert_eq!(terminated["reason"], "Error");
+    assert_eq!(
+        k.ok(&["logs", "fails", "--timestamps"])
+            .split_once(' ')
+            .unwrap()
+            .1,
+        "to stderr\n"
+    );
+    let rows = c.rows();
+    assert_eq!(rows.iter().find(|r| r[0] == "fails").unwrap()[2], "Error");
+
+    // pods/log is its own permission: a user allowed only to read pods
+    // cannot read their logs.
+    k.ok(&[
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get",
+        "--resource=pods",
+    ]);
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "nobody-reads",
+        "--role=pod-reader",
+        "--user=nobody",
+    ]);
+    let (code, _, err) = k.run(&["logs", "hello", "--as=nobody"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("forbidden") && err.contains("pods/log"),
+        "{err}"
+    );
+    // A container that has not started has no logs yet, said as
+    // Kubernetes says it.
+    c.create(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "never-pulled"},
+        "spec": {"containers": [{"name": "c", "image": "mube.local/absent:1", "imagePullPolicy": "Never"}]}}))
+        .await;
+    let pod = c
+        .pod("never-pulled", "ErrImageNeverPull", |p| {
+            container(p)["state"]["waiting"]["reason"] == "ErrImageNeverPull"
+        })
+        .await;
+    assert_eq!(phase(&pod), "Pending");
+    let (code, _, err) = k.run(&["logs", "never-pulled"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is waiting to start: ErrImageNeverPull"),
+        "{err}"
+    );
+    c.finish().await;
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn a_crashing_pod_backs_off_and_counts_restarts() {
+    let c = cluster(&[]).await;
+    c.create(busybox("crash", "Always", "echo boom; exit 3"))
+        .await;
+    // Back-off 1s doubling: restarts at ~0, 1, 3 s; in between the
+    // container waits in CrashLoopBackOff with its last exit shown.
+    let pod = c
+        .pod("crash", "in CrashLoopBackOff after restarts", |p| {
+            let s = container(p);
+            s["restartCount"].as_u64().unwrap_or(0) >= 2
+                && s["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+        .await;
+    let s = container(&pod);
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 3);
+    assert!(
+        s["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("back-off "),
+        "{s}"
+    );
+    assert_eq!(
+        phase(&pod),
+        "Running",
+        "a crash-looping pod under Always is Running, as in Kubernetes"
+    );
+    let row = c.rows().into_iter().find(|r| r[0] == "crash").unwrap();
+    assert_eq!(row[1], "0/1");
+    assert_eq!(row[2], "CrashLoopBackOff");
+    assert!(row[3].parse::<u32>().unwrap() >= 2, "{row:?}");
+    assert_eq!(c.kubectl.ok(&["logs", "crash", "--previous"]), "boom\n");
+
+    // OnFailure restarts a failure, not a success.
+    c.create(busybox("once", "OnFailure", "exit 0")).await;
+    let pod = c
+        .pod("once", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
+    assert_eq!(container(&pod)["restartCount"], 0);
+    c.finish().await;
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn delete_stops_the_container_within_the_grace_period() {
+    let c = cluster(&[]).await;
+    // `sleep` as PID 1 ignores SIGTERM: only the kill after the grace
+    // period (2 s) stops it.
+    c.create(busybox("sleeper", "Always", "exec sleep 3600"))
+        .await;
+    let pod = c
+        .pod("sleeper", "Running", |p| {
+            container(p)["state"]["running"].is_object()
+        })
+        .await;
+    let id = container(&pod)["containerID"].as_str().unwrap().to_string();
+    assert!(runtime_has(&id));
+    let row = c.rows().into_iter().find(|r| r[0] == "sleeper").unwrap();
+    assert_eq!((row[1].as_str(), row[2].as_str()), ("1/1", "Running"));
+
+    let started = Instant::now();
+    c.kubectl.ok(&["delete", "pod", "sleeper"]);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "kubectl delete took {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800),
+        "the grace period (2 s) was not given: {took:?}"
+    );
+    assert_eq!(
+        c.api
+            .get("/api/v1/namespaces/default/pods/sleeper")
+            .await
+            .code,
+        404
+    );
+    assert!(!runtime_has(&id), "the container is gone from the runtime");
+
+    // A pod on no node goes at once.
+    let unbound = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nowhere"},
+        "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "mube.local/busybox"}]}});
+    c.create(unbound).await;
+    let r = c
+        .api
+        .delete("/api/v1/namespaces/default/pods/nowhere")
+        .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(
+        c.api
+            .get("/api/v1/namespaces/default/pods/nowhere")
+            .await
+            .code,
+        404
+    );
+    c.finish().await;
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn pods_reach_each_other_and_the_host() {
+    let c = cluster(&[]).await;
+    c.create(busybox(
+        "server",
+        "Always",
+        "mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ))
+    .await;
+    let server = c
+        .pod("server", "Running", |p| {
+            container(p)["state"]["running"].is_object()
+        })
+        .await;
+    let ip = server["status"]["podIP"].as_str().unwrap().to_string();
+    // The bridge's address on the host: the pod network's gateway. A
+    // listener there is reachable from pods only.
+    let gateway = format!("{}.1", ip.rsplit_once('.').unwrap().0);
+    let listener =
+        std::net::TcpListener::bind((gateway.as_str(), 0)).expect("listen on the bridge");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 11\r\n\r\nhost-hello\n");
+        }
+    });
+    c.create(busybox(
+        "client",
+        "Never",
+        // (No `wget -T`: Debian's static busybox 1.35 crashes on it.)
+        &format!("wget -q -O- http://{ip}:8080/ && wget -q -O- http://{gateway}:{port}/"),
+    ))
+    .await;
+    let client = c
+        .pod("client", "finished", |p| {
+            matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .await;
+    let logs = c.kubectl.ok(&["logs", "client"]);
+    assert_eq!(phase(&client), "Succeeded", "{logs}");
+    assert_eq!(logs, "pong\nhost-hello\n");
+    assert_ne!(client["status"]["podIP"], server["status"]["podIP"]);
+
+    // hostNetwork: the pod has the host's address.
+    let mut host = busybox("host", "Never", "true");
+    host["spec"]["hostNetwork"] = json!(true);
+    c.create(host).await;
+    let pod = c
+        .pod("host", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
+    assert_eq!(pod["status"]["podIP"], pod["status"]["hostIP"]);
+    c.finish().await;
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn a_pod_asking_more_cpu_than_any_node_has_stays_pending() {
+    let c = cluster(&[]).await;
+    let node = c.api.get(&format!("/api/v1/nodes/{}", c.node)).await.body;
+    let cpus: u64 = node["status"]["capacity"]["cpu"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cpus >= 1);
+    assert!(node["status"]["capacity"]["memory"]
+        .as_str()
+        .unwrap()
+        .ends_with("Ki"));
+    let mut big = busybox("big", "Never", "true");
+    big["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": format!("{}", cpus + 1)}});
+    c.create(big).await;
+    let events = c
+        .wait_for(
+            "/api/v1/namespaces/default/events",
+            "FailedScheduling",
+            |list| {
+                list["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|e| e["reason"] == "FailedScheduling"))
+            },
+        )
+        .await;
+    let message = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reason"] == "FailedScheduling")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("Insufficient cpu"), "{message}");
+    let pod = c.api.get("/api/v1/namespaces/default/pods/big").await.body;
+    assert_eq!(phase(&pod), "Pending");
+    assert!(pod["spec"]["nodeName"].is_null());
+    c.finish().await;
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn a_restarted_mubelet_adopts_its_pods_without_restarting_them() {
+    let mut c = cluster(&[]).await;
+    c.create(busybox("steady", "Always", "exec sleep 3600"))
+        .await;
+    let before = c
+        .pod("steady", "Running", |p| {
+            container(p)["state"]["running"].is_object()
+        })
+        .await;
+    let id = container(&before)["containerID"].clone();
+    c.mubelet.kill9();
+    c.mubelet.restart();
+    c.mubelet
+        .log
+        .wait_for(Duration::from_secs(10), |l| l.contains("mubelet started"))
+        .expect("mubelet started again");
+    // Proof that the restarted agent works: a new pod runs; by then it
+    // has been over the old one many times (every 200 ms).
+    c.create(busybox("newer", "Always", "exec sleep 3600"))
+        .await;
+    c.pod("newer", "Running", |p| {
+        container(p)["state"]["running"].is_object()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = c
+        .api
+        .get("/api/v1/namespaces/default/pods/steady")
+        .await
+        .body;
+    assert_eq!(container(&after)["containerID"], id, "the same container");
+    assert_eq!(container(&after)["restartCount"], 0);
+    assert!(container(&after)["state"]["running"].is_object(), "{after}");
+    // And it still stops it when asked.
+    c.kubectl
+        .ok(&["delete", "pod", "steady", "--grace-period=1"]);
+    assert!(!runtime_has(id.as_str().unwrap()));
+    c.finish().await;
+}
+
+#[tokio::test]
+async fn without_a_runtime_the_node_heartbeats_and_says_why_pods_wait() {
+    // No containerd needed: the endpoint names a socket nobody serves.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("unix://{}", dir.path().join("none.sock").display());
+    let server = ApiServer::start(Options {
+        secure: true,
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    let token = join_token(&server, "10m");
+    let ca = server.data_dir().join("pki/ca.crt");
+    let node = format!("noruntime-{}", free_port());
+    let mut mubelet = Mubelet::start_with(
+        &server.url(),
+        &node,
+        "300ms",
+        &[
+            ("MUBELET_TOKEN", &token),
+            ("MUBELET_CA_FILE", ca.to_str().unwrap()),
+            ("MUBELET_STATE_DIR", dir.path().to_str().unwrap()),
+            ("MUBELET_CONTAINER_RUNTIME_ENDPOINT", &missing),
+            ("MUBELET_RUNTIME_REQUEST_TIMEOUT", "1s"),
+            ("MUBELET_SYNC_INTERVAL", "200ms"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let node_object = loop {
+        let n = api.get(&format!("/api/v1/nodes/{node}")).await.body;
+        let unhealthy = n["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "ContainerRuntimeUnhealthy" && c["status"] == "True")
+        });
+        if mube_e2e::state(&n) == "Ready" && unhealthy {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never Ready and ContainerRuntimeUnhealthy: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(node_object
+        .to_string()
+        .contains("container runtime unreachable"));
+    // A pod bound to it says why it waits.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "waits"},
+        "spec": {"nodeName": null, "containers": [{"name": "c", "image": "mube.local/busybox"}]}});
+    assert_eq!(
+        api.post("/api/v1/namespaces/default/pods", &pod).await.code,
+        201
+    );
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "waits"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    let r = api
+        .post("/api/v1/namespaces/default/pods/waits/binding", &binding)
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = api.get("/api/v1/namespaces/default/pods/waits").await.body;
+        if container(&p)["state"]["waiting"]["reason"] == "ContainerRuntimeUnhealthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no waiting reason: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // NodeRestriction: another node may neither write this pod's status
+    // nor delete it, nor read its logs through the API.
+    let other = api.with(server.node_client("someone-else"));
+    let path = "/api/v1/namespaces/default/pods/waits";
+    let patch = other
+        .raw(
+            reqwest::Method::PATCH,
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            br#"{"status":{"phase":"Failed"}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(patch.code, 403, "{}", patch.body);
+    assert_eq!(other.delete(path).await.code, 403);
+    assert_eq!(other.get(&format!("{path}/log")).await.code, 403);
+    assert_eq!(api.get(path).await.code, 200, "still there");
+    assert!(mubelet.is_running(), "mubelet did not crash");
+}
