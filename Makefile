@@ -8,8 +8,9 @@ all: build
 build:
 	$(CARGO) build --workspace --bins
 
-# A local cluster: the API server on the embedded store (data under ./data)
-# and one mubelet registered as mube-node-1. Ctrl-C stops both.
+# A local cluster: containerd (when installed, with mube's config and local
+# images), the API server on the embedded store (data under ./data), the
+# scheduler and one mubelet as mube-node-1. Ctrl-C stops all but containerd.
 run: build
 	./scripts/local-cluster.sh
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A single-machine mube cluster: the API server on the embedded store, the
-# scheduler, and one mubelet as mube-node-1 (see configs/apiserver.yaml). Logs of both go to
-# this terminal; Ctrl-C stops both cleanly. Stopping the agent alone (to see
+# A single-machine mube cluster: containerd (when installed), the API server
+# on the embedded store, the scheduler, and one mubelet as mube-node-1 (see
+# configs/apiserver.yaml). Logs go to this terminal; Ctrl-C stops them
+# cleanly. Stopping the agent alone (to see
 # its node go NotReady) leaves the API server running.
 #
 # Secure by default, with no questions: the API server makes its CA, its
@@ -19,6 +20,16 @@ cd "$(dirname "$0")/.."
 bin=${MUBE_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 
 load() { set -a; [ ! -f "$1" ] || . "./$1"; set +a; }
+
+# Pods run on containerd when it is installed: started (or reused) with
+# mube's config and the local images (scripts/containerd.sh). It keeps
+# running after this script ends, with the pods' containers; the next
+# mubelet of the same name adopts them.
+if command -v containerd >/dev/null 2>&1; then
+  ./scripts/containerd.sh || echo "mube: containerd did not start; nodes will report ContainerRuntimeUnhealthy" >&2
+else
+  echo "mube: containerd is not installed (Debian: apt-get install containerd runc containernetworking-plugins busybox-static); pods will wait with ContainerRuntimeUnhealthy" >&2
+fi
 
 (load .env.apiserver; exec "$bin/mube-apiserver") &
 apiserver=$!
@@ -68,6 +79,8 @@ mube: API server at $server, mube-scheduler, mubelet as ${MUBELET_NODE_NAME:-mub
 mube: in another terminal:
   export KUBECONFIG=$kubeconfig
   kubectl get nodes -w              # or: target/debug/mubectl get nodes -w
+  kubectl run hello --image=mube.local/busybox --restart=Never -- sh -c 'echo hello from mube'
+  kubectl logs hello
   target/debug/mubectl token create # a join token for another mubelet
 NOTE
 

@@ -7,6 +7,7 @@ mod ceiling;
 mod crash;
 mod etcd;
 mod load;
+mod pods;
 mod schedule;
 mod security;
 mod server;
@@ -62,6 +63,26 @@ enum Scenario {
         nodes: usize,
         #[arg(long, default_value_t = 1000)]
         pods: usize,
+        /// The mube-scheduler binary (default: the one next to this one).
+        #[arg(long)]
+        scheduler: Option<PathBuf>,
+    },
+    /// Pods on a real containerd (up with mube's images: scripts/containerd.sh):
+    /// start latency of P pods created at R/s, and mubelet's memory with N running.
+    Pods {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Pods created per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Pods running when mubelet's memory is read.
+        #[arg(long, default_value_t = 30)]
+        running: usize,
+        #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+        runtime_endpoint: String,
+        /// The mubelet binary (default: the one next to this one).
+        #[arg(long)]
+        mubelet: Option<PathBuf>,
         /// The mube-scheduler binary (default: the one next to this one).
         #[arg(long)]
         scheduler: Option<PathBuf>,
@@ -633,6 +654,26 @@ async fn run(cli: Cli) -> Result<Report, String> {
         } => {
             let scheduler = scheduler.unwrap_or_else(|| sibling("mube-scheduler"));
             schedule::run(&bin, &scheduler, nodes, pods, &mut report).await?
+        }
+        Scenario::Pods {
+            pods,
+            rate,
+            running,
+            runtime_endpoint,
+            mubelet,
+            scheduler,
+        } => {
+            let mubelet = mubelet.unwrap_or_else(|| sibling("mubelet"));
+            let scheduler = scheduler.unwrap_or_else(|| sibling("mube-scheduler"));
+            let args = pods::Args {
+                mubelet: &mubelet,
+                scheduler: &scheduler,
+                runtime_endpoint: &runtime_endpoint,
+                pods,
+                rate,
+                running,
+            };
+            pods::run(&bin, args, &mut report).await?
         }
         Scenario::Restart { nodes, writes } => restart(&bin, nodes, writes, &mut report).await?,
         Scenario::Etcd { load } => {
