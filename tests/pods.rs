@@ -249,6 +249,44 @@ async fn kubectl_run_then_logs_and_exit_codes() {
         .await;
     assert_eq!(container(&pod)["state"]["terminated"]["exitCode"], 0);
     assert_eq!(k.ok(&["logs", "hello"]), "hello from mube\n");
+    // -f of a container that has ended prints what it wrote, and ends.
+    assert_eq!(k.ok(&["logs", "-f", "hello"]), "hello from mube\n");
+
+    // --tail, -c, and -f that follows a running container to its end.
+    let lines = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "lines"},
+        "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "counter", "image": "mube.local/busybox",
+             "command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done"]},
+            {"name": "quiet", "image": "mube.local/busybox", "command": ["true"]}]}});
+    c.create(lines).await;
+    c.pod("lines", "started", |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|s| s["name"] == "counter" && !s["state"]["waiting"].is_object())
+            })
+    })
+    .await;
+    assert_eq!(
+        k.ok(&["logs", "-f", "lines", "-c", "counter"]),
+        "line 1\nline 2\nline 3\n",
+        "followed to the container's end"
+    );
+    assert_eq!(
+        k.ok(&["logs", "lines", "-c", "counter", "--tail", "1"]),
+        "line 3\n"
+    );
+    // Without a container, the API asks for one (kubectl picks the first).
+    let r = c.api.get("/api/v1/namespaces/default/pods/lines/log").await;
+    assert_eq!(r.code, 400, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains(
+            "a container name must be specified for pod lines, choose one of: [counter quiet]"
+        ),
+        "{}",
+        r.body
+    );
     let ip = pod["status"]["podIP"].as_str().expect("a pod IP");
     let cidr = c.api.get(&format!("/api/v1/nodes/{}", c.node)).await.body["spec"]["podCIDR"]
         .as_str()

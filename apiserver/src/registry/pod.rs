@@ -49,6 +49,13 @@ const CONTAINER_FIELDS: &[&str] = &[
     "imagePullPolicy",
 ];
 
+/// An env entry's fields mube supports: a value, not a reference.
+const ENV_FIELDS: &[&str] = &["name", "value"];
+/// A port's fields mube supports.
+const PORT_FIELDS: &[&str] = &["name", "containerPort", "hostPort", "hostIP", "protocol"];
+/// What mube reads of `resources`.
+const RESOURCES_FIELDS: &[&str] = &["requests", "limits"];
+
 fn unsupported(field: String) -> FieldError {
     FieldError::new(field, "Forbidden: not supported by mube")
 }
@@ -134,8 +141,45 @@ impl Strategy for PodStrategy {
                     }
                 }
             }
+            // Inside the supported fields, only what mube acts on: an env
+            // value (not valueFrom), ports as the runtime maps them, and
+            // CPU and memory.
+            let nested: [(&str, &[&str]); 3] = [
+                ("env", ENV_FIELDS),
+                ("ports", PORT_FIELDS),
+                ("resources", RESOURCES_FIELDS),
+            ];
+            for (list, allowed) in nested {
+                let items: Vec<(String, &Value)> = match c.get(list) {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| (format!("{list}[{j}]"), v))
+                        .collect(),
+                    Some(v @ Value::Object(_)) => vec![(list.to_string(), v)],
+                    _ => Vec::new(),
+                };
+                for (path, item) in items {
+                    for field in item
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|o| o.keys())
+                        .filter(|k| !allowed.contains(&k.as_str()))
+                    {
+                        errors.push(unsupported(at(&format!("{path}.{field}"))));
+                    }
+                }
+            }
             for part in ["requests", "limits"] {
                 let table = c.get("resources").and_then(|r| r.get(part)).and_then(Value::as_object);
+                for resource in table.into_iter().flatten().map(|(k, _)| k) {
+                    if resource != "cpu" && resource != "memory" {
+                        errors.push(FieldError::new(
+                            at(&format!("resources.{part}[{resource}]")),
+                            "Forbidden: not supported by mube (cpu and memory are)",
+                        ));
+                    }
+                }
                 for (resource, value) in table.into_iter().flatten() {
                     let field = at(&format!("resources.{part}[{resource}]"));
                     match value.as_str().and_then(mube_apis::quantity::milli) {
@@ -406,6 +450,21 @@ impl TableConvertor for PodStrategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsupported_nested_fields_are_refused_by_path() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{
+            "name": "c", "image": "i",
+            "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
+            "ports": [{"containerPort": 80, "hostPort": 8080}],
+            "resources": {"limits": {"ephemeral-storage": "1Gi", "cpu": "1"}, "claims": []},
+        }]}});
+        let fields: Vec<String> = PodStrategy.validate(&pod).into_iter().map(|e| e.field).collect();
+        assert!(fields.contains(&"spec.containers[0].env[1].valueFrom".to_string()), "{fields:?}");
+        assert!(fields.contains(&"spec.containers[0].resources.claims".to_string()), "{fields:?}");
+        assert!(fields.contains(&"spec.containers[0].resources.limits[ephemeral-storage]".to_string()), "{fields:?}");
+        assert_eq!(fields.len(), 3, "{fields:?}");
+    }
 
     #[test]
     fn pull_policy_defaults_as_kubernetes_but_for_local_images() {
