@@ -696,4 +696,15 @@ async fn without_a_runtime_the_node_heartbeats_and_says_why_pods_wait() {
     assert_eq!(other.get(&format!("{path}/log")).await.code, 403);
     assert_eq!(api.get(path).await.code, 200, "still there");
     assert!(mubelet.is_running(), "mubelet did not crash");
+    // A node deleted takes its pods with it: no agent is left to stop them.
+    mubelet.kill9();
+    assert_eq!(api.delete(&format!("/api/v1/nodes/{node}")).await.code, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.get(path).await.code != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the pod of a deleted node stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -247,9 +247,40 @@ impl NodeLifecycle {
                         }
                         _ => {}
                     }
+                    self.delete_pods_of(&name).await;
                 }
             }
             EventType::Bookmark | EventType::Error => {}
+        }
+    }
+
+    /// Pods bound to a node that is gone have no agent to run or stop them:
+    /// they are deleted (at once, as the registry deletes a pod whose node
+    /// is gone), as Kubernetes' pod garbage collector does with orphans.
+    async fn delete_pods_of(&self, node: &str) {
+        let items = match self.client.list(&resources::PODS, None).await {
+            Ok((items, _)) => items,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "could not list the pods of a deleted node");
+                return;
+            }
+        };
+        for pod in items.flatten() {
+            if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+                continue;
+            }
+            let (Some(ns), Some(name)) = (
+                pod.pointer("/metadata/namespace").and_then(Value::as_str),
+                name_of(&pod),
+            ) else {
+                continue;
+            };
+            match self.client.delete(&resources::PODS, Some(ns), &name).await {
+                Err(e) if e.code() != 404 => {
+                    tracing::warn!(node, pod = %format!("{ns}/{name}"), error = %e, "could not delete a pod of a deleted node")
+                }
+                _ => {}
+            }
         }
     }
 

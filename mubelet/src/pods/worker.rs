@@ -73,7 +73,13 @@ impl Worker {
                     self.terminate(&pod).await;
                     self.shared.resync
                 }
-                Some(pod) => self.sync(&pod).await,
+                // A pass can wait long on the runtime (an image pull): a
+                // deletion meanwhile ends it, and is acted on at once. What
+                // the pass left half done, the next one finds and finishes.
+                Some(pod) => tokio::select! {
+                    next = self.sync(&pod) => next,
+                    _ = until_deleted(&mut updates) => Duration::ZERO,
+                },
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -545,6 +551,23 @@ impl Worker {
                 tracing::warn!(pod = %format!("{ns}/{name}"), %code, %body, "status update refused");
             }
             Err(e) => tracing::warn!(error = %mube_apis::errors::chain(&e), "status update failed"),
+        }
+    }
+}
+
+/// Returns once the pod is being deleted or gone (never, if the sender
+/// went away: the worker's own loop ends then).
+async fn until_deleted(updates: &mut watch::Receiver<Option<Pod>>) {
+    loop {
+        if updates.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let deleted = updates
+            .borrow()
+            .as_ref()
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        if deleted {
+            return;
         }
     }
 }
