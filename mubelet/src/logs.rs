@@ -193,7 +193,7 @@ pub async fn container_logs(
     if let Some(uid) = options.pod_uid.as_ref().filter(|u| !u.is_empty()) {
         selector.insert(cri::POD_UID.to_string(), uid.clone());
     }
-    let mut found = match state.runtime.containers(selector).await {
+    let found = match state.runtime.containers(selector).await {
         Ok(c) => c,
         Err(e) => {
             return answer(
@@ -202,9 +202,7 @@ pub async fn container_logs(
             )
         }
     };
-    found.sort_by_key(|c| {
-        std::cmp::Reverse((c.metadata.as_ref().map_or(0, |m| m.attempt), c.created_at))
-    });
+    let found = crate::pods::instances(&found, &container);
     let previous = yes(&options.previous);
     let Some(target) = found.get(usize::from(previous)) else {
         return answer(

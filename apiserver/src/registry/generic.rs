@@ -85,8 +85,12 @@ impl Registry {
         self
     }
 
-    /// After a delete: a Node's pod CIDR is free again.
-    async fn forget(&self, r: &Resource, deleted: &StoredObject) {
+    /// After a delete: counted, and a Node's pod CIDR is free again.
+    async fn removed(&self, r: &Resource, deleted: &StoredObject, dry_run: DryRun) {
+        self.wrote(r);
+        if dry_run != DryRun::No {
+            return;
+        }
         if let (Some(cidrs), "Node") = (&self.pod_cidrs, r.kind) {
             if let Ok(node) = deleted.value() {
                 if let Some(range) = super::pod_cidr::pod_cidr(&node) {
@@ -726,10 +730,7 @@ impl Registry {
             .delete(&r.key(namespace, name), preconditions)
             .await
             .map_err(|e| ApiError::from_store(e, r, name))?;
-        self.wrote(r);
-        if dry_run == DryRun::No {
-            self.forget(r, &deleted).await;
-        }
+        self.removed(r, &deleted, dry_run).await;
         Ok(deleted)
     }
 
@@ -847,10 +848,7 @@ impl Registry {
             }
             match store.delete(&item.key, preconditions).await {
                 Ok(gone) => {
-                    self.wrote(r);
-                    if dry_run == DryRun::No {
-                        self.forget(r, &gone).await;
-                    }
+                    self.removed(r, &gone, dry_run).await;
                     deleted.push(gone)
                 }
                 Err(StoreError::NotFound { .. }) => {}

@@ -8,6 +8,8 @@ mod spec;
 pub mod status;
 mod worker;
 
+pub use worker::instances;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -237,11 +237,7 @@ impl Worker {
                 }
             };
             for c in &spec_containers {
-                let mut mine: Vec<&api::Container> = containers
-                    .iter()
-                    .filter(|x| x.labels.get(cri::CONTAINER_NAME) == Some(&c.name))
-                    .collect();
-                mine.sort_by_key(|x| std::cmp::Reverse((x.metadata.as_ref().map_or(0, |m| m.attempt), x.created_at)));
+                let mine = instances(&containers, &c.name);
                 let latest_attempt = mine.first().and_then(|x| x.metadata.as_ref()).map(|m| m.attempt);
                 let current = mine.iter().find(|x| x.pod_sandbox_id == sandbox_id).copied();
                 let start_attempt = match current {
@@ -312,11 +308,7 @@ impl Worker {
             // Older exited instances are removed; the last two stay, for
             // `kubectl logs` and `--previous`.
             for c in &spec_containers {
-                let mut mine: Vec<&api::Container> = containers
-                    .iter()
-                    .filter(|x| x.labels.get(cri::CONTAINER_NAME) == Some(&c.name))
-                    .collect();
-                mine.sort_by_key(|x| std::cmp::Reverse((x.metadata.as_ref().map_or(0, |m| m.attempt), x.created_at)));
+                let mine = instances(&containers, &c.name);
                 for old in mine.iter().skip(2).filter(|x| x.state == EXITED) {
                     // The runtime leaves the log file; the kubelet removes
                     // it with the container, and so does this.
@@ -446,20 +438,13 @@ impl Worker {
         let runtime = &self.shared.runtime;
         let mut out = Vec::new();
         for c in spec_containers {
-            let mut mine: Vec<&api::Container> = containers
-                .iter()
-                .filter(|x| x.labels.get(cri::CONTAINER_NAME) == Some(&c.name))
-                .collect();
-            mine.sort_by_key(|x| {
-                std::cmp::Reverse((x.metadata.as_ref().map_or(0, |m| m.attempt), x.created_at))
-            });
-            let mut instances = Vec::new();
-            for x in mine.iter().take(2) {
+            let mut runs = Vec::new();
+            for x in instances(containers, &c.name).iter().take(2) {
                 if let Ok(Some(s)) = runtime.container_status(&x.id).await {
-                    instances.push(instance(&s));
+                    runs.push(instance(&s));
                 }
             }
-            let mut iter = instances.into_iter();
+            let mut iter = runs.into_iter();
             out.push(Observed {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
@@ -555,6 +540,19 @@ impl Worker {
     }
 }
 
+/// The runs of the container named `name`, newest first (by restart
+/// count, then creation).
+pub fn instances<'a>(containers: &'a [api::Container], name: &str) -> Vec<&'a api::Container> {
+    let mut mine: Vec<&api::Container> = containers
+        .iter()
+        .filter(|x| x.labels.get(cri::CONTAINER_NAME).map(String::as_str) == Some(name))
+        .collect();
+    mine.sort_by_key(|x| {
+        std::cmp::Reverse((x.metadata.as_ref().map_or(0, |m| m.attempt), x.created_at))
+    });
+    mine
+}
+
 /// Returns once the pod is being deleted or gone (never, if the sender
 /// went away: the worker's own loop ends then).
 async fn until_deleted(updates: &mut watch::Receiver<Option<Pod>>) {
@@ -585,11 +583,7 @@ async fn done_without_sandbox(
         return Ok(false);
     }
     for c in spec_containers {
-        let latest = containers
-            .iter()
-            .filter(|x| x.labels.get(cri::CONTAINER_NAME) == Some(&c.name))
-            .max_by_key(|x| (x.metadata.as_ref().map_or(0, |m| m.attempt), x.created_at));
-        let Some(latest) = latest else {
+        let Some(latest) = instances(containers, &c.name).into_iter().next() else {
             return Ok(false);
         };
         if policy == "OnFailure" {
