@@ -859,6 +859,23 @@ async fn nodes_get_their_own_pod_cidrs() {
     server.restart().await;
     assert_eq!(cidr(&api.post(NODES, &new_node("d")).await), "10.10.2.0/24");
     assert_eq!(cidr(&api.post(NODES, &new_node("e")).await), "10.10.3.0/24");
+    // A range a client names must be a free node range of clusterCIDR, and
+    // an update may not change one.
+    let mut bad = new_node("bad");
+    bad["spec"] = json!({"podCIDR": "10.10.0.0/22"});
+    assert_eq!(api.post(NODES, &bad).await.code, 422);
+    bad["spec"] = json!({"podCIDR": "10.10.2.0/24"});
+    let taken = api.post(NODES, &bad).await;
+    assert_eq!(taken.code, 422, "{}", taken.body);
+    assert!(
+        taken.body.to_string().contains("already in use"),
+        "{}",
+        taken.body
+    );
+    let mut c = api.get("/api/v1/nodes/c").await.body;
+    c["spec"]["podCIDR"] = json!("10.10.3.0/24");
+    c["spec"]["podCIDRs"] = json!(["10.10.3.0/24"]);
+    assert_eq!(api.put("/api/v1/nodes/c", &c).await.code, 422);
     // The range is used up: a node without one, said in the log once.
     let f = api.post(NODES, &new_node("f")).await;
     assert_eq!(f.code, 201);

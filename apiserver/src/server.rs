@@ -32,6 +32,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let store: Arc<dyn Store> = Arc::new(store);
     let registry = Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr));
+    registry
+        .start_pod_cidrs()
+        .await
+        .map_err(|e| format!("reading the nodes' pod CIDRs: {e}"))?;
     crate::registry::ensure_system_namespaces(&registry)
         .await
         .map_err(|e| format!("creating the system namespaces: {e}"))?;

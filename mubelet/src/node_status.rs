@@ -188,12 +188,23 @@ async fn update_node(
             map["memory"] = json!(format!("{}Ki", memory / 1024));
         }
         if let Some(ip) = host_ip {
+            // The address the API server reaches this agent at.
             let addresses = status.entry("addresses").or_insert_with(|| json!([]));
-            if addresses.as_array().is_none_or(|a| a.is_empty()) {
-                *addresses = json!([
-                    {"type": "InternalIP", "address": ip},
-                    {"type": "Hostname", "address": config.node_name},
-                ]);
+            if !addresses.is_array() {
+                *addresses = json!([]);
+            }
+            if let Some(list) = addresses.as_array_mut() {
+                // A detected address does not replace one the node was
+                // registered with (configs/apiserver.yaml's ip);
+                // MUBELET_NODE_IP does.
+                let has = list.iter().any(|a| a["type"] == "InternalIP");
+                if config.node_ip.is_some() || !has {
+                    list.retain(|a| a["type"] != "InternalIP");
+                    list.insert(0, json!({"type": "InternalIP", "address": ip}));
+                }
+                if !list.iter().any(|a| a["type"] == "Hostname") {
+                    list.push(json!({"type": "Hostname", "address": config.node_name}));
+                }
             }
         }
         let now = jiff::Timestamp::now()

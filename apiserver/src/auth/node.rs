@@ -14,14 +14,21 @@ use super::attributes::Attributes;
 use super::user::UserInfo;
 use super::Decision;
 
-pub fn authorize(request: &Attributes) -> Decision {
-    if let Some(node) = request
+/// For the API server's identity towards one node's agent, its decision:
+/// `nodes/proxy` of that node, never of another; anything else is left to
+/// the chain (`None` for every other user).
+pub fn apiserver_identity(request: &Attributes) -> Option<Decision> {
+    let node = request
         .user
         .username
-        .strip_prefix(super::user::KUBELET_CLIENT_PREFIX)
-    {
-        return apiserver_towards(node, request);
+        .strip_prefix(super::user::KUBELET_CLIENT_PREFIX)?;
+    match apiserver_towards(node, request) {
+        Decision::NoOpinion => None,
+        decided => Some(decided),
     }
+}
+
+pub fn authorize(request: &Attributes) -> Decision {
     let Some(node) = request.user.node_name() else {
         return Decision::NoOpinion;
     };
@@ -197,14 +204,22 @@ mod tests {
             format!("{}n1", crate::auth::user::KUBELET_CLIENT_PREFIX),
             vec![],
         );
-        assert_eq!(
-            ask(&towards, "get", "", "nodes", "proxy", "", "n1"),
-            Decision::Allow
-        );
-        assert!(matches!(
-            ask(&towards, "get", "", "nodes", "proxy", "", "n2"),
-            Decision::Deny(_)
-        ));
+        let decide = |verb: &str, name: &str| {
+            apiserver_identity(&Attributes {
+                user: &towards,
+                verb,
+                resource: Some(ResourceAttributes {
+                    resource: "nodes",
+                    subresource: "proxy",
+                    name,
+                    ..Default::default()
+                }),
+                path: "",
+            })
+        };
+        assert_eq!(decide("get", "n1"), Some(Decision::Allow));
+        assert!(matches!(decide("get", "n2"), Some(Decision::Deny(_))));
+        assert!(matches!(decide("create", "n1"), Some(Decision::Deny(_))));
         let admin = UserInfo::authenticated("admin", vec![]);
         assert_eq!(
             ask(&admin, "update", "", "nodes", "status", "", "n2"),

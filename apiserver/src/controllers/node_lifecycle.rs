@@ -164,6 +164,10 @@ impl NodeLifecycle {
         for name in names {
             self.reconcile(&name).await;
         }
+        // Nodes deleted while the watch was down left their pods: those go
+        // now, as on a Deleted event.
+        let listed: std::collections::HashSet<String> = self.nodes.keys().cloned().collect();
+        self.delete_pods_where(|node| !listed.contains(node)).await;
 
         loop {
             let next_due = self.due.first().map(|(t, _)| *t);
@@ -247,7 +251,7 @@ impl NodeLifecycle {
                         }
                         _ => {}
                     }
-                    self.delete_pods_of(&name).await;
+                    self.delete_pods_where(|node| node == name).await;
                 }
             }
             EventType::Bookmark | EventType::Error => {}
@@ -257,16 +261,24 @@ impl NodeLifecycle {
     /// Pods bound to a node that is gone have no agent to run or stop them:
     /// they are deleted (at once, as the registry deletes a pod whose node
     /// is gone), as Kubernetes' pod garbage collector does with orphans.
-    async fn delete_pods_of(&self, node: &str) {
+    async fn delete_pods_where(&self, gone: impl Fn(&str) -> bool) {
         let items = match self.client.list(&resources::PODS, None).await {
             Ok((items, _)) => items,
             Err(e) => {
-                tracing::warn!(node, error = %e, "could not list the pods of a deleted node");
+                tracing::warn!(error = %e, "could not list the pods of deleted nodes");
                 return;
             }
         };
         for pod in items.flatten() {
-            if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+            let Some(node) = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty() && gone(n))
+            else {
+                continue;
+            };
+            // Gone for sure: a node made after the list is not.
+            if self.client.get(&resources::NODES, None, node).await.is_ok() {
                 continue;
             }
             let (Some(ns), Some(name)) = (

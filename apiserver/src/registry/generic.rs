@@ -85,8 +85,18 @@ impl Registry {
         self
     }
 
+    /// Reads the pod ranges the stored nodes hold (and gives nodes stored
+    /// without one theirs): once, at start, before nodes are created.
+    pub async fn start_pod_cidrs(&self) -> Result<(), ApiError> {
+        match &self.pod_cidrs {
+            Some(cidrs) => cidrs.start(self).await,
+            None => Ok(()),
+        }
+    }
+
     /// After a delete: counted, and a Node's pod CIDR is free again.
-    async fn removed(&self, r: &Resource, deleted: &StoredObject, dry_run: DryRun) {
+    /// Not async: nothing may cancel it between the delete and this.
+    fn removed(&self, r: &Resource, deleted: &StoredObject, dry_run: DryRun) {
         self.wrote(r);
         if dry_run != DryRun::No {
             return;
@@ -94,7 +104,7 @@ impl Registry {
         if let (Some(cidrs), "Node") = (&self.pod_cidrs, r.kind) {
             if let Ok(node) = deleted.value() {
                 if let Some(range) = super::pod_cidr::pod_cidr(&node) {
-                    cidrs.release(range).await;
+                    cidrs.release(range);
                 }
             }
         }
@@ -269,8 +279,8 @@ impl Registry {
         }
         r.strategy.prepare_for_create(&mut object, now);
         let reserved = match (&self.pod_cidrs, r.kind, dry_run) {
-            (Some(cidrs), "Node", DryRun::No) => cidrs.assign(self, &mut object).await?,
-            _ => None,
+            (Some(cidrs), "Node", DryRun::No) => cidrs.assign(r, &mut object)?,
+            _ => super::pod_cidr::Reservation::none(),
         };
         let created = async {
             canonicalize(r, &mut object)?;
@@ -284,10 +294,9 @@ impl Registry {
                 .map_err(|e| ApiError::from_store(e, r, &name))
         }
         .await;
-        match (&created, &self.pod_cidrs, reserved) {
-            (Err(_), Some(cidrs), Some(range)) => cidrs.release(&range).await,
-            (Ok(_), _, _) => self.wrote(r),
-            _ => {}
+        if created.is_ok() {
+            reserved.keep();
+            self.wrote(r);
         }
         created
     }
@@ -730,7 +739,7 @@ impl Registry {
             .delete(&r.key(namespace, name), preconditions)
             .await
             .map_err(|e| ApiError::from_store(e, r, name))?;
-        self.removed(r, &deleted, dry_run).await;
+        self.removed(r, &deleted, dry_run);
         Ok(deleted)
     }
 
@@ -848,7 +857,7 @@ impl Registry {
             }
             match store.delete(&item.key, preconditions).await {
                 Ok(gone) => {
-                    self.removed(r, &gone, dry_run).await;
+                    self.removed(r, &gone, dry_run);
                     deleted.push(gone)
                 }
                 Err(StoreError::NotFound { .. }) => {}

@@ -43,20 +43,20 @@ impl Strategy for NodeStrategy {
     }
 
     /// As Kubernetes' node validation: a pod CIDR, once set, is fixed.
+    /// The pod ranges are the API server's to give (at create): an
+    /// update keeps them as they are, set or not, so no two nodes can end
+    /// up with one range.
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
-        let cidrs = |o: &Value| o.pointer("/spec/podCIDRs").cloned();
-        match cidrs(old) {
-            Some(before)
-                if before.as_array().is_some_and(|a| !a.is_empty())
-                    && cidrs(new) != Some(before.clone()) =>
-            {
-                vec![FieldError::new(
-                    "spec.podCIDRs",
-                    "Forbidden: node updates may not change podCIDR except from \"\" to valid",
-                )]
-            }
-            _ => Vec::new(),
-        }
+        ["podCIDR", "podCIDRs"]
+            .into_iter()
+            .filter(|f| new.pointer(&format!("/spec/{f}")) != old.pointer(&format!("/spec/{f}")))
+            .map(|f| {
+                FieldError::new(
+                    format!("spec.{f}"),
+                    "Forbidden: node updates may not change podCIDR (the API server assigns it when the node is created)",
+                )
+            })
+            .collect()
     }
 
     fn validate(&self, object: &Value) -> Vec<FieldError> {

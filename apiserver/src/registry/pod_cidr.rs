@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
@@ -19,6 +20,12 @@ use crate::store::ReadAt;
 pub struct ClusterCidr {
     base: u32,
     prefix: u8,
+}
+
+impl std::fmt::Display for ClusterCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
 }
 
 impl ClusterCidr {
@@ -35,6 +42,21 @@ impl ClusterCidr {
             base: u32::from(ip) & mask,
             prefix,
         })
+    }
+
+    /// Whether `text` is one of the node ranges: a /node_prefix inside
+    /// the cluster CIDR, on its boundary.
+    fn is_node_range(&self, text: &str) -> bool {
+        let Some((ip, prefix)) = text.split_once('/') else {
+            return false;
+        };
+        let (Ok(ip), Ok(prefix)) = (ip.parse::<Ipv4Addr>(), prefix.parse::<u8>()) else {
+            return false;
+        };
+        let ip = u32::from(ip);
+        let cluster_mask = u32::MAX << (32 - self.prefix);
+        let node_mask = u32::MAX << (32 - self.node_prefix());
+        prefix == self.node_prefix() && ip & cluster_mask == self.base && ip & !node_mask == 0
     }
 
     fn node_prefix(&self) -> u8 {
@@ -64,12 +86,12 @@ impl ClusterCidr {
 /// there is no second write per node (at 100,000 nodes, 100,000 writes and
 /// events) and no window in which a client's update of a new Node
 /// conflicts with the allocator's. The ranges in use are read from the
-/// store at the first allocation and kept here; one API server owns them
-/// (several API servers on one store will need the controller form).
+/// store at start (`Registry::start_pod_cidrs`) and kept here; one API
+/// server owns them (several API servers on one store will need the
+/// controller form).
 pub struct PodCidrs {
     cidr: ClusterCidr,
-    /// `None` until read from the store.
-    used: tokio::sync::Mutex<Option<HashSet<String>>>,
+    used: Mutex<HashSet<String>>,
     exhausted: std::sync::atomic::AtomicBool,
 }
 
@@ -77,6 +99,46 @@ pub fn pod_cidr(node: &Value) -> Option<&str> {
     node.pointer("/spec/podCIDR")
         .and_then(Value::as_str)
         .filter(|c| !c.is_empty())
+}
+
+/// A range taken for a node being created: given back when dropped, unless
+/// the create succeeded (`keep`), so that a failed or abandoned create
+/// (a request cancelled at its timeout) leaks nothing.
+pub struct Reservation<'a> {
+    cidrs: Option<&'a PodCidrs>,
+    range: Option<String>,
+}
+
+impl Reservation<'_> {
+    pub fn none() -> Reservation<'static> {
+        Reservation {
+            cidrs: None,
+            range: None,
+        }
+    }
+
+    pub fn keep(mut self) {
+        self.range = None;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let (Some(cidrs), Some(range)) = (self.cidrs, self.range.take()) {
+            cidrs.release(&range);
+        }
+    }
+}
+
+fn set_range(node: &mut Value, range: &str) {
+    if let Some(spec) = node
+        .as_object_mut()
+        .map(|o| o.entry("spec").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    {
+        spec.insert("podCIDR".into(), json!(range));
+        spec.insert("podCIDRs".into(), json!([range]));
+    }
 }
 
 impl PodCidrs {
@@ -88,47 +150,59 @@ impl PodCidrs {
         }
     }
 
-    /// Gives `node` the next free range, unless it names one itself
-    /// (which is then counted as used). Returns the range it reserved, to
-    /// `release` if the create fails.
-    pub async fn assign(
-        &self,
-        registry: &Registry,
-        node: &mut Value,
-    ) -> Result<Option<String>, ApiError> {
-        let mut used = self.used.lock().await;
-        if used.is_none() {
-            let nodes = registry.resource(&mube_apis::resources::NODES)?;
-            let (items, _) = registry
-                .list(&nodes, None, &super::Filter::default(), ReadAt::Newest)
-                .await?;
-            let mut seen = HashSet::new();
-            for item in items {
-                if let Some(c) = pod_cidr(&item.value()?) {
-                    seen.insert(c.to_string());
+    fn used(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts the ranges the stored nodes hold, and gives one to each node
+    /// stored without (made before ranges were given at create). Written
+    /// straight to the store: this is the server's own start-up repair,
+    /// which node updates from clients may not do.
+    pub async fn start(&self, registry: &Registry) -> Result<(), ApiError> {
+        let nodes = registry.resource(&mube_apis::resources::NODES)?;
+        let (items, _) = registry
+            .list(&nodes, None, &super::Filter::default(), ReadAt::Newest)
+            .await?;
+        let mut without = Vec::new();
+        {
+            let mut used = self.used();
+            for item in &items {
+                let node = item.value()?;
+                match pod_cidr(&node) {
+                    Some(c) => {
+                        used.insert(c.to_string());
+                    }
+                    None => without.push(item.key.clone()),
                 }
             }
-            *used = Some(seen);
         }
-        let used = used.get_or_insert_with(HashSet::new);
-        if let Some(own) = pod_cidr(node) {
-            // A range given by the client is its own to choose, but never
-            // one another node holds.
-            if !used.insert(own.to_string()) {
-                let nodes = registry.resource(&mube_apis::resources::NODES)?;
-                let name = crate::registry::name_of(node).to_string();
-                return Err(ApiError::invalid(
-                    &nodes,
-                    &name,
-                    vec![mube_apis::validation::FieldError::new(
-                        "spec.podCIDR",
-                        format!("Invalid value: {own:?}: already in use by another node"),
-                    )],
-                ));
+        for key in without {
+            let reservation = self.take_next();
+            let Some(range) = reservation.range.clone() else {
+                break;
+            };
+            let updated = crate::store::guaranteed_update(
+                registry.store().as_ref(),
+                &key,
+                |_, mut node| -> Result<_, crate::store::StoreError> {
+                    if pod_cidr(&node).is_some() {
+                        return Ok(None);
+                    }
+                    set_range(&mut node, &range);
+                    Ok(Some(node))
+                },
+            )
+            .await;
+            if updated.is_ok() {
+                reservation.keep();
             }
-            return Ok(Some(own.to_string()));
         }
-        let Some(range) = self.cidr.next_free(used) else {
+        Ok(())
+    }
+
+    fn take_next(&self) -> Reservation<'_> {
+        let mut used = self.used();
+        let Some(range) = self.cidr.next_free(&used) else {
             // Said once, not once per node: a big cluster on a small range
             // would otherwise log every node.
             if !self.exhausted.swap(true, Ordering::Relaxed) {
@@ -136,26 +210,60 @@ impl PodCidrs {
                     "clusterCIDR has no free pod range left: new nodes get no podCIDR (and their pods no network); use a larger clusterCIDR"
                 );
             }
-            return Ok(None);
+            return Reservation::none();
         };
         used.insert(range.clone());
-        if let Some(spec) = node
-            .as_object_mut()
-            .map(|o| o.entry("spec").or_insert_with(|| json!({})))
-            .and_then(Value::as_object_mut)
-        {
-            spec.insert("podCIDR".into(), json!(range));
-            spec.insert("podCIDRs".into(), json!([range]));
+        Reservation {
+            cidrs: Some(self),
+            range: Some(range),
         }
-        Ok(Some(range))
+    }
+
+    /// Gives `node` the next free range, unless it names one itself: that
+    /// must be one of clusterCIDR's node ranges that no other node holds.
+    pub fn assign(
+        &self,
+        resource: &super::Resource,
+        node: &mut Value,
+    ) -> Result<Reservation<'_>, ApiError> {
+        if let Some(own) = pod_cidr(node).map(str::to_string) {
+            let refuse = |why: String| {
+                ApiError::invalid(
+                    resource,
+                    crate::registry::name_of(node),
+                    vec![mube_apis::validation::FieldError::new(
+                        "spec.podCIDR",
+                        format!("Invalid value: {own:?}: {why}"),
+                    )],
+                )
+            };
+            if !self.cidr.is_node_range(&own) {
+                return Err(refuse(format!(
+                    "must be one of clusterCIDR's /{} ranges ({})",
+                    self.cidr.node_prefix(),
+                    self.cidr
+                )));
+            }
+            if !self.used().insert(own.clone()) {
+                return Err(refuse("already in use by another node".into()));
+            }
+            set_range(node, &own);
+            return Ok(Reservation {
+                cidrs: Some(self),
+                range: Some(own),
+            });
+        }
+        let reservation = self.take_next();
+        if let Some(range) = &reservation.range {
+            set_range(node, range);
+        }
+        Ok(reservation)
     }
 
     /// A range free again: its node is gone, or was never created.
-    pub async fn release(&self, range: &str) {
-        if let Some(used) = self.used.lock().await.as_mut() {
-            used.remove(range);
-            self.exhausted.store(false, Ordering::Relaxed);
-        }
+    pub fn release(&self, range: &str) {
+        self.used().remove(range);
+        self.exhausted.store(false, Ordering::Relaxed);
     }
 }
 
@@ -179,5 +287,11 @@ mod tests {
         assert!(ClusterCidr::parse("10.0.0.0").is_err());
         assert!(ClusterCidr::parse("10.0.0.0/4").is_err());
         assert!(ClusterCidr::parse("fd00::/64").is_err());
+        assert!(c.is_node_range("10.244.7.0/24"));
+        assert!(!c.is_node_range("10.244.7.1/24"), "not on a boundary");
+        assert!(!c.is_node_range("10.244.0.0/16"), "the whole cluster");
+        assert!(!c.is_node_range("10.9.0.0/24"), "outside");
+        assert!(!c.is_node_range("nonsense"));
+        assert_eq!(c.to_string(), "10.244.0.0/16");
     }
 }

@@ -78,7 +78,8 @@ impl Worker {
                 // the pass left half done, the next one finds and finishes.
                 Some(pod) => tokio::select! {
                     next = self.sync(&pod) => next,
-                    _ = until_deleted(&mut updates) => Duration::ZERO,
+                    // A clone: the changes it sees stay unseen for the loop.
+                    _ = until_deleted(updates.clone()) => Duration::ZERO,
                 },
             };
             tokio::select! {
@@ -312,8 +313,17 @@ impl Worker {
                 for old in mine.iter().skip(2).filter(|x| x.state == EXITED) {
                     // The runtime leaves the log file; the kubelet removes
                     // it with the container, and so does this.
-                    let log = runtime.container_status(&old.id).await?.map(|s| s.log_path);
-                    runtime.remove_container(&old.id).await?;
+                    // Clean-up: a failure here is tried again next pass
+                    // and must not stop the pod's status from being written.
+                    let log = runtime
+                        .container_status(&old.id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|s| s.log_path);
+                    if runtime.remove_container(&old.id).await.is_err() {
+                        continue;
+                    }
                     if let Some(path) = log.filter(|p| !p.is_empty()) {
                         let _ = std::fs::remove_file(path);
                     }
@@ -518,13 +528,16 @@ impl Worker {
             return;
         };
         let client = self.shared.client.borrow().clone();
-        let patch = json!({"status": status});
+        // A JSON patch that tests the UID first: the status of this pod,
+        // never of a newer one made under its name meanwhile (the kubelet
+        // sends the UID as a precondition for the same reason).
+        let patch = json!([
+            {"op": "test", "path": "/metadata/uid", "value": self.uid},
+            {"op": "add", "path": "/status", "value": status},
+        ]);
         match client
             .patch(url)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/merge-patch+json",
-            )
+            .header(reqwest::header::CONTENT_TYPE, "application/json-patch+json")
             .body(patch.to_string())
             .send()
             .await
@@ -555,7 +568,7 @@ pub fn instances<'a>(containers: &'a [api::Container], name: &str) -> Vec<&'a ap
 
 /// Returns once the pod is being deleted or gone (never, if the sender
 /// went away: the worker's own loop ends then).
-async fn until_deleted(updates: &mut watch::Receiver<Option<Pod>>) {
+async fn until_deleted(mut updates: watch::Receiver<Option<Pod>>) {
     loop {
         if updates.changed().await.is_err() {
             return std::future::pending().await;
@@ -586,9 +599,13 @@ async fn done_without_sandbox(
         let Some(latest) = instances(containers, &c.name).into_iter().next() else {
             return Ok(false);
         };
+        // A run still going (in a sandbox that died) is not finished.
+        if latest.state != EXITED {
+            return Ok(false);
+        }
         if policy == "OnFailure" {
             let status = runtime.container_status(&latest.id).await?;
-            if latest.state != EXITED || status.is_none_or(|s| s.exit_code != 0) {
+            if status.is_none_or(|s| s.exit_code != 0) {
                 return Ok(false);
             }
         }
