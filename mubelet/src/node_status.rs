@@ -95,7 +95,8 @@ pub async fn run(
         let client_now = client.borrow().clone();
         // Compared with the Node as it is now, every time: a Node made
         // again, or changed by someone else, gets its values back.
-        if let Err(e) = update_node(
+        // The same read gives the podCIDR the API server assigned.
+        match update_node(
             &config,
             &client_now,
             cpus,
@@ -105,9 +106,6 @@ pub async fn run(
         )
         .await
         {
-            tracing::debug!(error = %e, "cannot update the node's status yet");
-        }
-        match pod_cidr(&config, &client_now).await {
             Ok(Some(cidr)) if cni_written.as_deref() != Some(&cidr) => {
                 match network::write_cni_config(&config.cni_conf_dir, &cidr) {
                     Ok(Some(path)) => {
@@ -122,7 +120,7 @@ pub async fn run(
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "cannot read the node's podCIDR yet"),
+            Err(e) => tracing::debug!(error = %e, "cannot update the node's status yet"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -147,17 +145,9 @@ async fn get_node(config: &Config, client: &reqwest::Client) -> Result<Value, St
     r.json().await.map_err(|e| mube_apis::errors::chain(&e))
 }
 
-async fn pod_cidr(config: &Config, client: &reqwest::Client) -> Result<Option<String>, String> {
-    let node = get_node(config, client).await?;
-    Ok(node
-        .pointer("/spec/podCIDR")
-        .and_then(Value::as_str)
-        .filter(|c| !c.is_empty())
-        .map(str::to_string))
-}
-
 /// Read, change, write back with the read's resourceVersion; a conflict
-/// (a heartbeat wrote in between) is tried again.
+/// (a heartbeat wrote in between) is tried again. Returns the node's
+/// `spec.podCIDR`, as read.
 async fn update_node(
     config: &Config,
     client: &reqwest::Client,
@@ -165,7 +155,7 @@ async fn update_node(
     memory: u64,
     host_ip: Option<&str>,
     health: &Result<(), String>,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let url = config
         .api_server
         .join(&format!(
@@ -175,6 +165,11 @@ async fn update_node(
         .map_err(|e| e.to_string())?;
     for _ in 0..5 {
         let mut node = get_node(config, client).await?;
+        let pod_cidr = node
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
         let before = node.clone();
         if !node.get("status").is_some_and(Value::is_object) {
             node["status"] = json!({});
@@ -252,7 +247,7 @@ async fn update_node(
             }
         }
         if node == before {
-            return Ok(());
+            return Ok(pod_cidr);
         }
         let r = client
             .put(url.clone())
@@ -261,7 +256,7 @@ async fn update_node(
             .await
             .map_err(|e| mube_apis::errors::chain(&e))?;
         if r.status().is_success() {
-            return Ok(());
+            return Ok(pod_cidr);
         }
         if r.status() != reqwest::StatusCode::CONFLICT {
             return Err(format!(

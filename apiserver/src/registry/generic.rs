@@ -655,30 +655,12 @@ impl Registry {
         preconditions
             .check(&current)
             .map_err(|e| ApiError::from_store(e, r, name))?;
-        if current
-            .value()?
-            .pointer("/metadata/deletionTimestamp")
-            .is_none()
-        {
-            let now = time(Timestamp::now());
-            let manager = Manager {
-                name: managed::APISERVER,
-                part: Part::Main,
-            };
+        let value = current.value()?;
+        if value.pointer("/metadata/deletionTimestamp").is_none() {
             return self
-                .modify_in(
-                    self.store_for(dry_run),
-                    r,
-                    None,
-                    name,
-                    Some(Recording::Server(&manager)),
-                    |_, mut object| {
-                        object["metadata"]["deletionTimestamp"] = now.clone();
-                        object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                        object["status"] = json!({"phase": "Terminating"});
-                        Ok(Some(object))
-                    },
-                )
+                .set_deletion(r, None, name, &value, Timestamp::now(), 0, dry_run, |o| {
+                    o["status"] = json!({"phase": "Terminating"});
+                })
                 .await;
         }
         if !self.namespace_is_empty(name).await? {
@@ -694,7 +676,7 @@ impl Registry {
             .delete(&r.key(None, name), preconditions)
             .await
             .map_err(|e| ApiError::from_store(e, r, name))?;
-        self.wrote(r);
+        self.removed(r, &removed, dry_run);
         Ok(removed)
     }
 
@@ -781,11 +763,41 @@ impl Registry {
         let deadline = Timestamp::now()
             .checked_add(jiff::SignedDuration::from_secs(graceful.seconds))
             .unwrap_or_else(|_| Timestamp::now());
+        self.set_deletion(
+            r,
+            namespace,
+            name,
+            &value,
+            deadline,
+            graceful.seconds,
+            dry_run,
+            |_| {},
+        )
+        .await
+        .map(Some)
+    }
+
+    /// The server's write that marks an object deleted (`deletionTimestamp`
+    /// at `at`, `deletionGracePeriodSeconds`), plus what `also` changes, on
+    /// the object `current` was read as: a newer one made under its name
+    /// meanwhile is a conflict, not marked.
+    #[allow(clippy::too_many_arguments)] // the object, the mark, the write's mode
+    async fn set_deletion(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        current: &Value,
+        at: Timestamp,
+        seconds: i64,
+        dry_run: DryRun,
+        also: impl Fn(&mut Value),
+    ) -> Result<StoredObject, ApiError> {
         let manager = Manager {
             name: managed::APISERVER,
             part: Part::Main,
         };
-        let uid = value.pointer("/metadata/uid").cloned();
+        let uid = current.pointer("/metadata/uid").cloned();
         self.modify_in(
             self.store_for(dry_run),
             r,
@@ -799,13 +811,13 @@ impl Registry {
                         format!("{} {name:?} was replaced while being deleted", r.kind),
                     ));
                 }
-                object["metadata"]["deletionTimestamp"] = time(deadline);
-                object["metadata"]["deletionGracePeriodSeconds"] = json!(graceful.seconds);
+                object["metadata"]["deletionTimestamp"] = time(at);
+                object["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
+                also(&mut object);
                 Ok(Some(object))
             },
         )
         .await
-        .map(Some)
     }
 
     /// DELETE on a collection: every object the filter matches, each deleted
