@@ -14,6 +14,8 @@ pub struct ResourceInfo {
     pub singular: &'static str,
     pub short_names: &'static [&'static str],
     pub namespaced: bool,
+    /// Groups a user can name at once (`kubectl get all`).
+    pub categories: &'static [&'static str],
 }
 
 pub const NODES: ResourceInfo = ResourceInfo {
@@ -24,6 +26,7 @@ pub const NODES: ResourceInfo = ResourceInfo {
     singular: "node",
     short_names: &["no"],
     namespaced: false,
+    categories: &[],
 };
 
 pub const LEASES: ResourceInfo = ResourceInfo {
@@ -34,6 +37,7 @@ pub const LEASES: ResourceInfo = ResourceInfo {
     singular: "lease",
     short_names: &[],
     namespaced: true,
+    categories: &[],
 };
 
 pub const PODS: ResourceInfo = ResourceInfo {
@@ -44,6 +48,7 @@ pub const PODS: ResourceInfo = ResourceInfo {
     singular: "pod",
     short_names: &["po"],
     namespaced: true,
+    categories: &["all"],
 };
 
 pub const EVENTS: ResourceInfo = ResourceInfo {
@@ -54,6 +59,7 @@ pub const EVENTS: ResourceInfo = ResourceInfo {
     singular: "event",
     short_names: &["ev"],
     namespaced: true,
+    categories: &[],
 };
 
 pub const NAMESPACES: ResourceInfo = ResourceInfo {
@@ -64,6 +70,7 @@ pub const NAMESPACES: ResourceInfo = ResourceInfo {
     singular: "namespace",
     short_names: &["ns"],
     namespaced: false,
+    categories: &[],
 };
 
 pub const SECRETS: ResourceInfo = ResourceInfo {
@@ -74,6 +81,7 @@ pub const SECRETS: ResourceInfo = ResourceInfo {
     singular: "secret",
     short_names: &[],
     namespaced: true,
+    categories: &[],
 };
 
 pub const CERTIFICATE_SIGNING_REQUESTS: ResourceInfo = ResourceInfo {
@@ -84,6 +92,7 @@ pub const CERTIFICATE_SIGNING_REQUESTS: ResourceInfo = ResourceInfo {
     singular: "certificatesigningrequest",
     short_names: &["csr"],
     namespaced: false,
+    categories: &[],
 };
 
 pub const ROLES: ResourceInfo = ResourceInfo {
@@ -94,6 +103,7 @@ pub const ROLES: ResourceInfo = ResourceInfo {
     singular: "role",
     short_names: &[],
     namespaced: true,
+    categories: &[],
 };
 
 pub const CLUSTER_ROLES: ResourceInfo = ResourceInfo {
@@ -104,6 +114,7 @@ pub const CLUSTER_ROLES: ResourceInfo = ResourceInfo {
     singular: "clusterrole",
     short_names: &[],
     namespaced: false,
+    categories: &[],
 };
 
 pub const ROLE_BINDINGS: ResourceInfo = ResourceInfo {
@@ -114,6 +125,7 @@ pub const ROLE_BINDINGS: ResourceInfo = ResourceInfo {
     singular: "rolebinding",
     short_names: &[],
     namespaced: true,
+    categories: &[],
 };
 
 pub const CLUSTER_ROLE_BINDINGS: ResourceInfo = ResourceInfo {
@@ -124,6 +136,29 @@ pub const CLUSTER_ROLE_BINDINGS: ResourceInfo = ResourceInfo {
     singular: "clusterrolebinding",
     short_names: &[],
     namespaced: false,
+    categories: &[],
+};
+
+pub const DEPLOYMENTS: ResourceInfo = ResourceInfo {
+    group: "apps",
+    version: "v1",
+    kind: "Deployment",
+    plural: "deployments",
+    singular: "deployment",
+    short_names: &["deploy"],
+    namespaced: true,
+    categories: &["all"],
+};
+
+pub const REPLICA_SETS: ResourceInfo = ResourceInfo {
+    group: "apps",
+    version: "v1",
+    kind: "ReplicaSet",
+    plural: "replicasets",
+    singular: "replicaset",
+    short_names: &["rs"],
+    namespaced: true,
+    categories: &["all"],
 };
 
 impl ResourceInfo {

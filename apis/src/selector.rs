@@ -142,6 +142,48 @@ impl LabelSelector {
     }
 }
 
+/// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`) in
+/// the string syntax of `?labelSelector=` (apimachinery's
+/// `LabelSelectorAsSelector`), as a Scale's `status.selector` carries it.
+pub fn label_selector_string(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for (key, value) in selector.match_labels.iter().flatten() {
+        parts.push(format!("{key}={value}"));
+    }
+    for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
+        let values = e.values.clone().unwrap_or_default();
+        let needs_values = matches!(e.operator.as_str(), "In" | "NotIn");
+        if needs_values == values.is_empty() {
+            return Err(format!(
+                "matchExpressions[{i}].values: {}",
+                if needs_values {
+                    "Required value: must be specified when `operator` is 'In' or 'NotIn'"
+                } else {
+                    "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                }
+            ));
+        }
+        let mut sorted = values;
+        sorted.sort();
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({})", e.key, sorted.join(",")),
+            "NotIn" => format!("{} notin ({})", e.key, sorted.join(",")),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            other => {
+                return Err(format!(
+                    "matchExpressions[{i}].operator: Unsupported value: {other:?}: supported values: \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""
+                ))
+            }
+        });
+    }
+    let text = parts.join(",");
+    LabelSelector::parse(&text)?;
+    Ok(text)
+}
+
 /// A parsed field selector: `field=value`, `field==value`, `field!=value`, ANDed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector {
@@ -194,6 +236,33 @@ impl FieldSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_selector_objects_become_strings() {
+        let selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(serde_json::json!({
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [
+                    {"key": "tier", "operator": "In", "values": ["b", "a"]},
+                    {"key": "old", "operator": "DoesNotExist"}
+                ]
+            }))
+            .unwrap();
+        let text = label_selector_string(&selector).unwrap();
+        assert_eq!(text, "app=web,tier in (a,b),!old");
+        let parsed = LabelSelector::parse(&text).unwrap();
+        let labels = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "a".to_string()),
+        ]);
+        assert!(parsed.matches(Some(&labels)));
+        let bad: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(
+                serde_json::json!({"matchExpressions": [{"key": "x", "operator": "In"}]}),
+            )
+            .unwrap();
+        assert!(label_selector_string(&bad).is_err());
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

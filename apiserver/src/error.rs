@@ -64,7 +64,11 @@ impl ApiError {
         ApiError {
             status: Box::new(status::failure_for(
                 Reason::Invalid,
-                format!("{} \"{name}\" is invalid: {detail}", resource.kind),
+                // Kubernetes names a grouped kind with its group: `Deployment.apps`.
+                match resource.group {
+                    "" => format!("{} \"{name}\" is invalid: {detail}", resource.kind),
+                    group => format!("{}.{group} \"{name}\" is invalid: {detail}", resource.kind),
+                },
                 resource.group,
                 resource.kind,
                 name,

@@ -59,6 +59,7 @@ fn collect(list: &Value, group: &str, version: &str, out: &mut Vec<&'static Reso
             singular: leak(&singular),
             short_names: Box::leak(short_names.into_boxed_slice()),
             namespaced: r["namespaced"].as_bool().unwrap_or(false),
+            categories: &[],
         })));
     }
 }

@@ -141,11 +141,29 @@ fn resource_entries(r: &Resource) -> Vec<APIResource> {
         verbs: VERBS.iter().map(|v| v.to_string()).collect(),
         short_names: Some(r.short_names.iter().map(|s| s.to_string()).collect())
             .filter(|s: &Vec<String>| !s.is_empty()),
-        categories: None,
+        categories: Some(r.categories.iter().map(|c| c.to_string()).collect())
+            .filter(|c: &Vec<String>| !c.is_empty()),
         group: None,
         version: None,
         storage_version_hash: None,
     }];
+    if r.scale_subresource() {
+        out.push(APIResource {
+            name: format!("{}/scale", r.plural),
+            singular_name: String::new(),
+            namespaced: r.namespaced,
+            kind: "Scale".into(),
+            verbs: ["get", "patch", "update"]
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            short_names: None,
+            categories: None,
+            group: Some("autoscaling".into()),
+            version: Some("v1".into()),
+            storage_version_hash: None,
+        });
+    }
     if r.status_subresource() {
         out.push(APIResource {
             name: format!("{}/status", r.plural),

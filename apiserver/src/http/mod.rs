@@ -14,6 +14,7 @@ mod protobuf;
 mod response;
 mod rest;
 mod reviews;
+mod scale;
 pub mod serve;
 mod table;
 mod watch;

@@ -4,7 +4,7 @@
 //! registry sees only its typed `DryRun` and the store's `Preconditions`.
 
 use crate::error::ApiError;
-use crate::registry::DryRun;
+use crate::registry::{DryRun, Propagation};
 use crate::store::Preconditions;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
 
@@ -62,6 +62,8 @@ pub struct Deletion {
     pub preconditions: Preconditions,
     /// `gracePeriodSeconds`: for pods on a node (graceful deletion).
     pub grace: Option<i64>,
+    /// `propagationPolicy` (or the older `orphanDependents`).
+    pub propagation: Propagation,
     pub dry_run: DryRun,
 }
 
@@ -73,12 +75,10 @@ pub struct Deletion {
 /// - `preconditions.uid` / `.resourceVersion`: checked by the store, atomically
 ///   with the delete;
 /// - `dryRun`;
-/// - `propagationPolicy: Background` (kubectl's default): accepted; the
-///   object goes at once. There is no garbage collector yet: the one kind of
-///   dependent mube creates, a node's Lease, is deleted by the node lifecycle
-///   controller when it sees its Node's deletion;
-/// - `Orphan` (and `orphanDependents: true`) and `Foreground` need finalizers
-///   and a garbage collector, which mube does not have yet: refused (422);
+/// - `propagationPolicy`: `Background` (kubectl's default) deletes the
+///   object now and the garbage collector its dependents; `Foreground` and
+///   `Orphan` (or `orphanDependents: true`) add their finalizer, and the
+///   garbage collector finishes the delete (see `Registry::delete_with_grace`);
 /// - `gracePeriodSeconds`: how long a pod on a node gets to stop (its
 ///   node agent finishes the delete); every other kind is removed at once,
 ///   as in Kubernetes (Nodes, Leases and Events have no graceful deletion).
@@ -109,28 +109,22 @@ pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> 
             "FieldValueInvalid",
         ));
     }
-    const NO_GC: &str =
-        "mube has no finalizers or garbage collector yet; use \"Background\" (kubectl's default)";
-    match options.propagation_policy.as_deref() {
-        None | Some("Background") => {}
-        Some(policy @ ("Orphan" | "Foreground")) => causes.push((
-            "propagationPolicy".into(),
-            format!("Unsupported value: {policy:?}: supported values: \"Background\" ({NO_GC})"),
-            "FieldValueNotSupported",
-        )),
-        Some(other) => causes.push((
-            "propagationPolicy".into(),
-            format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
-            "FieldValueNotSupported",
-        )),
-    }
-    if options.orphan_dependents == Some(true) {
-        causes.push((
-            "orphanDependents".into(),
-            format!("Unsupported value: true: supported values: false ({NO_GC})"),
-            "FieldValueNotSupported",
-        ));
-    }
+    let propagation = match (
+        options.propagation_policy.as_deref(),
+        options.orphan_dependents,
+    ) {
+        (Some("Background"), _) | (None, None | Some(false)) => Propagation::Background,
+        (Some("Foreground"), _) => Propagation::Foreground,
+        (Some("Orphan"), _) | (None, Some(true)) => Propagation::Orphan,
+        (Some(other), _) => {
+            causes.push((
+                "propagationPolicy".into(),
+                format!("Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
+                "FieldValueNotSupported",
+            ));
+            Propagation::Background
+        }
+    };
     if options.ignore_store_read_error_with_cluster_breaking_potential == Some(true) {
         causes.push((
             "ignoreStoreReadErrorWithClusterBreakingPotential".into(),
@@ -150,6 +144,7 @@ pub fn deletion(query: Option<&str>, body: &[u8]) -> Result<Deletion, ApiError> 
             resource_version: preconditions.resource_version,
         },
         grace: options.grace_period_seconds,
+        propagation,
         dry_run,
     })
 }
@@ -261,11 +256,9 @@ mod tests {
         for (query, body, field) in [
             (
                 None,
-                r#"{"propagationPolicy":"Foreground"}"#,
+                r#"{"propagationPolicy":"Orphan","orphanDependents":true}"#,
                 "propagationPolicy",
             ),
-            (Some("propagationPolicy=Orphan"), "", "propagationPolicy"),
-            (None, r#"{"orphanDependents":true}"#, "orphanDependents"),
             (
                 None,
                 r#"{"propagationPolicy":"Sideways"}"#,
@@ -285,6 +278,22 @@ mod tests {
         let e = deletion(None, br#"{"kind":"Node"}"#).unwrap_err();
         assert_eq!(e.code(), 400);
         assert!(deletion(None, br#"{"orphanDependents":false}"#).is_ok());
+        for (query, body, policy) in [
+            (
+                None,
+                r#"{"propagationPolicy":"Foreground"}"#,
+                Propagation::Foreground,
+            ),
+            (Some("propagationPolicy=Orphan"), "", Propagation::Orphan),
+            (None, r#"{"orphanDependents":true}"#, Propagation::Orphan),
+            (None, "", Propagation::Background),
+        ] {
+            assert_eq!(
+                deletion(query, body.as_bytes()).unwrap().propagation,
+                policy,
+                "{body}"
+            );
+        }
         let e = deletion(Some("dryRun="), b"").unwrap_err();
         assert_eq!(e.code(), 422);
     }

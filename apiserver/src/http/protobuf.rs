@@ -2,7 +2,7 @@
 //! requests only as `application/vnd.kubernetes.protobuf`: the reviews of
 //! `kubectl auth can-i` and `whoami`, and the objects its `create`
 //! generators make (`create namespace|configmap|secret|role|rolebinding|
-//! clusterrole|clusterrolebinding`). Their fields are declared here for
+//! clusterrole|clusterrolebinding|deployment`). Their fields are declared here for
 //! prost, by tag, from Kubernetes' `generated.proto` (no crate ships them
 //! without pulling every Kubernetes type in); each is turned into the JSON
 //! object the rest of the server works with. Fields mube does not declare
@@ -181,6 +181,140 @@ struct Binding {
     role_ref: Option<RoleRef>,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct LabelSelector {
+    #[prost(btree_map = "string, string", tag = "1")]
+    match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ContainerPort {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(int32, optional, tag = "2")]
+    host_port: Option<i32>,
+    #[prost(int32, optional, tag = "3")]
+    container_port: Option<i32>,
+    #[prost(string, optional, tag = "4")]
+    protocol: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct EnvVar {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    value: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Container {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    image: Option<String>,
+    #[prost(string, repeated, tag = "3")]
+    command: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    args: Vec<String>,
+    #[prost(message, repeated, tag = "6")]
+    ports: Vec<ContainerPort>,
+    #[prost(message, repeated, tag = "7")]
+    env: Vec<EnvVar>,
+    #[prost(string, optional, tag = "14")]
+    image_pull_policy: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PodSpec {
+    #[prost(message, repeated, tag = "2")]
+    containers: Vec<Container>,
+    #[prost(string, optional, tag = "3")]
+    restart_policy: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PodTemplateSpec {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<PodSpec>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DeploymentStrategy {
+    #[prost(string, optional, tag = "1")]
+    type_: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DeploymentSpec {
+    #[prost(int32, optional, tag = "1")]
+    replicas: Option<i32>,
+    #[prost(message, optional, tag = "2")]
+    selector: Option<LabelSelector>,
+    #[prost(message, optional, tag = "3")]
+    template: Option<PodTemplateSpec>,
+    #[prost(message, optional, tag = "4")]
+    strategy: Option<DeploymentStrategy>,
+}
+
+/// What `kubectl create deployment` sends (its status is the server's).
+#[derive(Clone, PartialEq, Message)]
+struct Deployment {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<DeploymentSpec>,
+}
+
+fn container(c: Container) -> Value {
+    let list = |v: Vec<String>| (!v.is_empty()).then(|| json!(v));
+    let ports: Vec<Value> = c
+        .ports
+        .into_iter()
+        .map(|p| {
+            json!({"name": p.name.filter(|n| !n.is_empty()), "hostPort": p.host_port.filter(|p| *p != 0),
+                   "containerPort": p.container_port, "protocol": p.protocol.filter(|p| !p.is_empty())})
+        })
+        .collect();
+    let env: Vec<Value> = c
+        .env
+        .into_iter()
+        .map(|e| json!({"name": e.name, "value": e.value}))
+        .collect();
+    json!({
+        "name": c.name,
+        "image": c.image.filter(|i| !i.is_empty()),
+        "command": list(c.command),
+        "args": list(c.args),
+        "ports": (!ports.is_empty()).then_some(ports),
+        "env": (!env.is_empty()).then_some(env),
+        "imagePullPolicy": c.image_pull_policy.filter(|p| !p.is_empty()),
+    })
+}
+
+fn deployment(m: Deployment) -> Value {
+    let spec = m.spec.unwrap_or_default();
+    let template = spec.template.unwrap_or_default();
+    let pod = template.spec.unwrap_or_default();
+    json!({
+        "metadata": metadata(m.metadata),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": spec.selector.map(|s| json!({"matchLabels": object_of(s.match_labels, Value::from)})),
+            "template": {
+                "metadata": metadata(template.metadata),
+                "spec": {
+                    "containers": pod.containers.into_iter().map(container).collect::<Vec<_>>(),
+                    "restartPolicy": pod.restart_policy.filter(|p| !p.is_empty()),
+                },
+            },
+            "strategy": spec.strategy.map(|s| json!({"type": s.type_.filter(|t| !t.is_empty())})),
+        },
+    })
+}
+
 fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -286,6 +420,7 @@ pub fn object_to_json(body: &[u8]) -> Result<Value, ProtobufError> {
                 "roleRef": {"apiGroup": role.api_group, "kind": role.kind, "name": role.name},
             })
         }
+        "Deployment" => deployment(Deployment::decode(raw.as_slice()).map_err(bad)?),
         other => return Err(ProtobufError::Unsupported(other.to_string())),
     };
     strip_nulls(&mut object);

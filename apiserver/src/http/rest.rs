@@ -496,6 +496,7 @@ async fn serve(
                         &filter,
                         &deletion.preconditions,
                         deletion.grace,
+                        deletion.propagation,
                         deletion.dry_run,
                     )
                     .await?;
@@ -607,6 +608,7 @@ async fn serve(
                             name,
                             &deletion.preconditions,
                             deletion.grace,
+                            deletion.propagation,
                             deletion.dry_run,
                         )
                         .await?;
@@ -623,6 +625,9 @@ async fn serve(
             }
             _ => Err(method_not_allowed(&method, &format!("pods/{name}/binding"))),
         },
+        (Some(name), Some("scale")) if r.scale_subresource() => {
+            super::scale::serve(&state, &r, ns, name, method, query, &params, &headers, body).await
+        }
         (Some(name), Some("log")) if r.kind == "Pod" => match method {
             Method::GET => super::logs::serve(&state, &r, ns, name, query).await,
             _ => Err(method_not_allowed(&method, &format!("pods/{name}/log"))),

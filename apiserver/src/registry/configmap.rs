@@ -20,6 +20,7 @@ pub const INFO: ResourceInfo = ResourceInfo {
     singular: "configmap",
     short_names: &["cm"],
     namespaced: true,
+    categories: &[],
 };
 
 pub fn resource() -> Resource {

@@ -440,6 +440,15 @@ impl Registry {
                     );
                 }
                 canonicalize(r, &mut new)?;
+                // As Kubernetes: `generation` counts changes of the spec
+                // (what a controller reports as `observedGeneration`).
+                if new.get("spec") != old.get("spec") {
+                    let generation = old
+                        .pointer("/metadata/generation")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    new["metadata"]["generation"] = json!(generation + 1);
+                }
                 if let Some(recording) = &recording {
                     let (manager, whole_object) = match recording {
                         Recording::Request(m) => (*m, false),
@@ -458,11 +467,20 @@ impl Registry {
                     return Ok(None);
                 }
                 validate(r, name, &new)?;
-                let errors = if binding {
+                let mut errors = if binding {
                     Vec::new()
                 } else {
                     r.strategy.validate_update(&new, &old)
                 };
+                if old.pointer("/metadata/deletionTimestamp").is_some() {
+                    let before = finalizers_of(&old);
+                    if finalizers_of(&new).iter().any(|f| !before.contains(f)) {
+                        errors.push(mube_apis::validation::FieldError::new(
+                            "metadata.finalizers",
+                            "Forbidden: no new finalizers can be added if the object is being deleted",
+                        ));
+                    }
+                }
                 if !errors.is_empty() {
                     return Err(ApiError::invalid(r, name, errors).into());
                 }
@@ -475,7 +493,50 @@ impl Registry {
             UpdateFailure::Api(e) => e,
         })?;
         self.wrote(r);
+        self.finish_if_finalized(store, r, &key, &updated).await?;
         Ok(updated)
+    }
+
+    /// Removes an object that is being deleted, is due (grace period 0:
+    /// a pod's agent has finished it, or it never had one) and whose last
+    /// finalizer `updated` took away. Held to the revision just written: a
+    /// newer write decides for itself.
+    async fn finish_if_finalized(
+        &self,
+        store: &dyn Store,
+        r: &Resource,
+        key: &str,
+        updated: &StoredObject,
+    ) -> Result<(), ApiError> {
+        if r.strategy.terminates() {
+            return Ok(());
+        }
+        let value = updated.value()?;
+        let due = value.pointer("/metadata/deletionTimestamp").is_some()
+            && value
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                == 0;
+        if !due || !finalizers_of(&value).is_empty() {
+            return Ok(());
+        }
+        let dry_run = if std::ptr::addr_eq(store, self.store.as_ref()) {
+            DryRun::No
+        } else {
+            DryRun::All
+        };
+        let held = Preconditions {
+            uid: None,
+            resource_version: Some(updated.revision.to_string()),
+        };
+        match store.delete(key, &held).await {
+            Ok(gone) => self.removed(r, &gone, dry_run),
+            // Someone else deleted or wrote it meanwhile: theirs to finish.
+            Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(ApiError::from_store(e, r, crate::registry::name_of(&value))),
+        }
+        Ok(())
     }
 
     /// PATCH of the whole object (`Part::Main`) or of `/status`. A
@@ -689,8 +750,16 @@ impl Registry {
         preconditions: &Preconditions,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
-        self.delete_with_grace(r, namespace, name, preconditions, None, dry_run)
-            .await
+        self.delete_with_grace(
+            r,
+            namespace,
+            name,
+            preconditions,
+            None,
+            Propagation::Background,
+            dry_run,
+        )
+        .await
     }
 
     /// DELETE. The preconditions (uid, resourceVersion) are checked by the
@@ -698,6 +767,7 @@ impl Registry {
     /// for kinds that `terminate` (Namespaces), and pods running on a node:
     /// those get `deletionTimestamp` and `deletionGracePeriodSeconds`, and
     /// their node agent stops them and then deletes them with grace 0.
+    #[allow(clippy::too_many_arguments)] // DeleteOptions' parts, each distinct
     pub async fn delete_with_grace(
         &self,
         r: &Resource,
@@ -705,10 +775,25 @@ impl Registry {
         name: &str,
         preconditions: &Preconditions,
         grace: Option<i64>,
+        propagation: Propagation,
         dry_run: DryRun,
     ) -> Result<StoredObject, ApiError> {
         if r.strategy.terminates() {
             return self.terminate(r, name, preconditions, dry_run).await;
+        }
+        if let Some(held) = self
+            .hold_for_finalizers(
+                r,
+                namespace,
+                name,
+                preconditions,
+                grace,
+                propagation,
+                dry_run,
+            )
+            .await?
+        {
+            return Ok(held);
         }
         if let Some(marked) = self
             .mark_for_deletion(r, namespace, name, preconditions, grace, dry_run)
@@ -723,6 +808,68 @@ impl Registry {
             .map_err(|e| ApiError::from_store(e, r, name))?;
         self.removed(r, &deleted, dry_run);
         Ok(deleted)
+    }
+
+    /// Kubernetes' finalizers: an object that has any (or gets one from
+    /// the propagation policy: `orphan`, `foregroundDeletion`) is not
+    /// removed by a delete but marked (`deletionTimestamp`), and removed by
+    /// the write that takes its last finalizer away (`finish_if_finalized`).
+    /// `None`: nothing holds it, delete as usual.
+    #[allow(clippy::too_many_arguments)] // DeleteOptions' parts, each distinct
+    async fn hold_for_finalizers(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        preconditions: &Preconditions,
+        grace: Option<i64>,
+        propagation: Propagation,
+        dry_run: DryRun,
+    ) -> Result<Option<StoredObject>, ApiError> {
+        let current = self.get(r, namespace, name).await?;
+        let value = current.value()?;
+        let mut finalizers = finalizers_of(&value);
+        if let Some(added) = propagation.finalizer() {
+            // One policy at a time, as Kubernetes: the newest asked wins.
+            finalizers.retain(|f| f != ORPHAN_FINALIZER && f != FOREGROUND_FINALIZER);
+            finalizers.push(added.to_string());
+        }
+        if finalizers.is_empty() {
+            return Ok(None);
+        }
+        preconditions
+            .check(&current)
+            .map_err(|e| ApiError::from_store(e, r, name))?;
+        // A pod on a node still gets its grace period; everything else is
+        // due now, and waits only for its finalizers.
+        let seconds = r
+            .strategy
+            .graceful_deletion(&value, grace)
+            .map_or(0, |g| g.seconds);
+        let marked = value.pointer("/metadata/deletionTimestamp").is_some();
+        let already = value
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if marked && already.is_some_and(|a| a <= seconds) && finalizers == finalizers_of(&value) {
+            return Ok(Some(current));
+        }
+        let deadline = Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap_or_else(|_| Timestamp::now());
+        self.set_deletion(
+            r,
+            namespace,
+            name,
+            &value,
+            deadline,
+            seconds,
+            dry_run,
+            |o| {
+                o["metadata"]["finalizers"] = json!(finalizers);
+            },
+        )
+        .await
+        .map(Some)
     }
 
     /// The graceful part of a delete: `Some` when the object was marked
@@ -826,6 +973,7 @@ impl Registry {
     /// the first other failure stops the call and is returned, as Kubernetes
     /// does. Returns what was deleted and the revision the collection was
     /// listed at.
+    #[allow(clippy::too_many_arguments)] // DeleteOptions' parts, each distinct
     pub async fn delete_collection(
         &self,
         r: &Resource,
@@ -833,6 +981,7 @@ impl Registry {
         filter: &Filter,
         preconditions: &Preconditions,
         grace: Option<i64>,
+        propagation: Propagation,
         dry_run: DryRun,
     ) -> Result<(Vec<StoredObject>, Revision), ApiError> {
         let (items, revision) = self.list(r, namespace, filter, ReadAt::Newest).await?;
@@ -850,34 +999,69 @@ impl Registry {
             }
             return Ok((marked, revision));
         }
-        let store = self.store_for(dry_run);
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {
             // The name is the key's last segment.
             let name = item.key.rsplit('/').next().unwrap_or_default();
             match self
-                .mark_for_deletion(r, namespace, name, preconditions, grace, dry_run)
+                .delete_with_grace(
+                    r,
+                    namespace,
+                    name,
+                    preconditions,
+                    grace,
+                    propagation,
+                    dry_run,
+                )
                 .await
             {
-                Ok(Some(marked)) => {
-                    deleted.push(marked);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) if e.is_not_found() => continue,
+                Ok(gone) => deleted.push(gone),
+                // Deleted by someone else meanwhile.
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
-            }
-            match store.delete(&item.key, preconditions).await {
-                Ok(gone) => {
-                    self.removed(r, &gone, dry_run);
-                    deleted.push(gone)
-                }
-                Err(StoreError::NotFound { .. }) => {}
-                Err(e) => {
-                    return Err(ApiError::from_store(e, r, name));
-                }
             }
         }
         Ok((deleted, revision))
     }
+}
+
+/// The finalizer that has the garbage collector orphan an object's
+/// dependents before it goes (`propagationPolicy: Orphan`).
+pub const ORPHAN_FINALIZER: &str = "orphan";
+/// The finalizer that has the garbage collector delete an object's
+/// dependents before it goes (`propagationPolicy: Foreground`).
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+/// What becomes of a deleted object's dependents (`propagationPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes now; the garbage collector deletes its dependents.
+    #[default]
+    Background,
+    /// The object stays (Terminating) until its dependents are deleted.
+    Foreground,
+    /// Its dependents lose their owner reference, then it goes.
+    Orphan,
+}
+
+impl Propagation {
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        }
+    }
+}
+
+/// `metadata.finalizers`.
+fn finalizers_of(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
 }

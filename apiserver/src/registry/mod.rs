@@ -44,7 +44,9 @@ macro_rules! kinds {
 }
 
 kinds!(namespace, node, lease, pod, event, configmap, secret, csr;
-    rbac::role, rbac::cluster_role, rbac::role_binding, rbac::cluster_role_binding);
+    rbac::role, rbac::cluster_role, rbac::role_binding, rbac::cluster_role_binding,
+    apps::deployment, apps::replica_set);
+pub mod apps;
 pub mod rbac;
 
 use jiff::Timestamp;
@@ -58,7 +60,7 @@ use serde_json::{json, Value};
 pub use dry_run::DryRun;
 pub use fields::{check_fields, unknown_fields, FieldValidation};
 pub use filter::Filter;
-pub use generic::Registry;
+pub use generic::{Propagation, Registry, FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 pub use managed::Manager;
 pub use meta::parse_resource_version;
 pub use namespace::ensure_system_namespaces;
@@ -89,6 +91,11 @@ impl Resource {
     /// Whether the kind serves `/status` (its strategy says).
     pub fn status_subresource(&self) -> bool {
         self.strategy.status_subresource()
+    }
+
+    /// Whether the kind serves `/scale` (its strategy says).
+    pub fn scale_subresource(&self) -> bool {
+        self.strategy.scale_subresource()
     }
 
     /// `/registry/{plural}/{namespace}/{name}`, or `/registry/{plural}/{name}`
@@ -158,6 +165,12 @@ pub trait Strategy: Send + Sync {
 
     /// Whether the kind has a status subresource (`/status`).
     fn status_subresource(&self) -> bool {
+        false
+    }
+
+    /// Whether the kind has the `scale` subresource (`autoscaling/v1`
+    /// Scale over `spec.replicas`, `status.replicas` and `spec.selector`).
+    fn scale_subresource(&self) -> bool {
         false
     }
 

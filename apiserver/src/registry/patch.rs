@@ -36,6 +36,12 @@ pub(super) fn list_strategy(path: &str) -> Option<ListMerge> {
         "spec.containers" | "spec.initContainers" | "spec.volumes" | "spec.containers.env" => {
             Some(ListMerge::ByKey("name"))
         }
+        // A workload's pod template merges as a pod does (`kubectl set
+        // image` patches one container by name).
+        "spec.template.spec.containers"
+        | "spec.template.spec.initContainers"
+        | "spec.template.spec.volumes"
+        | "spec.template.spec.containers.env" => Some(ListMerge::ByKey("name")),
         "metadata.finalizers" | "spec.podCIDRs" => Some(ListMerge::Set),
         "status.images" => None,
         _ => None,

@@ -81,6 +81,46 @@ fn default_pull_policy(image: &str) -> &'static str {
     }
 }
 
+/// Kubernetes' pod spec defaults, for what mube supports: on a Pod, and on
+/// the pod template of a workload (so that the template read back is what
+/// its pods get, and its hash does not change when it is written again).
+pub(super) fn default_spec(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    for (field, default) in [
+        ("restartPolicy", json!("Always")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("schedulerName", json!("default-scheduler")),
+    ] {
+        spec.entry(field).or_insert(default);
+    }
+    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
+        for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+            c.entry("imagePullPolicy")
+                .or_insert(json!(default_pull_policy(&image)));
+        }
+    }
+}
+
+/// The pod rules for a pod template's `spec` at `path` (such as
+/// `spec.template.spec`), with the errors' fields under that path.
+pub(super) fn validate_spec(spec: &Value, path: &str) -> Vec<FieldError> {
+    PodStrategy
+        .validate(&json!({ "spec": spec }))
+        .into_iter()
+        .map(|mut e| {
+            e.field = match e.field.strip_prefix("spec") {
+                Some(rest) => format!("{path}{rest}"),
+                None => e.field,
+            };
+            e
+        })
+        .collect()
+}
+
 impl Strategy for PodStrategy {
     fn typed(&self) -> &'static dyn Typed {
         &TypedAs::<Pod>::NEW
@@ -88,22 +128,8 @@ impl Strategy for PodStrategy {
 
     /// Kubernetes' defaults for what mube supports, and phase Pending.
     fn prepare_for_create(&self, object: &mut Value, _now: Timestamp) {
-        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-            for (field, default) in [
-                ("restartPolicy", json!("Always")),
-                ("terminationGracePeriodSeconds", json!(30)),
-                ("dnsPolicy", json!("ClusterFirst")),
-                ("schedulerName", json!("default-scheduler")),
-            ] {
-                spec.entry(field).or_insert(default);
-            }
-            if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-                for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-                    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
-                    c.entry("imagePullPolicy")
-                        .or_insert(json!(default_pull_policy(&image)));
-                }
-            }
+        if let Some(spec) = object.get_mut("spec") {
+            default_spec(spec);
         }
         if let Some(obj) = object.as_object_mut() {
             obj.insert("status".into(), json!({"phase": "Pending"}));

@@ -311,7 +311,15 @@ async fn a_dry_run_of_every_verb_checks_everything_and_writes_nothing() {
     let filter = Filter::parse(&nodes, Some("a=1"), None).unwrap();
     let (gone, _) = f
         .registry
-        .delete_collection(&nodes, None, &filter, &Preconditions::default(), None, dry)
+        .delete_collection(
+            &nodes,
+            None,
+            &filter,
+            &Preconditions::default(),
+            None,
+            Default::default(),
+            dry,
+        )
         .await
         .unwrap();
     assert_eq!(gone.len(), 2);
@@ -359,6 +367,7 @@ async fn delete_collection_removes_exactly_the_matching_objects() {
             &filter,
             &Preconditions::default(),
             None,
+            Default::default(),
             DryRun::No,
         )
         .await
@@ -468,4 +477,86 @@ async fn an_apply_to_status_does_not_create() {
         .await
         .unwrap();
     assert!(created);
+}
+
+/// Finalizers hold a deleted object (marked, not removed) until the write
+/// that takes the last one away; none may be added meanwhile. A propagation
+/// policy adds its own.
+#[tokio::test]
+async fn finalizers_hold_a_deleted_object_until_they_are_removed() {
+    use super::Propagation;
+    let f = Fixture::new();
+    let nodes = f.nodes();
+    let mut object = node("n1", json!({}));
+    object["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    f.registry
+        .create(&nodes, None, object, "test", DryRun::No)
+        .await
+        .unwrap();
+    let none = Preconditions::default();
+    let held = f
+        .registry
+        .delete(&nodes, None, "n1", &none, DryRun::No)
+        .await
+        .unwrap()
+        .value()
+        .unwrap();
+    assert!(
+        held.pointer("/metadata/deletionTimestamp").is_some(),
+        "{held}"
+    );
+    assert_eq!(held["metadata"]["deletionGracePeriodSeconds"], 0);
+    let add = Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold", "x.io/more"]}}));
+    let err = f
+        .registry
+        .patch(&nodes, None, "n1", Part::Main, &add, "test", DryRun::No)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 422, "{err:?}");
+    // A dry run of the last removal removes nothing.
+    let clear = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    f.registry
+        .patch(&nodes, None, "n1", Part::Main, &clear, "test", DryRun::All)
+        .await
+        .unwrap();
+    assert!(f.registry.get(&nodes, None, "n1").await.is_ok());
+    f.registry
+        .patch(&nodes, None, "n1", Part::Main, &clear, "test", DryRun::No)
+        .await
+        .unwrap();
+    assert!(f
+        .registry
+        .get(&nodes, None, "n1")
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // Foreground and Orphan: the object waits for the garbage collector.
+    for (policy, finalizer) in [
+        (Propagation::Foreground, "foregroundDeletion"),
+        (Propagation::Orphan, "orphan"),
+    ] {
+        f.registry
+            .create(&nodes, None, node("n2", json!({})), "test", DryRun::No)
+            .await
+            .unwrap();
+        let held = f
+            .registry
+            .delete_with_grace(&nodes, None, "n2", &none, None, policy, DryRun::No)
+            .await
+            .unwrap()
+            .value()
+            .unwrap();
+        assert_eq!(held["metadata"]["finalizers"], json!([finalizer]));
+        f.registry
+            .patch(&nodes, None, "n2", Part::Main, &clear, "test", DryRun::No)
+            .await
+            .unwrap();
+        assert!(f
+            .registry
+            .get(&nodes, None, "n2")
+            .await
+            .unwrap_err()
+            .is_not_found());
+    }
 }
