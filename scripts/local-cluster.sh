@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A single-machine mube cluster: containerd (when installed), the API server
-# on the embedded store, the scheduler, and one mubelet as mube-node-1 (see
+# on the embedded store, the scheduler, the controller manager, and one mubelet as mube-node-1 (see
 # configs/apiserver.yaml). Logs go to this terminal; Ctrl-C stops them
 # cleanly. Stopping the agent alone (to see
 # its node go NotReady) leaves the API server running.
@@ -35,7 +35,7 @@ fi
 apiserver=$!
 stop() {
   trap - INT TERM
-  kill -TERM "${mubelet:-}" "${scheduler:-}" "$apiserver" 2>/dev/null || true
+  kill -TERM "${mubelet:-}" "${scheduler:-}" "${controllers:-}" "$apiserver" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap 'stop; exit 0' INT TERM
@@ -72,10 +72,15 @@ fi
 "$bin/mube-scheduler" --kubeconfig "$kubeconfig" &
 scheduler=$!
 
+# The controller manager (Deployments, ReplicaSets, garbage collection,
+# eviction), an API client too; it elects itself leader through a Lease.
+"$bin/mube-controller-manager" --kubeconfig "$kubeconfig" &
+controllers=$!
+
 (load .env.mubelet; export MUBELET_NODE_NAME=${MUBELET_NODE_NAME:-mube-node-1}; exec env "${agent_env[@]}" "$bin/mubelet") &
 mubelet=$!
 cat >&2 <<NOTE
-mube: API server at $server, mube-scheduler, mubelet as ${MUBELET_NODE_NAME:-mube-node-1}. Ctrl-C stops them.
+mube: API server at $server, mube-scheduler, mube-controller-manager, mubelet as ${MUBELET_NODE_NAME:-mube-node-1}. Ctrl-C stops them.
 mube: in another terminal:
   export KUBECONFIG=$kubeconfig
   kubectl get nodes -w              # or: target/debug/mubectl get nodes -w

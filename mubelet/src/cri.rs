@@ -68,6 +68,8 @@ pub type Result<T> = std::result::Result<T, CriError>;
 
 #[derive(Clone)]
 pub struct Runtime {
+    /// A hollow node's runtime (`fake://`): every call is answered by it.
+    fake: Option<std::sync::Arc<crate::fake_runtime::FakeRuntime>>,
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
     pub endpoint: String,
@@ -89,7 +91,13 @@ impl Runtime {
     /// A client that connects on first use, and again after the runtime
     /// restarts: nothing here waits for the runtime to be up.
     pub fn new(endpoint: &str, timeout: Duration) -> std::result::Result<Runtime, String> {
-        let path = socket_path(endpoint)?;
+        let fake = endpoint == crate::fake_runtime::ENDPOINT;
+        // A hollow node's client is never dialled.
+        let path = if fake {
+            "/nonexistent".to_string()
+        } else {
+            socket_path(endpoint)?
+        };
         // The URI is required by tonic but unused: the connector below
         // dials the socket.
         let channel = Endpoint::from_static("http://cri.invalid")
@@ -102,11 +110,21 @@ impl Runtime {
                 }
             }));
         Ok(Runtime {
+            fake: fake.then(Default::default),
             runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
             images: ImageServiceClient::new(channel),
             endpoint: endpoint.to_string(),
             timeout,
         })
+    }
+
+    /// The node's pod CIDR, as the kubelet passes it in CRI
+    /// `UpdateRuntimeConfig`. Real runtimes read it from the CNI config
+    /// mubelet writes (`network.rs`); a hollow node's takes it here.
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        if let Some(f) = &self.fake {
+            f.set_pod_cidr(cidr);
+        }
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -120,6 +138,9 @@ impl Runtime {
     }
 
     pub async fn version(&self) -> Result<api::VersionResponse> {
+        if let Some(f) = &self.fake {
+            return Ok(f.version());
+        }
         let mut client = self.runtime.clone();
         let r = client.version(self.request(api::VersionRequest {
             version: "v1".into(),
@@ -128,6 +149,9 @@ impl Runtime {
     }
 
     pub async fn sandboxes(&self, labels: HashMap<String, String>) -> Result<Vec<api::PodSandbox>> {
+        if let Some(f) = &self.fake {
+            return Ok(f.sandboxes(&labels));
+        }
         let filter = api::PodSandboxFilter {
             label_selector: labels,
             ..Default::default()
@@ -140,6 +164,9 @@ impl Runtime {
     }
 
     pub async fn sandbox_status(&self, id: &str) -> Result<Option<api::PodSandboxStatus>> {
+        if let Some(f) = &self.fake {
+            return Ok(f.sandbox_status(id));
+        }
         let mut client = self.runtime.clone();
         let r = client.pod_sandbox_status(self.request(api::PodSandboxStatusRequest {
             pod_sandbox_id: id.into(),
@@ -151,6 +178,9 @@ impl Runtime {
     /// Runs a sandbox. Its network set-up (CNI) can take a while on a busy
     /// machine, so it gets a longer deadline than other calls.
     pub async fn run_sandbox(&self, config: api::PodSandboxConfig) -> Result<String> {
+        if let Some(f) = &self.fake {
+            return f.run_sandbox(config);
+        }
         let mut client = self.runtime.clone();
         let r = client.run_pod_sandbox(self.timed(
             api::RunPodSandboxRequest {
@@ -163,6 +193,10 @@ impl Runtime {
     }
 
     pub async fn stop_sandbox(&self, id: &str) -> Result<()> {
+        if let Some(f) = &self.fake {
+            f.stop_sandbox(id);
+            return Ok(());
+        }
         let mut client = self.runtime.clone();
         let r = client.stop_pod_sandbox(self.timed(
             api::StopPodSandboxRequest {
@@ -175,6 +209,10 @@ impl Runtime {
     }
 
     pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        if let Some(f) = &self.fake {
+            f.remove_sandbox(id);
+            return Ok(());
+        }
         let mut client = self.runtime.clone();
         let r = client.remove_pod_sandbox(self.request(api::RemovePodSandboxRequest {
             pod_sandbox_id: id.into(),
@@ -184,6 +222,9 @@ impl Runtime {
     }
 
     pub async fn containers(&self, labels: HashMap<String, String>) -> Result<Vec<api::Container>> {
+        if let Some(f) = &self.fake {
+            return Ok(f.containers(&labels));
+        }
         let filter = api::ContainerFilter {
             label_selector: labels,
             ..Default::default()
@@ -196,6 +237,9 @@ impl Runtime {
     }
 
     pub async fn container_status(&self, id: &str) -> Result<Option<api::ContainerStatus>> {
+        if let Some(f) = &self.fake {
+            return Ok(f.container_status(id));
+        }
         let mut client = self.runtime.clone();
         let r = client.container_status(self.request(api::ContainerStatusRequest {
             container_id: id.into(),
@@ -210,6 +254,9 @@ impl Runtime {
         config: api::ContainerConfig,
         sandbox: api::PodSandboxConfig,
     ) -> Result<String> {
+        if let Some(f) = &self.fake {
+            return f.create_container(sandbox_id, config);
+        }
         let mut client = self.runtime.clone();
         let r = client.create_container(self.request(api::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.into(),
@@ -220,6 +267,10 @@ impl Runtime {
     }
 
     pub async fn start_container(&self, id: &str) -> Result<()> {
+        if let Some(f) = &self.fake {
+            f.start_container(id);
+            return Ok(());
+        }
         let mut client = self.runtime.clone();
         let r = client.start_container(self.request(api::StartContainerRequest {
             container_id: id.into(),
@@ -230,6 +281,10 @@ impl Runtime {
 
     /// SIGTERM, then SIGKILL after `grace` (the runtime does both).
     pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        if let Some(f) = &self.fake {
+            f.stop_container(id);
+            return Ok(());
+        }
         let mut client = self.runtime.clone();
         let r = client.stop_container(self.timed(
             api::StopContainerRequest {
@@ -243,6 +298,10 @@ impl Runtime {
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<()> {
+        if let Some(f) = &self.fake {
+            f.remove_container(id);
+            return Ok(());
+        }
         let mut client = self.runtime.clone();
         let r = client.remove_container(self.request(api::RemoveContainerRequest {
             container_id: id.into(),
@@ -253,6 +312,9 @@ impl Runtime {
 
     /// The image's ID when the runtime has it.
     pub async fn image_present(&self, image: &str) -> Result<Option<String>> {
+        if self.fake.is_some() {
+            return Ok(Some(format!("fake://{image}")));
+        }
         let mut client = self.images.clone();
         let r = client.image_status(self.request(api::ImageStatusRequest {
             image: Some(api::ImageSpec {
@@ -266,6 +328,9 @@ impl Runtime {
 
     /// Pulls can be slow; they get a minute and more.
     pub async fn pull(&self, image: &str) -> Result<String> {
+        if self.fake.is_some() {
+            return Ok(format!("fake://{image}"));
+        }
         let mut client = self.images.clone();
         let r = client.pull_image(self.timed(
             api::PullImageRequest {

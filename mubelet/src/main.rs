@@ -5,8 +5,10 @@ mod agent;
 mod config;
 mod credentials;
 mod cri;
+mod fake_runtime;
 mod health;
 mod heartbeat;
+mod hollow;
 mod logs;
 mod network;
 mod node_status;
@@ -15,6 +17,16 @@ mod registration;
 mod system;
 
 fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hollow") {
+        // Many nodes: every core.
+        return mube_process::main(
+            "mubelet hollow",
+            None,
+            || hollow::load(&args[2..]),
+            hollow::run,
+        );
+    }
     // One worker thread: the agent's work is a heartbeat every few seconds
     // and runtime calls that mostly wait on containerd.
     mube_process::main("mubelet", Some(1), config::Config::from_env, agent::run)

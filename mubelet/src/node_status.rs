@@ -107,6 +107,7 @@ pub async fn run(
         .await
         {
             Ok(Some(cidr)) if cni_written.as_deref() != Some(&cidr) => {
+                runtime.set_pod_cidr(&cidr);
                 match network::write_cni_config(&config.cni_conf_dir, &cidr) {
                     Ok(Some(path)) => {
                         tracing::info!(pod_cidr = %cidr, path = %path.display(), "CNI config written");

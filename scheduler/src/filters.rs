@@ -94,7 +94,7 @@ pub fn selector(pod: &Pod, info: &NodeInfo) -> Result<(), Refusal> {
 }
 
 /// Kubernetes' `ToleratesTaint`.
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty()) {
         if effect != taint.effect {
             return false;

@@ -101,6 +101,36 @@ pub(super) fn default_spec(spec: &mut Value) {
             let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
             c.entry("imagePullPolicy")
                 .or_insert(json!(default_pull_policy(&image)));
+            // Kubernetes always has it (a Go struct, not a pointer), and
+            // kubectl sends it back so: a template read and written again
+            // must be the same template.
+            c.entry("resources").or_insert(json!({}));
+        }
+    }
+}
+
+/// Kubernetes' DefaultTolerationSeconds admission: a pod that does not
+/// say how long it stays on a node that is not ready or unreachable
+/// tolerates either for 300 s, after which taint-based eviction deletes it
+/// (and its ReplicaSet replaces it elsewhere).
+fn default_tolerations(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    let tolerations = spec.entry("tolerations").or_insert(json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let covered = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            (effect.is_empty() || effect == "NoExecute")
+                && (k == key
+                    || (k.is_empty() && t.get("operator").and_then(Value::as_str) == Some("Exists")))
+        });
+        if !covered {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
         }
     }
 }
@@ -130,6 +160,7 @@ impl Strategy for PodStrategy {
     fn prepare_for_create(&self, object: &mut Value, _now: Timestamp) {
         if let Some(spec) = object.get_mut("spec") {
             default_spec(spec);
+            default_tolerations(spec);
         }
         if let Some(obj) = object.as_object_mut() {
             obj.insert("status".into(), json!({"phase": "Pending"}));

@@ -1,0 +1,265 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, as client-go's
+//! `leaderelection` package does it for kube-controller-manager and
+//! kube-scheduler (kube-rs has none; this is that algorithm, written once
+//! for every mube component that runs as several copies):
+//!
+//! - Every `retry_period`, a candidate reads the Lease. It takes it when the
+//!   Lease is missing, or when the record has not changed for
+//!   `lease_duration` as measured by the candidate's own clock (so clock
+//!   skew between machines does not matter), writing with the Lease's
+//!   resourceVersion as a precondition: of two candidates, one wins.
+//! - The leader renews every `retry_period`. If no renewal has succeeded for
+//!   `renew_deadline` (shorter than `lease_duration`), it stops acting
+//!   before any other candidate may take over.
+//! - On a clean stop, the leader releases the Lease (an empty holder and a
+//!   1 s duration), so that another copy takes over at once.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+/// How a component elects its leader (kube-controller-manager's flags
+/// `--leader-elect-lease-duration`, `-renew-deadline`, `-retry-period`).
+#[derive(Debug, Clone)]
+pub struct Election {
+    pub namespace: String,
+    /// The Lease's name: the component's (`kube-controller-manager`).
+    pub name: String,
+    /// This copy's identity: host name and a random suffix.
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl Election {
+    /// Kubernetes' defaults: lease 15 s, renew 10 s, retry 2 s, in
+    /// `kube-system`.
+    pub fn new(name: &str) -> Election {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        Election {
+            namespace: "kube-system".into(),
+            name: name.into(),
+            identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    /// The durations must leave room for a renewal, as client-go requires.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lease_duration <= self.renew_deadline {
+            return Err("the lease duration must be longer than the renew deadline".into());
+        }
+        if self.renew_deadline <= self.retry_period {
+            return Err("the renew deadline must be longer than the retry period".into());
+        }
+        if self.retry_period.is_zero() {
+            return Err("the retry period must not be zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why `lead` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `shutdown` was cancelled; the Lease was released if held.
+    Stopped,
+    /// This copy led, then could not renew within the renew deadline. As
+    /// Kubernetes' components do, the caller should exit: a fresh start
+    /// runs for leadership again with empty caches.
+    Lost,
+}
+
+/// Waits to be elected, then runs `work` until `shutdown` or until the
+/// lease is lost; `work` gets a token that is cancelled at either.
+pub async fn lead<W, F>(
+    client: Client,
+    election: Election,
+    shutdown: CancellationToken,
+    work: W,
+) -> Result<Outcome, String>
+where
+    W: FnOnce(CancellationToken) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    election.check()?;
+    let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
+    let mut candidate = Candidate {
+        leases,
+        election,
+        observed: None,
+    };
+    // Campaign.
+    loop {
+        match candidate.try_acquire_or_renew().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "leader election: cannot reach the Lease"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+            _ = tokio::time::sleep(candidate.election.retry_period) => {}
+        }
+    }
+    tracing::info!(
+        lease = %format!("{}/{}", candidate.election.namespace, candidate.election.name),
+        identity = %candidate.election.identity,
+        "became the leader"
+    );
+    let acting = shutdown.child_token();
+    let mut worker = tokio::spawn(work(acting.clone()));
+    let mut renewed = Instant::now();
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Outcome::Stopped,
+            _ = &mut worker => break Outcome::Stopped,
+            _ = tokio::time::sleep(candidate.election.retry_period) => {}
+        }
+        // Each attempt is bounded by what is left of the deadline, so that
+        // a hung request cannot keep a leader acting past it.
+        let left = candidate
+            .election
+            .renew_deadline
+            .saturating_sub(renewed.elapsed());
+        match tokio::time::timeout(left, candidate.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => renewed = Instant::now(),
+            Ok(Ok(false)) => {
+                tracing::error!("leader election: another copy holds the Lease");
+                break Outcome::Lost;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "leader election: renewal failed"),
+            Err(_) => {}
+        }
+        if renewed.elapsed() >= candidate.election.renew_deadline {
+            tracing::error!(
+                deadline = ?candidate.election.renew_deadline,
+                "leader election lost: no renewal within the renew deadline"
+            );
+            break Outcome::Lost;
+        }
+    };
+    acting.cancel();
+    if outcome == Outcome::Lost {
+        worker.abort();
+        return Ok(outcome);
+    }
+    let _ = worker.await;
+    candidate.release().await;
+    Ok(outcome)
+}
+
+struct Candidate {
+    leases: Api<Lease>,
+    election: Election,
+    /// The record as last read, and when this copy first saw it so.
+    observed: Option<(LeaseSpec, Instant)>,
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+impl Candidate {
+    fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.election.identity.clone()),
+            lease_duration_seconds: Some(self.election.lease_duration.as_secs().max(1) as i32),
+            acquire_time: Some(acquired.unwrap_or_else(now)),
+            renew_time: Some(now()),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// One round: `true` when this copy holds the Lease afterwards.
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let current = match self.leases.get_opt(&self.election.name).await? {
+            Some(lease) => lease,
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.election.name.clone()),
+                        namespace: Some(self.election.namespace.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(self.spec(None, 0)),
+                };
+                return match self.leases.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    // Another candidate created it first.
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        let record = current.spec.clone().unwrap_or_default();
+        let holder = record.holder_identity.clone().unwrap_or_default();
+        let mine = holder == self.election.identity;
+        if self.observed.as_ref().map(|(r, _)| r) != Some(&record) {
+            self.observed = Some((record.clone(), Instant::now()));
+        }
+        if !mine && !holder.is_empty() {
+            let duration =
+                Duration::from_secs(record.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+            let seen = self
+                .observed
+                .as_ref()
+                .map_or_else(Instant::now, |(_, at)| *at);
+            if seen.elapsed() < duration {
+                return Ok(false);
+            }
+        }
+        let transitions = record.lease_transitions.unwrap_or(0);
+        let spec = if mine {
+            self.spec(record.acquire_time.clone(), transitions)
+        } else {
+            self.spec(None, transitions + 1)
+        };
+        let mut lease = current;
+        lease.spec = Some(spec);
+        // The read's resourceVersion makes this a compare-and-swap.
+        match self
+            .leases
+            .replace(&self.election.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => {
+                self.observed = written.spec.map(|s| (s, Instant::now()));
+                Ok(true)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up so that another copy need not wait it out.
+    async fn release(&mut self) {
+        let Ok(Some(mut lease)) = self.leases.get_opt(&self.election.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(&self.election.identity) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now());
+        match self
+            .leases
+            .replace(&self.election.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!("released the leader Lease"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Runs the controllers: informers shared between them, then each
+//! controller once the caches it reads have synced (a ReplicaSet that
+//! counted its pods in an empty cache would create them all again: this is
+//! what keeps a new leader from duplicating pods).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::watcher;
+use kube::Client;
+use mube_client::leader::{self, Election, Outcome};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::informer::{controller_of, informer, Triggers};
+use crate::{deployment, eviction, gc, replicaset, Error};
+
+/// Runs until SIGINT/SIGTERM; with an election, only while leading. A
+/// leader that loses its Lease returns an error, so that the process exits
+/// and starts over (as Kubernetes' components do).
+pub async fn run(client: Client, election: Option<Election>) -> Result<(), String> {
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        mube_process::shutdown_signal().await;
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    tracing::info!("mube-controller-manager started");
+    match election {
+        None => {
+            controllers(client, shutdown).await;
+            Ok(())
+        }
+        Some(election) => {
+            let work = client.clone();
+            match leader::lead(client, election, shutdown, move |acting| {
+                controllers(work, acting)
+            })
+            .await?
+            {
+                Outcome::Stopped => Ok(()),
+                Outcome::Lost => Err("leader election lost".into()),
+            }
+        }
+    }
+}
+
+fn error_policy<K>(object: Arc<K>, error: &Error, _: Arc<impl Send + Sync>) -> Action
+where
+    K: kube::Resource,
+{
+    tracing::warn!(name = %object.meta().name.clone().unwrap_or_default(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Until `stop`, or forever.
+async fn until<F: std::future::Future<Output = ()>>(stop: &CancellationToken, f: F) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = f => {}
+    }
+}
+
+/// Every controller, until `stop`.
+pub async fn controllers(client: Client, stop: CancellationToken) {
+    let (to_sets, set_triggers) = Triggers::<ReplicaSet>::new();
+    let (to_deployments, deployment_triggers) = Triggers::<Deployment>::new();
+    let nodes_or_pods_changed = Arc::new(Notify::new());
+
+    let (sets, sets_run) = informer(
+        Api::<ReplicaSet>::all(client.clone()),
+        move |rs: &ReplicaSet| {
+            if let Some(owner) = controller_of(&rs.metadata).filter(|o| o.kind == "Deployment") {
+                to_deployments.send(&owner.name, rs.metadata.namespace.as_deref());
+            }
+        },
+    );
+    let sets_for_pods = sets.clone();
+    let changed = nodes_or_pods_changed.clone();
+    let (pods, pods_run) = informer(Api::<Pod>::all(client.clone()), move |pod: &Pod| {
+        changed.notify_one();
+        let ns = pod.metadata.namespace.as_deref();
+        match controller_of(&pod.metadata) {
+            Some(owner) if owner.kind == "ReplicaSet" => to_sets.send(&owner.name, ns),
+            Some(_) => {}
+            // An orphan: the ReplicaSets that may adopt it.
+            None => {
+                for r in replicaset::selecting(&sets_for_pods, ns, pod.metadata.labels.as_ref()) {
+                    to_sets.send(&r.name, r.namespace.as_deref());
+                }
+            }
+        }
+    });
+    let changed = nodes_or_pods_changed.clone();
+    let (nodes, nodes_run) = informer(Api::<Node>::all(client.clone()), move |_: &Node| {
+        changed.notify_one();
+    });
+    let gc_changed = Arc::new(Notify::new());
+    let (gc_kinds, gc_stores, gc_runs) = gc::informers(&client, gc_changed.clone());
+    let caches = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let all = futures::future::join_all(gc_runs);
+            until(&stop, async move {
+                tokio::join!(sets_run, pods_run, nodes_run, all);
+            })
+            .await
+        })
+    };
+
+    // Nothing acts on a cache that has not listed yet.
+    let synced = async {
+        let _ = sets.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        let _ = nodes.wait_until_ready().await;
+        for s in &gc_stores {
+            let _ = s.wait_until_ready().await;
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => { caches.abort(); return; }
+        _ = synced => {}
+    }
+    tracing::info!("caches synced; controllers running");
+
+    let config = controller::Config::default().concurrency(16);
+    let set_context = Arc::new(replicaset::Context {
+        client: client.clone(),
+        pods: pods.clone(),
+        pending: Mutex::new(Default::default()),
+    });
+    let set_controller = Controller::new(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .reconcile_on(set_triggers)
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(replicaset::reconcile, error_policy, set_context)
+    .for_each(|result| {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "replicaset controller");
+        }
+        futures::future::ready(())
+    });
+    let deployment_context = Arc::new(deployment::Context {
+        client: client.clone(),
+        sets: sets.clone(),
+        pods: pods.clone(),
+    });
+    let deployment_controller = Controller::new(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .reconcile_on(deployment_triggers)
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(deployment::reconcile, error_policy, deployment_context)
+    .for_each(|result| {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "deployment controller");
+        }
+        futures::future::ready(())
+    });
+    let evictor = eviction::Eviction {
+        client: client.clone(),
+        nodes,
+        pods,
+        changed: nodes_or_pods_changed,
+    };
+    let collector = gc::Collector {
+        client,
+        kinds: gc_kinds,
+        stores: gc_stores,
+        changed: gc_changed,
+    };
+    tokio::join!(
+        set_controller,
+        deployment_controller,
+        evictor.run(stop.clone()),
+        collector.run(stop.clone()),
+    );
+    caches.abort();
+}
