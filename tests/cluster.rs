@@ -235,9 +235,9 @@ async fn mubectl_reports_errors_in_one_line_with_a_non_zero_exit() {
     let (code, _, err) = mubectl(&server.url(), &["delete", "node", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("NotFound"), "{err}");
-    let (code, _, err) = mubectl(&server.url(), &["get", "deployments"]);
+    let (code, _, err) = mubectl(&server.url(), &["get", "statefulsets"]);
     assert_eq!(code, 1);
-    assert!(err.contains("deployments"), "{err}");
+    assert!(err.contains("statefulsets"), "{err}");
 }
 
 #[tokio::test]

@@ -46,11 +46,13 @@ async fn discovery_lists_exactly_what_mube_serves() {
         vec!["clusterrolebindings", rbac, "false", "ClusterRoleBinding"],
         vec!["clusterroles", rbac, "false", "ClusterRole"],
         vec!["configmaps", "cm", "v1", "true", "ConfigMap"],
+        vec!["deployments", "deploy", "apps/v1", "true", "Deployment"],
         vec!["events", "ev", "v1", "true", "Event"],
         vec!["leases", "coordination.k8s.io/v1", "true", "Lease"],
         vec!["namespaces", "ns", "v1", "false", "Namespace"],
         vec!["nodes", "no", "v1", "false", "Node"],
         vec!["pods", "po", "v1", "true", "Pod"],
+        vec!["replicasets", "rs", "apps/v1", "true", "ReplicaSet"],
         vec!["rolebindings", rbac, "true", "RoleBinding"],
         vec!["roles", rbac, "true", "Role"],
         vec!["secrets", "v1", "true", "Secret"],
@@ -81,6 +83,7 @@ async fn discovery_lists_exactly_what_mube_serves() {
     assert_eq!(
         k.ok(&["api-versions"]).lines().collect::<Vec<_>>(),
         [
+            "apps/v1",
             "authentication.k8s.io/v1",
             "authentication.k8s.io/v1alpha1",
             "authentication.k8s.io/v1beta1",
@@ -98,7 +101,7 @@ async fn discovery_lists_exactly_what_mube_serves() {
     let raw: Value =
         serde_json::from_str(&k.ok(&["get", "--raw", "/apis/coordination.k8s.io/v1"])).unwrap();
     assert_eq!(raw["kind"], "APIResourceList");
-    let (code, _, err) = k.run(&["get", "deployments"]);
+    let (code, _, err) = k.run(&["get", "statefulsets"]);
     assert_ne!(code, 0);
     assert!(
         err.contains("the server doesn't have a resource type"),
@@ -679,19 +682,36 @@ async fn diff_shows_the_change_with_its_exit_code_and_changes_nothing() {
 #[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
 #[tokio::test]
 async fn delete_options_kubectl_sends_are_honoured_or_refused() {
-    let (_server, api, k) = cluster(&["node-a", "node-b", "node-c"], "60s").await;
-    // --cascade=orphan needs a garbage collector: refused, node kept.
-    let (code, _, err) = k.run(&["delete", "node", "node-a", "--cascade=orphan"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("propagationPolicy"), "{err}");
-    assert_eq!(api.get("/api/v1/nodes/node-a").await.code, 200);
-    // --now and --grace-period: nodes have no graceful deletion; removed at once.
-    k.ok(&["delete", "node", "node-a", "--now"]);
-    k.ok(&["delete", "node", "node-b", "--grace-period=0", "--force"]);
+    let (_server, api, k) = cluster(&["node-a", "node-b", "node-c", "node-d"], "60s").await;
+    // --cascade=orphan: the orphan finalizer holds the node (Terminating)
+    // for the garbage collector, which this test does not run; removing
+    // the finalizer lets it go.
     k.ok(&[
         "delete",
         "node",
-        "node-c",
+        "node-a",
+        "--cascade=orphan",
+        "--wait=false",
+    ]);
+    let held = api.get("/api/v1/nodes/node-a").await.body;
+    assert_eq!(held["metadata"]["finalizers"], json!(["orphan"]), "{held}");
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    k.ok(&[
+        "patch",
+        "node",
+        "node-a",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert_eq!(api.get("/api/v1/nodes/node-a").await.code, 404);
+    // --now and --grace-period: nodes have no graceful deletion; removed at once.
+    k.ok(&["delete", "node", "node-b", "--now"]);
+    k.ok(&["delete", "node", "node-c", "--grace-period=0", "--force"]);
+    k.ok(&[
+        "delete",
+        "node",
+        "node-d",
         "--cascade=background",
         "--wait=false",
     ]);
@@ -1249,4 +1269,66 @@ async fn pods_are_validated_defaulted_and_bound_once() {
         err.contains("spec.containers[0].resources.limits[cpu]: Invalid value"),
         "{err}"
     );
+}
+
+/// What kubectl sends for Deployments, version by version: `create
+/// deployment` (protobuf), `scale` (the scale subresource), `set image` (a
+/// strategic merge patch by container name), and the table of `get
+/// deploy`. No controller runs here: this is the API's side.
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn deployments_take_what_kubectl_sends() {
+    let (_server, api, k) = cluster(&["node-a"], "60s").await;
+    k.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=mube.local/busybox",
+        "--replicas=2",
+        "--",
+        "sleep",
+        "1d",
+    ]);
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let d = api.get(path).await.body;
+    assert_eq!(d["spec"]["replicas"], 2, "{d}");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["command"],
+        json!(["sleep", "1d"])
+    );
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    k.ok(&["scale", "deployment/web", "--replicas=5"]);
+    assert_eq!(api.get(path).await.body["spec"]["replicas"], 5);
+    let scale: Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", &format!("{path}/scale")])).unwrap();
+    assert_eq!(
+        (scale["kind"].as_str(), scale["spec"]["replicas"].as_i64()),
+        (Some("Scale"), Some(5))
+    );
+    assert_eq!(scale["status"]["selector"], "app=web");
+    k.ok(&[
+        "set",
+        "image",
+        "deployment/web",
+        "busybox=mube.local/busybox:v2",
+    ]);
+    let d = api.get(path).await.body;
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "mube.local/busybox:v2"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["command"],
+        json!(["sleep", "1d"])
+    );
+    assert_eq!(d["metadata"]["generation"], 3, "a spec change counts: {d}");
+    let rows = table(&k.ok(&["get", "deploy", "-o", "wide"]));
+    assert_eq!(
+        &rows[0][..5],
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    );
+    assert_eq!(&rows[1][..2], ["web", "0/5"]);
+    let (code, _, err) = k.run(&["scale", "deployment/web", "--replicas=-1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("replicas"), "{err}");
 }

@@ -6,36 +6,13 @@
 //! side on one containerd never touch each other's sandboxes.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mube_e2e::{bin, free_port, join_token, table, Api, ApiServer, Kubectl, Mubelet, Options};
+use mube_e2e::{
+    bin, containerd, containerd_endpoint as endpoint, free_port, join_token, runtime_containers,
+    table, Api, ApiServer, Kubectl, Mubelet, Options,
+};
 use serde_json::{json, Value};
-
-/// containerd's socket: `MUBE_CONTAINERD_ENDPOINT`, or the default one.
-fn endpoint() -> String {
-    std::env::var("MUBE_CONTAINERD_ENDPOINT")
-        .unwrap_or_else(|_| "unix:///run/containerd/containerd.sock".into())
-}
-
-/// Starts containerd and imports the images, once per test binary.
-fn containerd() {
-    static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let socket = endpoint().trim_start_matches("unix://").to_string();
-        let out = Command::new(root.join("scripts/containerd.sh"))
-            .env("CONTAINERD_ADDRESS", &socket)
-            .current_dir(&root)
-            .output()
-            .expect("run scripts/containerd.sh");
-        assert!(
-            out.status.success(),
-            "scripts/containerd.sh failed (containerd, runc, containernetworking-plugins and busybox-static are needed; CI installs them):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
 
 struct Scheduler(Child);
 
@@ -183,29 +160,6 @@ fn busybox(name: &str, policy: &str, script: &str) -> Value {
            "spec": {"restartPolicy": policy, "terminationGracePeriodSeconds": 2,
                     "containers": [{"name": name, "image": "mube.local/busybox",
                                     "command": ["sh", "-c", script]}]}})
-}
-
-/// The runtime's containers (sandboxes too) labelled with `node`.
-fn runtime_containers(node: &str) -> Vec<String> {
-    let socket = endpoint().trim_start_matches("unix://").to_string();
-    let filter = format!("labels.\"io.mube.node\"=={node}");
-    let out = Command::new("ctr")
-        .args([
-            "--address",
-            &socket,
-            "-n",
-            "k8s.io",
-            "containers",
-            "ls",
-            "-q",
-            &filter,
-        ])
-        .output()
-        .expect("ctr");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Whether the runtime still has the container (`containerd://ID`).

@@ -349,11 +349,10 @@ async fn delete_preconditions_are_checked_with_the_delete() {
     assert_eq!(dry.code, 200, "{:?}", dry.body);
     assert_eq!(api.get("/api/v1/nodes/node-a").await.code, 200);
 
-    // Options mube cannot honour are refused, not dropped.
+    // Options that make no sense are refused, not dropped.
     for options in [
-        json!({"propagationPolicy": "Orphan"}),
-        json!({"propagationPolicy": "Foreground"}),
-        json!({"orphanDependents": true}),
+        json!({"propagationPolicy": "Sideways"}),
+        json!({"propagationPolicy": "Orphan", "orphanDependents": true}),
     ] {
         let reply = send(
             &api,

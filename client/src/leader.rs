@@ -100,10 +100,21 @@ where
     };
     // Campaign.
     loop {
-        match candidate.try_acquire_or_renew().await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "leader election: cannot reach the Lease"),
+        // Bounded, and given up at shutdown: an API server that does not
+        // answer must not keep this copy from stopping.
+        let attempt = tokio::time::timeout(
+            candidate.election.renew_deadline,
+            candidate.try_acquire_or_renew(),
+        );
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+            r = attempt => r,
+        };
+        match result {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "leader election: cannot reach the Lease"),
+            Err(_) => tracing::debug!("leader election: the Lease read timed out"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
@@ -152,8 +163,11 @@ where
         worker.abort();
         return Ok(outcome);
     }
-    let _ = worker.await;
-    candidate.release().await;
+    // The work stops on its token; the release is a courtesy, bounded,
+    // so that a stopped API server does not hold the process.
+    let bound = candidate.election.retry_period.max(Duration::from_secs(2));
+    let _ = tokio::time::timeout(bound, worker).await;
+    let _ = tokio::time::timeout(bound, candidate.release()).await;
     Ok(outcome)
 }
 

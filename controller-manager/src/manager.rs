@@ -34,7 +34,10 @@ pub async fn run(client: Client, election: Option<Election>) -> Result<(), Strin
     tracing::info!("mube-controller-manager started");
     match election {
         None => {
-            controllers(client, shutdown).await;
+            let work = tokio::spawn(controllers(client, shutdown.clone()));
+            shutdown.cancelled().await;
+            // In-flight writes may wait on an API server that is gone too.
+            let _ = tokio::time::timeout(Duration::from_secs(5), work).await;
             Ok(())
         }
         Some(election) => {

@@ -16,30 +16,48 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use kube::api::{Api, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
+use mube_client::leader::{self, Election, Outcome};
 use mube_scheduler::{schedule, Decision, NodeInfo};
 use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "default-scheduler";
 
-async fn client(kubeconfig: Option<PathBuf>) -> Result<Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(&path)
-                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+/// Runs until SIGINT/SIGTERM; with an election, only while leading (a
+/// leader that loses its Lease returns an error, and the process exits to
+/// start over, as kube-scheduler does).
+pub async fn run(kubeconfig: Option<PathBuf>, election: Option<Election>) -> Result<(), String> {
+    let client = mube_client::connect(kubeconfig).await?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        mube_process::shutdown_signal().await;
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    tracing::info!("mube-scheduler started");
+    match election {
+        None => {
+            let work = tokio::spawn(schedule_until(client, shutdown.clone()));
+            shutdown.cancelled().await;
+            let _ = tokio::time::timeout(Duration::from_secs(6), work).await;
+            Ok(())
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no kubeconfig: {e}"))?,
-    };
-    Client::try_from(config).map_err(|e| format!("cannot build the API client: {e}"))
+        Some(election) => {
+            let work = client.clone();
+            match leader::lead(client, election, shutdown, move |acting| {
+                schedule_until(work, acting)
+            })
+            .await?
+            {
+                Outcome::Stopped => Ok(()),
+                Outcome::Lost => Err("leader election lost".into()),
+            }
+        }
+    }
 }
 
-pub async fn run(kubeconfig: Option<PathBuf>) -> Result<(), String> {
-    let client = client(kubeconfig).await?;
-    let shutdown = CancellationToken::new();
+/// Schedules until `shutdown`.
+async fn schedule_until(client: Client, shutdown: CancellationToken) {
     // Bumped on every change either cache sees: the loop works only then.
     let changes = Arc::new(AtomicU64::new(1));
     let (nodes, nodes_writer) = reflector::store::<Node>();
@@ -95,10 +113,9 @@ pub async fn run(kubeconfig: Option<PathBuf>) -> Result<(), String> {
             }
         }
     });
-    tracing::info!("mube-scheduler started");
-    mube_process::stop_on_signal(&shutdown, Duration::from_secs(5), vec![scheduler]).await;
+    shutdown.cancelled().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
     caches.abort();
-    Ok(())
 }
 
 struct Loop {

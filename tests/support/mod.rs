@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -935,4 +935,54 @@ pub fn join_token(server: &ApiServer, ttl: &str) -> String {
     let (code, out, err) = admin_mubectl(server, &["token", "create", "--ttl", ttl]);
     assert_eq!(code, 0, "token create: {err}");
     out.trim().to_string()
+}
+
+/// containerd's socket: `MUBE_CONTAINERD_ENDPOINT`, or the default one.
+pub fn containerd_endpoint() -> String {
+    std::env::var("MUBE_CONTAINERD_ENDPOINT")
+        .unwrap_or_else(|_| "unix:///run/containerd/containerd.sock".into())
+}
+
+/// Starts containerd and imports the images, once per test binary.
+pub fn containerd() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let socket = containerd_endpoint().trim_start_matches("unix://").to_string();
+        let out = Command::new(root.join("scripts/containerd.sh"))
+            .env("CONTAINERD_ADDRESS", &socket)
+            .current_dir(&root)
+            .output()
+            .expect("run scripts/containerd.sh");
+        assert!(
+            out.status.success(),
+            "scripts/containerd.sh failed (containerd, runc, containernetworking-plugins and busybox-static are needed; CI installs them):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// The runtime's containers (sandboxes too) labelled with `node`.
+pub fn runtime_containers(node: &str) -> Vec<String> {
+    let socket = containerd_endpoint()
+        .trim_start_matches("unix://")
+        .to_string();
+    let filter = format!("labels.\"io.mube.node\"=={node}");
+    let out = Command::new("ctr")
+        .args([
+            "--address",
+            &socket,
+            "-n",
+            "k8s.io",
+            "containers",
+            "ls",
+            "-q",
+            &filter,
+        ])
+        .output()
+        .expect("ctr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
