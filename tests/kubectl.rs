@@ -683,28 +683,40 @@ async fn diff_shows_the_change_with_its_exit_code_and_changes_nothing() {
 #[tokio::test]
 async fn delete_options_kubectl_sends_are_honoured_or_refused() {
     let (_server, api, k) = cluster(&["node-a", "node-b", "node-c", "node-d"], "60s").await;
-    // --cascade=orphan: the orphan finalizer holds the node (Terminating)
-    // for the garbage collector, which this test does not run; removing
-    // the finalizer lets it go.
+    // --cascade=orphan: Nodes are not garbage-collected (nothing owned by
+    // one is watched), so the policy means what Background means.
+    k.ok(&["delete", "node", "node-a", "--cascade=orphan"]);
+    assert_eq!(api.get("/api/v1/nodes/node-a").await.code, 404);
+    // A finalizer holds an object until it is removed.
+    k.ok(&["create", "configmap", "held"]);
     k.ok(&[
-        "delete",
-        "node",
-        "node-a",
-        "--cascade=orphan",
-        "--wait=false",
+        "patch",
+        "configmap",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
     ]);
-    let held = api.get("/api/v1/nodes/node-a").await.body;
-    assert_eq!(held["metadata"]["finalizers"], json!(["orphan"]), "{held}");
+    k.ok(&["delete", "configmap", "held", "--wait=false"]);
+    let held = api
+        .get("/api/v1/namespaces/default/configmaps/held")
+        .await
+        .body;
     assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
     k.ok(&[
         "patch",
-        "node",
-        "node-a",
+        "configmap",
+        "held",
         "--type=merge",
         "-p",
         r#"{"metadata":{"finalizers":null}}"#,
     ]);
-    assert_eq!(api.get("/api/v1/nodes/node-a").await.code, 404);
+    assert_eq!(
+        api.get("/api/v1/namespaces/default/configmaps/held")
+            .await
+            .code,
+        404
+    );
     // --now and --grace-period: nodes have no graceful deletion; removed at once.
     k.ok(&["delete", "node", "node-b", "--now"]);
     k.ok(&["delete", "node", "node-c", "--grace-period=0", "--force"]);

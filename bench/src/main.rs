@@ -5,6 +5,7 @@
 
 mod ceiling;
 mod crash;
+mod deployments;
 mod etcd;
 mod load;
 mod pods;
@@ -86,6 +87,30 @@ enum Scenario {
         /// The mube-scheduler binary (default: the one next to this one).
         #[arg(long)]
         scheduler: Option<PathBuf>,
+    },
+    /// The controller manager on hollow nodes: a Deployment scaled 0 -> R,
+    /// a rolling update, the loss of L nodes, a leader failover, and the
+    /// controller manager's memory.
+    Deployments {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Nodes stopped in the node-loss step.
+        #[arg(long, default_value_t = 10)]
+        lost: usize,
+        #[arg(long, default_value_t = 3000)]
+        replicas: usize,
+        /// The pods' toleration of a not-ready or unreachable node, in seconds.
+        #[arg(long, default_value_t = 5)]
+        toleration: u64,
+        /// The mubelet binary (default: the one next to this one).
+        #[arg(long)]
+        mubelet: Option<PathBuf>,
+        /// The mube-scheduler binary (default: the one next to this one).
+        #[arg(long)]
+        scheduler: Option<PathBuf>,
+        /// The mube-controller-manager binary (default: the one next to this one).
+        #[arg(long)]
+        controller_manager: Option<PathBuf>,
     },
     /// Heartbeats over HTTPS with node credentials against plain HTTP
     /// without authorization, in one run; and what RBAC with 1,000
@@ -674,6 +699,33 @@ async fn run(cli: Cli) -> Result<Report, String> {
                 running,
             };
             pods::run(&bin, args, &mut report).await?
+        }
+        Scenario::Deployments {
+            nodes,
+            lost,
+            replicas,
+            toleration,
+            mubelet,
+            scheduler,
+            controller_manager,
+        } => {
+            if lost == 0 || lost >= nodes {
+                return Err("--lost must be between 1 and --nodes - 1".into());
+            }
+            let mubelet = mubelet.unwrap_or_else(|| sibling("mubelet"));
+            let scheduler = scheduler.unwrap_or_else(|| sibling("mube-scheduler"));
+            let controller_manager =
+                controller_manager.unwrap_or_else(|| sibling("mube-controller-manager"));
+            let args = deployments::Args {
+                mubelet: &mubelet,
+                scheduler: &scheduler,
+                controller_manager: &controller_manager,
+                nodes,
+                lost,
+                replicas,
+                toleration,
+            };
+            deployments::run(&bin, args, &mut report).await?
         }
         Scenario::Restart { nodes, writes } => restart(&bin, nodes, writes, &mut report).await?,
         Scenario::Etcd { load } => {

@@ -53,10 +53,16 @@ impl Election {
         }
     }
 
-    /// The durations must leave room for a renewal, as client-go requires.
+    /// The durations must leave room for a renewal, as client-go requires,
+    /// and a leader must have stopped before anyone may take over: it acts
+    /// for at most the renew deadline and one retry period after its last
+    /// renewal was sent.
     pub fn check(&self) -> Result<(), String> {
-        if self.lease_duration <= self.renew_deadline {
-            return Err("the lease duration must be longer than the renew deadline".into());
+        if self.lease_duration <= self.renew_deadline + self.retry_period {
+            return Err(
+                "the lease duration must be longer than the renew deadline plus the retry period"
+                    .into(),
+            );
         }
         if self.renew_deadline <= self.retry_period {
             return Err("the renew deadline must be longer than the retry period".into());
@@ -128,11 +134,16 @@ where
     );
     let acting = shutdown.child_token();
     let mut worker = tokio::spawn(work(acting.clone()));
+    let mut finished = false;
     let mut renewed = Instant::now();
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Outcome::Stopped,
-            _ = &mut worker => break Outcome::Stopped,
+            _ = &mut worker => {
+                finished = true;
+                tracing::error!("leader election: the work stopped by itself");
+                break Outcome::Stopped;
+            }
             _ = tokio::time::sleep(candidate.election.retry_period) => {}
         }
         // Each attempt is bounded by what is left of the deadline, so that
@@ -141,8 +152,10 @@ where
             .election
             .renew_deadline
             .saturating_sub(renewed.elapsed());
+        // Stamped when sent: the others measure from no earlier than that.
+        let sent = Instant::now();
         match tokio::time::timeout(left, candidate.try_acquire_or_renew()).await {
-            Ok(Ok(true)) => renewed = Instant::now(),
+            Ok(Ok(true)) => renewed = sent,
             Ok(Ok(false)) => {
                 tracing::error!("leader election: another copy holds the Lease");
                 break Outcome::Lost;
@@ -163,10 +176,14 @@ where
         worker.abort();
         return Ok(outcome);
     }
-    // The work stops on its token; the release is a courtesy, bounded,
-    // so that a stopped API server does not hold the process.
+    // The work stops on its token, within a bound (a stopped API server
+    // must not hold the process), and is aborted before the Lease is
+    // given up: nothing of it runs once another copy may lead.
     let bound = candidate.election.retry_period.max(Duration::from_secs(2));
-    let _ = tokio::time::timeout(bound, worker).await;
+    if !finished {
+        let _ = tokio::time::timeout(bound, &mut worker).await;
+        worker.abort();
+    }
     let _ = tokio::time::timeout(bound, candidate.release()).await;
     Ok(outcome)
 }
@@ -186,7 +203,14 @@ impl Candidate {
     fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.election.identity.clone()),
-            lease_duration_seconds: Some(self.election.lease_duration.as_secs().max(1) as i32),
+            // Whole seconds, rounded up: never shorter than this copy assumes.
+            lease_duration_seconds: Some(
+                self.election
+                    .lease_duration
+                    .as_millis()
+                    .div_ceil(1000)
+                    .clamp(1, i32::MAX as u128) as i32,
+            ),
             acquire_time: Some(acquired.unwrap_or_else(now)),
             renew_time: Some(now()),
             lease_transitions: Some(transitions),

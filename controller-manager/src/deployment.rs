@@ -105,41 +105,53 @@ pub fn revision_of(rs: &ReplicaSet) -> i64 {
         .unwrap_or(0)
 }
 
-fn replicas(rs: &ReplicaSet) -> i32 {
-    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+// Counts are i64 here: sums of i32 replicas (which a client may set near
+// i32::MAX) never overflow; what is written back is clamped to i32.
+fn replicas(rs: &ReplicaSet) -> i64 {
+    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) as i64
+}
+
+fn to_i32(n: i64) -> i32 {
+    n.clamp(0, i32::MAX as i64) as i32
 }
 
 fn status_count(
     rs: &ReplicaSet,
     f: impl Fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Option<i32>,
-) -> i32 {
-    rs.status.as_ref().and_then(f).unwrap_or(0)
+) -> i64 {
+    rs.status.as_ref().and_then(f).unwrap_or(0) as i64
 }
 
 /// An IntOrString of `total`: counts as they are, percentages rounded up
 /// (`round_up`, for maxSurge) or down (maxUnavailable), as Kubernetes.
-fn scaled(value: Option<&IntOrString>, total: i32, round_up: bool, default: &str) -> i32 {
+fn scaled(value: Option<&IntOrString>, total: i64, round_up: bool, default: &str) -> i64 {
     let value = value
         .cloned()
         .unwrap_or(IntOrString::String(default.into()));
     match value {
-        IntOrString::Int(n) => n,
+        IntOrString::Int(n) => n.max(0) as i64,
         IntOrString::String(s) => {
-            let percent: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-            let product = percent * total as i64;
-            (if round_up {
+            // Validation allows any percentage; more than 1,000,000 % is
+            // as good as infinite here.
+            let percent: i64 = s
+                .trim_end_matches('%')
+                .parse::<i64>()
+                .unwrap_or(0)
+                .clamp(0, 1_000_000);
+            let product = percent * total;
+            if round_up {
                 (product + 99) / 100
             } else {
                 product / 100
-            }) as i32
+            }
         }
     }
 }
 
 /// maxSurge and maxUnavailable as counts; never both 0.
-pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
+pub fn surge_and_unavailable(d: &Deployment) -> (i64, i64) {
     let spec = d.spec.clone().unwrap_or_default();
-    let total = spec.replicas.unwrap_or(1);
+    let total = spec.replicas.unwrap_or(1).max(0) as i64;
     let rolling = spec
         .strategy
         .and_then(|s| s.rolling_update)
@@ -161,7 +173,7 @@ fn recreate(d: &Deployment) -> bool {
 }
 
 /// The ReplicaSet a Deployment makes for its current template.
-fn new_replica_set(d: &Deployment, hash: &str, revision: i64, replicas: i32) -> ReplicaSet {
+fn new_replica_set(d: &Deployment, hash: &str, revision: i64, replicas: i64) -> ReplicaSet {
     let spec = d.spec.clone().unwrap_or_default();
     let mut template = spec.template.clone();
     let meta = template.metadata.get_or_insert_with(Default::default);
@@ -186,7 +198,7 @@ fn new_replica_set(d: &Deployment, hash: &str, revision: i64, replicas: i32) -> 
             ..Default::default()
         },
         spec: Some(ReplicaSetSpec {
-            replicas: Some(replicas),
+            replicas: Some(to_i32(replicas)),
             min_ready_seconds: spec.min_ready_seconds,
             selector,
             template: Some(template),
@@ -231,7 +243,7 @@ fn condition(
 pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Timestamp) -> Plan {
     let mut plan = Plan::default();
     let spec = d.spec.clone().unwrap_or_default();
-    let wanted = spec.replicas.unwrap_or(1);
+    let wanted = spec.replicas.unwrap_or(1).max(0) as i64;
     let previous = d.status.clone().unwrap_or_default();
     let collisions = previous.collision_count.unwrap_or(0);
     let current = without_hash(&spec.template);
@@ -256,11 +268,11 @@ pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Time
     let max_old_revision = old.iter().map(|rs| revision_of(rs)).max().unwrap_or(0);
     let paused = spec.paused == Some(true);
     let (surge, unavailable) = surge_and_unavailable(d);
-    let old_spec: i32 = old.iter().map(|rs| replicas(rs)).sum();
+    let old_spec: i64 = old.iter().map(|rs| replicas(rs)).sum();
     let mut created_name = None;
 
     // The new ReplicaSet's size this pass, and old ones' (by name).
-    let mut sizes: BTreeMap<String, i32> = sets
+    let mut sizes: BTreeMap<String, i64> = sets
         .iter()
         .map(|rs| (rs.name_any(), replicas(rs)))
         .collect();
@@ -306,7 +318,7 @@ pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Time
         } else if let Some(name) = &new_name {
             let new_size = sizes[name];
             // Scale the new ReplicaSet toward `wanted`, within the surge.
-            let total: i32 = sizes.values().sum();
+            let total: i64 = sizes.values().sum();
             let grown = if new_size > wanted {
                 wanted
             } else {
@@ -314,34 +326,41 @@ pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Time
                 new_size + room.min(wanted - new_size)
             };
             sizes.insert(name.clone(), grown);
-            // Scale old ones down while enough pods stay available.
-            let min_available = wanted - unavailable;
-            let new_available = new.map_or(0, |rs| status_count(rs, |s| s.available_replicas));
-            let new_unavailable = (grown - new_available).max(0);
-            let all: i32 = sizes.values().sum();
-            let mut budget = (all - min_available - new_unavailable).max(0);
-            // First the old pods that are not available anyway.
-            for rs in &old {
-                let size = sizes[&rs.name_any()];
-                let unhealthy = (size - status_count(rs, |s| s.available_replicas)).clamp(0, size);
-                let cut = unhealthy.min(budget);
-                if cut > 0 {
-                    sizes.insert(rs.name_any(), size - cut);
-                    budget -= cut;
+            // Then, in a pass that did not scale up (as Kubernetes), old
+            // ones down while enough pods stay available. A status is
+            // trusted up to the size last asked for: right after a
+            // scale-down, it still counts pods that are going.
+            if grown <= new_size {
+                let available_of = |rs: &ReplicaSet| {
+                    status_count(rs, |s| s.available_replicas)
+                        .min(replicas(rs))
+                        .max(0)
+                };
+                let min_available = wanted - unavailable;
+                let new_available = new.map_or(0, |rs| available_of(rs));
+                let new_unavailable = (grown - new_available).max(0);
+                let all: i64 = sizes.values().sum();
+                let mut budget = (all - min_available - new_unavailable).max(0);
+                // First the old pods that are not available anyway.
+                for rs in &old {
+                    let size = sizes[&rs.name_any()];
+                    let unhealthy = (size - available_of(rs)).clamp(0, size);
+                    let cut = unhealthy.min(budget);
+                    if cut > 0 {
+                        sizes.insert(rs.name_any(), size - cut);
+                        budget -= cut;
+                    }
                 }
-            }
-            // Then available ones, oldest first, down to minAvailable.
-            let available: i32 = sets
-                .iter()
-                .map(|rs| status_count(rs, |s| s.available_replicas))
-                .sum();
-            let mut spare = (available - min_available).max(0);
-            for rs in &old {
-                let size = sizes[&rs.name_any()];
-                let cut = size.min(spare);
-                if cut > 0 {
-                    sizes.insert(rs.name_any(), size - cut);
-                    spare -= cut;
+                // Then available ones, oldest first, down to minAvailable.
+                let available: i64 = sets.iter().map(|rs| available_of(rs)).sum();
+                let mut spare = (available - min_available).max(0).min(budget);
+                for rs in &old {
+                    let size = sizes[&rs.name_any()];
+                    let cut = size.min(spare);
+                    if cut > 0 {
+                        sizes.insert(rs.name_any(), size - cut);
+                        spare -= cut;
+                    }
                 }
             }
         }
@@ -349,7 +368,7 @@ pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Time
     for rs in sets {
         let size = sizes[&rs.name_any()];
         if size != replicas(rs) {
-            plan.scale.push((rs.name_any(), size));
+            plan.scale.push((rs.name_any(), to_i32(size)));
         }
     }
 
@@ -368,7 +387,7 @@ pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Time
     }
 
     // Status.
-    let sum = |f: &dyn Fn(&ReplicaSet) -> i32| sets.iter().map(|rs| f(rs)).sum::<i32>();
+    let sum = |f: &dyn Fn(&ReplicaSet) -> i64| sets.iter().map(|rs| f(rs)).sum::<i64>();
     let total = sum(&|rs| status_count(rs, |s| Some(s.replicas)));
     let updated = new.map_or(0, |rs| status_count(rs, |s| Some(s.replicas)));
     let ready = sum(&|rs| status_count(rs, |s| s.ready_replicas));
@@ -404,10 +423,10 @@ pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Time
         && old.iter().all(|rs| sizes[&rs.name_any()] == 0);
     let moved = created_name.is_some()
         || !plan.scale.is_empty()
-        || previous.replicas != Some(total)
-        || previous.updated_replicas != Some(updated)
-        || previous.available_replicas != Some(available)
-        || previous.ready_replicas != Some(ready);
+        || previous.replicas.map(i64::from) != Some(total)
+        || previous.updated_replicas.map(i64::from) != Some(updated)
+        || previous.available_replicas.map(i64::from) != Some(available)
+        || previous.ready_replicas.map(i64::from) != Some(ready);
     let deadline = spec.progress_deadline_seconds.unwrap_or(600) as i64;
     let progressing = if paused {
         condition(
@@ -484,11 +503,11 @@ pub fn plan(d: &Deployment, sets: &[Arc<ReplicaSet>], old_pods: usize, now: Time
     }
     plan.status = DeploymentStatus {
         observed_generation: d.metadata.generation,
-        replicas: Some(total),
-        updated_replicas: Some(updated),
-        ready_replicas: Some(ready),
-        available_replicas: Some(available),
-        unavailable_replicas: Some((wanted - available).max(0)),
+        replicas: Some(to_i32(total)),
+        updated_replicas: Some(to_i32(updated)),
+        ready_replicas: Some(to_i32(ready)),
+        available_replicas: Some(to_i32(available)),
+        unavailable_replicas: Some(to_i32(wanted - available)),
         conditions: Some(vec![available_condition, progressing]),
         collision_count: previous.collision_count,
         terminating_replicas: None,
@@ -511,7 +530,36 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let ns = d.namespace().unwrap_or_default();
-    let sets = owned(&d, &ctx.sets);
+    let mut sets = owned(&d, &ctx.sets);
+    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = PatchParams::default();
+    // Orphaned ReplicaSets that the selector matches are adopted, as
+    // Kubernetes does (after `delete --cascade=orphan` and a new
+    // Deployment of the same name, its old ReplicaSet is its own again).
+    if let Some(selector) = d
+        .spec
+        .as_ref()
+        .and_then(|s| crate::replicaset::selector_of(&s.selector))
+    {
+        for rs in ctx.sets.state() {
+            if rs.metadata.namespace.as_deref() != Some(&ns)
+                || controller_of(&rs.metadata).is_some()
+                || rs.metadata.deletion_timestamp.is_some()
+                || !selector.matches(rs.metadata.labels.as_ref())
+            {
+                continue;
+            }
+            let patch = json!({"metadata": {"ownerReferences": [controller_ref(d.as_ref())]}});
+            match api
+                .patch(&rs.name_any(), &params, &Patch::Strategic(patch))
+                .await
+            {
+                Ok(adopted) => sets.push(Arc::new(adopted)),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     let current = without_hash(&d.spec.clone().unwrap_or_default().template);
     let old_uids: Vec<String> = sets
         .iter()
@@ -530,10 +578,15 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         .iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(&ns))
         .filter(|p| controller_of(&p.metadata).is_some_and(|o| old_uids.contains(&o.uid)))
+        // Finished pods run nothing (Kubernetes' `oldPodsRunning`).
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
         .count();
     let plan = plan(&d, &sets, old_pods, Timestamp::now());
-    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let params = PatchParams::default();
     let mut status = plan.status.clone();
     if let Some(rs) = &plan.create {
         match api.create(&PostParams::default(), rs).await {
@@ -541,10 +594,15 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 // The name is taken by a ReplicaSet of another template:
                 // the next hash is another name (Kubernetes' collisionCount).
+                // The same template under that name (not yet in the cache,
+                // or an orphan adopted next pass) is no collision.
                 let taken = api.get_opt(&rs.name_any()).await?;
                 if taken.as_ref().is_some_and(|t| {
-                    controller_of(&t.metadata)
-                        .is_none_or(|o| Some(&o.uid) != d.metadata.uid.as_ref())
+                    t.spec
+                        .as_ref()
+                        .and_then(|s| s.template.as_ref())
+                        .map(without_hash)
+                        != Some(current.clone())
                 }) {
                     status.collision_count = Some(status.collision_count.unwrap_or(0) + 1);
                 }
@@ -637,7 +695,7 @@ mod tests {
     /// The ReplicaSet a Deployment made, grown to `size` with `available` pods.
     fn set_of(d: &Deployment, revision: i64, size: i32, available: i32) -> Arc<ReplicaSet> {
         let hash = template_hash(&d.spec.clone().unwrap().template, 0);
-        let mut rs = new_replica_set(d, &hash, revision, size);
+        let mut rs = new_replica_set(d, &hash, revision, size as i64);
         rs.metadata.uid = Some(format!("rs-{revision}"));
         rs.metadata.creation_timestamp = Some(Time(
             Timestamp::UNIX_EPOCH + SignedDuration::from_secs(revision),
@@ -668,53 +726,81 @@ mod tests {
         assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetCreated"));
     }
 
-    /// A rolling update of 4 replicas with 25 % surge and unavailability,
-    /// run pass by pass with every pod becoming available at once: never
-    /// more than 5 pods are wanted, never fewer than 3 available, and it
-    /// ends with only the new ReplicaSet.
-    #[test]
-    fn a_rolling_update_stays_within_its_bounds() {
-        let v1 = deployment(4, "v1", rolling());
-        let v2 = deployment(4, "v2", rolling());
-        let mut sets: Vec<ReplicaSet> = vec![(*set_of(&v1, 1, 4, 4)).clone()];
-        for _ in 0..20 {
+    /// A rolling update, run pass by pass against a model of the pods:
+    /// a scale-down removes pods at once, new pods become available one
+    /// pass later, and the status the controller reads lags the pods by
+    /// `lag` passes (as a watch event does). Never more pods asked for
+    /// than replicas + maxSurge, never fewer available than replicas -
+    /// maxUnavailable, and it ends with only the new ReplicaSet.
+    fn roll(wanted: i32, surge: serde_json::Value, unavailable: serde_json::Value, lag: usize) {
+        let strategy = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}});
+        let v1 = deployment(wanted, "v1", strategy.clone());
+        let v2 = deployment(wanted, "v2", strategy);
+        let (max_surge, max_unavailable) = surge_and_unavailable(&v2);
+        let mut sets: Vec<ReplicaSet> = vec![(*set_of(&v1, 1, wanted, wanted)).clone()];
+        // Pods really available per ReplicaSet, and the statuses seen.
+        let mut real: Vec<i64> = vec![wanted as i64];
+        let mut history: Vec<Vec<i64>> = vec![real.clone()];
+        for pass in 0..200 {
+            let seen = &history[history.len().saturating_sub(1 + lag)];
+            for (rs, a) in sets
+                .iter_mut()
+                .zip(seen.iter().chain(std::iter::repeat(&0)))
+            {
+                rs.status = Some(ReplicaSetStatus {
+                    replicas: *a as i32,
+                    ready_replicas: Some(*a as i32),
+                    available_replicas: Some(*a as i32),
+                    ..Default::default()
+                });
+            }
             let arcs: Vec<Arc<ReplicaSet>> = sets.iter().cloned().map(Arc::new).collect();
             let p = plan(&v2, &arcs, 0, Timestamp::now());
             if let Some(mut rs) = p.create {
                 rs.metadata.uid = Some("rs-2".into());
                 rs.metadata.creation_timestamp = Some(Time(Timestamp::now()));
                 sets.push(rs);
+                real.push(0);
             }
             for (name, size) in p.scale {
-                let rs = sets.iter_mut().find(|r| r.name_any() == name).unwrap();
-                rs.spec.as_mut().unwrap().replicas = Some(size);
+                let i = sets.iter().position(|r| r.name_any() == name).unwrap();
+                sets[i].spec.as_mut().unwrap().replicas = Some(size);
+                real[i] = real[i].min(size as i64);
             }
-            let total: i32 = sets.iter().map(replicas).sum();
-            assert!(total <= 5, "surge exceeded: {total}");
-            // Old pods go at once; new ones become available at once.
-            let available: i32 = sets
-                .iter()
-                .map(|r| status_count(r, |s| s.available_replicas).min(replicas(r)))
-                .sum();
-            assert!(available >= 3, "availability fell to {available}");
-            for rs in &mut sets {
-                let size = replicas(rs);
-                rs.status = Some(ReplicaSetStatus {
-                    replicas: size,
-                    ready_replicas: Some(size),
-                    available_replicas: Some(size),
-                    ..Default::default()
-                });
+            let total: i64 = sets.iter().map(replicas).sum();
+            assert!(
+                total <= wanted as i64 + max_surge,
+                "pass {pass}: surge exceeded: {total}"
+            );
+            let available: i64 = real.iter().sum();
+            assert!(
+                available >= wanted as i64 - max_unavailable,
+                "pass {pass}: availability fell to {available}"
+            );
+            // New pods become available by the next pass.
+            for (i, rs) in sets.iter().enumerate() {
+                real[i] = replicas(rs);
             }
+            history.push(real.clone());
         }
-        let sizes: Vec<(i64, i32)> = sets.iter().map(|r| (revision_of(r), replicas(r))).collect();
-        assert_eq!(sizes, [(1, 0), (2, 4)]);
+        let sizes: Vec<(i64, i64)> = sets.iter().map(|r| (revision_of(r), replicas(r))).collect();
+        assert_eq!(sizes, [(1, 0), (2, wanted as i64)]);
         let arcs: Vec<Arc<ReplicaSet>> = sets.iter().cloned().map(Arc::new).collect();
         let done = plan(&v2, &arcs, 0, Timestamp::now());
         assert_eq!(
             done.status.conditions.unwrap()[1].reason.as_deref(),
             Some("NewReplicaSetAvailable")
         );
+    }
+
+    #[test]
+    fn a_rolling_update_stays_within_its_bounds() {
+        for lag in [0, 1, 3] {
+            roll(4, json!("25%"), json!("25%"), lag);
+            roll(2, json!(1), json!(0), lag);
+            roll(10, json!(0), json!(3), lag);
+            roll(3000, json!("25%"), json!("25%"), lag);
+        }
     }
 
     #[test]
@@ -788,7 +874,7 @@ mod tests {
     }
 
     #[test]
-    fn percentages_round_as_kubernetes() {
+    fn percentages_round_as_kubernetes_and_never_overflow() {
         assert_eq!(
             surge_and_unavailable(&deployment(10, "v", rolling())),
             (3, 2)
@@ -796,5 +882,11 @@ mod tests {
         let zero =
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}});
         assert_eq!(surge_and_unavailable(&deployment(10, "v", zero)), (0, 1));
+        let huge = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "9223372036854775807%", "maxUnavailable": i32::MAX}});
+        let d = deployment(i32::MAX, "v", huge);
+        let (surge, unavailable) = surge_and_unavailable(&d);
+        assert!(surge > 0 && unavailable == i32::MAX as i64);
+        let p = plan(&d, &[], 0, Timestamp::now());
+        assert_eq!(p.create.unwrap().spec.unwrap().replicas, Some(i32::MAX));
     }
 }

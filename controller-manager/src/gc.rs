@@ -187,9 +187,7 @@ impl Collector {
             // Events come in bursts (a Deployment's thousand pods): one
             // pass after the burst, not one per event.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "garbage collector: retrying");
-            }
+            self.pass().await;
         }
     }
 
@@ -200,6 +198,10 @@ impl Collector {
         namespace: Option<&str>,
         r: &OwnerReference,
     ) -> Result<bool, kube::Error> {
+        // A reference that names nothing cannot be checked: left alone.
+        if r.name.is_empty() || r.uid.is_empty() {
+            return Ok(false);
+        }
         let Some(kind) = self
             .kinds
             .iter()
@@ -215,7 +217,9 @@ impl Collector {
         })
     }
 
-    async fn pass(&self) -> Result<(), kube::Error> {
+    /// One pass. A failure about one object is logged and the pass goes
+    /// on: one bad owner reference must not stop the collector for all.
+    async fn pass(&self) {
         let objects: Vec<Node> = self
             .stores
             .iter()
@@ -232,30 +236,39 @@ impl Collector {
             .iter()
             .filter_map(|o| o.meta.uid.as_deref().map(|u| (u, o)))
             .collect();
+        let warn = |what: &str, name: &str, e: kube::Error| {
+            tracing::warn!(error = %e, name, "garbage collector: cannot {what}; trying again later");
+        };
         for (kind, ns, name, uid) in &actions.orphaned {
             let Some(node) = metas.get(uid.as_str()) else {
                 continue;
             };
             let mut all_gone = true;
             for r in node.meta.owner_references.iter().flatten() {
-                if !self.owner_gone(ns.as_deref(), r).await? {
-                    all_gone = false;
-                    break;
+                match self.owner_gone(ns.as_deref(), r).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        all_gone = false;
+                        break;
+                    }
+                    Err(e) => {
+                        warn("read an owner", name, e);
+                        all_gone = false;
+                        break;
+                    }
                 }
             }
             if all_gone {
-                self.delete(*kind, ns.as_deref(), name, uid, None).await?;
+                if let Err(e) = self.delete(*kind, ns.as_deref(), name, uid, None).await {
+                    warn("delete", name, e);
+                }
             }
         }
         for (kind, ns, name, uid) in &actions.delete_dependents {
-            self.delete(
-                *kind,
-                ns.as_deref(),
-                name,
-                uid,
-                Some(PropagationPolicy::Foreground),
-            )
-            .await?;
+            let policy = Some(PropagationPolicy::Foreground);
+            if let Err(e) = self.delete(*kind, ns.as_deref(), name, uid, policy).await {
+                warn("delete", name, e);
+            }
         }
         for (kind, ns, name, owner) in &actions.orphan_dependents {
             let patch =
@@ -265,16 +278,20 @@ impl Collector {
                 .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
                 .await
             {
+                Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
-                other => {
-                    other?;
-                }
+                Err(e) => warn("orphan", name, e),
             }
         }
         for (kind, ns, name, finalizer) in &actions.finalize {
             let api = self.api(*kind, ns.as_deref());
-            let Some(current) = api.get_opt(name).await? else {
-                continue;
+            let current = match api.get_opt(name).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn("read", name, e);
+                    continue;
+                }
             };
             let left: Vec<String> = current
                 .metadata
@@ -289,13 +306,11 @@ impl Collector {
                 .patch(name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
             {
+                Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                other => {
-                    other?;
-                }
+                Err(e) => warn("remove the finalizer of", name, e),
             }
         }
-        Ok(())
     }
 
     async fn delete(

@@ -76,6 +76,7 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
     let (to_deployments, deployment_triggers) = Triggers::<Deployment>::new();
     let nodes_or_pods_changed = Arc::new(Notify::new());
 
+    let to_deployments_of_sets = to_deployments.clone();
     let (sets, sets_run) = informer(
         Api::<ReplicaSet>::all(client.clone()),
         move |rs: &ReplicaSet| {
@@ -85,12 +86,26 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
         },
     );
     let sets_for_pods = sets.clone();
+    let to_deployments_of_pods = to_deployments_of_sets;
     let changed = nodes_or_pods_changed.clone();
     let (pods, pods_run) = informer(Api::<Pod>::all(client.clone()), move |pod: &Pod| {
         changed.notify_one();
         let ns = pod.metadata.namespace.as_deref();
         match controller_of(&pod.metadata) {
-            Some(owner) if owner.kind == "ReplicaSet" => to_sets.send(&owner.name, ns),
+            Some(owner) if owner.kind == "ReplicaSet" => {
+                to_sets.send(&owner.name, ns);
+                // A Recreate rollout waits for old pods to be gone: their
+                // Deployment hears of them too.
+                let set = kube::runtime::reflector::ObjectRef::<ReplicaSet>::new(&owner.name)
+                    .within(ns.unwrap_or_default());
+                if let Some(d) = sets_for_pods.get(&set).and_then(|rs| {
+                    controller_of(&rs.metadata)
+                        .filter(|o| o.kind == "Deployment")
+                        .map(|o| o.name.clone())
+                }) {
+                    to_deployments_of_pods.send(&d, ns);
+                }
+            }
             Some(_) => {}
             // An orphan: the ReplicaSets that may adopt it.
             None => {

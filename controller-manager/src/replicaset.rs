@@ -290,7 +290,13 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
                 .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
                 && at.elapsed() < PENDING_FOR
         });
-        plan(&rs, &cached, pending, now)
+        let plan = plan(&rs, &cached, pending, now);
+        // Nothing left to wait for: no entry kept (a deleted ReplicaSet
+        // leaves none behind).
+        if pending.creates.is_empty() && pending.deletes.is_empty() {
+            all.remove(&uid);
+        }
+        plan
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PatchParams::default();
@@ -312,22 +318,36 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     }
     if plan.create > 0 {
         let template = pod_for(&rs);
-        let created: Vec<String> = futures::stream::iter(0..plan.create)
+        // Every pod that was created is remembered, whatever happened to
+        // the others: a failure of one must not let the next pass create
+        // the rest again.
+        let mut results = futures::stream::iter(0..plan.create)
             .map(|_| {
                 let pods = pods.clone();
                 let template = template.clone();
                 async move { pods.create(&PostParams::default(), &template).await }
             })
-            .buffer_unordered(PARALLEL)
-            .map_ok(|p| p.name_any())
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(Error::from)?;
-        tracing::debug!(replicaset = %rs.name_any(), count = created.len(), "created pods");
-        let mut all = ctx.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = all.entry(uid.clone()).or_default();
-        for name in created {
-            pending.creates.insert(name, Instant::now());
+            .buffer_unordered(PARALLEL);
+        let mut failed = None;
+        let mut created = 0;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(pod) => {
+                    created += 1;
+                    let mut all = ctx.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    all.entry(uid.clone())
+                        .or_default()
+                        .creates
+                        .insert(pod.name_any(), Instant::now());
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        tracing::debug!(replicaset = %rs.name_any(), created, "created pods");
+        if let Some(e) = failed {
+            return Err(e.into());
         }
     }
     if !plan.delete.is_empty() {

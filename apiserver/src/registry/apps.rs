@@ -285,6 +285,10 @@ impl Strategy for Workload {
     fn scale_subresource(&self) -> bool {
         true
     }
+
+    fn garbage_collected(&self) -> bool {
+        true
+    }
 }
 
 /// The containers' names and images, comma-joined, as the wide columns.

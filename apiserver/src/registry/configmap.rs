@@ -62,6 +62,10 @@ pub(super) fn config_key(key: &str) -> Result<(), String> {
 }
 
 impl Strategy for ConfigMapStrategy {
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn typed(&self) -> &'static dyn Typed {
         &TypedAs::<ConfigMap>::NEW
     }

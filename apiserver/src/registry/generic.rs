@@ -253,11 +253,13 @@ impl Registry {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        let mut generated = None;
         if name.is_empty() {
             if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
-                let suffix = uuid::Uuid::new_v4().simple().to_string();
-                name = format!("{prefix}{}", &suffix[..5]);
+                let prefix = prefix.to_string();
+                name = generate_name(&prefix);
                 meta.insert("name".into(), json!(name));
+                generated = Some(prefix);
             }
         }
         set_namespace(r, meta, namespace)?;
@@ -288,10 +290,26 @@ impl Registry {
                 managed::record_update(r, manager, false, None, &mut object, now)?;
             }
             validate(r, &name, &object)?;
-            self.store_for(dry_run)
-                .create(&r.key(namespace, &name), object)
-                .await
-                .map_err(|e| ApiError::from_store(e, r, &name))
+            // A generated name that is taken is generated again, as
+            // Kubernetes does (a ReplicaSet of thousands of pods meets a
+            // few such collisions).
+            let mut attempts = 0;
+            loop {
+                match self
+                    .store_for(dry_run)
+                    .create(&r.key(namespace, &name), object.clone())
+                    .await
+                {
+                    Err(StoreError::AlreadyExists { .. })
+                        if generated.is_some() && attempts < 8 =>
+                    {
+                        attempts += 1;
+                        name = generate_name(generated.as_deref().unwrap_or_default());
+                        object["metadata"]["name"] = json!(name);
+                    }
+                    other => break other.map_err(|e| ApiError::from_store(e, r, &name)),
+                }
+            }
         }
         .await;
         if created.is_ok() {
@@ -472,7 +490,9 @@ impl Registry {
                 } else {
                     r.strategy.validate_update(&new, &old)
                 };
-                if old.pointer("/metadata/deletionTimestamp").is_some() {
+                // The server's own writes (a delete's policy) may; a
+                // client's may only take finalizers away.
+                if !server_write && old.pointer("/metadata/deletionTimestamp").is_some() {
                     let before = finalizers_of(&old);
                     if finalizers_of(&new).iter().any(|f| !before.contains(f)) {
                         errors.push(mube_apis::validation::FieldError::new(
@@ -810,6 +830,16 @@ impl Registry {
         Ok(deleted)
     }
 
+    /// Whether the Node `name` exists (a pod's agent can finish its delete).
+    async fn node_exists(&self, name: &str) -> Result<bool, ApiError> {
+        let nodes = self.resource(&mube_apis::resources::NODES)?;
+        match self.get(&nodes, None, name).await {
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+            Ok(_) => Ok(true),
+        }
+    }
+
     /// Kubernetes' finalizers: an object that has any (or gets one from
     /// the propagation policy: `orphan`, `foregroundDeletion`) is not
     /// removed by a delete but marked (`deletionTimestamp`), and removed by
@@ -829,7 +859,13 @@ impl Registry {
         let current = self.get(r, namespace, name).await?;
         let value = current.value()?;
         let mut finalizers = finalizers_of(&value);
-        if let Some(added) = propagation.finalizer() {
+        // The policies are carried out by the garbage collector, which
+        // watches the kinds that own or are owned (`garbage_collected`);
+        // for any other kind they mean what Background means.
+        if let Some(added) = propagation
+            .finalizer()
+            .filter(|_| r.strategy.garbage_collected())
+        {
             // One policy at a time, as Kubernetes: the newest asked wins.
             finalizers.retain(|f| f != ORPHAN_FINALIZER && f != FOREGROUND_FINALIZER);
             finalizers.push(added.to_string());
@@ -840,12 +876,13 @@ impl Registry {
         preconditions
             .check(&current)
             .map_err(|e| ApiError::from_store(e, r, name))?;
-        // A pod on a node still gets its grace period; everything else is
-        // due now, and waits only for its finalizers.
-        let seconds = r
-            .strategy
-            .graceful_deletion(&value, grace)
-            .map_or(0, |g| g.seconds);
+        // A pod on a node still gets its grace period (its agent finishes
+        // it); everything else, and a pod whose node is gone, is due now,
+        // and waits only for its finalizers.
+        let seconds = match r.strategy.graceful_deletion(&value, grace) {
+            Some(g) if self.node_exists(&g.node).await? => g.seconds,
+            _ => 0,
+        };
         let marked = value.pointer("/metadata/deletionTimestamp").is_some();
         let already = value
             .pointer("/metadata/deletionGracePeriodSeconds")
@@ -890,11 +927,9 @@ impl Registry {
         let Some(graceful) = r.strategy.graceful_deletion(&value, grace) else {
             return Ok(None);
         };
-        let nodes = self.resource(&mube_apis::resources::NODES)?;
-        match self.get(&nodes, None, &graceful.node).await {
-            Err(e) if e.is_not_found() => return Ok(None),
-            other => other?,
-        };
+        if !self.node_exists(&graceful.node).await? {
+            return Ok(None);
+        }
         preconditions
             .check(&current)
             .map_err(|e| ApiError::from_store(e, r, name))?;
@@ -1064,4 +1099,16 @@ fn finalizers_of(object: &Value) -> Vec<String> {
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect()
+}
+
+/// `generateName` + 5 characters, from the alphabet Kubernetes uses (no
+/// vowels, so no words; 27^5, about 14 million names).
+fn generate_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let suffix: String = bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    format!("{prefix}{suffix}")
 }

@@ -168,6 +168,13 @@ pub trait Strategy: Send + Sync {
         false
     }
 
+    /// Whether the garbage collector in mube-controller-manager watches the
+    /// kind (it owns or is owned: workloads, pods, ConfigMaps, Secrets), so
+    /// that the Foreground and Orphan policies add their finalizers.
+    fn garbage_collected(&self) -> bool {
+        false
+    }
+
     /// Whether the kind has the `scale` subresource (`autoscaling/v1`
     /// Scale over `spec.replicas`, `status.replicas` and `spec.selector`).
     fn scale_subresource(&self) -> bool {

@@ -339,6 +339,10 @@ impl Strategy for PodStrategy {
         true
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     /// As Kubernetes' pod strategy: a pod bound to a node gets the grace
     /// period asked for, else its own `terminationGracePeriodSeconds`
     /// (default 30); a negative one is 1. A pod on no node, a finished

@@ -52,6 +52,10 @@ fn merge_string_data(object: &mut Value) {
 }
 
 impl Strategy for SecretStrategy {
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn typed(&self) -> &'static dyn Typed {
         &TypedAs::<Secret>::NEW
     }

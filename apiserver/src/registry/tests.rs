@@ -531,32 +531,74 @@ async fn finalizers_hold_a_deleted_object_until_they_are_removed() {
         .unwrap_err()
         .is_not_found());
 
-    // Foreground and Orphan: the object waits for the garbage collector.
+    // Foreground and Orphan on a kind the garbage collector watches: the
+    // object waits for it; a second delete may change the policy.
+    super::ensure_system_namespaces(&f.registry).await.unwrap();
+    let cms = f.registry.resource(&super::configmap::INFO).unwrap();
+    let ns = Some("default");
     for (policy, finalizer) in [
         (Propagation::Foreground, "foregroundDeletion"),
         (Propagation::Orphan, "orphan"),
     ] {
         f.registry
-            .create(&nodes, None, node("n2", json!({})), "test", DryRun::No)
+            .create(
+                &cms,
+                ns,
+                json!({"metadata": {"name": "c"}}),
+                "test",
+                DryRun::No,
+            )
+            .await
+            .unwrap();
+        let other = if policy == Propagation::Orphan {
+            Propagation::Foreground
+        } else {
+            Propagation::Orphan
+        };
+        f.registry
+            .delete_with_grace(&cms, ns, "c", &none, None, other, DryRun::No)
             .await
             .unwrap();
         let held = f
             .registry
-            .delete_with_grace(&nodes, None, "n2", &none, None, policy, DryRun::No)
+            .delete_with_grace(&cms, ns, "c", &none, None, policy, DryRun::No)
             .await
             .unwrap()
             .value()
             .unwrap();
         assert_eq!(held["metadata"]["finalizers"], json!([finalizer]));
         f.registry
-            .patch(&nodes, None, "n2", Part::Main, &clear, "test", DryRun::No)
+            .patch(&cms, ns, "c", Part::Main, &clear, "test", DryRun::No)
             .await
             .unwrap();
         assert!(f
             .registry
-            .get(&nodes, None, "n2")
+            .get(&cms, ns, "c")
             .await
             .unwrap_err()
             .is_not_found());
     }
+    // On a kind it does not watch, they mean Background: gone at once.
+    f.registry
+        .create(&nodes, None, node("n2", json!({})), "test", DryRun::No)
+        .await
+        .unwrap();
+    f.registry
+        .delete_with_grace(
+            &nodes,
+            None,
+            "n2",
+            &none,
+            None,
+            Propagation::Orphan,
+            DryRun::No,
+        )
+        .await
+        .unwrap();
+    assert!(f
+        .registry
+        .get(&nodes, None, "n2")
+        .await
+        .unwrap_err()
+        .is_not_found());
 }
