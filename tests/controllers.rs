@@ -518,6 +518,50 @@ async fn the_other_controller_manager_takes_over_without_duplicates() {
     eprintln!("takeover after {took:?}");
 }
 
+/// A leader that cannot renew its Lease (the API server frozen with
+/// SIGSTOP) stops acting and exits within its renew deadline, before the
+/// Lease could run out for anyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_cannot_renew_stops_before_its_lease_runs_out() {
+    let c = control_plane().await;
+    let mut manager = c.controller_manager(&[
+        "--leader-elect-lease-duration=4s",
+        "--leader-elect-renew-deadline=2s",
+        "--leader-elect-retry-period=500ms",
+    ]);
+    manager
+        .log
+        .wait_for(Duration::from_secs(10), |l| l.contains("became the leader"))
+        .expect("it leads");
+    c.server.signal("STOP");
+    let frozen = Instant::now();
+    let lost = manager.log.wait_for(Duration::from_secs(6), |l| {
+        l.contains("leader election lost")
+    });
+    let after = frozen.elapsed();
+    c.server.signal("CONT");
+    assert!(lost.is_some(), "the leader never gave up");
+    // The renew deadline (2 s) from the last renewal, which was at most one
+    // retry (0.5 s) before the freeze; the lease is 4 s.
+    assert!(
+        after < Duration::from_millis(3500),
+        "gave up after {after:?}"
+    );
+    let child = manager.child.as_mut().expect("started");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "it did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        !status.success(),
+        "a lost election is a failure: {status:?}"
+    );
+}
+
 /// `kubectl delete --cascade=orphan` leaves the ReplicaSet and its pods,
 /// without the owner reference; `--cascade=foreground` removes the pods
 /// first, then the ReplicaSet, then the Deployment.

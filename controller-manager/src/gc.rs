@@ -185,8 +185,8 @@ impl Collector {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
             // Events come in bursts (a Deployment's thousand pods): one
-            // pass after the burst, not one per event.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // pass per half second at most, not one per event.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             self.pass().await;
         }
     }
@@ -225,9 +225,22 @@ impl Collector {
             .iter()
             .enumerate()
             .flat_map(|(kind, s)| {
-                s.state().into_iter().map(move |o| Node {
-                    kind,
-                    meta: o.metadata.clone(),
+                // Only what the collector reads (not labels, annotations
+                // or managedFields, the bulk of a pod's metadata).
+                s.state().into_iter().map(move |o| {
+                    let m = &o.metadata;
+                    Node {
+                        kind,
+                        meta: ObjectMeta {
+                            name: m.name.clone(),
+                            namespace: m.namespace.clone(),
+                            uid: m.uid.clone(),
+                            owner_references: m.owner_references.clone(),
+                            deletion_timestamp: m.deletion_timestamp.clone(),
+                            finalizers: m.finalizers.clone(),
+                            ..Default::default()
+                        },
+                    }
                 })
             })
             .collect();

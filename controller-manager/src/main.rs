@@ -3,6 +3,12 @@
 //! client, as several copies with one leader (as its Kubernetes
 //! counterpart, whose flags it takes).
 
+// jemalloc, as the API server: the caches churn through many small
+// allocations (every pod event replaces one), where glibc's malloc spent a
+// tenth of the process's time consolidating free chunks (perf, 3,000 pods).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

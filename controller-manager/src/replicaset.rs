@@ -272,24 +272,31 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     let plan = {
         let mut all = ctx.pending.lock().unwrap_or_else(|p| p.into_inner());
         let pending = all.entry(uid.clone()).or_default();
-        // What the cache now shows is no longer pending.
-        let names: HashMap<&str, &Arc<Pod>> = cached
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(&ns))
-            .filter_map(|p| p.metadata.name.as_deref().map(|n| (n, p)))
-            .collect();
-        pending
-            .creates
-            .retain(|name, at| !names.contains_key(name.as_str()) && at.elapsed() < PENDING_FOR);
-        let uids: HashMap<&str, &Arc<Pod>> = cached
-            .iter()
-            .filter_map(|p| p.metadata.uid.as_deref().map(|u| (u, p)))
-            .collect();
-        pending.deletes.retain(|u, at| {
-            uids.get(u.as_str())
-                .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
-                && at.elapsed() < PENDING_FOR
-        });
+        // What the cache now shows is no longer pending. Only this
+        // ReplicaSet's pods can be (its creates and deletes), so only they
+        // are looked at.
+        if !pending.creates.is_empty() || !pending.deletes.is_empty() {
+            let own: Vec<&Arc<Pod>> = cached
+                .iter()
+                .filter(|p| p.metadata.namespace.as_deref() == Some(&ns))
+                .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
+                .collect();
+            let names: std::collections::HashSet<&str> = own
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            pending
+                .creates
+                .retain(|name, at| !names.contains(name.as_str()) && at.elapsed() < PENDING_FOR);
+            let live: std::collections::HashSet<&str> = own
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.uid.as_deref())
+                .collect();
+            pending
+                .deletes
+                .retain(|u, at| live.contains(u.as_str()) && at.elapsed() < PENDING_FOR);
+        }
         let plan = plan(&rs, &cached, pending, now);
         // Nothing left to wait for: no entry kept (a deleted ReplicaSet
         // leaves none behind).

@@ -297,6 +297,17 @@ impl ApiServer {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("server running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// `kill -9`: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

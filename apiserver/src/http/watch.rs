@@ -24,7 +24,7 @@ use super::rest::Params;
 use super::table::{self, TableRequest};
 use super::AppState;
 use crate::error::ApiError;
-use crate::registry::{Filter, Resource};
+use crate::registry::{Filter, Projection, Resource};
 use crate::store::{Event, EventKind, ReadAt, StoredObject, WatchStream};
 
 /// Chunks buffered between the watch task and a slow client.
@@ -67,13 +67,24 @@ fn translate(r: &Resource, filter: &Filter, event: &Event) -> Option<EventType> 
     if filter.is_empty() {
         return Some(plain);
     }
-    let matches = |bytes: &Bytes| {
-        serde_json::from_slice(bytes)
-            .map(|v| filter.matches(r, &v))
-            .unwrap_or(false)
-    };
-    let now = matches(&event.object);
-    let before = event.previous.as_ref().is_some_and(matches);
+    // Decoded once per event for all its filtered watchers (see
+    // `Event::derived`); an object that does not decode matches nothing.
+    let derived = event.derived.get_or_init(|| {
+        let project = |bytes: &Bytes| {
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .map(|v| Projection::of(r, &v))
+        };
+        Arc::new((
+            project(&event.object),
+            event.previous.as_ref().and_then(project),
+        ))
+    });
+    let (now, before) = derived.downcast_ref::<(Option<Projection>, Option<Projection>)>()?;
+    let now = now.as_ref().is_some_and(|p| filter.matches_projection(p));
+    let before = before
+        .as_ref()
+        .is_some_and(|p| filter.matches_projection(p));
     match (event.kind, before, now) {
         (EventKind::Deleted, b, n) => (b || n).then_some(EventType::Deleted),
         (_, true, true) => Some(EventType::Modified),

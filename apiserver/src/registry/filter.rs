@@ -31,6 +31,18 @@ impl Filter {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// Whether an object, as `project` saw it, matches.
+    pub fn matches_projection(&self, p: &Projection) -> bool {
+        self.labels.matches(p.labels.as_ref())
+            && (self.fields.is_empty()
+                || self.fields.matches(|f| {
+                    p.fields
+                        .iter()
+                        .find(|(name, _)| *name == f)
+                        .and_then(|(_, v)| v.clone())
+                }))
+    }
+
     pub fn matches(&self, r: &Resource, object: &Value) -> bool {
         if !self.labels.is_empty() {
             let labels: Option<BTreeMap<String, String>> = object
@@ -46,5 +58,33 @@ impl Filter {
             }
         }
         self.fields.is_empty() || self.fields.matches(|f| r.strategy.field_value(object, f))
+    }
+}
+
+/// What a selector can look at in an object: its labels and the kind's
+/// selectable fields, taken once.
+#[derive(Debug, Default)]
+pub struct Projection {
+    labels: Option<BTreeMap<String, String>>,
+    fields: Vec<(&'static str, Option<String>)>,
+}
+
+impl Projection {
+    pub fn of(r: &Resource, object: &Value) -> Projection {
+        let labels = object
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            });
+        let fields = r
+            .strategy
+            .selectable_fields()
+            .iter()
+            .map(|f| (*f, r.strategy.field_value(object, f)))
+            .collect();
+        Projection { labels, fields }
     }
 }

@@ -59,7 +59,7 @@ use serde_json::{json, Value};
 
 pub use dry_run::DryRun;
 pub use fields::{check_fields, unknown_fields, FieldValidation};
-pub use filter::Filter;
+pub use filter::{Filter, Projection};
 pub use generic::{Propagation, Registry, FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 pub use managed::Manager;
 pub use meta::parse_resource_version;

@@ -66,6 +66,7 @@ pub fn decode_event(body: &[u8]) -> Option<Event> {
         key,
         object,
         previous,
+        derived: Default::default(),
     })
 }
 
@@ -181,6 +182,7 @@ mod tests {
                 key: Arc::from("/registry/nodes/n1"),
                 object: Bytes::from_static(b"{\"b\":2}"),
                 previous: previous.clone(),
+                derived: Default::default(),
             };
             let mut buf = Vec::new();
             put_event(&mut buf, &e);

@@ -403,6 +403,7 @@ impl LogStore {
                 key: key.clone(),
                 object: json.clone(),
                 previous: current.map(|c| c.json),
+                derived: Default::default(),
             });
             if state.pending.is_empty() {
                 state.pending_first = revision;

@@ -67,6 +67,12 @@ pub struct Event {
     pub key: Arc<str>,
     pub object: Bytes,
     pub previous: Option<Bytes>,
+    /// What a reader derived from this event once for every reader of it
+    /// (the event is shared): the watch layer keeps here the labels and
+    /// selectable fields its filtered watchers match, so that a hundred
+    /// watchers with selectors decode the object once, not a hundred
+    /// times. Opaque to the store.
+    pub derived: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Event {
