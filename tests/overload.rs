@@ -67,6 +67,10 @@ async fn past_the_in_flight_cap_requests_get_429_with_retry_after() {
         let answer = http.get(format!("{}{path}", server.url())).send().await;
         assert_eq!(answer.unwrap().status(), 200, "{path}");
     }
+    // Nor is a heartbeat: it has a cap of its own (Kubernetes' node-high
+    // priority level), so a busy server does not make its nodes NotReady.
+    let beat = api.heartbeat("a").await;
+    assert_eq!(beat.code, 202, "{}", beat.body);
     assert_eq!(holder.await.unwrap().code, 504);
     // The slot is free again once the holder is answered.
     until(&server, NODES, 200).await;

@@ -8,23 +8,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::server::{get_json, proc_stats, Security, Server, ADMIN_TOKEN};
+use crate::server::{get_json, proc_stats, KillOnDrop, Security, Server, ADMIN_TOKEN};
 use crate::Report;
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub struct Args<'a> {
     pub mubelet: &'a Path,
@@ -177,7 +168,7 @@ impl Cluster {
 }
 
 /// Lines of a child's stdout, as they come.
-fn lines(child: &mut Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+fn lines(child: &mut std::process::Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     if let Some(out) = child.stdout.take() {
         std::thread::spawn(move || {

@@ -5,23 +5,14 @@
 //! containerd must be up with mube's images (scripts/containerd.sh).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::server::{free_port, get_json, Security, Server, ADMIN_TOKEN};
+use crate::server::{free_port, get_json, KillOnDrop, Security, Server, ADMIN_TOKEN};
 use crate::Report;
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub struct Args<'a> {
     pub mubelet: &'a Path,

@@ -301,3 +301,89 @@ impl Candidate {
         }
     }
 }
+
+/// The leader-election flags of kube-controller-manager and kube-scheduler
+/// (`--leader-elect`, `--leader-elect-lease-duration`, ...), for every
+/// mube component that runs as copies.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Flags {
+    /// Elect a leader among the copies through a Lease (only the leader
+    /// acts). Turn off only when a single copy runs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long a leader's Lease holds without renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// How long a leader keeps trying to renew before it stops acting.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take the Lease, and leaders renew it.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub leader_elect_retry_period: Duration,
+    /// The Lease's namespace.
+    #[arg(long, default_value = "kube-system")]
+    pub leader_elect_resource_namespace: String,
+    /// The Lease's name (default: the component's, as Kubernetes names it).
+    #[arg(long)]
+    pub leader_elect_resource_name: Option<String>,
+}
+
+impl Flags {
+    /// The election these flags ask for (`None` with `--leader-elect=false`),
+    /// on the Lease `lease` unless the flags name another.
+    pub fn election(&self, lease: &str) -> Result<Option<Election>, String> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let mut e = Election::new(self.leader_elect_resource_name.as_deref().unwrap_or(lease));
+        e.namespace = self.leader_elect_resource_namespace.clone();
+        e.lease_duration = self.leader_elect_lease_duration;
+        e.renew_deadline = self.leader_elect_renew_deadline;
+        e.retry_period = self.leader_elect_retry_period;
+        e.check().map_err(|m| format!("--leader-elect-*: {m}"))?;
+        Ok(Some(e))
+    }
+}
+
+/// Runs `work` until SIGINT/SIGTERM; with an election, only while this
+/// copy leads. A leader that loses its Lease returns an error, so that the
+/// process exits and starts over, as Kubernetes' components do. Without
+/// one, `work` gets `bound` to finish after the signal (its requests may
+/// wait on an API server that is gone too).
+pub async fn run_until_signal<W, F>(
+    client: Client,
+    election: Option<Election>,
+    bound: Duration,
+    work: W,
+) -> Result<(), String>
+where
+    W: FnOnce(Client, CancellationToken) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        mube_process::shutdown_signal().await;
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    match election {
+        None => {
+            let task = tokio::spawn(work(client, shutdown.clone()));
+            shutdown.cancelled().await;
+            let _ = tokio::time::timeout(bound, task).await;
+            Ok(())
+        }
+        Some(election) => {
+            let for_work = client.clone();
+            match lead(client, election, shutdown, move |acting| {
+                work(for_work, acting)
+            })
+            .await?
+            {
+                Outcome::Stopped => Ok(()),
+                Outcome::Lost => Err("leader election lost".into()),
+            }
+        }
+    }
+}

@@ -13,45 +13,17 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use kube::Client;
-use mube_client::leader::{self, Election, Outcome};
+use mube_client::leader::{self, Election};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::informer::{controller_of, informer, Triggers};
 use crate::{deployment, eviction, gc, replicaset, Error};
 
-/// Runs until SIGINT/SIGTERM; with an election, only while leading. A
-/// leader that loses its Lease returns an error, so that the process exits
-/// and starts over (as Kubernetes' components do).
+/// Runs until SIGINT/SIGTERM; with an election, only while leading.
 pub async fn run(client: Client, election: Option<Election>) -> Result<(), String> {
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        mube_process::shutdown_signal().await;
-        tracing::info!("shutting down");
-        on_signal.cancel();
-    });
     tracing::info!("mube-controller-manager started");
-    match election {
-        None => {
-            let work = tokio::spawn(controllers(client, shutdown.clone()));
-            shutdown.cancelled().await;
-            // In-flight writes may wait on an API server that is gone too.
-            let _ = tokio::time::timeout(Duration::from_secs(5), work).await;
-            Ok(())
-        }
-        Some(election) => {
-            let work = client.clone();
-            match leader::lead(client, election, shutdown, move |acting| {
-                controllers(work, acting)
-            })
-            .await?
-            {
-                Outcome::Stopped => Ok(()),
-                Outcome::Lost => Err("leader election lost".into()),
-            }
-        }
-    }
+    leader::run_until_signal(client, election, Duration::from_secs(5), controllers).await
 }
 
 fn error_policy<K>(object: Arc<K>, error: &Error, _: Arc<impl Send + Sync>) -> Action

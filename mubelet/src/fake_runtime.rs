@@ -71,6 +71,16 @@ impl FakeRuntime {
         }
     }
 
+    /// The containers of sandbox `id`.
+    fn inside(state: &State, id: &str) -> Vec<String> {
+        state
+            .sandbox_of
+            .iter()
+            .filter(|(_, s)| s.as_str() == id)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
     fn id(state: &mut State, what: &str) -> String {
         state.next_id += 1;
         format!("fake-{what}-{:016x}", state.next_id)
@@ -144,12 +154,7 @@ impl FakeRuntime {
 
     pub fn stop_sandbox(&self, id: &str) {
         let mut state = self.state();
-        let inside: Vec<String> = state
-            .sandbox_of
-            .iter()
-            .filter(|(_, s)| s.as_str() == id)
-            .map(|(c, _)| c.clone())
-            .collect();
+        let inside = Self::inside(&state, id);
         for c in inside {
             Self::exit(&mut state, &c);
         }
@@ -165,12 +170,7 @@ impl FakeRuntime {
                 state.used.remove(&u32::from(a));
             }
         }
-        let inside: Vec<String> = state
-            .sandbox_of
-            .iter()
-            .filter(|(_, s)| s.as_str() == id)
-            .map(|(c, _)| c.clone())
-            .collect();
+        let inside = Self::inside(&state, id);
         for c in inside {
             state.containers.remove(&c);
             state.sandbox_of.remove(&c);

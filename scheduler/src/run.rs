@@ -16,44 +16,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use kube::api::{Api, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use mube_client::leader::{self, Election, Outcome};
+use mube_client::leader::{self, Election};
 use mube_scheduler::{schedule, Decision, NodeInfo};
 use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "default-scheduler";
 
-/// Runs until SIGINT/SIGTERM; with an election, only while leading (a
-/// leader that loses its Lease returns an error, and the process exits to
-/// start over, as kube-scheduler does).
+/// Runs until SIGINT/SIGTERM; with an election, only while leading.
 pub async fn run(kubeconfig: Option<PathBuf>, election: Option<Election>) -> Result<(), String> {
     let client = mube_client::connect(kubeconfig).await?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        mube_process::shutdown_signal().await;
-        tracing::info!("shutting down");
-        on_signal.cancel();
-    });
     tracing::info!("mube-scheduler started");
-    match election {
-        None => {
-            let work = tokio::spawn(schedule_until(client, shutdown.clone()));
-            shutdown.cancelled().await;
-            let _ = tokio::time::timeout(Duration::from_secs(6), work).await;
-            Ok(())
-        }
-        Some(election) => {
-            let work = client.clone();
-            match leader::lead(client, election, shutdown, move |acting| {
-                schedule_until(work, acting)
-            })
-            .await?
-            {
-                Outcome::Stopped => Ok(()),
-                Outcome::Lost => Err("leader election lost".into()),
-            }
-        }
-    }
+    leader::run_until_signal(client, election, Duration::from_secs(6), schedule_until).await
 }
 
 /// Schedules until `shutdown`.

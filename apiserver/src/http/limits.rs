@@ -5,7 +5,11 @@
 //! request but a watch, answered with Kubernetes' 504.
 //!
 //! Health checks are not limited: a supervisor must see a busy server as
-//! alive.
+//! alive. Heartbeats have a cap of their own, as Kubernetes' API Priority
+//! and Fairness gives node heartbeats a priority level of their own
+//! (`node-high`): a flood of other requests (thousands of pod status
+//! writes) must not turn them away, or healthy nodes would go NotReady and
+//! have their pods evicted.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use crate::error::ApiError;
 /// The caps and the time limit, from the config.
 pub struct Limits {
     in_flight: Arc<Semaphore>,
+    heartbeats: Arc<Semaphore>,
     watches: Arc<Semaphore>,
     request_timeout: Duration,
 }
@@ -34,6 +39,7 @@ impl Limits {
     pub fn new(max_in_flight: usize, max_watches: usize, request_timeout: Duration) -> Limits {
         Limits {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            heartbeats: Arc::new(Semaphore::new(max_in_flight)),
             watches: Arc::new(Semaphore::new(max_watches)),
             request_timeout,
         }
@@ -76,7 +82,14 @@ pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Ne
         };
         return holding(next.run(request).await, permit);
     }
-    let Ok(permit) = limits.in_flight.clone().try_acquire_owned() else {
+    let heartbeat = request.method() == axum::http::Method::POST
+        && request.uri().path() == "/api/v1/nodes/heartbeat";
+    let cap = if heartbeat {
+        &limits.heartbeats
+    } else {
+        &limits.in_flight
+    };
+    let Ok(permit) = cap.clone().try_acquire_owned() else {
         return too_many();
     };
     let answered = tokio::time::timeout(limits.request_timeout, next.run(request)).await;

@@ -44,20 +44,7 @@ impl Filter {
     }
 
     pub fn matches(&self, r: &Resource, object: &Value) -> bool {
-        if !self.labels.is_empty() {
-            let labels: Option<BTreeMap<String, String>> = object
-                .pointer("/metadata/labels")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                });
-            if !self.labels.matches(labels.as_ref()) {
-                return false;
-            }
-        }
-        self.fields.is_empty() || self.fields.matches(|f| r.strategy.field_value(object, f))
+        self.is_empty() || self.matches_projection(&Projection::of(r, object))
     }
 }
 
