@@ -25,7 +25,7 @@ run-mubelet:
 
 # End-to-end tests start the real binaries, so build them first.
 test: build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check

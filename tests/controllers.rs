@@ -261,15 +261,11 @@ async fn a_deployment_on_containerd_scales_rolls_out_rolls_back_and_goes() {
             .any(|x| x["type"] == "Available" && x["status"] == "True"),
         "{d}"
     );
-    // Each pod answers on its port, from its own address.
+    // Each pod answers on its port, from its own address. Ready is not
+    // "listening" (the pod has no readiness probe), so each gets a while.
     for pod in active(&c.pods("app=web").await) {
         let ip = pod["status"]["podIP"].as_str().unwrap();
-        let answered = reqwest::Client::new()
-            .get(format!("http://{ip}:8080/"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        assert!(answered.is_ok(), "pod {ip}:8080: {answered:?}");
+        answers_http(&format!("http://{ip}:8080/")).await;
     }
     let out = c.kubectl.ok(&["get", "deploy,rs,pods"]);
     assert!(out.contains("deployment.apps/web   2/2"), "{out}");
@@ -361,6 +357,42 @@ async fn a_deployment_on_containerd_scales_rolls_out_rolls_back_and_goes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     mubelet.kill9();
+}
+
+/// Waits up to 30 s for any HTTP answer from `url`, in attempts of 3 s.
+/// Fails with the last error and what the host knows of the address
+/// (route and neighbour entry), which is what tells a slow server from
+/// an unreachable one.
+async fn answers_http(url: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client.get(url).timeout(Duration::from_secs(3)).send().await;
+        let error = match answer {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            let host = url
+                .trim_start_matches("http://")
+                .split(':')
+                .next()
+                .unwrap_or_default();
+            let ip = |args: &[&str]| {
+                Command::new("ip")
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            panic!(
+                "{url}: {error:?}\nroute: {}neighbour: {}",
+                ip(&["route", "get", host]),
+                ip(&["neigh", "show", host])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// A node that stops heartbeating gets the NoExecute taint, its pods are
