@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
 
-use super::resources::{allocatable, in_use, requests};
+use super::resources::requests;
 use super::NodeInfo;
 
 /// Why a node does not take a pod.
@@ -63,13 +63,12 @@ pub fn ready_and_schedulable(info: &NodeInfo) -> Result<(), Refusal> {
 }
 
 pub fn fits(pod: &Pod, info: &NodeInfo) -> Result<(), Refusal> {
-    let (room, max_pods) = allocatable(&info.node);
-    let (used, count) = in_use(&info.pods);
-    if count + 1 > max_pods {
+    let room = info.allocatable;
+    if info.pods + 1 > info.max_pods {
         return Err(Refusal::TooManyPods);
     }
     let asks = requests(pod);
-    let total = used + asks;
+    let total = info.requested + asks;
     if asks.cpu > 0 && total.cpu > room.cpu {
         return Err(Refusal::InsufficientCpu);
     }
@@ -143,23 +142,35 @@ pub fn taints(pod: &Pod, info: &NodeInfo) -> Result<(), Refusal> {
 mod tests {
     use super::*;
     use crate::testing::{node, pod};
+    use std::sync::Arc;
 
     #[test]
     fn a_cordoned_or_unready_node_takes_nothing() {
         let p = pod("p", "", "");
         let mut n = node("n", "1", "1Gi", "10");
         assert_eq!(check(&p, &n), Ok(()));
-        n.node.spec.as_mut().unwrap().unschedulable = Some(true);
+        Arc::make_mut(&mut n.node)
+            .spec
+            .as_mut()
+            .unwrap()
+            .unschedulable = Some(true);
         assert_eq!(check(&p, &n), Err(Refusal::Unschedulable));
         let mut n = node("n", "1", "1Gi", "10");
-        n.node.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "Unknown".into();
+        Arc::make_mut(&mut n.node)
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "Unknown".into();
         assert_eq!(check(&p, &n), Err(Refusal::NotReady));
     }
 
     #[test]
     fn room_for_pods_cpu_and_memory_counts_only_live_pods() {
         let mut n = node("n", "1", "1Gi", "2");
-        n.pods.push(pod("a", "600m", "512Mi"));
+        n.add(&pod("a", "600m", "512Mi"));
         assert_eq!(fits(&pod("p", "400m", "512Mi"), &n), Ok(()));
         assert_eq!(
             fits(&pod("p", "401m", ""), &n),
@@ -169,20 +180,23 @@ mod tests {
             fits(&pod("p", "", "513Mi"), &n),
             Err(Refusal::InsufficientMemory)
         );
-        n.pods.push(pod("b", "", ""));
-        assert_eq!(fits(&pod("p", "", ""), &n), Err(Refusal::TooManyPods));
-        // A finished pod frees its place.
-        n.pods[1].status = Some(k8s_openapi::api::core::v1::PodStatus {
+        // A finished pod takes no place.
+        let mut done = pod("done", "1", "1Gi");
+        done.status = Some(k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Succeeded".into()),
             ..Default::default()
         });
+        n.add(&done);
         assert_eq!(fits(&pod("p", "", ""), &n), Ok(()));
+        n.add(&pod("b", "", ""));
+        assert_eq!(fits(&pod("p", "", ""), &n), Err(Refusal::TooManyPods));
     }
 
     #[test]
     fn node_selector_must_match_every_label() {
         let mut n = node("n", "1", "1Gi", "10");
-        n.node.metadata.labels = Some([("disk".to_string(), "ssd".to_string())].into());
+        Arc::make_mut(&mut n.node).metadata.labels =
+            Some([("disk".to_string(), "ssd".to_string())].into());
         let mut p = pod("p", "", "");
         p.spec.as_mut().unwrap().node_selector =
             Some([("disk".to_string(), "ssd".to_string())].into());
@@ -195,7 +209,7 @@ mod tests {
     #[test]
     fn taints_need_tolerations_as_kubernetes_matches_them() {
         let mut n = node("n", "1", "1Gi", "10");
-        n.node.spec.as_mut().unwrap().taints = Some(vec![
+        Arc::make_mut(&mut n.node).spec.as_mut().unwrap().taints = Some(vec![
             Taint {
                 key: "dedicated".into(),
                 value: Some("gpu".into()),

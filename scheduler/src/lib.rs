@@ -14,20 +14,62 @@ pub mod filters;
 pub mod resources;
 pub mod scores;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-/// A node, with the pods bound to it.
+use resources::{allocatable, holds_resources, requests, Amount};
+
+/// A node, with what the pods bound to it take, summed as they are added:
+/// a pass places thousands of pods over the same nodes, and the filters
+/// and scores read these for every pod and node (as Kubernetes'
+/// `NodeInfo` keeps `Requested`), so nothing is summed again per pod.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
-    pub node: Node,
-    pub pods: Vec<Pod>,
+    pub node: Arc<Node>,
+    /// Allocatable CPU and memory, and pods; read once, when made.
+    pub allocatable: Amount,
+    pub max_pods: i128,
+    /// What the pods holding resources here ask for, and how many they are.
+    pub requested: Amount,
+    pub pods: i128,
+    /// Those pods per controller owner's uid, for spreading.
+    owners: HashMap<String, i64>,
 }
 
 impl NodeInfo {
+    pub fn new(node: Arc<Node>) -> NodeInfo {
+        let (allocatable, max_pods) = allocatable(&node);
+        NodeInfo {
+            node,
+            allocatable,
+            max_pods,
+            requested: Amount::default(),
+            pods: 0,
+            owners: HashMap::new(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         self.node.metadata.name.as_deref().unwrap_or("")
+    }
+
+    /// Counts a pod bound here (one that has finished takes nothing).
+    pub fn add(&mut self, pod: &Pod) {
+        if !holds_resources(pod) {
+            return;
+        }
+        self.requested = self.requested + requests(pod);
+        self.pods += 1;
+        if let Some(uid) = scores::owner(pod) {
+            *self.owners.entry(uid.to_string()).or_default() += 1;
+        }
+    }
+
+    /// How many of the pods here the owner `uid` keeps.
+    pub fn owned_by(&self, uid: &str) -> i64 {
+        self.owners.get(uid).copied().unwrap_or(0)
     }
 }
 
@@ -91,25 +133,22 @@ pub(crate) mod testing {
             ("pods".to_string(), Quantity(pods.into())),
         ]
         .into();
-        NodeInfo {
-            node: Node {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    ..Default::default()
-                },
-                spec: Some(NodeSpec::default()),
-                status: Some(NodeStatus {
-                    allocatable: Some(resources),
-                    conditions: Some(vec![NodeCondition {
-                        type_: "Ready".into(),
-                        status: "True".into(),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
+        NodeInfo::new(std::sync::Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
             },
-            pods: Vec::new(),
-        }
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                allocatable: Some(resources),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }))
     }
 
     pub fn pod(name: &str, cpu: &str, memory: &str) -> Pod {
@@ -151,7 +190,7 @@ mod tests {
     #[test]
     fn the_least_allocated_node_wins_and_failures_are_summed_up_as_kubernetes_does() {
         let mut a = node("a", "2", "4Gi", "10");
-        a.pods.push(pod("busy", "1500m", "1Gi"));
+        a.add(&pod("busy", "1500m", "1Gi"));
         let b = node("b", "2", "4Gi", "10");
         assert_eq!(
             schedule(&pod("p", "500m", "1Gi"), &[a.clone(), b.clone()]),
@@ -159,7 +198,11 @@ mod tests {
         );
 
         let mut cordoned = node("c", "8", "8Gi", "10");
-        cordoned.node.spec.as_mut().unwrap().unschedulable = Some(true);
+        Arc::make_mut(&mut cordoned.node)
+            .spec
+            .as_mut()
+            .unwrap()
+            .unschedulable = Some(true);
         let nodes = [a, b, cordoned];
         assert_eq!(
             schedule(&pod("big", "3", ""), &nodes),

@@ -74,12 +74,3 @@ pub fn holds_resources(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !matches!(phase, Some("Succeeded" | "Failed"))
 }
-
-/// What the pods on a node ask for, and how many they are.
-pub fn in_use(pods: &[Pod]) -> (Amount, i128) {
-    let live: Vec<&Pod> = pods.iter().filter(|p| holds_resources(p)).collect();
-    let sum = live
-        .iter()
-        .fold(Amount::default(), |acc, p| acc + requests(p));
-    (sum, live.len() as i128)
-}

@@ -57,12 +57,15 @@ async fn schedule_until(client: Client, shutdown: CancellationToken) {
     let caches = tokio::spawn(async move {
         tokio::join!(node_stream, pod_stream);
     });
+    let (events, queued) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let sender = tokio::spawn(send_events(client.clone(), queued));
     let stop = shutdown.clone();
     let scheduler = tokio::spawn(async move {
         let mut state = Loop {
             client,
             reported: HashMap::new(),
             assumed: HashMap::new(),
+            events,
         };
         let mut seen = 0;
         loop {
@@ -89,6 +92,7 @@ async fn schedule_until(client: Client, shutdown: CancellationToken) {
     shutdown.cancelled().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
     caches.abort();
+    sender.abort();
 }
 
 struct Loop {
@@ -99,6 +103,8 @@ struct Loop {
     /// (uid → node): counted on their node, as Kubernetes' scheduler
     /// "assumes" them.
     assumed: HashMap<String, String>,
+    /// Events for the sender (`send_events`).
+    events: tokio::sync::mpsc::Sender<Event>,
 }
 
 fn pending(pod: &Pod) -> bool {
@@ -133,13 +139,7 @@ impl Loop {
             .retain(|uid, _| !bound.contains(uid) && present.contains(uid.as_str()));
         self.reported
             .retain(|uid, _| present.contains(uid.as_str()));
-        let mut infos: Vec<NodeInfo> = nodes
-            .iter()
-            .map(|n| NodeInfo {
-                node: (**n).clone(),
-                pods: Vec::new(),
-            })
-            .collect();
+        let mut infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::new(n.clone())).collect();
         infos.sort_by(|a, b| a.name().cmp(b.name()));
         let index: HashMap<String, usize> = infos
             .iter()
@@ -156,7 +156,7 @@ impl Loop {
             match node.filter(|n| !n.is_empty()) {
                 Some(n) => {
                     if let Some(&i) = index.get(&n) {
-                        infos[i].pods.push((**pod).clone());
+                        infos[i].add(pod);
                     }
                 }
                 None if pending(pod) => queue.push(pod.clone()),
@@ -164,27 +164,47 @@ impl Loop {
             }
         }
         queue.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+        // Each pod is placed in order, counted on its node at once (as if
+        // bound), and the bindings go out together, as Kubernetes' binding
+        // cycles run beside its scheduling cycle: one round trip per pod,
+        // one after the other, would cap a scale-up at the API server's
+        // write latency.
+        let mut placed = Vec::new();
         for pod in queue {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             match schedule(&pod, &infos) {
                 Decision::Bind(node) => {
-                    if self.bind(&pod, &node).await {
-                        self.assumed.insert(uid.clone(), node.clone());
-                        self.reported.remove(&uid);
-                        if let Some(&i) = index.get(&node) {
-                            infos[i].pods.push((*pod).clone());
-                        }
+                    if let Some(&i) = index.get(&node) {
+                        infos[i].add(&pod);
                     }
+                    self.assumed.insert(uid, node.clone());
+                    placed.push((pod, node));
                 }
                 Decision::Unschedulable(message) => {
                     if self.reported.get(&uid) != Some(&message) {
                         tracing::info!(pod = %pod.name_any(), %message, "unschedulable");
-                        self.event(&pod, "Warning", "FailedScheduling", &message)
-                            .await;
+                        self.event(&pod, "Warning", "FailedScheduling", &message);
                         self.reported.insert(uid, message);
                     }
                 }
             }
+        }
+        let this = &*self;
+        let failed: Vec<String> = futures::stream::iter(placed)
+            .map(|(pod, node)| async move {
+                let bound = this.bind(&pod, &node).await;
+                (!bound).then(|| pod.metadata.uid.clone().unwrap_or_default())
+            })
+            .buffer_unordered(BINDING_PARALLEL)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        // Not bound: back to the queue on the next pass.
+        for uid in failed {
+            self.assumed.remove(&uid);
+        }
+        for uid in self.assumed.keys() {
+            self.reported.remove(uid);
         }
     }
 
@@ -217,7 +237,7 @@ impl Loop {
         {
             Ok(_) => {
                 let message = format!("Successfully assigned {ns}/{name} to {node}");
-                self.event(pod, "Normal", "Scheduled", &message).await;
+                self.event(pod, "Normal", "Scheduled", &message);
                 true
             }
             Err(e) => {
@@ -227,10 +247,12 @@ impl Loop {
         }
     }
 
-    /// An Event about `pod`, as Kubernetes' scheduler records it: sent in
-    /// the background, so that binding never waits for it (as Kubernetes'
-    /// event broadcaster).
-    async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
+    /// An Event about `pod`, as Kubernetes' scheduler records it: queued
+    /// for a sender in the background, so that binding never waits for it
+    /// (as Kubernetes' event broadcaster). A full queue drops the event
+    /// (as the broadcaster does) rather than hold up scheduling or send
+    /// thousands at once.
+    fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
         let ns = pod.namespace().unwrap_or_default();
         let now = jiff::Timestamp::now();
         let event = Event {
@@ -270,11 +292,29 @@ impl Loop {
             }),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        tokio::spawn(async move {
-            if let Err(e) = api.create(&PostParams::default(), &event).await {
-                tracing::warn!(error = %e, "cannot record an event");
-            }
-        });
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+            tracing::warn!(pod = %pod.name_any(), %reason, "event queue full; event dropped");
+        }
     }
+}
+
+/// Bindings in flight at once.
+const BINDING_PARALLEL: usize = 32;
+/// Events waiting to be sent, and sent at once.
+const EVENT_QUEUE: usize = 5000;
+const EVENT_PARALLEL: usize = 8;
+
+/// Sends the queued Events until the queue closes.
+async fn send_events(client: Client, mut events: tokio::sync::mpsc::Receiver<Event>) {
+    futures::stream::poll_fn(move |cx| events.poll_recv(cx))
+        .for_each_concurrent(EVENT_PARALLEL, |event| {
+            let ns = event.metadata.namespace.clone().unwrap_or_default();
+            let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+            async move {
+                if let Err(e) = api.create(&PostParams::default(), &event).await {
+                    tracing::warn!(error = %e, "cannot record an event");
+                }
+            }
+        })
+        .await;
 }

@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::resources::{allocatable, holds_resources, in_use, requests};
+use super::resources::requests;
 use super::NodeInfo;
 
 pub fn score(pod: &Pod, info: &NodeInfo) -> i64 {
@@ -15,8 +15,8 @@ pub fn score(pod: &Pod, info: &NodeInfo) -> i64 {
 /// `(free - requested) × 100 / free`, for CPU and memory, averaged; a
 /// resource the node does not report counts as fully used.
 pub fn least_allocated(pod: &Pod, info: &NodeInfo) -> i64 {
-    let (room, _) = allocatable(&info.node);
-    let (used, _) = in_use(&info.pods);
+    let room = info.allocatable;
+    let used = info.requested;
     let asks = requests(pod);
     let share = |capacity: i128, taken: i128| -> i64 {
         if capacity <= 0 {
@@ -30,7 +30,7 @@ pub fn least_allocated(pod: &Pod, info: &NodeInfo) -> i64 {
 }
 
 /// The owner that keeps this pod (its controller reference), if any.
-fn owner(pod: &Pod) -> Option<&str> {
+pub fn owner(pod: &Pod) -> Option<&str> {
     pod.metadata
         .owner_references
         .as_ref()?
@@ -45,12 +45,7 @@ pub fn spread(pod: &Pod, info: &NodeInfo) -> i64 {
     let Some(uid) = owner(pod) else {
         return 100;
     };
-    let siblings = info
-        .pods
-        .iter()
-        .filter(|p| holds_resources(p) && owner(p) == Some(uid))
-        .count() as i64;
-    100 / (1 + siblings)
+    100 / (1 + info.owned_by(uid))
 }
 
 #[cfg(test)]
@@ -63,7 +58,7 @@ mod tests {
     fn emptier_nodes_score_higher() {
         let empty = node("a", "2", "2Gi", "10");
         let mut half = node("b", "2", "2Gi", "10");
-        half.pods.push(pod("x", "1", "1Gi"));
+        half.add(&pod("x", "1", "1Gi"));
         let p = pod("p", "500m", "512Mi");
         assert_eq!(least_allocated(&p, &empty), 75);
         assert_eq!(least_allocated(&p, &half), 25);
@@ -84,7 +79,7 @@ mod tests {
             p
         };
         let mut a = node("a", "2", "2Gi", "10");
-        a.pods.push(owned("x"));
+        a.add(&owned("x"));
         let b = node("b", "2", "2Gi", "10");
         assert_eq!(spread(&owned("y"), &a), 50);
         assert_eq!(spread(&owned("y"), &b), 100);
