@@ -96,6 +96,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             },
             host_ip,
             resync: config.sync_interval,
+            api_writes: tokio::sync::Semaphore::new(crate::pods::API_WRITES),
         }),
         shutdown.clone(),
     ));

@@ -178,7 +178,9 @@ pub fn http_client(
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
-        .pool_max_idle_per_host(1)
+        // A connection for the heartbeat, one for the node's status, and
+        // the pod workers' writes; the pod watch holds its own.
+        .pool_max_idle_per_host(crate::pods::API_WRITES + 2)
         .tcp_nodelay(true);
     if let Some(pem) = &config.ca_pem {
         let ca = reqwest::Certificate::from_pem(pem)

@@ -33,10 +33,18 @@ pub struct Shared {
     pub host_ip: Option<String>,
     /// How often a worker looks at its pod without being told to.
     pub resync: Duration,
+    /// The pod workers' writes to the API (status, final delete) in flight
+    /// at once, as the kubelet's status manager sends one at a time: a
+    /// node starting a hundred pods must not open a hundred connections
+    /// (each a TLS handshake, on both sides) to write their statuses.
+    pub api_writes: tokio::sync::Semaphore,
 }
 
+/// The number of `Shared::api_writes` permits.
+pub const API_WRITES: usize = 4;
+
 struct Running {
-    updates: watch::Sender<Option<Pod>>,
+    updates: watch::Sender<Option<Arc<Pod>>>,
     task: JoinHandle<()>,
 }
 

@@ -14,8 +14,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Every pod bound here, by UID; `None` until the first list arrived
-/// (before that, no sandbox may be taken for an orphan).
-pub type Pods = Option<Arc<HashMap<String, Pod>>>;
+/// (before that, no sandbox may be taken for an orphan). Each pod is
+/// shared, not copied, with the set's next versions and its worker: a
+/// set is handed on at every change.
+pub type Pods = Option<Arc<HashMap<String, Arc<Pod>>>>;
 
 #[derive(Deserialize)]
 struct PodList {
@@ -100,10 +102,10 @@ async fn list_and_watch(
         .json()
         .await
         .map_err(|e| format!("listing pods: {}", mube_apis::errors::chain(&e)))?;
-    let mut pods: HashMap<String, Pod> = HashMap::new();
+    let mut pods: HashMap<String, Arc<Pod>> = HashMap::new();
     for pod in list.items {
         if let Some(uid) = uid(&pod) {
-            pods.insert(uid.to_string(), pod);
+            pods.insert(uid.to_string(), Arc::new(pod));
         }
     }
     out.send_replace(Some(Arc::new(pods.clone())));
@@ -148,7 +150,7 @@ async fn list_and_watch(
                     if event.kind == "DELETED" {
                         pods.remove(&uid);
                     } else {
-                        pods.insert(uid, pod);
+                        pods.insert(uid, Arc::new(pod));
                     }
                     changed = true;
                 }

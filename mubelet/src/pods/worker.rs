@@ -52,7 +52,7 @@ impl Worker {
     /// Works on the pod until it is gone from the API and from the runtime.
     pub async fn run(
         mut self,
-        mut updates: watch::Receiver<Option<Pod>>,
+        mut updates: watch::Receiver<Option<Arc<Pod>>>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -140,6 +140,9 @@ impl Worker {
             "preconditions": {"uid": self.uid},
         });
         let client = self.shared.client.borrow().clone();
+        let Ok(_permit) = self.shared.api_writes.acquire().await else {
+            return;
+        };
         match client.delete(url).json(&body).send().await {
             Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
                 tracing::info!(pod = %format!("{ns}/{name}"), "pod stopped and deleted");
@@ -535,6 +538,9 @@ impl Worker {
             {"op": "test", "path": "/metadata/uid", "value": self.uid},
             {"op": "add", "path": "/status", "value": status},
         ]);
+        let Ok(_permit) = self.shared.api_writes.acquire().await else {
+            return;
+        };
         match client
             .patch(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json-patch+json")
@@ -568,7 +574,7 @@ pub fn instances<'a>(containers: &'a [api::Container], name: &str) -> Vec<&'a ap
 
 /// Returns once the pod is being deleted or gone (never, if the sender
 /// went away: the worker's own loop ends then).
-async fn until_deleted(mut updates: watch::Receiver<Option<Pod>>) {
+async fn until_deleted(mut updates: watch::Receiver<Option<Arc<Pod>>>) {
     loop {
         if updates.changed().await.is_err() {
             return std::future::pending().await;
