@@ -9,6 +9,16 @@ use std::process::Command;
 /// Runs `mube-bench` against the debug API server; returns the final
 /// `key=value` line as a map.
 fn bench(args: &[&str]) -> HashMap<String, String> {
+    let stdout = bench_output(args);
+    let last = stdout.lines().last().expect("a final key=value line");
+    last.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs `mube-bench` as `bench` does; returns its whole report.
+fn bench_output(args: &[&str]) -> String {
     let out = Command::new(mube_e2e::bin("mube-bench"))
         .arg("--apiserver")
         .arg(mube_e2e::bin("mube-apiserver"))
@@ -21,11 +31,7 @@ fn bench(args: &[&str]) -> HashMap<String, String> {
         "mube-bench {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let last = stdout.lines().last().expect("a final key=value line");
-    last.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    stdout.into_owned()
 }
 
 fn number(result: &HashMap<String, String>, key: &str) -> f64 {
@@ -155,4 +161,40 @@ fn security_scenario() {
     ]);
     assert!(number(&r, "tls_over_plain") > 0.0);
     assert!(number(&r, "rbac_authorize_alone_p99_us") > 0.0);
+}
+
+#[test]
+fn deployments_scenario() {
+    let report = bench_output(&[
+        "deployments",
+        "--nodes",
+        "4",
+        "--lost",
+        "1",
+        "--replicas",
+        "20",
+        "--toleration",
+        "2",
+        "--mubelet",
+        mube_e2e::bin("mubelet").to_str().unwrap(),
+        "--scheduler",
+        mube_e2e::bin("mube-scheduler").to_str().unwrap(),
+        "--controller-manager",
+        mube_e2e::bin("mube-controller-manager").to_str().unwrap(),
+    ]);
+    // Every step reported (the rolling update and node loss fail the run
+    // when they do not settle).
+    for step in [
+        "scale-up 0 -> replicas, all Running",
+        "scale-up, when the last pod was",
+        "rolling update",
+        "node loss",
+    ] {
+        assert!(report.contains(step), "{step}: {report}");
+    }
+    // The failover step scales 20 -> 22: exactly 2 pods made, whoever led.
+    assert!(
+        report.contains("scaled 20 -> 22: 2 pods created (asked 2)"),
+        "{report}"
+    );
 }

@@ -206,8 +206,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds a result, and says it on stderr at once: a long scenario that
+    /// fails later still shows what it measured before.
     pub fn add(&mut self, key: &str, value: impl std::fmt::Display) {
-        self.rows.push((key.to_string(), value.to_string()));
+        let value = value.to_string();
+        eprintln!("mube-bench: {key}: {value}");
+        self.rows.push((key.to_string(), value));
     }
 
     fn print(&self) {
