@@ -527,14 +527,29 @@ pub async fn run(bin: &Path, args: Args<'_>, report: &mut Report) -> Result<(), 
     let _ = leader.0 .0.kill();
     let _ = leader.0 .0.wait();
     let killed = Instant::now();
+    // The dead leader's last renewal: its lease runs 15 s from there.
+    let lease = c
+        .get("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager")
+        .await?;
+    let renewed: Option<jiff::Timestamp> = lease["spec"]["renewTime"]
+        .as_str()
+        .and_then(|t| t.parse().ok());
     let mut other = managers.remove(0);
-    let took_over = loop {
+    let (took_over, at) = loop {
         match tokio::time::timeout(Duration::from_secs(60), other.1.recv()).await {
-            Ok(Some(line)) if line.contains("became the leader") => break killed.elapsed(),
+            Ok(Some(line)) if line.contains("became the leader") => {
+                break (killed.elapsed(), jiff::Timestamp::now())
+            }
             Ok(Some(_)) => {}
             _ => return Err("the second controller manager never led".into()),
         }
     };
+    let after_renewal = renewed.map_or("-".into(), |r| {
+        format!(
+            "{:.1}s",
+            (at - r).total(jiff::Unit::Second).unwrap_or(f64::NAN)
+        )
+    });
     c.settled(before + more, Duration::from_secs(300), |_| {})
         .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -543,7 +558,7 @@ pub async fn run(bin: &Path, args: Args<'_>, report: &mut Report) -> Result<(), 
     let (live, _, _) = c.pods(&BTreeSet::new()).await?;
     report.add(
         "leader failover (kill -9, lease 15 s)",
-        format!("took over after {took_over:.1?}; scaled {before} -> {}: {created} pods created (asked {more}), {live} live", before + more),
+        format!("took over {took_over:.1?} after the kill, {after_renewal} after the dead leader's last renewal; scaled {before} -> {}: {created} pods created (asked {more}), {live} live", before + more),
     );
     Ok(())
 }

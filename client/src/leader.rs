@@ -8,6 +8,10 @@
 //!   `lease_duration` as measured by the candidate's own clock (so clock
 //!   skew between machines does not matter), writing with the Lease's
 //!   resourceVersion as a precondition: of two candidates, one wins.
+//!   Unlike client-go, a candidate also watches the Lease, so that it sees
+//!   each renewal when it happens rather than at its next read, and tries
+//!   again the moment the holder's lease runs out: a dead leader is
+//!   replaced within the lease duration of its last renewal.
 //! - The leader renews every `retry_period`. If no renewal has succeeded for
 //!   `renew_deadline` (shorter than `lease_duration`), it stops acting
 //!   before any other candidate may take over.
@@ -17,10 +21,13 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -100,10 +107,16 @@ where
     election.check()?;
     let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
     let mut candidate = Candidate {
-        leases,
+        leases: leases.clone(),
         election,
         observed: None,
     };
+    let by_name =
+        watcher::Config::default().fields(&format!("metadata.name={}", candidate.election.name));
+    let mut changes = watcher(leases, by_name)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     // Campaign.
     loop {
         // Bounded, and given up at shutdown: an API server that does not
@@ -122,11 +135,32 @@ where
             Ok(Err(e)) => tracing::debug!(error = %e, "leader election: cannot reach the Lease"),
             Err(_) => tracing::debug!("leader election: the Lease read timed out"),
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
-            _ = tokio::time::sleep(candidate.election.retry_period) => {}
+        // Again after a retry period, or as soon as the holder's lease runs
+        // out by this copy's clock if that is sooner; renewals seen on the
+        // watch meanwhile move that moment.
+        let retry = candidate.election.retry_period;
+        let started = tokio::time::Instant::now();
+        let next = |candidate: &Candidate| {
+            let until_retry = retry.saturating_sub(started.elapsed());
+            let wait = candidate
+                .expires_in()
+                .map_or(until_retry, |left| left.min(until_retry));
+            tokio::time::Instant::now() + wait.max(Duration::from_millis(10))
+        };
+        let sleep = tokio::time::sleep_until(next(&candidate));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
+                _ = &mut sleep => break,
+                Some(Ok(lease)) = changes.next() => {
+                    candidate.saw(lease.spec.unwrap_or_default());
+                    sleep.as_mut().reset(next(&candidate));
+                }
+            }
         }
     }
+    drop(changes);
     tracing::info!(
         lease = %format!("{}/{}", candidate.election.namespace, candidate.election.name),
         identity = %candidate.election.identity,
@@ -218,6 +252,26 @@ impl Candidate {
         }
     }
 
+    /// Notes the record as read now; a changed one restarts its clock.
+    fn saw(&mut self, record: LeaseSpec) {
+        if self.observed.as_ref().map(|(r, _)| r) != Some(&record) {
+            self.observed = Some((record, Instant::now()));
+        }
+    }
+
+    /// How long until another holder's lease, as last read, runs out by
+    /// this copy's clock; `None` when no other copy holds it.
+    fn expires_in(&self) -> Option<Duration> {
+        let (record, seen) = self.observed.as_ref()?;
+        let holder = record.holder_identity.as_deref().unwrap_or_default();
+        if holder.is_empty() || holder == self.election.identity {
+            return None;
+        }
+        let duration =
+            Duration::from_secs(record.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+        Some(duration.saturating_sub(seen.elapsed()))
+    }
+
     /// One round: `true` when this copy holds the Lease afterwards.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let current = match self.leases.get_opt(&self.election.name).await? {
@@ -242,9 +296,7 @@ impl Candidate {
         let record = current.spec.clone().unwrap_or_default();
         let holder = record.holder_identity.clone().unwrap_or_default();
         let mine = holder == self.election.identity;
-        if self.observed.as_ref().map(|(r, _)| r) != Some(&record) {
-            self.observed = Some((record.clone(), Instant::now()));
-        }
+        self.saw(record.clone());
         if !mine && !holder.is_empty() {
             let duration =
                 Duration::from_secs(record.lease_duration_seconds.unwrap_or(0).max(0) as u64);
