@@ -11,10 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::server::{get_json, proc_stats, KillOnDrop, Security, Server, ADMIN_TOKEN};
+use crate::server::{each_event, get_json, proc_stats, KillOnDrop, Security, Server, ADMIN_TOKEN};
 use crate::Report;
 
 pub struct Args<'a> {
@@ -215,34 +214,24 @@ async fn watch_pods(
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
     let shared = seen.clone();
     let start = Instant::now();
-    let task = tokio::spawn(async move {
-        let mut body = watch.bytes_stream();
-        let mut buf = Vec::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let Ok(e) = serde_json::from_slice::<Value>(&line) else {
-                    continue;
-                };
-                let pod = &e["object"];
-                let Some(name) = pod["metadata"]["name"].as_str() else {
-                    continue;
-                };
-                let at = start.elapsed();
-                let mut seen = shared.lock().unwrap_or_else(|p| p.into_inner());
-                if e["type"] == "ADDED" {
-                    seen.created.entry(name.to_string()).or_insert(at);
-                }
-                if pod["spec"]["nodeName"].is_string() {
-                    seen.bound.entry(name.to_string()).or_insert(at);
-                }
-                if pod["status"]["phase"] == "Running" {
-                    seen.running.entry(name.to_string()).or_insert(at);
-                }
-            }
+    let task = tokio::spawn(each_event(watch, move |e| {
+        let pod = &e["object"];
+        let Some(name) = pod["metadata"]["name"].as_str() else {
+            return true;
+        };
+        let at = start.elapsed();
+        let mut seen = shared.lock().unwrap_or_else(|p| p.into_inner());
+        if e["type"] == "ADDED" {
+            seen.created.entry(name.to_string()).or_insert(at);
         }
-    });
+        if pod["spec"]["nodeName"].is_string() {
+            seen.bound.entry(name.to_string()).or_insert(at);
+        }
+        if pod["status"]["phase"] == "Running" {
+            seen.running.entry(name.to_string()).or_insert(at);
+        }
+        true
+    }));
     Ok((seen, task))
 }
 

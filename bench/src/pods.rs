@@ -8,10 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::server::{free_port, get_json, KillOnDrop, Security, Server, ADMIN_TOKEN};
+use crate::server::{each_event, free_port, get_json, KillOnDrop, Security, Server, ADMIN_TOKEN};
 use crate::Report;
 
 pub struct Args<'a> {
@@ -176,28 +175,16 @@ async fn start_pods(
         .await
         .map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    tokio::spawn(async move {
-        let mut body = watch.bytes_stream();
-        let mut buf = Vec::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
-                    continue;
-                };
-                if running(&event["object"]) {
-                    let name = event["object"]["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string();
-                    if tx.send((name, Instant::now())).is_err() {
-                        return;
-                    }
-                }
-            }
+    tokio::spawn(each_event(watch, move |event| {
+        if !running(&event["object"]) {
+            return true;
         }
-    });
+        let name = event["object"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        tx.send((name, Instant::now())).is_ok()
+    }));
     let mut created = std::collections::HashMap::new();
     let gap = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let start = Instant::now();

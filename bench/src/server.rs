@@ -58,6 +58,28 @@ pub fn proc_stats(pid: u32) -> ProcStats {
 }
 
 /// Total size of the files under `dir`.
+/// Reads a watch response, handing each decoded event to `on_event` until
+/// the stream ends or `on_event` says to stop (returns false).
+pub async fn each_event(
+    response: reqwest::Response,
+    mut on_event: impl FnMut(serde_json::Value) -> bool,
+) {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            if let Ok(event) = serde_json::from_slice(&line) {
+                if !on_event(event) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
