@@ -42,8 +42,11 @@ struct ConfigFile {
     /// reached waits for it before the answer is 504 (default 3s, as
     /// Kubernetes).
     resource_version_wait: Option<String>,
-    /// Requests served at once, watches aside; past it, 429 (default 400,
-    /// as kube-apiserver's --max-requests-inflight).
+    /// Requests served at once, watches and heartbeats aside; past it, 429
+    /// (default 400, as kube-apiserver's --max-requests-inflight).
+    /// Heartbeats have a cap of the same size of their own, so that a flood
+    /// of other requests never turns them away (Kubernetes' `node-high`
+    /// priority level).
     max_requests_in_flight: Option<usize>,
     /// Watches open at once; past it, 429 (default 100000).
     max_watches: Option<usize>,

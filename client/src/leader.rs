@@ -129,22 +129,31 @@ where
             _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
             r = attempt => r,
         };
-        match result {
+        let answered = match result {
             Ok(Ok(true)) => break,
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "leader election: cannot reach the Lease"),
-            Err(_) => tracing::debug!("leader election: the Lease read timed out"),
-        }
+            Ok(Ok(false)) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "leader election: cannot reach the Lease");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("leader election: the Lease read timed out");
+                false
+            }
+        };
         // Again after a retry period, or as soon as the holder's lease runs
-        // out by this copy's clock if that is sooner; renewals seen on the
-        // watch meanwhile move that moment.
+        // out by this copy's clock (or is released) if that is sooner;
+        // renewals seen on the watch meanwhile move that moment. After a
+        // failed attempt, a whole retry period: an API server that is down
+        // or overloaded is not asked again every few milliseconds.
         let retry = candidate.election.retry_period;
         let started = tokio::time::Instant::now();
         let next = |candidate: &Candidate| {
             let until_retry = retry.saturating_sub(started.elapsed());
-            let wait = candidate
-                .expires_in()
-                .map_or(until_retry, |left| left.min(until_retry));
+            let wait = match candidate.expires_in() {
+                Some(left) if answered => left.min(until_retry),
+                _ => until_retry,
+            };
             tokio::time::Instant::now() + wait.max(Duration::from_millis(10))
         };
         let sleep = tokio::time::sleep_until(next(&candidate));
@@ -259,12 +268,16 @@ impl Candidate {
         }
     }
 
-    /// How long until another holder's lease, as last read, runs out by
-    /// this copy's clock; `None` when no other copy holds it.
+    /// How long until the Lease, as last read, may be taken by this copy's
+    /// clock: when another holder's lease runs out, or now if it was
+    /// released; `None` when this copy holds it or has not read it.
     fn expires_in(&self) -> Option<Duration> {
         let (record, seen) = self.observed.as_ref()?;
         let holder = record.holder_identity.as_deref().unwrap_or_default();
-        if holder.is_empty() || holder == self.election.identity {
+        if holder.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        if holder == self.election.identity {
             return None;
         }
         let duration =

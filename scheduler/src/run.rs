@@ -68,29 +68,46 @@ async fn schedule_until(client: Client, shutdown: CancellationToken) {
             events,
         };
         let mut seen = 0;
+        // After bindings failed (an API server restarting, 429s), a pass
+        // comes then even if no cache changed: nothing else may.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
             let now = changes.load(Ordering::Acquire);
-            if now == seen {
+            let retry = retry_at.is_some_and(|at| tokio::time::Instant::now() >= at);
+            if now == seen && !retry {
                 continue;
             }
             seen = now;
             // A bug must not leave the process up and every pod Pending.
             let (node_list, pod_list) = (nodes.state(), pods.state());
-            let pass = std::panic::AssertUnwindSafe(state.pass(&node_list, &pod_list));
-            if futures::FutureExt::catch_unwind(pass).await.is_err() {
-                tracing::error!(
-                    "the scheduling loop panicked; exiting so that a supervisor restarts it"
-                );
-                std::process::exit(1);
+            let pass = std::panic::AssertUnwindSafe(state.pass(&node_list, &pod_list, &stop));
+            match futures::FutureExt::catch_unwind(pass).await {
+                Ok(failed) => {
+                    retry_at = (failed > 0).then(|| tokio::time::Instant::now() + BINDING_RETRY);
+                }
+                Err(_) => {
+                    tracing::error!(
+                        "the scheduling loop panicked; exiting so that a supervisor restarts it"
+                    );
+                    std::process::exit(1);
+                }
             }
         }
     });
     shutdown.cancelled().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
+    // Bindings stop with the token; whatever is left is aborted, so that
+    // nothing binds once another copy may lead.
+    let mut scheduler = scheduler;
+    if tokio::time::timeout(Duration::from_secs(5), &mut scheduler)
+        .await
+        .is_err()
+    {
+        scheduler.abort();
+    }
     caches.abort();
     sender.abort();
 }
@@ -124,7 +141,13 @@ fn pending(pod: &Pod) -> bool {
 }
 
 impl Loop {
-    async fn pass(&mut self, nodes: &[Arc<Node>], pods: &[Arc<Pod>]) {
+    /// One pass over every pending pod; returns how many bindings failed.
+    async fn pass(
+        &mut self,
+        nodes: &[Arc<Node>],
+        pods: &[Arc<Pod>],
+        stop: &CancellationToken,
+    ) -> usize {
         let bound: HashSet<String> = pods
             .iter()
             .filter(|p| !pending(p))
@@ -189,23 +212,29 @@ impl Loop {
                 }
             }
         }
+        let placed_uids: HashSet<String> = placed
+            .iter()
+            .filter_map(|(pod, _)| pod.metadata.uid.clone())
+            .collect();
         let this = &*self;
-        let failed: Vec<String> = futures::stream::iter(placed)
+        let outcomes: HashMap<String, bool> = futures::stream::iter(placed)
             .map(|(pod, node)| async move {
                 let bound = this.bind(&pod, &node).await;
-                (!bound).then(|| pod.metadata.uid.clone().unwrap_or_default())
+                (pod.metadata.uid.clone().unwrap_or_default(), bound)
             })
             .buffer_unordered(BINDING_PARALLEL)
-            .filter_map(|failed| async move { failed })
+            .take_until(stop.cancelled())
             .collect()
             .await;
-        // Not bound: back to the queue on the next pass.
-        for uid in failed {
-            self.assumed.remove(&uid);
-        }
+        // Not bound (refused, or not sent before a stop): back to the queue.
+        let before = self.assumed.len();
+        self.assumed
+            .retain(|uid, _| !placed_uids.contains(uid) || outcomes.get(uid) == Some(&true));
+        let failed = before - self.assumed.len();
         for uid in self.assumed.keys() {
             self.reported.remove(uid);
         }
+        failed
     }
 
     async fn bind(&self, pod: &Pod, node: &str) -> bool {
@@ -300,6 +329,8 @@ impl Loop {
 
 /// Bindings in flight at once.
 const BINDING_PARALLEL: usize = 32;
+/// How soon a pass comes after bindings failed.
+const BINDING_RETRY: Duration = Duration::from_secs(1);
 /// Events waiting to be sent, and sent at once.
 const EVENT_QUEUE: usize = 5000;
 const EVENT_PARALLEL: usize = 8;
