@@ -8,6 +8,8 @@
 //! the same trait).
 
 mod codec;
+#[cfg(test)]
+mod conformance;
 mod frame;
 mod log_store;
 mod recovery;
