@@ -69,6 +69,125 @@ struct ConfigFile {
     /// --cluster-cidr is commonly set).
     #[serde(rename = "clusterCIDR")]
     cluster_cidr: Option<String>,
+    /// Where objects live: mube's own log in dataDir (the default), or
+    /// etcd.
+    storage: Option<StorageEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct StorageEntry {
+    backend: Option<String>,
+    etcd: Option<EtcdEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EtcdEntry {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    compaction_interval: Option<String>,
+}
+
+/// `storage` resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// mube's write-ahead log in dataDir.
+    Log,
+    Etcd(EtcdStorage),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdStorage {
+    pub endpoints: Vec<String>,
+    /// Where keys live (default `/registry`, as Kubernetes).
+    pub prefix: String,
+    /// TLS to etcd: the CA that signed its certificate, and this server's
+    /// client certificate and key.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// How often one API server compacts etcd (default 5m, as
+    /// kube-apiserver; `0s`: never).
+    pub compaction_interval: Option<Duration>,
+}
+
+impl StorageEntry {
+    fn resolve(self, file: &str) -> Result<Storage, String> {
+        let backend = self.backend.as_deref().unwrap_or("log");
+        match (backend, self.etcd) {
+            ("log", None) => Ok(Storage::Log),
+            ("log", Some(_)) => Err(format!(
+                "{file}: storage.etcd: only for storage.backend: etcd (the backend is log)"
+            )),
+            ("etcd", None) => Err(format!(
+                "{file}: storage.etcd.endpoints: required with storage.backend: etcd"
+            )),
+            ("etcd", Some(e)) => {
+                if e.endpoints.is_empty() {
+                    return Err(format!(
+                        "{file}: storage.etcd.endpoints: required with storage.backend: etcd"
+                    ));
+                }
+                for (i, url) in e.endpoints.iter().enumerate() {
+                    let ok = url
+                        .strip_prefix("http://")
+                        .or_else(|| url.strip_prefix("https://"))
+                        .is_some_and(|rest| !rest.is_empty());
+                    if !ok {
+                        return Err(format!(
+                            "{file}: storage.etcd.endpoints[{i}]: {url:?} is not an http:// or https:// URL"
+                        ));
+                    }
+                }
+                let prefix = e.prefix.unwrap_or_else(|| "/registry".into());
+                if !prefix.starts_with('/') || prefix.len() < 2 {
+                    return Err(format!(
+                        "{file}: storage.etcd.prefix: {prefix:?} must start with / and name something"
+                    ));
+                }
+                if e.cert_file.is_some() != e.key_file.is_some() {
+                    return Err(format!(
+                        "{file}: storage.etcd.{}: required with storage.etcd.{}",
+                        if e.cert_file.is_some() {
+                            "keyFile"
+                        } else {
+                            "certFile"
+                        },
+                        if e.cert_file.is_some() {
+                            "certFile"
+                        } else {
+                            "keyFile"
+                        },
+                    ));
+                }
+                let compaction_interval = match e.compaction_interval.as_deref() {
+                    None => Some(Duration::from_secs(300)),
+                    Some(v) => {
+                        let d = mube_apis::duration::parse(v).map_err(|_| {
+                            format!("{file}: storage.etcd.compactionInterval: invalid duration {v:?}; use forms like 5m, 0s (never)")
+                        })?;
+                        (!d.is_zero()).then_some(d)
+                    }
+                };
+                Ok(Storage::Etcd(EtcdStorage {
+                    endpoints: e.endpoints,
+                    prefix: prefix.trim_end_matches('/').to_string(),
+                    ca_file: e.ca_file.map(PathBuf::from),
+                    cert_file: e.cert_file.map(PathBuf::from),
+                    key_file: e.key_file.map(PathBuf::from),
+                    compaction_interval,
+                }))
+            }
+            (other, _) => Err(format!(
+                "{file}: storage.backend: unknown backend {other:?}; use log or etcd"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +291,7 @@ pub struct Config {
     pub notready_timeout: Duration,
     /// `clusterCIDR`: where nodes' pod CIDRs come from.
     pub cluster_cidr: crate::registry::pod_cidr::ClusterCidr,
+    pub storage: Storage,
 }
 
 fn duration_env(
@@ -367,6 +487,7 @@ impl Config {
         if raw.watch_buffer == Some(0) {
             return Err(format!("{file}: watchBuffer: must be at least 1"));
         }
+        let storage = raw.storage.unwrap_or_default().resolve(&file.to_string())?;
         Ok(Config {
             listen_address,
             data_dir: PathBuf::from(raw.data_dir.unwrap_or_else(|| "data".to_string())),
@@ -399,6 +520,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),
             cluster_cidr,
+            storage,
         })
     }
 }
@@ -445,6 +567,32 @@ mod tests {
             ("watchBookmarkInterval: soon", "watchBookmarkInterval"),
             ("historyMaxAge: 0s", "historyMaxAge"),
             ("logSegmentBytes: 10", "logSegmentBytes"),
+            ("storage: {backend: tape}", "storage.backend: unknown backend \"tape\""),
+            ("storage: {backend: etcd}", "storage.etcd.endpoints: required"),
+            (
+                "storage: {backend: etcd, etcd: {endpoints: []}}",
+                "storage.etcd.endpoints: required",
+            ),
+            (
+                "storage: {backend: etcd, etcd: {endpoints: [\"127.0.0.1:2379\"]}}",
+                "storage.etcd.endpoints[0]",
+            ),
+            (
+                "storage: {etcd: {endpoints: [\"http://a:2379\"]}}",
+                "storage.etcd: only for storage.backend: etcd",
+            ),
+            (
+                "storage: {backend: etcd, etcd: {endpoints: [\"http://a:2379\"], certFile: c.pem}}",
+                "storage.etcd.keyFile: required with storage.etcd.certFile",
+            ),
+            (
+                "storage: {backend: etcd, etcd: {endpoints: [\"http://a:2379\"], compactionInterval: often}}",
+                "storage.etcd.compactionInterval",
+            ),
+            (
+                "storage: {backend: etcd, etcd: {endpoints: [\"http://a:2379\"], prefix: registry}}",
+                "storage.etcd.prefix",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();

@@ -218,6 +218,9 @@ impl From<StoreError> for ApiError {
             e @ (StoreError::Corruption(_) | StoreError::Io(_)) => {
                 ApiError::new(Reason::InternalError, e.to_string())
             }
+            e @ StoreError::Unavailable(_) => {
+                ApiError::new(Reason::ServiceUnavailable, e.to_string())
+            }
             StoreError::Failed(m) => ApiError::new(
                 Reason::ServiceUnavailable,
                 format!("{m}; the API server serves no data until it is restarted"),

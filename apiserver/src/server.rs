@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Storage};
 use crate::controllers::client::LocalClient;
 use crate::controllers::node_lifecycle::NodeLifecycle;
 use crate::http::{router, AppState};
@@ -19,18 +19,7 @@ use crate::store::{LogStore, LogStoreOptions, Store};
 /// watches, lets in-flight requests finish (within the shutdown timeout),
 /// and flushes the store.
 pub async fn run(config: Config) -> Result<(), String> {
-    let store = LogStore::open(
-        &config.data_dir,
-        LogStoreOptions {
-            history_retention: config.history_retention,
-            history_max_age: config.history_max_age,
-            watch_buffer: config.watch_buffer,
-            repair: config.repair_log,
-            ..LogStoreOptions::with_segment_bytes(config.log_segment_bytes)
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&config).await?;
     let registry = Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr));
     registry
         .start_pod_cidrs()
@@ -204,4 +193,99 @@ async fn renew_serving_certificate(renewal: crate::pki::Renewal, shutdown: Cance
             }
         }
     }
+}
+
+/// The configured backend.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match &config.storage {
+        Storage::Log => {
+            let store = LogStore::open(
+                &config.data_dir,
+                LogStoreOptions {
+                    history_retention: config.history_retention,
+                    history_max_age: config.history_max_age,
+                    watch_buffer: config.watch_buffer,
+                    repair: config.repair_log,
+                    ..LogStoreOptions::with_segment_bytes(config.log_segment_bytes)
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+        Storage::Etcd(etcd) => {
+            // Objects live in etcd; dataDir still holds this server's
+            // certificates, kubeconfig and audit log.
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                format!("dataDir: cannot create {}: {e}", config.data_dir.display())
+            })?;
+            open_etcd(config, etcd).await
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(
+    config: &Config,
+    etcd: &crate::config::EtcdStorage,
+) -> Result<Arc<dyn Store>, String> {
+    let read = |field: &str,
+                path: &Option<std::path::PathBuf>|
+     -> Result<Option<Vec<u8>>, String> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| format!("storage.etcd.{field}: cannot read {}: {e}", p.display()))
+            })
+            .transpose()
+    };
+    let options = crate::store::EtcdStoreOptions {
+        endpoints: etcd.endpoints.clone(),
+        prefix: etcd.prefix.clone(),
+        history_per_resource: config.history_retention.min(usize::MAX as u64) as usize,
+        watch_buffer: config.watch_buffer,
+        compaction_interval: etcd.compaction_interval,
+        ca: read("caFile", &etcd.ca_file)?,
+        identity: match (
+            read("certFile", &etcd.cert_file)?,
+            read("keyFile", &etcd.key_file)?,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        },
+    };
+    // etcd may be starting beside this server: as kube-apiserver, wait
+    // for it a while before giving up.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut said = false;
+    loop {
+        match crate::store::EtcdStore::connect(options.clone()).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::warn!(error = %e, endpoints = %etcd.endpoints.join(", "), "waiting for etcd");
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "storage.etcd: {e} (endpoints {})",
+                    etcd.endpoints.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(
+    _config: &Config,
+    _etcd: &crate::config::EtcdStorage,
+) -> Result<Arc<dyn Store>, String> {
+    Err(
+        "storage.backend: etcd: this mube-apiserver was built without etcd support; \
+         build it with `cargo build --release -p mube-apiserver --features etcd` \
+         (which needs protoc: apt-get install protobuf-compiler)"
+            .into(),
+    )
 }

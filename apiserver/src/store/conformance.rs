@@ -460,3 +460,151 @@ impl Harness for LogHarness {
 }
 
 conformance_suite!(log, LogHarness::new());
+
+/// etcd, a real one per harness (`etcd` on PATH, Debian's etcd-server) on
+/// free loopback ports with a temporary data directory. Without it, the
+/// suite says so and passes, unless `CI=true`, where it must run.
+#[cfg(feature = "etcd")]
+mod etcd {
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::Harness;
+    use crate::store::{EtcdStore, EtcdStoreOptions, Store};
+
+    pub struct EtcdHarness {
+        child: Option<Child>,
+        pub url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    impl EtcdHarness {
+        /// `None` when etcd is not installed (and this is not CI).
+        pub fn start() -> Option<EtcdHarness> {
+            let installed = Command::new("etcd")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok();
+            if !installed {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "etcd is not installed, and CI must run the etcd conformance suite"
+                );
+                eprintln!("etcd is not installed: the etcd conformance suite is skipped");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (client, peer) = (free_port(), free_port());
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new("etcd")
+                .args(["--name", "conformance", "--data-dir"])
+                .arg(dir.path().join("etcd"))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
+                .args(["--initial-cluster", &format!("conformance={peer_url}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd");
+            Some(EtcdHarness {
+                child: Some(child),
+                url,
+                _dir: dir,
+            })
+        }
+
+        async fn connect(&self, history: usize, compaction: Option<Duration>) -> Arc<dyn Store> {
+            let mut options = EtcdStoreOptions::new(vec![self.url.clone()]);
+            options.history_per_resource = history;
+            options.compaction_interval = compaction;
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                match EtcdStore::connect(options.clone()).await {
+                    Ok(store) => return Arc::new(store),
+                    Err(e) => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "etcd never answered: {e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    impl Drop for EtcdHarness {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Harness for EtcdHarness {
+        async fn open(&self) -> Arc<dyn Store> {
+            self.connect(10_000, None).await
+        }
+
+        async fn open_with_short_history(&self, events: u64) -> Arc<dyn Store> {
+            self.connect(events as usize, Some(Duration::from_millis(100)))
+                .await
+        }
+
+        async fn reopen(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+            store.close().await;
+            drop(store);
+            self.open().await
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd_backend {
+    //! The suite on etcd; each test skips itself when etcd is missing
+    //! (outside CI).
+    macro_rules! one {
+        ($name:ident) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(harness) = super::etcd::EtcdHarness::start() {
+                    crate::store::conformance::$name(&harness).await;
+                }
+            }
+        };
+    }
+    one!(writes_move_the_revision_and_stamp_it);
+    one!(updates_compare_revisions);
+    one!(deletes_check_preconditions);
+    one!(lists_read_at_one_revision);
+    one!(waiting_for_a_revision_ends_or_says_too_large);
+    one!(watches_start_at_a_revision);
+    one!(compacted_history_is_gone);
+    one!(acknowledged_writes_survive_a_restart);
+}

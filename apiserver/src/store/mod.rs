@@ -10,6 +10,8 @@
 mod codec;
 #[cfg(test)]
 mod conformance;
+#[cfg(feature = "etcd")]
+mod etcd_store;
 mod frame;
 mod log_store;
 mod recovery;
@@ -27,6 +29,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 pub use codec::stamp;
+#[cfg(feature = "etcd")]
+pub use etcd_store::{EtcdStore, EtcdStoreOptions};
 pub use log_store::{LogStore, LogStoreOptions};
 pub use wal::Faults;
 pub use watch::WatchStream;
@@ -151,6 +155,10 @@ pub enum StoreError {
     /// written or served until the process is restarted.
     #[error("{0}")]
     Failed(String),
+    /// The store cannot be reached now (etcd down or unreachable); the
+    /// request may be tried again: 503.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
     #[error("invalid object: {0}")]
     InvalidObject(String),
     /// A delete's `Preconditions` did not hold; the message is Kubernetes'

@@ -25,6 +25,14 @@ pub trait History: Send + Sync {
     ) -> Result<Vec<Arc<Event>>, StoreError>;
     /// The newest revision whose history has been dropped.
     fn compacted(&self) -> Revision;
+    /// Whether every revision is in this history (one store's own log), so
+    /// that a hole at the front of a read means compaction overtook the
+    /// reader. A history of one resource in a store that numbers every
+    /// resource's writes together (etcd) has holes, and says `Compacted`
+    /// from `read` itself instead.
+    fn consecutive(&self) -> bool {
+        true
+    }
 }
 
 const CATCH_UP_BATCH: usize = 256;
@@ -101,11 +109,16 @@ impl WatchStream {
         let batch = self.history.read(self.last, end, CATCH_UP_BATCH)?;
         // Every write records history, so revisions are consecutive: a hole
         // at the front means compaction overtook this reader.
-        if batch.first().map(|e| e.revision) != Some(self.last + 1) {
+        if self.history.consecutive() && batch.first().map(|e| e.revision) != Some(self.last + 1) {
             return Err(StoreError::Compacted {
                 requested: self.last,
                 compacted: self.history.compacted(),
             });
+        }
+        if batch.is_empty() {
+            self.last = end;
+            self.history_end = None;
+            return Ok(());
         }
         for event in batch {
             self.last = event.revision;

@@ -1,0 +1,729 @@
+//! The etcd backend, as Kubernetes' etcd3 store: keys as Kubernetes lays
+//! them out (`{prefix}/{resource}/[{namespace}/]{name}`), an object's
+//! resourceVersion is its key's `mod_revision` (stamped on read, not
+//! stored), every write is a transaction that compares revisions, lists
+//! read at one revision (every page too), and watches come from one etcd
+//! watch per resource, fanned out to this server's watchers from a window
+//! of recent events (Kubernetes' watch cache), so a thousand kubectl
+//! watches are not a thousand etcd watches.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, KvClient, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::watch::History;
+use super::{
+    check_revision, resource_of, stamp, Event, EventKind, ListResult, Preconditions, ReadAt,
+    Revision, Store, StoreError, StoredObject, WatchStream,
+};
+
+#[derive(Clone)]
+pub struct EtcdStoreOptions {
+    pub endpoints: Vec<String>,
+    /// Where keys live in etcd (Kubernetes: `/registry`).
+    pub prefix: String,
+    /// Events of one resource kept for watches that start in the past.
+    pub history_per_resource: usize,
+    /// Events a watcher may fall behind before it is dropped.
+    pub watch_buffer: usize,
+    /// How often one API server compacts etcd's history (kube-apiserver's
+    /// `--etcd-compaction-interval`, 5 minutes); `None`: never.
+    pub compaction_interval: Option<Duration>,
+    /// TLS to etcd: the CA (PEM) that signed etcd's certificate, and this
+    /// server's client certificate and key (PEM).
+    pub ca: Option<Vec<u8>>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdStoreOptions {
+    pub fn new(endpoints: Vec<String>) -> EtcdStoreOptions {
+        EtcdStoreOptions {
+            endpoints,
+            prefix: "/registry".into(),
+            history_per_resource: 10_000,
+            watch_buffer: 4096,
+            compaction_interval: Some(Duration::from_secs(300)),
+            ca: None,
+            identity: None,
+        }
+    }
+}
+
+/// Keys read per request of a list: etcd answers a range in one message,
+/// which a list of 100,000 objects must not be.
+const LIST_PAGE: i64 = 1000;
+
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    options: EtcdStoreOptions,
+    caches: Mutex<HashMap<String, Arc<Cache>>>,
+    /// The newest revision etcd has compacted, as far as this server knows.
+    compacted: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+/// Whether etcd refused a read for a revision it has compacted away, or
+/// has not reached.
+fn compacted_error(e: &etcd_client::Error) -> bool {
+    e.to_string()
+        .contains("required revision has been compacted")
+}
+
+fn future_error(e: &etcd_client::Error) -> bool {
+    e.to_string()
+        .contains("required revision is a future revision")
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the key space.
+    vec![0]
+}
+
+/// The object as etcd keeps it: without its resourceVersion, which is
+/// the key's `mod_revision` and stamped on every read (Kubernetes stores
+/// objects the same way).
+fn stored_form(mut object: Value) -> Result<(Value, Vec<u8>), StoreError> {
+    let meta = object
+        .as_object_mut()
+        .ok_or_else(|| StoreError::InvalidObject("object must be a JSON object".into()))?
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.remove("resourceVersion");
+    }
+    let bytes =
+        serde_json::to_vec(&object).map_err(|e| StoreError::InvalidObject(e.to_string()))?;
+    Ok((object, bytes))
+}
+
+fn revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision().max(0) as u64)
+}
+
+impl EtcdStore {
+    pub async fn connect(options: EtcdStoreOptions) -> Result<EtcdStore, StoreError> {
+        let mut connect = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(30));
+        if options.ca.is_some() || options.identity.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &options.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &options.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(tls);
+        }
+        let client = Client::connect(&options.endpoints, Some(connect))
+            .await
+            .map_err(unavailable)?;
+        let store = EtcdStore {
+            client,
+            prefix: options.prefix.trim_end_matches('/').to_string(),
+            caches: Mutex::new(HashMap::new()),
+            compacted: Arc::new(AtomicU64::new(0)),
+            stop: CancellationToken::new(),
+            options,
+        };
+        // Answers now, or start-up says why.
+        store.current_revision().await?;
+        if let Some(interval) = store.options.compaction_interval {
+            tokio::spawn(compactor(
+                store.client.kv_client(),
+                store.prefix.clone(),
+                interval,
+                store.compacted.clone(),
+                store.stop.clone(),
+            ));
+        }
+        Ok(store)
+    }
+
+    fn kv(&self) -> KvClient {
+        self.client.kv_client()
+    }
+
+    /// `/registry/pods/ns/name` → `{prefix}/pods/ns/name`.
+    fn etcd_key(&self, key: &str) -> String {
+        format!(
+            "{}{}",
+            self.prefix,
+            key.strip_prefix("/registry").unwrap_or(key)
+        )
+    }
+
+    fn our_key(&self, etcd_key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(etcd_key).ok()?;
+        key.strip_prefix(&self.prefix)
+            .map(|rest| format!("/registry{rest}"))
+    }
+
+    fn object(&self, kv: &KeyValue, at: Revision) -> Result<StoredObject, StoreError> {
+        let key = self
+            .our_key(kv.key())
+            .ok_or_else(|| StoreError::Corruption("a key outside the prefix".into()))?;
+        let value: Value = serde_json::from_slice(kv.value()).map_err(|e| {
+            StoreError::Corruption(format!("stored object {key} does not decode: {e}"))
+        })?;
+        Ok(StoredObject {
+            key: key.into(),
+            revision: at,
+            json: stamp(value, at)?,
+        })
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let r = self
+            .kv()
+            .get(
+                self.prefix.as_bytes(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(revision(r.header()))
+    }
+
+    fn lock_caches(&self) -> MutexGuard<'_, HashMap<String, Arc<Cache>>> {
+        self.caches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The watch cache of `resource`, started from after `from` if there
+    /// is none yet.
+    fn cache(&self, resource: &str, from: Revision) -> Arc<Cache> {
+        let mut caches = self.lock_caches();
+        if let Some(c) = caches.get(resource) {
+            return c.clone();
+        }
+        let buffer = self.options.watch_buffer.max(1);
+        let cache = Arc::new(Cache {
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                floor: from,
+                published: from,
+                tx: broadcast::channel(buffer).0,
+            }),
+            published: Arc::new(AtomicU64::new(from)),
+            max: self.options.history_per_resource.max(1),
+            buffer,
+        });
+        tokio::spawn(pump(
+            self.client.clone(),
+            format!("{}/{resource}/", self.prefix),
+            self.prefix.clone(),
+            cache.clone(),
+            self.compacted.clone(),
+            self.stop.clone(),
+        ));
+        caches.insert(resource.to_string(), cache.clone());
+        cache
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let r = self
+            .kv()
+            .get(self.etcd_key(key), None)
+            .await
+            .map_err(unavailable)?;
+        r.kvs()
+            .first()
+            .map(|kv| self.object(kv, kv.mod_revision().max(0) as u64))
+            .transpose()
+    }
+
+    async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError> {
+        let start = self.etcd_key(prefix).into_bytes();
+        let end = prefix_end(&start);
+        let mut at_revision = match at {
+            ReadAt::Newest | ReadAt::NewestPaged(_) => 0,
+            ReadAt::Exact(r) => r,
+        };
+        let mut from = start;
+        let mut items = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_revision(at_revision as i64)
+                .with_limit(LIST_PAGE);
+            let r = match self.kv().get(from.clone(), Some(options)).await {
+                Ok(r) => r,
+                Err(e) if compacted_error(&e) => {
+                    return Err(StoreError::Compacted {
+                        requested: at_revision,
+                        compacted: self.compacted(),
+                    })
+                }
+                Err(e) if future_error(&e) => {
+                    return Err(StoreError::TooLarge {
+                        requested: at_revision,
+                        current: self.current_revision().await?,
+                    })
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            // Every later page at the first one's revision.
+            if at_revision == 0 {
+                at_revision = revision(r.header());
+            }
+            for kv in r.kvs() {
+                items.push(self.object(kv, kv.mod_revision().max(0) as u64)?);
+            }
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(ListResult {
+            items,
+            revision: at_revision,
+        })
+    }
+
+    async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let current = self.current_revision().await?;
+            if current >= revision {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::TooLarge {
+                    requested: revision,
+                    current,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn create(&self, key: &str, object: Value) -> Result<StoredObject, StoreError> {
+        let (object, bytes) = stored_form(object)?;
+        let k = self.etcd_key(key);
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k, bytes, None)]);
+        let r = self.kv().txn(txn).await.map_err(unavailable)?;
+        if !r.succeeded() {
+            return Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            });
+        }
+        let at = revision(r.header());
+        Ok(StoredObject {
+            key: key.into(),
+            revision: at,
+            json: stamp(object, at)?,
+        })
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        object: Value,
+    ) -> Result<StoredObject, StoreError> {
+        let (object, bytes) = stored_form(object)?;
+        let k = self.etcd_key(key);
+        let compare = match expected {
+            Some(r) => Compare::mod_revision(k.clone(), CompareOp::Equal, r as i64),
+            None => Compare::create_revision(k.clone(), CompareOp::Greater, 0),
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(k.clone(), bytes, None)])
+            .or_else([TxnOp::get(k, None)]);
+        let r = self.kv().txn(txn).await.map_err(unavailable)?;
+        if r.succeeded() {
+            let at = revision(r.header());
+            return Ok(StoredObject {
+                key: key.into(),
+                revision: at,
+                json: stamp(object, at)?,
+            });
+        }
+        // What it was decided against, as the log store answers.
+        let current = r.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        let current = current
+            .map(|kv| self.object(&kv, kv.mod_revision().max(0) as u64))
+            .transpose()?;
+        check_revision(key, current.as_ref(), expected)?;
+        // Not reached: the compare failed, so one of the two above did.
+        Err(StoreError::Unavailable(format!(
+            "etcd refused the update of {key} without saying why"
+        )))
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        preconditions: &Preconditions,
+    ) -> Result<StoredObject, StoreError> {
+        let k = self.etcd_key(key);
+        // Read, check, then delete only if nothing changed in between
+        // (Kubernetes' etcd3 store does the same loop).
+        loop {
+            let current = self.get(key).await?.ok_or_else(|| StoreError::NotFound {
+                key: key.to_string(),
+            })?;
+            preconditions.check(&current)?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    k.clone(),
+                    CompareOp::Equal,
+                    current.revision as i64,
+                )])
+                .and_then([TxnOp::delete(k.clone(), None)]);
+            let r = self.kv().txn(txn).await.map_err(unavailable)?;
+            if r.succeeded() {
+                let at = revision(r.header());
+                return Ok(StoredObject {
+                    key: key.into(),
+                    revision: at,
+                    json: stamp(current.value()?, at)?,
+                });
+            }
+        }
+    }
+
+    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let compacted = self.compacted();
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        let cache = self.cache(resource_of(prefix), after);
+        let ring = cache.lock();
+        if after < ring.floor {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted: ring.floor,
+            });
+        }
+        let live = ring.tx.subscribe();
+        let history_end = ring.published;
+        drop(ring);
+        Ok(WatchStream::new(
+            prefix,
+            after,
+            history_end,
+            cache.clone(),
+            live,
+            cache.published.clone(),
+        ))
+    }
+
+    fn compacted(&self) -> Revision {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
+    async fn close(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// One resource's recent events, and the live feed its watchers take.
+struct Cache {
+    ring: Mutex<Ring>,
+    /// `Ring::published`, stored after each batch is sent: what a watcher
+    /// with nothing in flight has seen everything up to (its bookmarks).
+    published: Arc<AtomicU64>,
+    /// Events kept, and the live feed's buffer per watcher.
+    max: usize,
+    buffer: usize,
+}
+
+struct Ring {
+    events: VecDeque<Arc<Event>>,
+    /// Every revision up to here is not (or no longer) in `events`.
+    floor: Revision,
+    /// The newest revision this cache has taken in.
+    published: Revision,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Cache {
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl History for Cache {
+    fn read(
+        &self,
+        after: Revision,
+        upto: Revision,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        let ring = self.lock();
+        if after < ring.floor {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted: ring.floor,
+            });
+        }
+        Ok(ring
+            .events
+            .iter()
+            .filter(|e| e.revision > after && e.revision <= upto)
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
+    fn compacted(&self) -> Revision {
+        self.lock().floor
+    }
+
+    fn consecutive(&self) -> bool {
+        false
+    }
+}
+
+/// Feeds a cache from one etcd watch of its resource, from the revision
+/// after the newest it has; after an error, again from there. When etcd
+/// has compacted past that, the cache's watchers are ended (they relist)
+/// and it starts again from etcd's newest revision.
+async fn pump(
+    client: Client,
+    etcd_prefix: String,
+    prefix: String,
+    cache: Arc<Cache>,
+    compacted: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let our_key = |k: &[u8]| -> Option<String> {
+        std::str::from_utf8(k)
+            .ok()?
+            .strip_prefix(&prefix)
+            .map(|rest| format!("/registry{rest}"))
+    };
+    let mut failures = 0u32;
+    loop {
+        let from = cache.lock().published + 1;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from as i64)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut watch_client = client.watch_client();
+        let started = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = watch_client.watch(etcd_prefix.clone(), Some(options)) => r,
+        };
+        let mut stream = match started {
+            Ok(stream) => stream,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(error = %e, prefix = %etcd_prefix, "cannot watch etcd; retrying");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))) => {}
+                }
+                continue;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = stream.message() => m,
+            };
+            let response = match message {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, prefix = %etcd_prefix, "etcd watch broke; resuming");
+                    break;
+                }
+            };
+            failures = 0;
+            if response.compact_revision() > 0 {
+                // History this cache had not taken in is gone: its watchers
+                // would miss it. End them (410 when they watch again from
+                // before the new floor), and go on from etcd's newest.
+                let gone = response.compact_revision().max(0) as u64;
+                compacted.fetch_max(gone, Ordering::AcqRel);
+                let newest = revision(response.header()).max(gone);
+                let mut ring = cache.lock();
+                ring.events.clear();
+                ring.floor = newest;
+                ring.published = newest;
+                ring.tx = broadcast::channel(cache.buffer).0;
+                cache.published.store(newest, Ordering::Release);
+                tracing::warn!(prefix = %etcd_prefix, compacted = gone, "etcd compacted past this watch; its watchers relist");
+                break;
+            }
+            if response.canceled() {
+                break;
+            }
+            let mut ring = cache.lock();
+            for e in response.events() {
+                let Some(kv) = e.kv() else { continue };
+                let Some(key) = our_key(kv.key()) else {
+                    continue;
+                };
+                let at = kv.mod_revision().max(0) as u64;
+                if at <= ring.published {
+                    continue;
+                }
+                let previous = e.prev_kv().and_then(|p| {
+                    let v: Value = serde_json::from_slice(p.value()).ok()?;
+                    stamp(v, p.mod_revision().max(0) as u64).ok()
+                });
+                let (kind, object) = match e.event_type() {
+                    EventType::Put => {
+                        let kind = if kv.create_revision() == kv.mod_revision() {
+                            EventKind::Added
+                        } else {
+                            EventKind::Modified
+                        };
+                        let Ok(v) = serde_json::from_slice::<Value>(kv.value()) else {
+                            continue;
+                        };
+                        let Ok(object) = stamp(v, at) else { continue };
+                        (kind, object)
+                    }
+                    EventType::Delete => {
+                        // The last state, stamped with the delete's revision.
+                        let Some(last) = e
+                            .prev_kv()
+                            .and_then(|p| serde_json::from_slice::<Value>(p.value()).ok())
+                        else {
+                            continue;
+                        };
+                        let Ok(object) = stamp(last, at) else {
+                            continue;
+                        };
+                        (EventKind::Deleted, object)
+                    }
+                };
+                let event = Arc::new(Event {
+                    revision: at,
+                    kind,
+                    key: key.into(),
+                    object,
+                    previous,
+                    derived: Default::default(),
+                });
+                ring.events.push_back(event.clone());
+                ring.published = at;
+                while ring.events.len() > cache.max {
+                    if let Some(old) = ring.events.pop_front() {
+                        ring.floor = old.revision;
+                    }
+                }
+                let _ = ring.tx.send(event);
+            }
+            // A progress notification: nothing of this resource up to here.
+            if response.events().is_empty() {
+                let at = revision(response.header());
+                if at > ring.published {
+                    ring.published = at;
+                }
+            }
+            cache.published.store(ring.published, Ordering::Release);
+        }
+    }
+}
+
+/// Every `interval`, compacts etcd to the newest revision seen at the
+/// previous round, at most once per interval across API servers: as
+/// kube-apiserver, through a compare-and-swap on the version of the key
+/// `{prefix}/compact_rev_key`, which every server sees.
+async fn compactor(
+    mut kv: KvClient,
+    prefix: String,
+    interval: Duration,
+    compacted: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let key = format!("{prefix}/compact_rev_key");
+    // The key's version when this server last looked, and the revision it
+    // saw then: the next round compacts to that.
+    let mut version: i64 = 0;
+    let mut target: i64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, version)])
+            .and_then([TxnOp::put(key.clone(), target.to_string(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let r = match kv.txn(txn).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd compaction: cannot reach etcd");
+                continue;
+            }
+        };
+        let now = r.header().map_or(0, |h| h.revision());
+        if r.succeeded() {
+            // This server won the round: compact to what it saw last time.
+            version += 1;
+            if target > 0 {
+                match kv.compact(target, None).await {
+                    Ok(_) => {
+                        compacted.fetch_max(target as u64, Ordering::AcqRel);
+                    }
+                    Err(e) if compacted_error(&e) => {
+                        compacted.fetch_max(target as u64, Ordering::AcqRel);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "etcd compaction failed"),
+                }
+            }
+        } else {
+            // Another server compacted this round; follow its count.
+            version = r
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.version()),
+                    _ => None,
+                })
+                .unwrap_or(0);
+        }
+        target = now;
+    }
+}
