@@ -12,15 +12,51 @@ use mube_e2e::{free_port, rv, Api, ApiServer, Options};
 use serde_json::json;
 
 struct Etcd {
-    child: Child,
+    child: Option<Child>,
     url: String,
-    _dir: tempfile::TempDir,
+    peer_url: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+impl Etcd {
+    /// Starts etcd on this one's ports and data directory.
+    fn spawn(&mut self) {
+        let child = Command::new("etcd")
+            .args(["--name", "e2e", "--data-dir"])
+            .arg(self.dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &self.url,
+                "--advertise-client-urls",
+                &self.url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &self.peer_url,
+                "--initial-advertise-peer-urls",
+                &self.peer_url,
+            ])
+            .args(["--initial-cluster", &format!("e2e={}", self.peer_url)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+    }
+
+    /// kill -9.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -45,36 +81,14 @@ fn etcd() -> Option<Etcd> {
             return None;
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "e2e", "--data-dir"])
-        .arg(dir.path().join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("e2e={peer_url}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd");
-    Some(Etcd {
-        child,
-        url,
-        _dir: dir,
-    })
+    let mut etcd = Etcd {
+        child: None,
+        url: format!("http://127.0.0.1:{}", free_port()),
+        peer_url: format!("http://127.0.0.1:{}", free_port()),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    etcd.spawn();
+    Some(etcd)
 }
 
 async fn on_etcd(etcd: &Etcd) -> ApiServer {
@@ -156,4 +170,92 @@ async fn two_api_servers_on_one_etcd_serve_the_same_data() {
     // Optimistic concurrency across servers: B's stale write is a conflict.
     let stale = b.put(&format!("{CMS}/one"), &one).await;
     assert_eq!(stale.code, 409, "{}", stale.body);
+}
+
+/// etcd stops under a server: `/readyz` fails and data requests get 503,
+/// naming etcd; when etcd is back, everything resumes without a restart,
+/// nothing acknowledged is lost, and a watch opened before goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_restart_loses_nothing_and_watches_go_on() {
+    let Some(mut etcd) = etcd() else { return };
+    let server = on_etcd(&etcd).await;
+    let api = Api::new(&server);
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+    let list = api.get(CMS).await;
+    let from = list.body["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list resourceVersion")
+        .to_string();
+    let mut watch = api.watch(CMS, &format!("resourceVersion={from}")).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let r = api.post(CMS, &configmap(&format!("before-{i}"), "x")).await;
+        assert_eq!(r.code, 201, "{}", r.body);
+        acknowledged.push(format!("before-{i}"));
+    }
+
+    etcd.stop();
+    let ready = |code: u16| {
+        let api = &api;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let r = api.get("/readyz").await;
+                if r.code == code {
+                    return r;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "/readyz never {code}: {} {}",
+                    r.code,
+                    r.body
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let down = ready(503).await;
+    assert!(down.body.to_string().contains("etcd"), "{}", down.body);
+    let refused = api.get(&format!("{CMS}/before-0")).await;
+    assert_eq!(refused.code, 503, "{}", refused.body);
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("etcd"),
+        "{}",
+        refused.body
+    );
+
+    etcd.spawn();
+    ready(200).await;
+    let after = api.post(CMS, &configmap("after", "y")).await;
+    assert_eq!(after.code, 201, "{}", after.body);
+    acknowledged.push("after".into());
+    let names: Vec<String> = api.get(CMS).await.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut expected = acknowledged.clone();
+    expected.sort();
+    assert_eq!(names, expected);
+    // The watch opened before the outage saw every write, in order.
+    let mut seen = Vec::new();
+    while seen.len() < acknowledged.len() {
+        let event = watch
+            .next(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("the watch stopped after {seen:?}"));
+        if event.type_ == EventType::Added {
+            seen.push(
+                event.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(seen, acknowledged);
 }

@@ -70,7 +70,47 @@ pub struct EtcdStore {
     caches: Mutex<HashMap<String, Arc<Cache>>>,
     /// The newest revision etcd has compacted, as far as this server knows.
     compacted: Arc<AtomicU64>,
+    /// Why etcd did not answer the last health check, if it did not:
+    /// `/readyz` fails with it until etcd answers again.
+    unreachable: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
+}
+
+/// How often etcd is asked whether it answers, and how long it has.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps `unreachable` current until `stop`.
+async fn health(
+    mut kv: KvClient,
+    prefix: String,
+    unreachable: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let check = kv.get(prefix.as_bytes(), Some(GetOptions::new().with_count_only()));
+        let trouble = match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("etcd does not answer: {e}")),
+            Err(_) => Some(format!(
+                "etcd does not answer within {}s",
+                HEALTH_TIMEOUT.as_secs()
+            )),
+        };
+        {
+            let mut now = unreachable.lock().unwrap_or_else(|p| p.into_inner());
+            match (&*now, &trouble) {
+                (None, Some(t)) => tracing::warn!(trouble = %t, "etcd lost"),
+                (Some(_), None) => tracing::info!("etcd answers again"),
+                _ => {}
+            }
+            *now = trouble;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+    }
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
@@ -146,11 +186,18 @@ impl EtcdStore {
             prefix: options.prefix.trim_end_matches('/').to_string(),
             caches: Mutex::new(HashMap::new()),
             compacted: Arc::new(AtomicU64::new(0)),
+            unreachable: Arc::new(Mutex::new(None)),
             stop: CancellationToken::new(),
             options,
         };
         // Answers now, or start-up says why.
         store.current_revision().await?;
+        tokio::spawn(health(
+            store.client.kv_client(),
+            store.prefix.clone(),
+            store.unreachable.clone(),
+            store.stop.clone(),
+        ));
         if let Some(interval) = store.options.compaction_interval {
             tokio::spawn(compactor(
                 store.client.kv_client(),
@@ -453,6 +500,13 @@ impl Store for EtcdStore {
 
     fn failure(&self) -> Option<String> {
         None
+    }
+
+    fn degraded(&self) -> Option<String> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn close(&self) {
