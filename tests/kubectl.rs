@@ -520,12 +520,17 @@ async fn assert_unchanged(api: &Api, before: &(String, Value), watch: &mut mube_
         .await
         .expect("the real write's event");
     assert_eq!(first.object["metadata"]["name"], "after-dry-runs");
-    let (from, to) = (before.0.parse::<u64>().unwrap(), mube_e2e::rv(&real.body));
-    assert_eq!(
-        (to - from - 1) as usize,
-        api.objects_written_between(from, to).await,
-        "a dry run used a revision"
-    );
+    // Counting revisions needs a store this server owns: on an etcd that
+    // other tests' servers write to at once (MUBE_E2E_ETCD), they take
+    // revisions too, and only the checks above hold.
+    if std::env::var_os("MUBE_E2E_ETCD").is_none() {
+        let (from, to) = (before.0.parse::<u64>().unwrap(), mube_e2e::rv(&real.body));
+        assert_eq!(
+            (to - from - 1) as usize,
+            api.objects_written_between(from, to).await,
+            "a dry run used a revision"
+        );
+    }
 }
 
 /// The example manifest (`manifests/node.yaml`, node mube-node-2), the same

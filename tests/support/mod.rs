@@ -208,6 +208,19 @@ impl ApiServer {
             }
         }
         yaml.push_str(extra);
+        // `MUBE_E2E_ETCD=http://127.0.0.1:2379`: every server stores in that
+        // etcd (under a prefix of its own, since tests run at once), so
+        // that a suite runs against the etcd backend (CI does this with
+        // the kubectl and kube-rs suites).
+        if let Ok(endpoint) = std::env::var("MUBE_E2E_ETCD") {
+            if !extra.contains("storage:") {
+                yaml.push_str(&format!(
+                    "storage:\n  backend: etcd\n  etcd:\n    endpoints: [\"{endpoint}\"]\n    prefix: /mube-e2e/{}-{}\n",
+                    std::process::id(),
+                    self.port
+                ));
+            }
+        }
         if !self.secure {
             let tls = if self.tls { "true" } else { "false" };
             for (key, line) in [
