@@ -321,6 +321,43 @@ pub async fn watches_start_at_a_revision(h: &dyn Harness) {
     store.close().await;
 }
 
+/// A watch from a revision the store has moved past (the usual case: a
+/// list, writes by others, then the watch) first replays every change
+/// after it, then goes on live.
+pub async fn watches_from_the_past_replay_what_came_after(h: &dyn Harness) {
+    let store = h.open().await;
+    let p = prefix("secrets");
+    let a = store
+        .create(&format!("{p}a"), object("a", "a", 0))
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for name in ["b", "c", "d"] {
+        let o = store
+            .create(&format!("{p}{name}"), object(name, name, 0))
+            .await
+            .unwrap();
+        expected.push((format!("{p}{name}"), o.revision));
+    }
+    let mut watch = store.watch(&p, a.revision).unwrap();
+    let live = store
+        .update(&format!("{p}a"), None, object("a", "a", 1))
+        .await
+        .unwrap();
+    expected.push((format!("{p}a"), live.revision));
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {seen:?} came"))
+            .expect("the watch goes on")
+            .expect("no error");
+        seen.push((event.key.to_string(), event.revision));
+    }
+    assert_eq!(seen, expected);
+    store.close().await;
+}
+
 /// Once history before a revision is dropped, a watch or an exact list
 /// from before it is `Compacted` (410 Expired for the client).
 pub async fn compacted_history_is_gone(h: &dyn Harness) {
@@ -416,6 +453,7 @@ macro_rules! conformance_suite {
             one!(lists_read_at_one_revision);
             one!(waiting_for_a_revision_ends_or_says_too_large);
             one!(watches_start_at_a_revision);
+            one!(watches_from_the_past_replay_what_came_after);
             one!(compacted_history_is_gone);
             one!(acknowledged_writes_survive_a_restart);
         }
@@ -605,6 +643,7 @@ mod etcd_backend {
     one!(lists_read_at_one_revision);
     one!(waiting_for_a_revision_ends_or_says_too_large);
     one!(watches_start_at_a_revision);
+    one!(watches_from_the_past_replay_what_came_after);
     one!(compacted_history_is_gone);
     one!(acknowledged_writes_survive_a_restart);
 }

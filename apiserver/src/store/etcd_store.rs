@@ -113,9 +113,26 @@ async fn health(
     }
 }
 
+/// etcd's errors as the store's: what may pass if tried again (etcd down,
+/// slow, without a leader) is `Unavailable` (503); what will not (a value
+/// too large, a refusal) is an I/O error (500), so that clients do not
+/// retry it forever.
 fn unavailable(e: etcd_client::Error) -> StoreError {
-    StoreError::Unavailable(format!("etcd: {e}"))
+    use tonic::Code;
+    match &e {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                StoreError::Unavailable(format!("etcd: {e}"))
+            }
+            _ => StoreError::Io(format!("etcd: {e}")),
+        },
+        _ => StoreError::Unavailable(format!("etcd: {e}")),
+    }
 }
+
+/// The largest message etcd's answers may be (Kubernetes sets the same):
+/// a page of large objects, or a watch catching up, is never refused.
+const MAX_MESSAGE: usize = i32::MAX as usize;
 
 /// Whether etcd refused a read for a revision it has compacted away, or
 /// has not reached.
@@ -165,9 +182,15 @@ fn revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
 
 impl EtcdStore {
     pub async fn connect(options: EtcdStoreOptions) -> Result<EtcdStore, StoreError> {
+        // Keep-alive pings find a connection that died without a word; a
+        // member cut off from its leader refuses rather than serve stale
+        // data or hold a watch silent (as Kubernetes' client asks).
         let mut connect = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(30));
+            .with_timeout(Duration::from_secs(30))
+            .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         if options.ca.is_some() || options.identity.is_some() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &options.ca {
@@ -201,7 +224,6 @@ impl EtcdStore {
         if let Some(interval) = store.options.compaction_interval {
             tokio::spawn(compactor(
                 store.client.kv_client(),
-                store.prefix.clone(),
                 interval,
                 store.compacted.clone(),
                 store.stop.clone(),
@@ -211,7 +233,9 @@ impl EtcdStore {
     }
 
     fn kv(&self) -> KvClient {
-        self.client.kv_client()
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// `/registry/pods/ns/name` → `{prefix}/pods/ns/name`.
@@ -273,8 +297,8 @@ impl EtcdStore {
                 floor: from,
                 published: from,
                 tx: broadcast::channel(buffer).0,
+                shared: Arc::new(AtomicU64::new(from)),
             }),
-            published: Arc::new(AtomicU64::new(from)),
             max: self.options.history_per_resource.max(1),
             buffer,
         });
@@ -401,12 +425,14 @@ impl Store for EtcdStore {
     ) -> Result<StoredObject, StoreError> {
         let (object, bytes) = stored_form(object)?;
         let k = self.etcd_key(key);
-        let compare = match expected {
-            Some(r) => Compare::mod_revision(k.clone(), CompareOp::Equal, r as i64),
-            None => Compare::create_revision(k.clone(), CompareOp::Greater, 0),
-        };
+        // It must exist (a missing key's mod_revision compares as 0), and
+        // with `expected`, be at exactly that revision.
+        let mut compare = vec![Compare::create_revision(k.clone(), CompareOp::Greater, 0)];
+        if let Some(r) = expected {
+            compare.push(Compare::mod_revision(k.clone(), CompareOp::Equal, r as i64));
+        }
         let txn = Txn::new()
-            .when([compare])
+            .when(compare)
             .and_then([TxnOp::put(k.clone(), bytes, None)])
             .or_else([TxnOp::get(k, None)]);
         let r = self.kv().txn(txn).await.map_err(unavailable)?;
@@ -483,14 +509,15 @@ impl Store for EtcdStore {
         }
         let live = ring.tx.subscribe();
         let history_end = ring.published;
+        let shared = ring.shared.clone();
         drop(ring);
         Ok(WatchStream::new(
             prefix,
             after,
             history_end,
-            cache.clone(),
+            cache,
             live,
-            cache.published.clone(),
+            shared,
         ))
     }
 
@@ -509,17 +536,20 @@ impl Store for EtcdStore {
             .clone()
     }
 
+    /// Stops the background tasks and ends every watch (`None`: the store
+    /// shuts down).
     async fn close(&self) {
         self.stop.cancel();
+        for cache in self.lock_caches().drain().map(|(_, c)| c) {
+            let mut ring = cache.lock();
+            ring.tx = broadcast::channel(1).0;
+        }
     }
 }
 
 /// One resource's recent events, and the live feed its watchers take.
 struct Cache {
     ring: Mutex<Ring>,
-    /// `Ring::published`, stored after each batch is sent: what a watcher
-    /// with nothing in flight has seen everything up to (its bookmarks).
-    published: Arc<AtomicU64>,
     /// Events kept, and the live feed's buffer per watcher.
     max: usize,
     buffer: usize,
@@ -532,11 +562,27 @@ struct Ring {
     /// The newest revision this cache has taken in.
     published: Revision,
     tx: broadcast::Sender<Arc<Event>>,
+    /// `published`, stored after each batch is sent, for this feed's
+    /// watchers: what one with nothing in flight has seen everything up
+    /// to (its bookmarks). A reset gives the new feed a new one, so that
+    /// the ended watchers never bookmark past what they missed.
+    shared: Arc<AtomicU64>,
 }
 
 impl Cache {
     fn lock(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops everything up to `at` and ends the current watchers: they
+    /// missed something (etcd compacted it, or it could not be read), so
+    /// they watch again, get 410 from before `at`, and relist.
+    fn reset(&self, ring: &mut Ring, at: Revision) {
+        ring.events.clear();
+        ring.floor = at;
+        ring.published = at;
+        ring.tx = broadcast::channel(self.buffer).0;
+        ring.shared = Arc::new(AtomicU64::new(at));
     }
 }
 
@@ -554,10 +600,11 @@ impl History for Cache {
                 compacted: ring.floor,
             });
         }
+        let start = ring.events.partition_point(|e| e.revision <= after);
         Ok(ring
             .events
-            .iter()
-            .filter(|e| e.revision > after && e.revision <= upto)
+            .range(start..)
+            .take_while(|e| e.revision <= upto)
             .take(max)
             .cloned()
             .collect())
@@ -573,9 +620,10 @@ impl History for Cache {
 }
 
 /// Feeds a cache from one etcd watch of its resource, from the revision
-/// after the newest it has; after an error, again from there. When etcd
-/// has compacted past that, the cache's watchers are ended (they relist)
-/// and it starts again from etcd's newest revision.
+/// after the newest it has; after an error, again from there, backing off.
+/// When etcd has compacted past that, or sends what cannot be read, the
+/// cache is reset: its watchers end and relist (as Kubernetes' etcd3
+/// watcher answers such an event with an error).
 async fn pump(
     client: Client,
     etcd_prefix: String,
@@ -592,13 +640,22 @@ async fn pump(
     };
     let mut failures = 0u32;
     loop {
+        if failures > 0 {
+            let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Counted as failed until this connection delivers something.
+        failures += 1;
         let from = cache.lock().published + 1;
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from as i64)
             .with_prev_key()
             .with_progress_notify();
-        let mut watch_client = client.watch_client();
+        let mut watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
         let started = tokio::select! {
             _ = stop.cancelled() => return,
             r = watch_client.watch(etcd_prefix.clone(), Some(options)) => r,
@@ -606,13 +663,8 @@ async fn pump(
         let mut stream = match started {
             Ok(stream) => stream,
             Err(e) => {
-                failures += 1;
                 if failures == 1 {
                     tracing::warn!(error = %e, prefix = %etcd_prefix, "cannot watch etcd; retrying");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))) => {}
                 }
                 continue;
             }
@@ -630,26 +682,26 @@ async fn pump(
                     break;
                 }
             };
-            failures = 0;
             if response.compact_revision() > 0 {
                 // History this cache had not taken in is gone: its watchers
-                // would miss it. End them (410 when they watch again from
-                // before the new floor), and go on from etcd's newest.
+                // would miss it. Go on from the compacted revision.
                 let gone = response.compact_revision().max(0) as u64;
                 compacted.fetch_max(gone, Ordering::AcqRel);
-                let newest = revision(response.header()).max(gone);
                 let mut ring = cache.lock();
-                ring.events.clear();
-                ring.floor = newest;
-                ring.published = newest;
-                ring.tx = broadcast::channel(cache.buffer).0;
-                cache.published.store(newest, Ordering::Release);
+                cache.reset(&mut ring, gone);
                 tracing::warn!(prefix = %etcd_prefix, compacted = gone, "etcd compacted past this watch; its watchers relist");
                 break;
             }
             if response.canceled() {
                 break;
             }
+            // The answer to the watch request: its header holds etcd's
+            // newest revision, not progress of this watch (the events from
+            // `from` on are still to come).
+            if response.created() {
+                continue;
+            }
+            failures = 0;
             let mut ring = cache.lock();
             for e in response.events() {
                 let Some(kv) = e.kv() else { continue };
@@ -660,36 +712,36 @@ async fn pump(
                 if at <= ring.published {
                     continue;
                 }
-                let previous = e.prev_kv().and_then(|p| {
-                    let v: Value = serde_json::from_slice(p.value()).ok()?;
-                    stamp(v, p.mod_revision().max(0) as u64).ok()
-                });
-                let (kind, object) = match e.event_type() {
+                let decode = |bytes: &[u8], revision: Revision| {
+                    serde_json::from_slice::<Value>(bytes)
+                        .ok()
+                        .and_then(|v| stamp(v, revision).ok())
+                };
+                let previous = e
+                    .prev_kv()
+                    .and_then(|p| decode(p.value(), p.mod_revision().max(0) as u64));
+                let decoded = match e.event_type() {
                     EventType::Put => {
                         let kind = if kv.create_revision() == kv.mod_revision() {
                             EventKind::Added
                         } else {
                             EventKind::Modified
                         };
-                        let Ok(v) = serde_json::from_slice::<Value>(kv.value()) else {
-                            continue;
-                        };
-                        let Ok(object) = stamp(v, at) else { continue };
-                        (kind, object)
+                        let complete = kind == EventKind::Added || previous.is_some();
+                        decode(kv.value(), at)
+                            .filter(|_| complete)
+                            .map(|object| (kind, object))
                     }
-                    EventType::Delete => {
-                        // The last state, stamped with the delete's revision.
-                        let Some(last) = e
-                            .prev_kv()
-                            .and_then(|p| serde_json::from_slice::<Value>(p.value()).ok())
-                        else {
-                            continue;
-                        };
-                        let Ok(object) = stamp(last, at) else {
-                            continue;
-                        };
-                        (EventKind::Deleted, object)
-                    }
+                    // The last state, stamped with the delete's revision.
+                    EventType::Delete => e
+                        .prev_kv()
+                        .and_then(|p| decode(p.value(), at))
+                        .map(|object| (EventKind::Deleted, object)),
+                };
+                let Some((kind, object)) = decoded else {
+                    tracing::error!(key = %key, revision = at, "an etcd event that does not decode; this resource's watchers relist");
+                    cache.reset(&mut ring, at);
+                    continue;
                 };
                 let event = Arc::new(Event {
                     revision: at,
@@ -715,7 +767,7 @@ async fn pump(
                     ring.published = at;
                 }
             }
-            cache.published.store(ring.published, Ordering::Release);
+            ring.shared.store(ring.published, Ordering::Release);
         }
     }
 }
@@ -723,15 +775,15 @@ async fn pump(
 /// Every `interval`, compacts etcd to the newest revision seen at the
 /// previous round, at most once per interval across API servers: as
 /// kube-apiserver, through a compare-and-swap on the version of the key
-/// `{prefix}/compact_rev_key`, which every server sees.
+/// `compact_rev_key` (at etcd's root, outside every prefix: compaction is
+/// etcd's whole history, so every server on it takes part in one count).
 async fn compactor(
     mut kv: KvClient,
-    prefix: String,
     interval: Duration,
     compacted: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let key = format!("{prefix}/compact_rev_key");
+    let key = "compact_rev_key".to_string();
     // The key's version when this server last looked, and the revision it
     // saw then: the next round compacts to that.
     let mut version: i64 = 0;
