@@ -101,6 +101,12 @@ fn etcd_scenario() {
     assert!(number(&r, "ratio_mube_over_best_etcd") > 0.0);
     assert!(number(&r, "bare_http_ok") > 0.0, "{r:?}");
     assert!(number(&r, "ratio_bare_http_over_best_etcd") > 0.0);
+    // mube on that etcd needs a server built with its etcd backend (make
+    // builds it when protoc is there; CI always does).
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(number(&r, "mube_on_etcd_heartbeat_ok") > 0.0, "{r:?}");
+        assert_eq!(number(&r, "mube_on_etcd_heartbeat_errors"), 0.0, "{r:?}");
+    }
 }
 
 /// A few kill -9 cycles under writers, watchers and paged listers: nothing

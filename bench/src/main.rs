@@ -602,6 +602,27 @@ async fn versus_etcd(
         "ratio_mube_over_best_etcd",
         format!("{:.2}", mube.rate() / best.max(1e-9)),
     );
+    // mube itself on that etcd (`storage.backend: etcd`): each heartbeat
+    // is then etcd transactions, against the raw puts above.
+    let on_etcd = format!(
+        "storage:\n  backend: etcd\n  etcd:\n    endpoints: [\"{}\"]\n",
+        etcd.url
+    );
+    match Server::start(bin, nodes, &on_etcd).await {
+        Ok(server) => {
+            let on = load::closed_loop(&server.endpoint(), nodes, connections, d).await;
+            load_rows(report, "mube_on_etcd_heartbeat", &on);
+            report.add(
+                "ratio_mube_on_etcd_over_best_etcd",
+                format!("{:.2}", on.rate() / best.max(1e-9)),
+            );
+        }
+        // A server built without the etcd backend (no protoc) says so.
+        Err(e) => report.add(
+            "mube_on_etcd_heartbeat",
+            format!("not_run:_{}", e.replace(' ', "_")),
+        ),
+    }
     drop(etcd);
     let bare = {
         let bare = ceiling::Bare::start().await?;
