@@ -176,6 +176,15 @@ fn stored_form(mut object: Value) -> Result<(Value, Vec<u8>), StoreError> {
     Ok((object, bytes))
 }
 
+/// `object` as stored at revision `at`: its resourceVersion stamped in.
+fn stored(key: &str, at: Revision, object: Value) -> Result<StoredObject, StoreError> {
+    Ok(StoredObject {
+        key: key.into(),
+        revision: at,
+        json: stamp(object, at)?,
+    })
+}
+
 fn revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     header.map_or(0, |h| h.revision().max(0) as u64)
 }
@@ -260,11 +269,7 @@ impl EtcdStore {
         let value: Value = serde_json::from_slice(kv.value()).map_err(|e| {
             StoreError::Corruption(format!("stored object {key} does not decode: {e}"))
         })?;
-        Ok(StoredObject {
-            key: key.into(),
-            revision: at,
-            json: stamp(value, at)?,
-        })
+        stored(&key, at, value)
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
@@ -410,11 +415,7 @@ impl Store for EtcdStore {
             });
         }
         let at = revision(r.header());
-        Ok(StoredObject {
-            key: key.into(),
-            revision: at,
-            json: stamp(object, at)?,
-        })
+        stored(key, at, object)
     }
 
     async fn update(
@@ -438,11 +439,7 @@ impl Store for EtcdStore {
         let r = self.kv().txn(txn).await.map_err(unavailable)?;
         if r.succeeded() {
             let at = revision(r.header());
-            return Ok(StoredObject {
-                key: key.into(),
-                revision: at,
-                json: stamp(object, at)?,
-            });
+            return stored(key, at, object);
         }
         // What it was decided against, as the log store answers.
         let current = r.op_responses().into_iter().find_map(|op| match op {
@@ -482,11 +479,7 @@ impl Store for EtcdStore {
             let r = self.kv().txn(txn).await.map_err(unavailable)?;
             if r.succeeded() {
                 let at = revision(r.header());
-                return Ok(StoredObject {
-                    key: key.into(),
-                    revision: at,
-                    json: stamp(current.value()?, at)?,
-                });
+                return stored(key, at, current.value()?);
             }
         }
     }
