@@ -4,91 +4,17 @@
 //! built without its etcd backend, as `make test` says), these tests say so
 //! and pass, except under `CI=true`, where they must run.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mube_apis::watch::EventType;
-use mube_e2e::{free_port, rv, Api, ApiServer, Options};
+use mube_e2e::etcd::Etcd;
+use mube_e2e::{rv, Api, ApiServer, Options};
 use serde_json::json;
 
-struct Etcd {
-    child: Option<Child>,
-    url: String,
-    peer_url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Etcd {
-    /// Starts etcd on this one's ports and data directory.
-    fn spawn(&mut self) {
-        let child = Command::new("etcd")
-            .args(["--name", "e2e", "--data-dir"])
-            .arg(self.dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &self.url,
-                "--advertise-client-urls",
-                &self.url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &self.peer_url,
-                "--initial-advertise-peer-urls",
-                &self.peer_url,
-            ])
-            .args(["--initial-cluster", &format!("e2e={}", self.peer_url)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-    }
-
-    /// kill -9.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn installed(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// etcd, or `None` (said on stderr) when this machine cannot run these.
+/// etcd, or `None` (said on stderr) when this machine cannot run these:
+/// without protoc the API server is built without its etcd backend.
 fn etcd() -> Option<Etcd> {
-    for tool in ["etcd", "protoc"] {
-        if !installed(tool) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{tool} is not installed, and CI must run the etcd tests"
-            );
-            eprintln!("{tool} is not installed: the etcd tests are skipped");
-            return None;
-        }
-    }
-    let mut etcd = Etcd {
-        child: None,
-        url: format!("http://127.0.0.1:{}", free_port()),
-        peer_url: format!("http://127.0.0.1:{}", free_port()),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    etcd.spawn();
-    Some(etcd)
+    mube_e2e::etcd::available(&["etcd", "protoc"]).then(Etcd::start)
 }
 
 async fn on_etcd(etcd: &Etcd) -> ApiServer {

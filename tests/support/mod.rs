@@ -15,6 +15,8 @@ use futures::StreamExt;
 use mube_apis::watch::WatchEvent;
 use serde_json::Value;
 
+pub mod etcd;
+
 /// Path of a workspace binary, built by `cargo build --workspace`.
 pub fn bin(name: &str) -> PathBuf {
     let dir = match std::env::var_os("MUBE_BIN_DIR") {

@@ -43,8 +43,16 @@ impl Filter {
                 }))
     }
 
+    /// Whether one object matches: what the filter reads, taken from it
+    /// (a list filters every object it reads this way).
     pub fn matches(&self, r: &Resource, object: &Value) -> bool {
-        self.is_empty() || self.matches_projection(&Projection::of(r, object))
+        self.is_empty()
+            || self.matches_projection(&Projection::taking(
+                r,
+                object,
+                !self.labels.is_empty(),
+                !self.fields.is_empty(),
+            ))
     }
 }
 
@@ -57,21 +65,35 @@ pub struct Projection {
 }
 
 impl Projection {
+    /// Everything any selector can read (a watch event's, shared by all
+    /// its watchers whatever their selectors).
     pub fn of(r: &Resource, object: &Value) -> Projection {
-        let labels = object
-            .pointer("/metadata/labels")
-            .and_then(Value::as_object)
+        Projection::taking(r, object, true, true)
+    }
+
+    /// The labels and the selectable fields, each only when asked for.
+    fn taking(r: &Resource, object: &Value, labels: bool, fields: bool) -> Projection {
+        let labels = labels
+            .then(|| {
+                object
+                    .pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+            })
+            .flatten()
             .map(|m| {
                 m.iter()
                     .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
                     .collect()
             });
-        let fields = r
-            .strategy
-            .selectable_fields()
-            .iter()
-            .map(|f| (*f, r.strategy.field_value(object, f)))
-            .collect();
+        let fields = if fields {
+            r.strategy
+                .selectable_fields()
+                .iter()
+                .map(|f| (*f, r.strategy.field_value(object, f)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Projection { labels, fields }
     }
 }

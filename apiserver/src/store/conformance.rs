@@ -503,84 +503,33 @@ impl Harness for LogHarness {
 
 conformance_suite!(log, Some(LogHarness::new()));
 
-/// etcd, a real one per harness (`etcd` on PATH, Debian's etcd-server) on
-/// free loopback ports with a temporary data directory. Without it, the
-/// suite says so and passes, unless `CI=true`, where it must run.
+/// etcd, a real one per harness (`mube_e2e::etcd`). Without it installed,
+/// the suite says so and passes, unless `CI=true`, where it must run.
 #[cfg(feature = "etcd")]
 mod etcd {
-    use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
     use std::time::Duration;
 
     use async_trait::async_trait;
+    use mube_e2e::etcd::{available, Etcd};
 
     use super::Harness;
     use crate::store::{EtcdStore, EtcdStoreOptions, Store};
 
     pub struct EtcdHarness {
-        child: Option<Child>,
-        pub url: String,
-        _dir: tempfile::TempDir,
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        etcd: Etcd,
     }
 
     impl EtcdHarness {
         /// `None` when etcd is not installed (and this is not CI).
         pub fn start() -> Option<EtcdHarness> {
-            let installed = Command::new("etcd")
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok();
-            if !installed {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "etcd is not installed, and CI must run the etcd conformance suite"
-                );
-                eprintln!("etcd is not installed: the etcd conformance suite is skipped");
-                return None;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let (client, peer) = (free_port(), free_port());
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new("etcd")
-                .args(["--name", "conformance", "--data-dir"])
-                .arg(dir.path().join("etcd"))
-                .args([
-                    "--listen-client-urls",
-                    &url,
-                    "--advertise-client-urls",
-                    &url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args(["--initial-cluster", &format!("conformance={peer_url}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start etcd");
-            Some(EtcdHarness {
-                child: Some(child),
-                url,
-                _dir: dir,
+            available(&["etcd"]).then(|| EtcdHarness {
+                etcd: Etcd::start(),
             })
         }
 
         async fn connect(&self, history: usize, compaction: Option<Duration>) -> Arc<dyn Store> {
-            let mut options = EtcdStoreOptions::new(vec![self.url.clone()]);
+            let mut options = EtcdStoreOptions::new(vec![self.etcd.url.clone()]);
             options.history_per_resource = history;
             options.compaction_interval = compaction;
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -595,15 +544,6 @@ mod etcd {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-            }
-        }
-    }
-
-    impl Drop for EtcdHarness {
-        fn drop(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
             }
         }
     }
