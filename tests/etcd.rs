@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mube_apis::watch::EventType;
 use mube_e2e::etcd::Etcd;
-use mube_e2e::{rv, Api, ApiServer, Options};
+use mube_e2e::{node, rv, state, Api, ApiServer, Mubelet, Options};
 use serde_json::json;
 
 /// etcd, or `None` (said on stderr) when this machine cannot run these:
@@ -184,4 +184,127 @@ async fn an_etcd_restart_loses_nothing_and_watches_go_on() {
         }
     }
     assert_eq!(seen, acknowledged);
+}
+
+/// Two API servers on one etcd, with the same nodes in their configs and
+/// short election durations. Pod CIDRs given out through both at once
+/// never collide. Mubelets that know both servers keep their nodes Ready
+/// when one server is killed (-9): they heartbeat through the other well
+/// within the NotReady timeout. The controllers, elected across the two,
+/// run on the survivor: a node that falls silent afterwards goes NotReady.
+#[tokio::test(flavor = "multi_thread")]
+async fn mubelets_fail_over_and_the_controllers_go_on_in_the_survivor() {
+    let Some(etcd) = etcd() else { return };
+    let extra = format!(
+        "storage:\n  backend: etcd\n  etcd:\n    endpoints: [\"{}\"]\nleaderElection: {{leaseDuration: 3s, renewDeadline: 2s, retryPeriod: 500ms}}\n",
+        etcd.url
+    );
+    let start = || {
+        ApiServer::start(Options {
+            nodes: vec![node("n1"), node("n2")],
+            notready_timeout: "2s",
+            extra_config: extra.clone(),
+            ..Options::default()
+        })
+    };
+    let mut a = start().await;
+    let b = start().await;
+    let (api_a, api_b) = (Api::new(&a), Api::new(&b));
+
+    // Sixteen nodes created through both servers at once.
+    let creates = (0..16).map(|i| {
+        let api = if i % 2 == 0 { &api_a } else { &api_b };
+        async move {
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("extra-{i}")}});
+            api.post("/api/v1/nodes", &node).await
+        }
+    });
+    for reply in futures::future::join_all(creates).await {
+        assert_eq!(reply.code, 201, "{}", reply.body);
+    }
+    let nodes = api_b.get("/api/v1/nodes").await;
+    let ranges: Vec<String> = nodes.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|n| {
+            n.pointer("/spec/podCIDR")
+                .and_then(|c| c.as_str())
+                .unwrap_or_else(|| panic!("a node without a pod CIDR: {n}"))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ranges.len(), 18);
+    let distinct: std::collections::HashSet<&String> = ranges.iter().collect();
+    assert_eq!(distinct.len(), 18, "a pod CIDR given twice: {ranges:?}");
+
+    let servers = format!("{},{}", a.url(), b.url());
+    let _m1 = Mubelet::start(&servers, "n1", "300ms");
+    let mut m2 = Mubelet::start(&servers, "n2", "300ms");
+    let ready_on_b = |name: &'static str| {
+        let api = &api_b;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let n = api.get(&format!("/api/v1/nodes/{name}")).await;
+                if state(&n.body) == "Ready" {
+                    return rv(&n.body);
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name} not Ready: {}",
+                    n.body
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ready_on_b("n1").await;
+    ready_on_b("n2").await;
+
+    // Kill A; for three NotReady timeouts, neither node leaves Ready.
+    let list = api_b.get("/api/v1/nodes").await;
+    let from = list.body["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list resourceVersion")
+        .to_string();
+    let mut watch = api_b
+        .watch("/api/v1/nodes", &format!("resourceVersion={from}"))
+        .await;
+    a.kill9();
+    for event in watch.drain(Duration::from_secs(6)).await {
+        let name = event.object["metadata"]["name"].as_str().unwrap_or("");
+        if name == "n1" || name == "n2" {
+            assert_eq!(
+                state(&event.object),
+                "Ready",
+                "{name} left Ready after A was killed: {}",
+                event.object
+            );
+        }
+    }
+    for name in ["n1", "n2"] {
+        let n = api_b.get(&format!("/api/v1/nodes/{name}")).await;
+        assert_eq!(state(&n.body), "Ready", "{}", n.body);
+    }
+
+    // The node lifecycle controller runs on B now (elected there if A
+    // led): a node that falls silent goes NotReady.
+    m2.kill9();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = api_b.get("/api/v1/nodes/n2").await;
+        if state(&n.body) == "NotReady" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n2 never went NotReady through B: {}\n{}",
+            n.body,
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n1 = api_b.get("/api/v1/nodes/n1").await;
+    assert_eq!(state(&n1.body), "Ready", "{}", n1.body);
 }

@@ -72,6 +72,26 @@ struct ConfigFile {
     /// Where objects live: mube's own log in dataDir (the default), or
     /// etcd.
     storage: Option<StorageEntry>,
+    /// How API servers that share a store (etcd) elect the one that runs
+    /// their controllers (kube-controller-manager's `--leader-elect-*`
+    /// defaults: 15s, 10s, 2s).
+    leader_election: Option<LeaderElectionEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LeaderElectionEntry {
+    lease_duration: Option<String>,
+    renew_deadline: Option<String>,
+    retry_period: Option<String>,
+}
+
+/// `leaderElection` resolved: for the API servers' own controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderElection {
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +312,7 @@ pub struct Config {
     /// `clusterCIDR`: where nodes' pod CIDRs come from.
     pub cluster_cidr: crate::registry::pod_cidr::ClusterCidr,
     pub storage: Storage,
+    pub leader_election: LeaderElection,
 }
 
 fn duration_env(
@@ -488,6 +509,31 @@ impl Config {
             return Err(format!("{file}: watchBuffer: must be at least 1"));
         }
         let storage = raw.storage.unwrap_or_default().resolve(&file.to_string())?;
+        let election = raw.leader_election.unwrap_or_default();
+        let leader_election = LeaderElection {
+            lease_duration: positive_duration(
+                "leaderElection.leaseDuration",
+                election.lease_duration.as_deref(),
+                Duration::from_secs(15),
+            )?,
+            renew_deadline: positive_duration(
+                "leaderElection.renewDeadline",
+                election.renew_deadline.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            retry_period: positive_duration(
+                "leaderElection.retryPeriod",
+                election.retry_period.as_deref(),
+                Duration::from_secs(2),
+            )?,
+        };
+        let mut check = mube_client::leader::Election::new("check");
+        check.lease_duration = leader_election.lease_duration;
+        check.renew_deadline = leader_election.renew_deadline;
+        check.retry_period = leader_election.retry_period;
+        check
+            .check()
+            .map_err(|e| format!("{file}: leaderElection: {e}"))?;
         Ok(Config {
             listen_address,
             data_dir: PathBuf::from(raw.data_dir.unwrap_or_else(|| "data".to_string())),
@@ -521,6 +567,7 @@ impl Config {
             notready_timeout: Duration::from_secs(30),
             cluster_cidr,
             storage,
+            leader_election,
         })
     }
 }

@@ -20,7 +20,11 @@ use crate::store::{LogStore, LogStoreOptions, Store};
 /// and flushes the store.
 pub async fn run(config: Config) -> Result<(), String> {
     let store = open_store(&config).await?;
-    let registry = Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr));
+    // On etcd, other API servers may share the store: per-server state
+    // gets its cluster answer (README: "Running several API servers").
+    let exclusive = !matches!(config.storage, Storage::Etcd(_));
+    let registry =
+        Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr, !exclusive));
     registry
         .start_pod_cidrs()
         .await
@@ -28,7 +32,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     crate::registry::ensure_system_namespaces(&registry)
         .await
         .map_err(|e| format!("creating the system namespaces: {e}"))?;
-    nodes::register_from_config(&registry, &config.nodes)
+    // On a store other API servers share, this config only adds nodes.
+    nodes::register_from_config(&registry, &config.nodes, exclusive)
         .await
         .map_err(|e| format!("registering the nodes from the config: {e}"))?;
 
@@ -116,27 +121,48 @@ pub async fn run(config: Config) -> Result<(), String> {
         authz: authorizer.clone(),
     };
 
-    let controller = NodeLifecycle::new(
-        Arc::new(LocalClient::new(registry.clone())),
-        config.notready_timeout,
-    );
-    let controller = tokio::spawn(controller.run(shutdown.child_token()));
-    let namespaces = crate::controllers::namespace::NamespaceController::new(Arc::new(
-        LocalClient::new(registry.clone()),
-    ));
-    let mut tasks = vec![
-        controller,
-        tokio::spawn(namespaces.run(shutdown.child_token())),
-    ];
-    if let Some(signer) = pki.as_ref().and_then(|p| p.signer.clone()) {
-        let csr = crate::controllers::csr_signer::CsrSigner::new(
-            Arc::new(LocalClient::new(registry.clone())),
-            authorizer.clone(),
-            signer,
-            config.node_certificate_ttl,
-        );
-        tasks.push(tokio::spawn(csr.run(shutdown.child_token())));
-    }
+    // The controllers run once across API servers on one store (etcd):
+    // only the elected server's run.
+    let shared_store = !exclusive;
+    let signer = pki.as_ref().and_then(|p| p.signer.clone());
+    let controllers = {
+        let registry = registry.clone();
+        let authorizer = authorizer.clone();
+        let (timeout, certificate_ttl) = (config.notready_timeout, config.node_certificate_ttl);
+        move |stop: CancellationToken| {
+            let client = Arc::new(LocalClient::new(registry.clone()));
+            let lifecycle = NodeLifecycle::new(client.clone(), timeout);
+            let namespaces =
+                crate::controllers::namespace::NamespaceController::new(client.clone());
+            let csr = signer.clone().map(|signer| {
+                crate::controllers::csr_signer::CsrSigner::new(
+                    client.clone(),
+                    authorizer.clone(),
+                    signer,
+                    certificate_ttl,
+                )
+            });
+            async move {
+                let mut running = vec![
+                    tokio::spawn(lifecycle.run(stop.child_token())),
+                    tokio::spawn(namespaces.run(stop.child_token())),
+                ];
+                if let Some(csr) = csr {
+                    running.push(tokio::spawn(csr.run(stop.child_token())));
+                }
+                for task in running {
+                    let _ = task.await;
+                }
+            }
+        }
+    };
+    let mut tasks = vec![tokio::spawn(crate::controllers::election::run(
+        registry.clone(),
+        shared_store,
+        config.leader_election,
+        shutdown.child_token(),
+        controllers,
+    ))];
     let (acceptor, renewal) = match pki {
         Some(p) => (
             Some(tokio_rustls::TlsAcceptor::from(p.server)),

@@ -21,15 +21,33 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
-use kube::runtime::{watcher, WatchStreamExt};
+#[cfg(feature = "kube")]
 use kube::Client;
 use tokio_util::sync::CancellationToken;
+
+/// The election's Lease, however it is reached: through the API (a
+/// `kube::Client`, for components that are API clients) or in process
+/// (the API server's own controllers, which run once across servers).
+#[async_trait::async_trait]
+pub trait LeaseApi: Send + Sync + 'static {
+    /// The Lease, or `None` if there is none.
+    async fn get(&self) -> Result<Option<Lease>, String>;
+    /// Creates it; `false` if another candidate did first.
+    async fn create(&self, lease: Lease) -> Result<bool, String>;
+    /// Replaces it with the read's resourceVersion as a precondition:
+    /// `None` when it changed since (another candidate wrote).
+    async fn replace(&self, lease: Lease) -> Result<Option<Lease>, String>;
+    /// The Lease's record each time it changes, so that a candidate sees
+    /// renewals as they happen (an API without watches may never yield:
+    /// candidates then read it every retry period, as client-go does).
+    fn changes(&self) -> BoxStream<'static, LeaseSpec>;
+}
 
 /// How a component elects its leader (kube-controller-manager's flags
 /// `--leader-elect-lease-duration`, `-renew-deadline`, `-retry-period`).
@@ -94,6 +112,7 @@ pub enum Outcome {
 
 /// Waits to be elected, then runs `work` until `shutdown` or until the
 /// lease is lost; `work` gets a token that is cancelled at either.
+#[cfg(feature = "kube")]
 pub async fn lead<W, F>(
     client: Client,
     election: Election,
@@ -104,19 +123,29 @@ where
     W: FnOnce(CancellationToken) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    let leases = kube_lease::KubeLease::new(client, &election);
+    lead_with(leases, election, shutdown, work).await
+}
+
+/// `lead`, with the Lease reached through `leases`.
+pub async fn lead_with<L, W, F>(
+    leases: L,
+    election: Election,
+    shutdown: CancellationToken,
+    work: W,
+) -> Result<Outcome, String>
+where
+    L: LeaseApi,
+    W: FnOnce(CancellationToken) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     election.check()?;
-    let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
+    let mut changes = leases.changes();
     let mut candidate = Candidate {
-        leases: leases.clone(),
+        leases,
         election,
         observed: None,
     };
-    let by_name =
-        watcher::Config::default().fields(&format!("metadata.name={}", candidate.election.name));
-    let mut changes = watcher(leases, by_name)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
     // Campaign.
     loop {
         // Bounded, and given up at shutdown: an API server that does not
@@ -148,7 +177,7 @@ where
         // or overloaded is not asked again every few milliseconds.
         let retry = candidate.election.retry_period;
         let started = tokio::time::Instant::now();
-        let next = |candidate: &Candidate| {
+        let next = |candidate: &Candidate<L>| {
             let until_retry = retry.saturating_sub(started.elapsed());
             let wait = match candidate.expires_in() {
                 Some(left) if answered => left.min(until_retry),
@@ -162,8 +191,8 @@ where
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
                 _ = &mut sleep => break,
-                Some(Ok(lease)) = changes.next() => {
-                    candidate.saw(lease.spec.unwrap_or_default());
+                Some(record) = changes.next() => {
+                    candidate.saw(record);
                     sleep.as_mut().reset(next(&candidate));
                 }
             }
@@ -231,8 +260,8 @@ where
     Ok(outcome)
 }
 
-struct Candidate {
-    leases: Api<Lease>,
+struct Candidate<L> {
+    leases: L,
     election: Election,
     /// The record as last read, and when this copy first saw it so.
     observed: Option<(LeaseSpec, Instant)>,
@@ -242,7 +271,7 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-impl Candidate {
+impl<L: LeaseApi> Candidate<L> {
     fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.election.identity.clone()),
@@ -286,8 +315,8 @@ impl Candidate {
     }
 
     /// One round: `true` when this copy holds the Lease afterwards.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
-        let current = match self.leases.get_opt(&self.election.name).await? {
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, String> {
+        let current = match self.leases.get().await? {
             Some(lease) => lease,
             None => {
                 let lease = Lease {
@@ -298,12 +327,7 @@ impl Candidate {
                     },
                     spec: Some(self.spec(None, 0)),
                 };
-                return match self.leases.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
-                    // Another candidate created it first.
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                    Err(e) => Err(e),
-                };
+                return self.leases.create(lease).await;
             }
         };
         let record = current.spec.clone().unwrap_or_default();
@@ -330,23 +354,18 @@ impl Candidate {
         let mut lease = current;
         lease.spec = Some(spec);
         // The read's resourceVersion makes this a compare-and-swap.
-        match self
-            .leases
-            .replace(&self.election.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(written) => {
+        match self.leases.replace(lease).await? {
+            Some(written) => {
                 self.observed = written.spec.map(|s| (s, Instant::now()));
                 Ok(true)
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            None => Ok(false),
         }
     }
 
     /// Gives the Lease up so that another copy need not wait it out.
     async fn release(&mut self) {
-        let Ok(Some(mut lease)) = self.leases.get_opt(&self.election.name).await else {
+        let Ok(Some(mut lease)) = self.leases.get().await else {
             return;
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
@@ -356,12 +375,9 @@ impl Candidate {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
-        match self
-            .leases
-            .replace(&self.election.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => tracing::info!("released the leader Lease"),
+        match self.leases.replace(lease).await {
+            Ok(Some(_)) => tracing::info!("released the leader Lease"),
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
         }
     }
@@ -410,11 +426,83 @@ impl Flags {
     }
 }
 
+#[cfg(feature = "kube")]
+mod kube_lease {
+    use futures::stream::BoxStream;
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use kube::api::{Api, PostParams};
+    use kube::runtime::{watcher, WatchStreamExt};
+    use kube::Client;
+
+    use super::Election;
+
+    /// The Lease through the API.
+    pub struct KubeLease {
+        api: Api<Lease>,
+        name: String,
+    }
+
+    impl KubeLease {
+        pub fn new(client: Client, election: &Election) -> KubeLease {
+            KubeLease {
+                api: Api::namespaced(client, &election.namespace),
+                name: election.name.clone(),
+            }
+        }
+    }
+
+    fn conflict(e: &kube::Error) -> bool {
+        matches!(e, kube::Error::Api(e) if e.code == 409)
+    }
+
+    #[async_trait::async_trait]
+    impl super::LeaseApi for KubeLease {
+        async fn get(&self) -> Result<Option<Lease>, String> {
+            self.api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| e.to_string())
+        }
+
+        async fn create(&self, lease: Lease) -> Result<bool, String> {
+            match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if conflict(&e) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+
+        async fn replace(&self, lease: Lease) -> Result<Option<Lease>, String> {
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(written) => Ok(Some(written)),
+                Err(e) if conflict(&e) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+
+        fn changes(&self) -> BoxStream<'static, LeaseSpec> {
+            let by_name =
+                watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+            watcher(self.api.clone(), by_name)
+                .default_backoff()
+                .applied_objects()
+                .filter_map(|l| async move { l.ok().map(|l| l.spec.unwrap_or_default()) })
+                .boxed()
+        }
+    }
+}
+
 /// Runs `work` until SIGINT/SIGTERM; with an election, only while this
 /// copy leads. A leader that loses its Lease returns an error, so that the
 /// process exits and starts over, as Kubernetes' components do. Without
 /// one, `work` gets `bound` to finish after the signal (its requests may
 /// wait on an API server that is gone too).
+#[cfg(feature = "kube")]
 pub async fn run_until_signal<W, F>(
     client: Client,
     election: Option<Election>,

@@ -4,12 +4,15 @@
 
 pub mod leader;
 
+#[cfg(feature = "kube")]
 use std::path::PathBuf;
 
+#[cfg(feature = "kube")]
 use kube::Client;
 
 /// A client from `--kubeconfig PATH`, or as kubectl finds one
 /// (`$KUBECONFIG`, then `~/.kube/config`, then in-cluster).
+#[cfg(feature = "kube")]
 pub async fn connect(kubeconfig: Option<PathBuf>) -> Result<Client, String> {
     let config = match kubeconfig {
         Some(path) => {

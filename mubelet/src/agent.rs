@@ -51,7 +51,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let host_ip = config
         .node_ip
         .clone()
-        .or_else(|| crate::node_status::detect_ip(&config.api_server));
+        .or_else(|| crate::node_status::detect_ip(config.api_servers.current()));
     let listener = tokio::net::TcpListener::bind(config.health_listen)
         .await
         .map_err(|e| {
@@ -87,7 +87,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         Arc::new(crate::pods::Shared {
             runtime,
             node: config.node_name.clone(),
-            api_server: config.api_server.clone(),
+            api_servers: config.api_servers.clone(),
             client,
             log_root: config.pod_log_dir.clone(),
             backoff: crate::pods::backoff::Policy {
@@ -112,7 +112,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     tracing::info!(
         node = %config.node_name,
-        api_server = %config.api_server,
+        api_server = %config.api_servers,
         interval = ?config.heartbeat_interval,
         health = %config.health_listen,
         "mubelet started"

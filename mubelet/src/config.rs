@@ -10,7 +10,8 @@ pub struct Config {
     pub runtime: String,
     pub version: String,
     pub capacity: i64,
-    pub api_server: reqwest::Url,
+    /// `MUBE_API_SERVER`: one URL, or several separated by commas.
+    pub api_servers: crate::servers::ApiServers,
     pub heartbeat_interval: Duration,
     pub health_listen: SocketAddr,
     pub shutdown_timeout: Duration,
@@ -113,11 +114,8 @@ impl Config {
         } else {
             "http://127.0.0.1:8080"
         };
-        let server_text = text("MUBE_API_SERVER", default_server);
-        let api_server = reqwest::Url::parse(server_text.trim())
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| format!("MUBE_API_SERVER: {server_text:?} is not an http(s) URL such as http://127.0.0.1:8080"))?;
+        let api_servers =
+            crate::servers::ApiServers::parse(text("MUBE_API_SERVER", default_server).trim())?;
         let health_listen =
             mube_apis::address::parse_listen(&text("MUBELET_HEALTH_LISTEN", ":10250"))
                 .map_err(|e| format!("MUBELET_HEALTH_LISTEN: {e}"))?;
@@ -162,7 +160,7 @@ impl Config {
             runtime: text("MUBELET_RUNTIME", "containerd"),
             version: text("MUBELET_VERSION", "0.1.0"),
             capacity,
-            api_server,
+            api_servers,
             heartbeat_interval: duration("MUBELET_HEARTBEAT_INTERVAL", "10s")?,
             health_listen,
             shutdown_timeout: duration("MUBELET_SHUTDOWN_TIMEOUT", "5s")?,
@@ -188,7 +186,7 @@ mod tests {
         assert_eq!(c.runtime, "containerd");
         assert_eq!(c.version, "0.1.0");
         assert_eq!(c.capacity, 10);
-        assert_eq!(c.api_server.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.api_servers.to_string(), "http://127.0.0.1:8080/");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.health_listen, "0.0.0.0:10250".parse().unwrap());
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));

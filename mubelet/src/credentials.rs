@@ -246,9 +246,8 @@ async fn request(
         .and_then(|c| c.pem())
         .map_err(|e| format!("cannot make a certificate request: {e}"))?;
     let collection = config
-        .api_server
-        .join("apis/certificates.k8s.io/v1/certificatesigningrequests")
-        .map_err(|e| format!("MUBE_API_SERVER: {e}"))?;
+        .api_servers
+        .join("apis/certificates.k8s.io/v1/certificatesigningrequests")?;
     let body = json!({
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",

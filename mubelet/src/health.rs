@@ -44,7 +44,7 @@ async fn status(State(state): State<HealthState>) -> Json<Value> {
         "runtime": c.runtime,
         "version": c.version,
         "capacity": c.capacity,
-        "apiServer": c.api_server.as_str(),
+        "apiServer": c.api_servers.to_string(),
         "heartbeatInterval": format!("{:?}", c.heartbeat_interval),
         "lastHeartbeat": hb.last_heartbeat,
         "consecutiveFailures": hb.consecutive_failures,

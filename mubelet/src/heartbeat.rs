@@ -58,7 +58,7 @@ pub struct Heartbeater {
     /// The current client: a new one arrives when the node's certificate
     /// is renewed.
     client: tokio::sync::watch::Receiver<reqwest::Client>,
-    url: reqwest::Url,
+    servers: crate::servers::ApiServers,
     body: Heartbeat,
     interval: Duration,
     status: SharedStatus,
@@ -66,6 +66,8 @@ pub struct Heartbeater {
     /// body's `runtime` (when MUBELET_RUNTIME does not say).
     runtime_name: Option<crate::node_status::RuntimeName>,
 }
+
+const PATH: &str = "api/v1/nodes/heartbeat";
 
 /// First retry after this, doubling up to the heartbeat interval.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -82,13 +84,15 @@ impl Heartbeater {
         status: SharedStatus,
         runtime_name: Option<crate::node_status::RuntimeName>,
     ) -> Result<Heartbeater, String> {
-        let url = config
-            .api_server
-            .join("api/v1/nodes/heartbeat")
-            .map_err(|e| format!("MUBE_API_SERVER: {e}"))?;
+        // Every server's URL must be good now, not at the first failover.
+        for server in config.api_servers.all() {
+            server
+                .join(PATH)
+                .map_err(|e| format!("MUBE_API_SERVER: {e}"))?;
+        }
         Ok(Heartbeater {
             client,
-            url,
+            servers: config.api_servers.clone(),
             body: Heartbeat {
                 name: config.node_name.clone(),
                 runtime: config.runtime.clone(),
@@ -102,7 +106,7 @@ impl Heartbeater {
         })
     }
 
-    async fn send(&self) -> Outcome {
+    async fn send(&self, url: reqwest::Url) -> Outcome {
         let client = self.client.borrow().clone();
         let reported = self
             .runtime_name
@@ -115,7 +119,7 @@ impl Heartbeater {
             }),
             None => std::borrow::Cow::Borrowed(&self.body),
         };
-        let response = match client.post(self.url.clone()).json(&*body).send().await {
+        let response = match client.post(url).json(&*body).send().await {
             Ok(r) => r,
             Err(e) => {
                 let message = if e.is_timeout() {
@@ -184,12 +188,22 @@ impl Heartbeater {
 
     /// Beats until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let server = self.url.origin().ascii_serialization();
         // Which kind of trouble was last logged, so each streak logs once.
         let mut logged: Option<u16> = None;
+        // Servers that did not answer since the last accepted heartbeat:
+        // the next one is tried at once, and only when every one has
+        // failed does the agent back off.
+        let mut silent = 0usize;
         loop {
-            let wait = match self.send().await {
+            let server = self.servers.current().clone();
+            let Ok(url) = server.join(PATH) else {
+                // Checked in `new`: not reached.
+                return;
+            };
+            let server = server.origin().ascii_serialization();
+            let wait = match self.send(url.clone()).await {
                 Outcome::Accepted => {
+                    silent = 0;
                     self.record("accepted", Some(202), "accepted".into(), false);
                     if logged.take().is_some() {
                         tracing::info!(api_server = %server, "heartbeats accepted again");
@@ -224,11 +238,22 @@ impl Heartbeater {
                 }
                 Outcome::Unavailable { code, message } => {
                     let failures = self.record("unreachable", code, message.clone(), true);
-                    if logged != Some(0) {
-                        logged = Some(0);
-                        tracing::warn!(api_server = %server, error = %message, "API server unavailable; retrying with backoff (logged once per outage)");
+                    silent += 1;
+                    if self.servers.len() > 1 {
+                        self.servers.failed(&url);
                     }
-                    self.backoff(failures)
+                    if silent < self.servers.len() {
+                        // Another server may answer: try it now, so that
+                        // this node's heartbeats go on within its deadline.
+                        Duration::ZERO
+                    } else {
+                        if logged != Some(0) {
+                            logged = Some(0);
+                            tracing::warn!(api_server = %server, error = %message, "API server unavailable; retrying with backoff (logged once per outage)");
+                        }
+                        silent = 0;
+                        self.backoff(failures)
+                    }
                 }
             };
             tokio::select! {

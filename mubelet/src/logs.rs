@@ -99,9 +99,9 @@ async fn authorized(state: &LogState, headers: &HeaderMap) -> Result<(), Respons
     }
     let url = state
         .config
-        .api_server
+        .api_servers
         .join("apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
-        .map_err(|e| answer(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| answer(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let review = json!({
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectAccessReview",

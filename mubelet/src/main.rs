@@ -20,6 +20,7 @@ mod network;
 mod node_status;
 mod pods;
 mod registration;
+mod servers;
 mod system;
 
 fn main() -> std::process::ExitCode {

@@ -132,9 +132,8 @@ pub async fn run(
 
 async fn get_node(config: &Config, client: &reqwest::Client) -> Result<Value, String> {
     let url = config
-        .api_server
-        .join(&format!("api/v1/nodes/{}", config.node_name))
-        .map_err(|e| e.to_string())?;
+        .api_servers
+        .join(&format!("api/v1/nodes/{}", config.node_name))?;
     let r = client
         .get(url)
         .send()
@@ -157,13 +156,10 @@ async fn update_node(
     host_ip: Option<&str>,
     health: &Result<(), String>,
 ) -> Result<Option<String>, String> {
-    let url = config
-        .api_server
-        .join(&format!(
-            "api/v1/nodes/{}/status?fieldManager=mubelet",
-            config.node_name
-        ))
-        .map_err(|e| e.to_string())?;
+    let url = config.api_servers.join(&format!(
+        "api/v1/nodes/{}/status?fieldManager=mubelet",
+        config.node_name
+    ))?;
     for _ in 0..5 {
         let mut node = get_node(config, client).await?;
         let pod_cidr = node

@@ -10,9 +10,8 @@ use crate::config::Config;
 
 pub async fn ensure_node(config: &Config, client: &reqwest::Client) -> Result<(), String> {
     let url = config
-        .api_server
-        .join(&format!("api/v1/nodes/{}", config.node_name))
-        .map_err(|e| format!("MUBE_API_SERVER: {e}"))?;
+        .api_servers
+        .join(&format!("api/v1/nodes/{}", config.node_name))?;
     let found = client
         .get(url)
         .send()
@@ -21,10 +20,7 @@ pub async fn ensure_node(config: &Config, client: &reqwest::Client) -> Result<()
     if found.status() != reqwest::StatusCode::NOT_FOUND {
         return Ok(());
     }
-    let collection = config
-        .api_server
-        .join("api/v1/nodes")
-        .map_err(|e| format!("MUBE_API_SERVER: {e}"))?;
+    let collection = config.api_servers.join("api/v1/nodes")?;
     let node = json!({
         "apiVersion": "v1",
         "kind": "Node",

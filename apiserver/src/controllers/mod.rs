@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod csr_signer;
+pub mod election;
 pub mod namespace;
 pub mod node_lifecycle;
 

@@ -24,16 +24,23 @@ pub struct RegisteredNode {
 /// Brings the stored nodes in line with the config: creates missing nodes,
 /// corrects ip/port (the config is authoritative), and deletes nodes the
 /// config registered earlier but no longer lists.
+///
+/// On a store several API servers share (`exclusive` false), each one's
+/// config only adds: it creates the nodes it lists that are missing, and
+/// corrects or deletes nothing, so that two servers whose configs differ
+/// do not undo each other at every start. Changing or removing a node is
+/// then done through the API (`kubectl delete node`).
 pub async fn register_from_config(
     registry: &Registry,
     nodes: &[RegisteredNode],
+    exclusive: bool,
 ) -> Result<(), ApiError> {
     use futures::{StreamExt, TryStreamExt};
     let r = registry.resource(&resources::NODES)?;
     // Concurrently, so that group commit makes one flush serve many nodes:
     // registering 100,000 nodes one durable write at a time would take minutes.
     let created: usize = futures::stream::iter(nodes)
-        .map(|node| register_one(registry, &r, node))
+        .map(|node| register_one(registry, &r, node, exclusive))
         .buffer_unordered(256)
         .try_fold(0, |n, created| async move { Ok(n + usize::from(created)) })
         .await?;
@@ -43,6 +50,9 @@ pub async fn register_from_config(
             listed = nodes.len(),
             "registered nodes from config"
         );
+    }
+    if !exclusive {
+        return Ok(());
     }
     let listed: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     let (existing, _) = registry
@@ -80,6 +90,7 @@ async fn register_one(
     registry: &Registry,
     r: &Resource,
     node: &RegisteredNode,
+    correct: bool,
 ) -> Result<bool, ApiError> {
     let ip = node.ip.to_string();
     match registry.get(r, None, &node.name).await {
@@ -89,13 +100,19 @@ async fn register_one(
                 "spec": {},
             });
             state_rules::set_address(&mut object, &ip, node.port);
-            registry
+            match registry
                 .create(r, None, object, managed::APISERVER, DryRun::No)
-                .await?;
+                .await
+            {
+                // Another API server on the same store registered it first.
+                Err(e) if e.is_already_exists() => return Ok(false),
+                other => other?,
+            };
             tracing::debug!(node = %node.name, %ip, port = node.port, "registered node from config");
             Ok(true)
         }
         Err(e) => Err(e),
+        Ok(_) if !correct => Ok(false),
         Ok(_) => {
             registry
                 .modify(

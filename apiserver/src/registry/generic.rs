@@ -79,9 +79,16 @@ impl Registry {
         }
     }
 
-    /// Nodes created from now on get a pod CIDR out of `cidr`.
-    pub fn with_pod_cidrs(mut self, cidr: super::pod_cidr::ClusterCidr) -> Registry {
-        self.pod_cidrs = Some(super::pod_cidr::PodCidrs::new(cidr));
+    /// Nodes created from now on get a pod CIDR out of `cidr`; with
+    /// `shared_store`, claimed in the store, since other API servers
+    /// give ranges out of it too.
+    pub fn with_pod_cidrs(
+        mut self,
+        cidr: super::pod_cidr::ClusterCidr,
+        shared_store: bool,
+    ) -> Registry {
+        let claims = shared_store.then(|| self.store.clone());
+        self.pod_cidrs = Some(super::pod_cidr::PodCidrs::new(cidr, claims));
         self
     }
 
@@ -281,7 +288,7 @@ impl Registry {
         }
         r.strategy.prepare_for_create(&mut object, now);
         let reserved = match (&self.pod_cidrs, r.kind, dry_run) {
-            (Some(cidrs), "Node", DryRun::No) => cidrs.assign(r, &mut object)?,
+            (Some(cidrs), "Node", DryRun::No) => cidrs.assign(r, &mut object).await?,
             _ => super::pod_cidr::Reservation::none(),
         };
         let created = async {

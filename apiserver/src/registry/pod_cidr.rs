@@ -10,9 +10,11 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use super::Registry;
 use crate::error::ApiError;
-use crate::store::ReadAt;
+use crate::store::{Preconditions, ReadAt, Store, StoreError};
 
 /// An IPv4 cluster CIDR, cut into /24s (or into the CIDR itself when it
 /// is smaller than a /24).
@@ -86,13 +88,29 @@ impl ClusterCidr {
 /// there is no second write per node (at 100,000 nodes, 100,000 writes and
 /// events) and no window in which a client's update of a new Node
 /// conflicts with the allocator's. The ranges in use are read from the
-/// store at start (`Registry::start_pod_cidrs`) and kept here; one API
-/// server owns them (several API servers on one store will need the
-/// controller form).
+/// store at start (`Registry::start_pod_cidrs`) and kept here.
+///
+/// When API servers share the store (etcd), each range is also claimed in
+/// it, under `/registry/ranges/podcidrs/<range>`, by a create that fails if
+/// another server's node holds it (Kubernetes keeps its Service IP
+/// allocations in etcd the same way, under `/registry/ranges/`). A server's
+/// own set then only saves it asking for ranges it knows are taken.
 pub struct PodCidrs {
     cidr: ClusterCidr,
     used: Mutex<HashSet<String>>,
     exhausted: std::sync::atomic::AtomicBool,
+    /// The shared store the claims are made in, when there is one.
+    claims: Option<Arc<dyn Store>>,
+}
+
+/// Where the claim on `range` is kept.
+fn claim_key(range: &str) -> String {
+    format!("/registry/ranges/podcidrs/{}", range.replace('/', "-"))
+}
+
+/// What a claim says: whose range it is.
+fn claim(range: &str, node: &str) -> Value {
+    json!({"metadata": {"name": range.replace('/', "-")}, "range": range, "node": node})
 }
 
 pub fn pod_cidr(node: &Value) -> Option<&str> {
@@ -151,6 +169,13 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Outcome of claiming a range in the shared store.
+enum Claimed {
+    Yes,
+    /// Another server's node holds it.
+    Taken,
+}
+
 fn set_range(node: &mut Value, range: &str) {
     if let Some(spec) = node
         .as_object_mut()
@@ -163,12 +188,58 @@ fn set_range(node: &mut Value, range: &str) {
 }
 
 impl PodCidrs {
-    pub fn new(cidr: ClusterCidr) -> PodCidrs {
+    /// `claims`: the store, when other API servers share it.
+    pub fn new(cidr: ClusterCidr, claims: Option<Arc<dyn Store>>) -> PodCidrs {
         PodCidrs {
             cidr,
             used: Default::default(),
             exhausted: Default::default(),
+            claims,
         }
+    }
+
+    /// Claims `range` for `node` in the shared store (nothing to do
+    /// without one). A claim this node already holds (a create tried
+    /// again) counts as made.
+    async fn claim(&self, range: &str, node: &str) -> Result<Claimed, ApiError> {
+        let Some(store) = &self.claims else {
+            return Ok(Claimed::Yes);
+        };
+        let key = claim_key(range);
+        match store.create(&key, claim(range, node)).await {
+            Ok(_) => Ok(Claimed::Yes),
+            Err(StoreError::AlreadyExists { .. }) => {
+                let holder = store
+                    .get(&key)
+                    .await?
+                    .and_then(|c| c.value().ok())
+                    .and_then(|c| c.get("node").and_then(Value::as_str).map(str::to_string));
+                Ok(if holder.as_deref() == Some(node) {
+                    Claimed::Yes
+                } else {
+                    Claimed::Taken
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives the claim on `range` up, in the background: called where
+    /// nothing may wait (a delete that has happened, a dropped create).
+    fn unclaim(&self, range: &str) {
+        let (Some(store), Ok(runtime)) = (&self.claims, tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let (store, key) = (store.clone(), claim_key(range));
+        runtime.spawn(async move {
+            match store.delete(&key, &Preconditions::default()).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "cannot give a pod range's claim up; it stays taken")
+                }
+            }
+        });
     }
 
     fn used(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -201,6 +272,11 @@ impl PodCidrs {
             let Some(range) = reservation.range.clone() else {
                 break;
             };
+            let name = key.rsplit('/').next().unwrap_or_default();
+            if let Claimed::Taken = self.claim(&range, name).await? {
+                reservation.keep();
+                continue;
+            }
             let updated = crate::store::guaranteed_update(
                 registry.store().as_ref(),
                 &key,
@@ -241,11 +317,12 @@ impl PodCidrs {
 
     /// Gives `node` the next free range, unless it names one itself: that
     /// must be one of clusterCIDR's node ranges that no other node holds.
-    pub fn assign(
+    pub async fn assign(
         &self,
         resource: &super::Resource,
         node: &mut Value,
     ) -> Result<Reservation<'_>, ApiError> {
+        let name = crate::registry::name_of(node).to_string();
         if let Some(own) = pod_cidr(node).map(str::to_string) {
             let refuse = |why: String| {
                 ApiError::invalid(
@@ -267,23 +344,41 @@ impl PodCidrs {
             if !self.used().insert(own.clone()) {
                 return Err(refuse("already in use by another node".into()));
             }
-            set_range(node, &own);
-            return Ok(Reservation {
+            let reservation = Reservation {
                 cidrs: Some(self),
-                range: Some(own),
-            });
+                range: Some(own.clone()),
+            };
+            if let Claimed::Taken = self.claim(&own, &name).await? {
+                // Held through another API server: it stays counted here.
+                reservation.keep();
+                return Err(refuse("already in use by another node".into()));
+            }
+            set_range(node, &own);
+            return Ok(reservation);
         }
-        let reservation = self.take_next();
-        if let Some(range) = &reservation.range {
-            set_range(node, range);
+        loop {
+            let reservation = self.take_next();
+            let Some(range) = reservation.range.clone() else {
+                return Ok(reservation);
+            };
+            match self.claim(&range, &name).await {
+                Ok(Claimed::Yes) => {
+                    set_range(node, &range);
+                    return Ok(reservation);
+                }
+                // Taken through another API server: counted here from now
+                // on, and the next one is tried.
+                Ok(Claimed::Taken) => reservation.keep(),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(reservation)
     }
 
     /// A range free again: its node is gone, or was never created.
     pub fn release(&self, range: &str) {
         self.used().remove(range);
         self.exhausted.store(false, Ordering::Relaxed);
+        self.unclaim(range);
     }
 }
 

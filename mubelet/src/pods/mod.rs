@@ -26,7 +26,7 @@ use crate::cri::{self, Runtime};
 pub struct Shared {
     pub runtime: Runtime,
     pub node: String,
-    pub api_server: reqwest::Url,
+    pub api_servers: crate::servers::ApiServers,
     pub client: watch::Receiver<reqwest::Client>,
     pub log_root: PathBuf,
     pub backoff: backoff::Policy,
@@ -53,7 +53,7 @@ struct Running {
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let (tx, mut pods) = watch::channel::<source::Pods>(None);
     let source = tokio::spawn(source::run(
-        shared.api_server.clone(),
+        shared.api_servers.clone(),
         shared.node.clone(),
         shared.client.clone(),
         tx,

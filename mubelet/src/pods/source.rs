@@ -45,7 +45,7 @@ pub fn uid(pod: &Pod) -> Option<&str> {
 
 /// Lists and watches until `shutdown`, publishing into `out`.
 pub async fn run(
-    api_server: reqwest::Url,
+    servers: crate::servers::ApiServers,
     node: String,
     client: watch::Receiver<reqwest::Client>,
     out: watch::Sender<Pods>,
@@ -54,11 +54,17 @@ pub async fn run(
     let selector = format!("spec.nodeName={node}");
     let mut failures = 0u32;
     loop {
+        let server = servers.current().clone();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = list_and_watch(&api_server, &selector, &client, &out) => r,
+            r = list_and_watch(&server, &selector, &client, &out) => r,
         };
-        if let Err(e) = result {
+        if let Err((silent, e)) = result {
+            // Unless another task has already moved on (a heartbeat
+            // notices first), the next list goes to the next server.
+            if silent {
+                servers.failed(&server);
+            }
             failures += 1;
             if failures == 1 {
                 tracing::warn!(error = %e, "watching this node's pods failed; listing again");
@@ -75,33 +81,40 @@ pub async fn run(
     }
 }
 
+/// On failure, the error, and whether the server did not answer at all
+/// (then the next try goes to the next server).
 async fn list_and_watch(
-    api_server: &reqwest::Url,
+    server: &reqwest::Url,
     selector: &str,
     client: &watch::Receiver<reqwest::Client>,
     out: &watch::Sender<Pods>,
-) -> Result<(), String> {
+) -> Result<(), (bool, String)> {
     let http = client.borrow().clone();
-    let mut url = api_server
+    let mut url = server
         .join("api/v1/pods")
-        .map_err(|e| format!("MUBE_API_SERVER: {e}"))?;
+        .map_err(|e| (false, format!("MUBE_API_SERVER: {e}")))?;
     url.query_pairs_mut().append_pair("fieldSelector", selector);
     let response = http
         .get(url.clone())
         .send()
         .await
-        .map_err(|e| mube_apis::errors::chain(&e))?;
+        .map_err(|e| (true, mube_apis::errors::chain(&e)))?;
     if !response.status().is_success() {
         let code = response.status();
-        return Err(format!(
-            "listing pods: {code} {}",
-            response.text().await.unwrap_or_default()
+        return Err((
+            code.is_server_error(),
+            format!(
+                "listing pods: {code} {}",
+                response.text().await.unwrap_or_default()
+            ),
         ));
     }
-    let list: PodList = response
-        .json()
-        .await
-        .map_err(|e| format!("listing pods: {}", mube_apis::errors::chain(&e)))?;
+    let list: PodList = response.json().await.map_err(|e| {
+        (
+            true,
+            format!("listing pods: {}", mube_apis::errors::chain(&e)),
+        )
+    })?;
     let mut pods: HashMap<String, Arc<Pod>> = HashMap::new();
     for pod in list.items {
         if let Some(uid) = uid(&pod) {
@@ -123,14 +136,15 @@ async fn list_and_watch(
         .timeout(Duration::from_secs(330))
         .send()
         .await
-        .map_err(|e| mube_apis::errors::chain(&e))?;
+        .map_err(|e| (true, mube_apis::errors::chain(&e)))?;
     if !response.status().is_success() {
-        return Err(format!("watching pods: {}", response.status()));
+        let code = response.status();
+        return Err((code.is_server_error(), format!("watching pods: {code}")));
     }
     let mut body = response.bytes_stream();
     let mut buffer: Vec<u8> = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| mube_apis::errors::chain(&e))?;
+        let chunk = chunk.map_err(|e| (true, mube_apis::errors::chain(&e)))?;
         buffer.extend_from_slice(&chunk);
         let mut changed = false;
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
@@ -139,11 +153,11 @@ async fn list_and_watch(
                 continue;
             }
             let event: WatchEvent = serde_json::from_slice(&line)
-                .map_err(|e| format!("watching pods: undecodable event: {e}"))?;
+                .map_err(|e| (false, format!("watching pods: undecodable event: {e}")))?;
             match event.kind.as_str() {
                 "ADDED" | "MODIFIED" | "DELETED" => {
                     let pod: Pod = serde_json::from_value(event.object)
-                        .map_err(|e| format!("watching pods: undecodable pod: {e}"))?;
+                        .map_err(|e| (false, format!("watching pods: undecodable pod: {e}")))?;
                     let Some(uid) = uid(&pod).map(str::to_string) else {
                         continue;
                     };
@@ -156,7 +170,7 @@ async fn list_and_watch(
                 }
                 "BOOKMARK" => {}
                 // 410 Gone and friends: list again.
-                _ => return Err(format!("watch ended: {}", event.object)),
+                _ => return Err((false, format!("watch ended: {}", event.object))),
             }
         }
         if changed {

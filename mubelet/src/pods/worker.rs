@@ -125,7 +125,7 @@ impl Worker {
         let (ns, name) = namespaced_name(pod);
         let url = match self
             .shared
-            .api_server
+            .api_servers
             .join(&format!("api/v1/namespaces/{ns}/pods/{name}"))
         {
             Ok(u) => u,
@@ -525,7 +525,7 @@ impl Worker {
             return;
         }
         let (ns, name) = namespaced_name(pod);
-        let Ok(url) = self.shared.api_server.join(&format!(
+        let Ok(url) = self.shared.api_servers.join(&format!(
             "api/v1/namespaces/{ns}/pods/{name}/status?fieldManager=mubelet"
         )) else {
             return;
