@@ -19,6 +19,12 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Etcd {
     pub async fn start() -> Result<Etcd, String> {
         let binary = which("etcd").ok_or(
             "etcd is not installed: `apt-get install etcd-server` (Debian) provides /usr/bin/etcd",

@@ -100,6 +100,35 @@ pub async fn closed_loop(
     .await
 }
 
+/// Every node heartbeats once, unmeasured, over `connections`
+/// connections: a node's first heartbeat creates its Lease and turns it
+/// Ready (writes a steady heartbeat does not make), so that a measurement
+/// after it sees only steady heartbeats. Returns how many were refused.
+pub async fn warm_up(server: &Endpoint, nodes: usize, connections: usize) -> usize {
+    let url: Arc<str> = Arc::from(format!("{}/api/v1/nodes/heartbeat", server.url));
+    let tokens = server.node_tokens;
+    let connections = connections.clamp(1, nodes.max(1));
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let (client, url) = (server.connection(), url.clone());
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for node in (c..nodes).step_by(connections) {
+                    if !beat(&client, &url, node, tokens).await {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap_or(0);
+    }
+    refused
+}
+
 /// Runs `connections` loops of the request each factory makes, for `duration`.
 pub async fn run<F, R, Fut>(connections: usize, duration: Duration, factory: F) -> LoadStats
 where

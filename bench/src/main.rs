@@ -575,18 +575,32 @@ async fn versus_etcd(
     report.add("scenario", "etcd");
     report.add("nodes", nodes);
     report.add("connections", connections);
+    // Steady heartbeats only, on every backend: each node's first one
+    // (its Lease created, the node turned Ready) comes before.
     let mube = {
         let server = Server::start(bin, nodes, "").await?;
+        load::warm_up(&server.endpoint(), nodes, connections).await;
         load::closed_loop(&server.endpoint(), nodes, connections, d).await
     };
     load_rows(report, "mube_heartbeat", &mube);
     let etcd = etcd::Etcd::start().await?;
+    let etcd_cpu = || proc_stats(etcd.pid()).cpu_seconds;
+    let before = etcd_cpu();
     let gateway = etcd::gateway_puts(&etcd.url, nodes, connections, d).await;
+    report.add(
+        "etcd_gateway_put_etcd_cpu_cores",
+        format!("{:.2}", (etcd_cpu() - before) / gateway.elapsed.as_secs_f64()),
+    );
     load_rows(report, "etcd_gateway_put", &gateway);
     #[cfg(feature = "etcd-grpc")]
     let grpc_rate = {
+        let before = etcd_cpu();
         let grpc = etcd::grpc_puts(&etcd.url, nodes, connections, d).await?;
         load_rows(report, "etcd_grpc_put", &grpc);
+        report.add(
+            "etcd_grpc_put_etcd_cpu_cores",
+            format!("{:.2}", (etcd_cpu() - before) / grpc.elapsed.as_secs_f64()),
+        );
         grpc.rate()
     };
     #[cfg(not(feature = "etcd-grpc"))]
@@ -610,8 +624,23 @@ async fn versus_etcd(
     );
     match Server::start(bin, nodes, &on_etcd).await {
         Ok(server) => {
+            load::warm_up(&server.endpoint(), nodes, connections).await;
+            let (etcd_before, mube_before) = (etcd_cpu(), proc_stats(server.pid()).cpu_seconds);
             let on = load::closed_loop(&server.endpoint(), nodes, connections, d).await;
             load_rows(report, "mube_on_etcd_heartbeat", &on);
+            // Where the cores went: etcd's share, and the API server's.
+            let seconds = on.elapsed.as_secs_f64();
+            report.add(
+                "mube_on_etcd_heartbeat_etcd_cpu_cores",
+                format!("{:.2}", (etcd_cpu() - etcd_before) / seconds),
+            );
+            report.add(
+                "mube_on_etcd_heartbeat_apiserver_cpu_cores",
+                format!(
+                    "{:.2}",
+                    (proc_stats(server.pid()).cpu_seconds - mube_before) / seconds
+                ),
+            );
             report.add(
                 "ratio_mube_on_etcd_over_best_etcd",
                 format!("{:.2}", on.rate() / best.max(1e-9)),

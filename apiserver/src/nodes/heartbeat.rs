@@ -36,15 +36,19 @@ pub async fn heartbeat(
             ),
         )
     };
-    match registry.get(&nodes, None, &hb.name).await {
+    // Reads are from memory where the store keeps a copy (on etcd, its
+    // watch cache), so that a heartbeat that changes nothing a client sees
+    // is one store write: the Lease's, with its revision as precondition.
+    match registry.get_cached(&nodes, None, &hb.name).await {
         Err(e) if e.is_not_found() => return Err(not_registered()),
         other => other?,
     };
     let now = Timestamp::now();
     renew_lease(registry, &hb.name, now, lease_duration).await?;
     // Read again after the renewal, so a NotReady the controller wrote in
-    // between is seen and undone here.
-    if let Ok(node) = registry.get(&nodes, None, &hb.name).await {
+    // between is seen and undone here (from a cache, one that reached it
+    // is: a NotReady written a moment ago is undone by the next beat).
+    if let Ok(node) = registry.get_cached(&nodes, None, &hb.name).await {
         if state_rules::heartbeat_would_change(&node.json, hb) == Some(false) {
             return Ok(node);
         }
@@ -102,7 +106,7 @@ async fn renew_lease(
     // straight to the store's read-modify-write.
     let key = leases.key(Some(NODE_LEASE_NAMESPACE), node);
     for _ in 0..3 {
-        let renewed = crate::store::guaranteed_update(
+        let renewed = crate::store::guaranteed_update_cached(
             registry.store().as_ref(),
             &key,
             |_, mut lease| -> Result<_, StoreError> {

@@ -183,6 +183,20 @@ impl Registry {
             .ok_or_else(|| ApiError::not_found(r, name))
     }
 
+    /// `get` from what this server holds in memory (`Store::get_cached`):
+    /// possibly a moment behind, for the heartbeat's hot path.
+    pub async fn get_cached(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<StoredObject, ApiError> {
+        self.store
+            .get_cached(&r.key(namespace, name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(r, name))
+    }
+
     /// Matching objects and the revision the list was read at.
     pub async fn list(
         &self,

@@ -15,7 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{guaranteed_update, EventKind, Preconditions, ReadAt, Revision, Store, StoreError};
+use super::{
+    guaranteed_update, guaranteed_update_cached, EventKind, Preconditions, ReadAt, Revision, Store,
+    StoreError,
+};
 
 /// How the suite gets stores of one backend.
 #[async_trait]
@@ -131,6 +134,57 @@ pub async fn updates_compare_revisions(h: &dyn Harness) {
     }
     let end = store.get(&key).await.unwrap().unwrap();
     assert_eq!(data(&end.json), json!(41));
+    store.close().await;
+}
+
+/// `get_cached` may lag, but catches up with every write and delete (on
+/// etcd through the watch that feeds the cache), and
+/// `guaranteed_update_cached` from many tasks at once loses no increment.
+pub async fn cached_reads_catch_up_and_lose_no_update(h: &dyn Harness) {
+    let store = h.open().await;
+    let key = format!("{}a", prefix("leases"));
+    // Nothing there yet: a cached read says so (and may start caching).
+    assert!(store.get_cached(&key).await.unwrap().is_none());
+    let created = store.create(&key, object("a", "u1", 0)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = store.get_cached(&key).await.unwrap();
+        if let Some(seen) = &seen {
+            assert_eq!(resource_version(&seen.json), seen.revision);
+            if seen.revision == created.revision {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "get_cached never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    guaranteed_update_cached::<StoreError>(&*store, &key, |_, mut v| {
+                        v["data"] = json!(v["data"].as_u64().unwrap_or(0) + 1);
+                        Ok(Some(v))
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let end = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(data(&end.json), json!(40));
+    // A delete is seen too.
+    store.delete(&key, &Preconditions::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.get_cached(&key).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "a delete never reached get_cached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     store.close().await;
 }
 
@@ -453,6 +507,7 @@ macro_rules! conformance_suite {
             }
             one!(writes_move_the_revision_and_stamp_it);
             one!(updates_compare_revisions);
+            one!(cached_reads_catch_up_and_lose_no_update);
             one!(deletes_check_preconditions);
             one!(lists_read_at_one_revision);
             one!(waiting_for_a_revision_ends_or_says_too_large);

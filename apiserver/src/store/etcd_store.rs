@@ -66,13 +66,25 @@ const LIST_PAGE: i64 = 1000;
 pub struct EtcdStore {
     client: Client,
     prefix: String,
-    options: EtcdStoreOptions,
-    caches: Mutex<HashMap<String, Arc<Cache>>>,
-    /// The newest revision etcd has compacted, as far as this server knows.
-    compacted: Arc<AtomicU64>,
+    /// The watch caches, shared with the tasks that fill them.
+    caches: Caches,
     /// Why etcd did not answer the last health check, if it did not:
     /// `/readyz` fails with it until etcd answers again.
     unreachable: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+}
+
+/// Every resource's watch cache, and what it takes to start one.
+#[derive(Clone)]
+struct Caches {
+    client: Client,
+    prefix: String,
+    options: EtcdStoreOptions,
+    by_resource: Arc<Mutex<HashMap<String, Arc<Cache>>>>,
+    /// Resources whose objects are being read into their cache.
+    filling: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// The newest revision etcd has compacted, as far as this server knows.
+    compacted: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -213,14 +225,22 @@ impl EtcdStore {
         let client = Client::connect(&options.endpoints, Some(connect))
             .await
             .map_err(unavailable)?;
+        let prefix = options.prefix.trim_end_matches('/').to_string();
+        let stop = CancellationToken::new();
         let store = EtcdStore {
+            caches: Caches {
+                client: client.clone(),
+                prefix: prefix.clone(),
+                options,
+                by_resource: Default::default(),
+                filling: Default::default(),
+                compacted: Arc::new(AtomicU64::new(0)),
+                stop: stop.clone(),
+            },
             client,
-            prefix: options.prefix.trim_end_matches('/').to_string(),
-            caches: Mutex::new(HashMap::new()),
-            compacted: Arc::new(AtomicU64::new(0)),
+            prefix,
             unreachable: Arc::new(Mutex::new(None)),
-            stop: CancellationToken::new(),
-            options,
+            stop,
         };
         // Answers now, or start-up says why.
         store.current_revision().await?;
@@ -230,17 +250,43 @@ impl EtcdStore {
             store.unreachable.clone(),
             store.stop.clone(),
         ));
-        if let Some(interval) = store.options.compaction_interval {
+        if let Some(interval) = store.caches.options.compaction_interval {
             tokio::spawn(compactor(
                 store.client.kv_client(),
                 interval,
-                store.compacted.clone(),
+                store.caches.compacted.clone(),
                 store.stop.clone(),
             ));
         }
         Ok(store)
     }
 
+    fn kv(&self) -> KvClient {
+        self.caches.kv()
+    }
+
+    fn etcd_key(&self, key: &str) -> String {
+        self.caches.etcd_key(key)
+    }
+
+    fn object(&self, kv: &KeyValue, at: Revision) -> Result<StoredObject, StoreError> {
+        self.caches.object(kv, at)
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        self.caches.current_revision().await
+    }
+
+    fn lock_caches(&self) -> MutexGuard<'_, HashMap<String, Arc<Cache>>> {
+        self.caches.lock()
+    }
+
+    fn cache(&self, resource: &str, from: Revision) -> Arc<Cache> {
+        self.caches.cache(resource, from, None)
+    }
+}
+
+impl Caches {
     fn kv(&self) -> KvClient {
         self.client
             .kv_client()
@@ -284,14 +330,20 @@ impl EtcdStore {
         Ok(revision(r.header()))
     }
 
-    fn lock_caches(&self) -> MutexGuard<'_, HashMap<String, Arc<Cache>>> {
-        self.caches.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Cache>>> {
+        self.by_resource.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The watch cache of `resource`, started from after `from` if there
-    /// is none yet.
-    fn cache(&self, resource: &str, from: Revision) -> Arc<Cache> {
-        let mut caches = self.lock_caches();
+    /// is none yet, holding `objects` (the resource's objects at `from`)
+    /// when given.
+    fn cache(
+        &self,
+        resource: &str,
+        from: Revision,
+        objects: Option<HashMap<Arc<str>, StoredObject>>,
+    ) -> Arc<Cache> {
+        let mut caches = self.lock();
         if let Some(c) = caches.get(resource) {
             return c.clone();
         }
@@ -303,6 +355,7 @@ impl EtcdStore {
                 published: from,
                 tx: broadcast::channel(buffer).0,
                 shared: Arc::new(AtomicU64::new(from)),
+                objects,
             }),
             max: self.options.history_per_resource.max(1),
             buffer,
@@ -318,22 +371,9 @@ impl EtcdStore {
         caches.insert(resource.to_string(), cache.clone());
         cache
     }
-}
 
-#[async_trait]
-impl Store for EtcdStore {
-    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
-        let r = self
-            .kv()
-            .get(self.etcd_key(key), None)
-            .await
-            .map_err(unavailable)?;
-        r.kvs()
-            .first()
-            .map(|kv| self.object(kv, kv.mod_revision().max(0) as u64))
-            .transpose()
-    }
-
+    /// Every object under `prefix` at one revision (`at`, or the newest),
+    /// read a page at a time.
     async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError> {
         let start = self.etcd_key(prefix).into_bytes();
         let end = prefix_end(&start);
@@ -353,7 +393,7 @@ impl Store for EtcdStore {
                 Err(e) if compacted_error(&e) => {
                     return Err(StoreError::Compacted {
                         requested: at_revision,
-                        compacted: self.compacted(),
+                        compacted: self.compacted.load(Ordering::Acquire),
                     })
                 }
                 Err(e) if future_error(&e) => {
@@ -383,6 +423,145 @@ impl Store for EtcdStore {
             items,
             revision: at_revision,
         })
+    }
+
+    /// Reads `resource`'s objects into its cache, in the background, one
+    /// reading per resource at a time; `cached` answers from them once
+    /// they are there.
+    fn fill(&self, resource: &str) {
+        if !self
+            .filling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(resource.to_string())
+        {
+            return;
+        }
+        let (caches, resource) = (self.clone(), resource.to_string());
+        tokio::spawn(async move {
+            let listed = caches
+                .list(&format!("/registry/{resource}/"), ReadAt::Newest)
+                .await;
+            match listed {
+                Ok(list) => {
+                    let objects: HashMap<Arc<str>, StoredObject> = list
+                        .items
+                        .into_iter()
+                        .map(|o| (o.key.clone(), o))
+                        .collect();
+                    let existing = caches.lock().get(&resource).cloned();
+                    match existing {
+                        // Started from the list: its watch goes on after it.
+                        None => {
+                            caches.cache(&resource, list.revision, Some(objects));
+                        }
+                        Some(cache) => {
+                            let mut ring = cache.lock();
+                            // The events after the list that the ring has
+                            // go on top; those it has yet to take in come
+                            // as they arrive. Not if the ring has dropped
+                            // some of them: a later call tries again.
+                            if list.revision >= ring.floor {
+                                let mut objects = objects;
+                                for e in ring.events.iter().filter(|e| e.revision > list.revision)
+                                {
+                                    apply(&mut objects, e);
+                                }
+                                ring.objects = Some(objects);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %resource, error = %e, "cannot read objects into the watch cache; reading from etcd meanwhile")
+                }
+            }
+            caches
+                .filling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&resource);
+        });
+    }
+
+    /// `key` as this server's cache holds it: `Some(None)` when the cache
+    /// holds its resource's objects and not this key, `None` when it does
+    /// not hold them (yet).
+    fn cached(&self, key: &str) -> Option<Option<StoredObject>> {
+        let cache = self.lock().get(resource_of(key)).cloned()?;
+        let ring = cache.lock();
+        ring.objects.as_ref().map(|o| o.get(key).cloned())
+    }
+
+    /// What this server just wrote, into its cache at once: its next
+    /// read-modify-write starts from it, even before the watch brings it.
+    fn wrote(&self, key: &str, now: Option<&StoredObject>, at: Revision) {
+        let Some(cache) = self.lock().get(resource_of(key)).cloned() else {
+            return;
+        };
+        let mut ring = cache.lock();
+        let Some(objects) = ring.objects.as_mut() else {
+            return;
+        };
+        if objects.get(key).is_some_and(|o| o.revision >= at) {
+            return;
+        }
+        match now {
+            Some(o) => {
+                objects.insert(o.key.clone(), o.clone());
+            }
+            None => {
+                objects.remove(key);
+            }
+        }
+    }
+}
+
+/// One event onto a cache's objects, unless the object there is already
+/// as new (written through by this server, or read by a later list).
+fn apply(objects: &mut HashMap<Arc<str>, StoredObject>, e: &Event) {
+    if objects.get(&e.key).is_some_and(|o| o.revision >= e.revision) {
+        return;
+    }
+    match e.after() {
+        Some(o) => {
+            objects.insert(e.key.clone(), o);
+        }
+        None => {
+            objects.remove(&e.key);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let r = self
+            .kv()
+            .get(self.etcd_key(key), None)
+            .await
+            .map_err(unavailable)?;
+        r.kvs()
+            .first()
+            .map(|kv| self.object(kv, kv.mod_revision().max(0) as u64))
+            .transpose()
+    }
+
+    async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError> {
+        self.caches.list(prefix, at).await
+    }
+
+    /// From this server's watch cache of the resource once it holds the
+    /// objects (reading them in starts at the first call); from etcd when
+    /// the key is not there. May be a moment behind etcd: for callers that
+    /// write with the read's revision as a precondition.
+    async fn get_cached(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        match self.caches.cached(key) {
+            Some(Some(hit)) => return Ok(Some(hit)),
+            Some(None) => {}
+            None => self.caches.fill(resource_of(key)),
+        }
+        self.get(key).await
     }
 
     async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError> {
@@ -415,7 +594,9 @@ impl Store for EtcdStore {
             });
         }
         let at = revision(r.header());
-        stored(key, at, object)
+        let created = stored(key, at, object)?;
+        self.caches.wrote(key, Some(&created), at);
+        Ok(created)
     }
 
     async fn update(
@@ -439,7 +620,9 @@ impl Store for EtcdStore {
         let r = self.kv().txn(txn).await.map_err(unavailable)?;
         if r.succeeded() {
             let at = revision(r.header());
-            return stored(key, at, object);
+            let updated = stored(key, at, object)?;
+            self.caches.wrote(key, Some(&updated), at);
+            return Ok(updated);
         }
         // What it was decided against, as the log store answers.
         let current = r.op_responses().into_iter().find_map(|op| match op {
@@ -479,6 +662,7 @@ impl Store for EtcdStore {
             let r = self.kv().txn(txn).await.map_err(unavailable)?;
             if r.succeeded() {
                 let at = revision(r.header());
+                self.caches.wrote(key, None, at);
                 return stored(key, at, current.value()?);
             }
         }
@@ -515,7 +699,7 @@ impl Store for EtcdStore {
     }
 
     fn compacted(&self) -> Revision {
-        self.compacted.load(Ordering::Acquire)
+        self.caches.compacted.load(Ordering::Acquire)
     }
 
     fn failure(&self) -> Option<String> {
@@ -560,6 +744,9 @@ struct Ring {
     /// to (its bookmarks). A reset gives the new feed a new one, so that
     /// the ended watchers never bookmark past what they missed.
     shared: Arc<AtomicU64>,
+    /// The resource's objects, once read in (`Caches::fill`) and kept up
+    /// to date from the same events: what `get_cached` answers from.
+    objects: Option<HashMap<Arc<str>, StoredObject>>,
 }
 
 impl Cache {
@@ -576,6 +763,8 @@ impl Cache {
         ring.published = at;
         ring.tx = broadcast::channel(self.buffer).0;
         ring.shared = Arc::new(AtomicU64::new(at));
+        // Missed events: read the objects in again when next asked.
+        ring.objects = None;
     }
 }
 
@@ -744,6 +933,9 @@ async fn pump(
                     previous,
                     derived: Default::default(),
                 });
+                if let Some(objects) = ring.objects.as_mut() {
+                    apply(objects, &event);
+                }
                 ring.events.push_back(event.clone());
                 ring.published = at;
                 while ring.events.len() > cache.max {

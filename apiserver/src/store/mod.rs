@@ -238,6 +238,16 @@ impl Preconditions {
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
 
+    /// `get`, or what this server holds of the key in memory, which may
+    /// be a moment behind: only for a read whose write carries its
+    /// revision as a precondition (a stale read then costs a conflict and
+    /// a `get`, never a lost update), as Kubernetes' `GuaranteedUpdate`
+    /// starts from the watch cache's copy. The log store's `get` is
+    /// already in memory.
+    async fn get_cached(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        self.get(key).await
+    }
+
     /// Every object whose key starts with `prefix`, at one revision.
     async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError>;
 
@@ -294,13 +304,47 @@ pub trait Store: Send + Sync + 'static {
 pub async fn guaranteed_update<E>(
     store: &dyn Store,
     key: &str,
+    modify: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, E>,
+) -> Result<StoredObject, E>
+where
+    E: From<StoreError>,
+{
+    guaranteed_update_from(store, key, false, modify).await
+}
+
+/// `guaranteed_update` whose first read is `get_cached`: on a hot path
+/// (a Lease renewal) one round trip to the store instead of two. A
+/// `None` from `modify` is then answered from a read that may be a moment
+/// behind; callers that care read again.
+pub async fn guaranteed_update_cached<E>(
+    store: &dyn Store,
+    key: &str,
+    modify: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, E>,
+) -> Result<StoredObject, E>
+where
+    E: From<StoreError>,
+{
+    guaranteed_update_from(store, key, true, modify).await
+}
+
+async fn guaranteed_update_from<E>(
+    store: &dyn Store,
+    key: &str,
+    mut cached: bool,
     mut modify: impl FnMut(&StoredObject, Value) -> Result<Option<Value>, E>,
 ) -> Result<StoredObject, E>
 where
     E: From<StoreError>,
 {
     loop {
-        let current = store.get(key).await?.ok_or_else(|| StoreError::NotFound {
+        let read = if cached {
+            store.get_cached(key).await?
+        } else {
+            store.get(key).await?
+        };
+        // After a conflict, from the store itself.
+        cached = false;
+        let current = read.ok_or_else(|| StoreError::NotFound {
             key: key.to_string(),
         })?;
         let value = current.value()?;
