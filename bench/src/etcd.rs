@@ -169,3 +169,105 @@ pub async fn grpc_puts(
     })
     .await)
 }
+
+/// What mube asks of etcd per heartbeat, straight through gRPC: a
+/// transaction that puts the Lease if its mod_revision is still the one
+/// last written (as every mube write compares), while one watch of the
+/// prefix with previous values is open and read (as each API server keeps
+/// per resource). The ceiling for mube on etcd on this machine, next to
+/// the bare puts above.
+#[cfg(feature = "etcd-grpc")]
+pub async fn grpc_watched_cas(
+    url: &str,
+    nodes: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<LoadStats, String> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp, WatchOptions};
+    use futures::StreamExt;
+    let watcher = etcd_client::Client::connect([url], None)
+        .await
+        .map_err(|e| format!("etcd gRPC connect: {e}"))?;
+    let mut watch = watcher.watch_client();
+    let mut events = watch
+        .watch(
+            "/registry/leases/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .map_err(|e| format!("etcd watch: {e}"))?;
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = events.next().await {} });
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(
+            etcd_client::Client::connect([url], None)
+                .await
+                .map_err(|e| format!("etcd gRPC connect: {e}"))?,
+        );
+    }
+    // Each connection's nodes written once, for the revisions to compare.
+    let mut written = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        let mut kv = client.kv_client();
+        let mut revisions = std::collections::HashMap::new();
+        for node in (c..nodes).step_by(connections.max(1)) {
+            let r = kv
+                .put(key(node), lease_value(node), None)
+                .await
+                .map_err(|e| format!("etcd put: {e}"))?;
+            revisions.insert(node, r.header().map_or(0, |h| h.revision()));
+        }
+        written.push(std::sync::Mutex::new(Some(revisions)));
+    }
+    let clients = Arc::new(std::sync::Mutex::new(clients));
+    let written = Arc::new(written);
+    let stats = run(connections, duration, move |c| {
+        let client = clients
+            .lock()
+            .map(|mut v| v.pop())
+            .ok()
+            .flatten()
+            .expect("one client per connection");
+        let revisions = written[c]
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .unwrap_or_default();
+        // Only this connection's own nodes, round and round: no two
+        // connections write one key.
+        let mut own: Vec<usize> = revisions.keys().copied().collect();
+        own.sort_unstable();
+        let revisions = Arc::new(std::sync::Mutex::new(revisions));
+        let mut next = 0usize;
+        move || {
+            let this = own.get(next % own.len().max(1)).copied().unwrap_or(0);
+            next += 1;
+            let mut kv = client.kv_client();
+            let revisions = revisions.clone();
+            async move {
+                let last = revisions
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.get(&this).copied())
+                    .unwrap_or(0);
+                let k = key(this);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(k.clone(), CompareOp::Equal, last)])
+                    .and_then([TxnOp::put(k.clone(), lease_value(this), None)])
+                    .or_else([TxnOp::get(k, None)]);
+                match kv.txn(txn).await {
+                    Ok(r) if r.succeeded() => {
+                        if let Ok(mut map) = revisions.lock() {
+                            map.insert(this, r.header().map_or(0, |h| h.revision()));
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    })
+    .await;
+    drain.abort();
+    Ok(stats)
+}

@@ -603,6 +603,19 @@ async fn versus_etcd(
         );
         grpc.rate()
     };
+    #[cfg(feature = "etcd-grpc")]
+    let cas_rate = {
+        let before = etcd_cpu();
+        let cas = etcd::grpc_watched_cas(&etcd.url, nodes, connections, d).await?;
+        load_rows(report, "etcd_grpc_watched_cas", &cas);
+        report.add(
+            "etcd_grpc_watched_cas_etcd_cpu_cores",
+            format!("{:.2}", (etcd_cpu() - before) / cas.elapsed.as_secs_f64()),
+        );
+        cas.rate()
+    };
+    #[cfg(not(feature = "etcd-grpc"))]
+    let cas_rate = 0.0;
     #[cfg(not(feature = "etcd-grpc"))]
     let grpc_rate = {
         report.add(
@@ -645,6 +658,13 @@ async fn versus_etcd(
                 "ratio_mube_on_etcd_over_best_etcd",
                 format!("{:.2}", on.rate() / best.max(1e-9)),
             );
+            // Against etcd doing the same work without mube in between.
+            if cas_rate > 0.0 {
+                report.add(
+                    "ratio_mube_on_etcd_over_etcd_watched_cas",
+                    format!("{:.2}", on.rate() / cas_rate),
+                );
+            }
         }
         // A server built without the etcd backend (no protoc) says so.
         Err(e) => report.add(
