@@ -118,6 +118,8 @@ struct EtcdEntry {
 pub enum Storage {
     /// mube's write-ahead log in dataDir.
     Log,
+    /// An embedded sled database in dataDir.
+    Sled,
     Etcd(EtcdStorage),
 }
 
@@ -141,8 +143,9 @@ impl StorageEntry {
         let backend = self.backend.as_deref().unwrap_or("log");
         match (backend, self.etcd) {
             ("log", None) => Ok(Storage::Log),
-            ("log", Some(_)) => Err(format!(
-                "{file}: storage.etcd: only for storage.backend: etcd (the backend is log)"
+            ("sled", None) => Ok(Storage::Sled),
+            (backend @ ("log" | "sled"), Some(_)) => Err(format!(
+                "{file}: storage.etcd: only for storage.backend: etcd (the backend is {backend})"
             )),
             ("etcd", None) => Err(format!(
                 "{file}: storage.etcd.endpoints: required with storage.backend: etcd"
@@ -204,7 +207,7 @@ impl StorageEntry {
                 }))
             }
             (other, _) => Err(format!(
-                "{file}: storage.backend: unknown backend {other:?}; use log or etcd"
+                "{file}: storage.backend: unknown backend {other:?}; use log, sled or etcd"
             )),
         }
     }
@@ -581,6 +584,23 @@ mod tests {
     }
 
     #[test]
+    fn storage_backends_and_election() {
+        assert_eq!(parse("").unwrap().storage, Storage::Log);
+        assert_eq!(
+            parse("storage: {backend: sled}").unwrap().storage,
+            Storage::Sled
+        );
+        let c = parse("leaderElection: {leaseDuration: 3s, renewDeadline: 2s, retryPeriod: 500ms}")
+            .unwrap();
+        assert_eq!(c.leader_election.lease_duration, Duration::from_secs(3));
+        assert_eq!(c.leader_election.retry_period, Duration::from_millis(500));
+        assert_eq!(
+            parse("").unwrap().leader_election.lease_duration,
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
     fn original_file() {
         let c = parse("listenAddress: \":8080\"\ndataDir: data\nnodes:\n  - name: mube-node-1\n    ip: 127.0.0.1\n    port: 10250\n").unwrap();
         assert_eq!(c.listen_address, "0.0.0.0:8080".parse().unwrap());
@@ -628,6 +648,15 @@ mod tests {
                 "storage: {etcd: {endpoints: [\"http://a:2379\"]}}",
                 "storage.etcd: only for storage.backend: etcd",
             ),
+            (
+                "storage: {backend: sled, etcd: {endpoints: [\"http://a:2379\"]}}",
+                "storage.etcd: only for storage.backend: etcd (the backend is sled)",
+            ),
+            (
+                "leaderElection: {leaseDuration: 2s, renewDeadline: 2s}",
+                "leaderElection:",
+            ),
+            ("leaderElection: {retryPeriod: soon}", "leaderElection.retryPeriod"),
             (
                 "storage: {backend: etcd, etcd: {endpoints: [\"http://a:2379\"], certFile: c.pem}}",
                 "storage.etcd.keyFile: required with storage.etcd.certFile",

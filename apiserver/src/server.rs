@@ -223,19 +223,21 @@ async fn renew_serving_certificate(renewal: crate::pki::Renewal, shutdown: Cance
 
 /// The configured backend.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    let options = LogStoreOptions {
+        history_retention: config.history_retention,
+        history_max_age: config.history_max_age,
+        watch_buffer: config.watch_buffer,
+        repair: config.repair_log,
+        ..LogStoreOptions::with_segment_bytes(config.log_segment_bytes)
+    };
     match &config.storage {
         Storage::Log => {
-            let store = LogStore::open(
-                &config.data_dir,
-                LogStoreOptions {
-                    history_retention: config.history_retention,
-                    history_max_age: config.history_max_age,
-                    watch_buffer: config.watch_buffer,
-                    repair: config.repair_log,
-                    ..LogStoreOptions::with_segment_bytes(config.log_segment_bytes)
-                },
-            )
-            .map_err(|e| e.to_string())?;
+            let store = LogStore::open(&config.data_dir, options).map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+        Storage::Sled => {
+            let store =
+                LogStore::open_sled(&config.data_dir, options).map_err(|e| e.to_string())?;
             Ok(Arc::new(store))
         }
         Storage::Etcd(etcd) => {

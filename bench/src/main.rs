@@ -580,16 +580,33 @@ async fn versus_etcd(
     let mube = {
         let server = Server::start(bin, nodes, "").await?;
         load::warm_up(&server.endpoint(), nodes, connections).await;
-        load::closed_loop(&server.endpoint(), nodes, connections, d).await
+        let stats = load::closed_loop(&server.endpoint(), nodes, connections, d).await;
+        report.add("mube_data_dir_mib", mib(dir_size(&server.data_dir())));
+        stats
     };
     load_rows(report, "mube_heartbeat", &mube);
+    // The same on sled, the embedded database as the medium.
+    let on_sled = {
+        let server = Server::start(bin, nodes, "storage: {backend: sled}\n").await?;
+        load::warm_up(&server.endpoint(), nodes, connections).await;
+        let stats = load::closed_loop(&server.endpoint(), nodes, connections, d).await;
+        report.add(
+            "mube_on_sled_data_dir_mib",
+            mib(dir_size(&server.data_dir())),
+        );
+        stats
+    };
+    load_rows(report, "mube_on_sled_heartbeat", &on_sled);
     let etcd = etcd::Etcd::start().await?;
     let etcd_cpu = || proc_stats(etcd.pid()).cpu_seconds;
     let before = etcd_cpu();
     let gateway = etcd::gateway_puts(&etcd.url, nodes, connections, d).await;
     report.add(
         "etcd_gateway_put_etcd_cpu_cores",
-        format!("{:.2}", (etcd_cpu() - before) / gateway.elapsed.as_secs_f64()),
+        format!(
+            "{:.2}",
+            (etcd_cpu() - before) / gateway.elapsed.as_secs_f64()
+        ),
     );
     load_rows(report, "etcd_gateway_put", &gateway);
     #[cfg(feature = "etcd-grpc")]

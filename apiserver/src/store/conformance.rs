@@ -155,7 +155,10 @@ pub async fn cached_reads_catch_up_and_lose_no_update(h: &dyn Harness) {
                 break;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "get_cached never caught up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "get_cached never caught up"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let tasks: Vec<_> = (0..8)
@@ -182,7 +185,10 @@ pub async fn cached_reads_catch_up_and_lose_no_update(h: &dyn Harness) {
     store.delete(&key, &Preconditions::default()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while store.get_cached(&key).await.unwrap().is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "a delete never reached get_cached");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a delete never reached get_cached"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     store.close().await;
@@ -519,16 +525,35 @@ macro_rules! conformance_suite {
     };
 }
 
-/// The log store, in a temporary directory per harness.
+/// The log store, in a temporary directory per harness; on sled as its
+/// medium with `sled`.
 struct LogHarness {
     dir: tempfile::TempDir,
+    sled: bool,
 }
 
 impl LogHarness {
     fn new() -> LogHarness {
         LogHarness {
             dir: tempfile::tempdir().unwrap(),
+            sled: false,
         }
+    }
+
+    fn sled() -> LogHarness {
+        LogHarness {
+            sled: true,
+            ..LogHarness::new()
+        }
+    }
+
+    fn open_with(&self, history: u64) -> Arc<dyn Store> {
+        let options = Self::options(history);
+        Arc::new(if self.sled {
+            super::LogStore::open_sled(self.dir.path(), options).unwrap()
+        } else {
+            super::LogStore::open(self.dir.path(), options).unwrap()
+        })
     }
 
     fn options(history: u64) -> super::LogStoreOptions {
@@ -542,11 +567,11 @@ impl LogHarness {
 #[async_trait]
 impl Harness for LogHarness {
     async fn open(&self) -> Arc<dyn Store> {
-        Arc::new(super::LogStore::open(self.dir.path(), Self::options(10_000)).unwrap())
+        self.open_with(10_000)
     }
 
     async fn open_with_short_history(&self, events: u64) -> Arc<dyn Store> {
-        Arc::new(super::LogStore::open(self.dir.path(), Self::options(events)).unwrap())
+        self.open_with(events)
     }
 
     async fn reopen(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
@@ -557,6 +582,7 @@ impl Harness for LogHarness {
 }
 
 conformance_suite!(log, Some(LogHarness::new()));
+conformance_suite!(sled, Some(LogHarness::sled()));
 
 /// etcd, a real one per harness (`mube_e2e::etcd`). Without it installed,
 /// the suite says so and passes, unless `CI=true`, where it must run.

@@ -444,11 +444,8 @@ impl Caches {
                 .await;
             match listed {
                 Ok(list) => {
-                    let objects: HashMap<Arc<str>, StoredObject> = list
-                        .items
-                        .into_iter()
-                        .map(|o| (o.key.clone(), o))
-                        .collect();
+                    let objects: HashMap<Arc<str>, StoredObject> =
+                        list.items.into_iter().map(|o| (o.key.clone(), o)).collect();
                     let existing = caches.lock().get(&resource).cloned();
                     match existing {
                         // Started from the list: its watch goes on after it.
@@ -463,8 +460,7 @@ impl Caches {
                             // some of them: a later call tries again.
                             if list.revision >= ring.floor {
                                 let mut objects = objects;
-                                for e in ring.events.iter().filter(|e| e.revision > list.revision)
-                                {
+                                for e in ring.events.iter().filter(|e| e.revision > list.revision) {
                                     apply(&mut objects, e);
                                 }
                                 ring.objects = Some(objects);
@@ -520,7 +516,10 @@ impl Caches {
 /// One event onto a cache's objects, unless the object there is already
 /// as new (written through by this server, or read by a later list).
 fn apply(objects: &mut HashMap<Arc<str>, StoredObject>, e: &Event) {
-    if objects.get(&e.key).is_some_and(|o| o.revision >= e.revision) {
+    if objects
+        .get(&e.key)
+        .is_some_and(|o| o.revision >= e.revision)
+    {
         return;
     }
     match e.after() {

@@ -33,6 +33,14 @@
 //! why, which the HTTP layer turns into 503 for every data request and a
 //! failing `/livez` so that a supervisor restarts the process.
 //!
+//! Medium: the engine above (writers' map, read views, history, watches) is
+//! the same whichever medium makes a batch durable: mube's own log (the
+//! default) or, with `storage.backend: sled`, an embedded sled database
+//! (`open_sled`): the design's embedded store, kept as a choice with its
+//! measured limits (README, BENCHMARKS.md). sled keeps the objects and the
+//! revision, not the history: after a restart on sled, watches from before
+//! it get 410 and relist.
+//!
 //! Space: the log is cut into segments. A compactor thread writes a snapshot
 //! of the read view whenever the log since the last one has grown past the
 //! snapshot's own size, reads it back, then deletes every segment whose
@@ -145,6 +153,8 @@ struct Durable {
 
 struct Shared {
     dir: PathBuf,
+    /// Whether writes are framed as log records (the log medium).
+    log_records: bool,
     state: Mutex<State>,
     /// Signalled when `pending` gains records or the store closes.
     work: Condvar,
@@ -260,6 +270,108 @@ impl LogStore {
             "store recovered"
         );
 
+        LogStore::start(
+            lock,
+            Recovered {
+                revision,
+                compacted,
+                objects,
+                history,
+                segments,
+                snapshot_revision,
+                fallback_revision,
+                snapshot_bytes,
+                log_bytes_since_snapshot,
+            },
+            log_dir,
+            Medium::Log(writer),
+            options,
+        )
+    }
+
+    /// Opens (or creates) a sled database under `dir`/sled as the medium
+    /// (`storage.backend: sled`); history starts empty at its revision.
+    pub fn open_sled(dir: &Path, options: LogStoreOptions) -> Result<LogStore, StoreError> {
+        let lock = lock_data_dir(dir)?;
+        let path = dir.join("sled");
+        let db = sled::Config::new()
+            .path(&path)
+            // Durability comes from the flusher's group commit, not a timer.
+            .flush_every_ms(None)
+            // Reads are served from memory (the read view); sled's cache
+            // only serves start-up, so it need not take its default 1 GiB.
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(|e| {
+                io(format!(
+                    "cannot open the sled store {}: {e}",
+                    path.display()
+                ))
+            })?;
+        let revision = db
+            .get(SLED_REVISION)
+            .map_err(|e| io(format!("sled: {e}")))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let mut objects = BTreeMap::new();
+        for item in db.scan_prefix(SLED_OBJECT) {
+            let (k, v) = item.map_err(|e| io(format!("sled: {e}")))?;
+            let key: Arc<str> = std::str::from_utf8(&k[SLED_OBJECT.len()..])
+                .map_err(|_| StoreError::Corruption("a sled key that is not UTF-8".into()))?
+                .into();
+            let json = bytes::Bytes::copy_from_slice(&v);
+            let object_revision = codec::revision_of(&json).ok_or_else(|| {
+                StoreError::Corruption(format!("stored object {key} has no resourceVersion"))
+            })?;
+            objects.insert(
+                key.clone(),
+                StoredObject {
+                    key,
+                    revision: object_revision,
+                    json,
+                },
+            );
+        }
+        tracing::info!(revision, objects = objects.len(), "sled store opened");
+        LogStore::start(
+            lock,
+            Recovered {
+                revision,
+                compacted: revision,
+                objects,
+                history: VecDeque::new(),
+                segments: Vec::new(),
+                snapshot_revision: 0,
+                fallback_revision: 0,
+                snapshot_bytes: 0,
+                log_bytes_since_snapshot: 0,
+            },
+            path,
+            Medium::Sled(db),
+            options,
+        )
+    }
+
+    /// The engine on recovered state, with its flusher and compactor.
+    fn start(
+        lock: File,
+        recovered: Recovered,
+        dir: PathBuf,
+        medium: Medium,
+        options: LogStoreOptions,
+    ) -> Result<LogStore, StoreError> {
+        let Recovered {
+            revision,
+            compacted,
+            objects,
+            history,
+            segments,
+            snapshot_revision,
+            fallback_revision,
+            snapshot_bytes,
+            log_bytes_since_snapshot,
+        } = recovered;
+        let log_records = matches!(medium, Medium::Log(_));
         let view: OrdMap<Arc<str>, StoredObject> = objects
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -269,7 +381,8 @@ impl LogStore {
             failed: false,
         });
         let shared = Arc::new(Shared {
-            dir: log_dir,
+            dir,
+            log_records,
             state: Mutex::new(State {
                 revision,
                 objects,
@@ -312,7 +425,7 @@ impl LogStore {
         let compactor_tick = tick.clone();
         let flusher = spawn(
             "mube-log-flush",
-            Box::new(move || flusher(s, writer, view, compactor_tick)),
+            Box::new(move || flusher(s, medium, view, compactor_tick)),
         )?;
         let s = shared.clone();
         let compacting = spawn("mube-log-compact", Box::new(move || compactor(s, ticks)))?;
@@ -405,10 +518,13 @@ impl LogStore {
                 previous: current.map(|c| c.json),
                 derived: Default::default(),
             });
-            if state.pending.is_empty() {
-                state.pending_first = revision;
+            // Framed for the log; sled takes the events themselves.
+            if self.shared.log_records {
+                if state.pending.is_empty() {
+                    state.pending_first = revision;
+                }
+                codec::put_event(&mut state.pending, &event);
             }
-            codec::put_event(&mut state.pending, &event);
             state.revision = revision;
 
             // History keeps the newest `history_retention` events, none older
@@ -665,9 +781,35 @@ impl Shared {
 /// The group-commit loop, on its own thread: one write + fsync covers every
 /// record pending when it starts; then the batch is applied to the read view
 /// (`objects`, owned here), those writers are woken and the events published.
+/// Where the flusher makes each batch durable.
+enum Medium {
+    Log(SegmentWriter),
+    Sled(sled::Db),
+}
+
+/// sled's keys: each object under `o` + its key, and the revision.
+const SLED_OBJECT: &[u8] = b"o";
+const SLED_REVISION: &[u8] = b"m/revision";
+
+/// One batch into sled, then one flush (fsync), as the log's group commit.
+fn sled_commit(db: &sled::Db, events: &[Arc<Event>], upto: Revision) -> Result<(), String> {
+    let mut batch = sled::Batch::default();
+    for event in events {
+        let key = [SLED_OBJECT, event.key.as_bytes()].concat();
+        match event.kind {
+            EventKind::Deleted => batch.remove(key),
+            _ => batch.insert(key, event.object.as_ref()),
+        }
+    }
+    batch.insert(SLED_REVISION, &upto.to_be_bytes());
+    db.apply_batch(batch).map_err(|e| format!("sled: {e}"))?;
+    db.flush().map_err(|e| format!("sled flush: {e}"))?;
+    Ok(())
+}
+
 fn flusher(
     shared: Arc<Shared>,
-    mut segment: SegmentWriter,
+    mut medium: Medium,
     mut objects: OrdMap<Arc<str>, StoredObject>,
     compactor: mpsc::Sender<()>,
 ) {
@@ -675,48 +817,58 @@ fn flusher(
     loop {
         let (mut records, events, first, upto) = {
             let mut s = shared.lock_state();
-            while s.pending.is_empty() && !s.closed {
+            while s.pending_events.is_empty() && !s.closed {
                 s = shared.work.wait(s).unwrap_or_else(|p| p.into_inner());
             }
-            if s.pending.is_empty() {
+            if s.pending_events.is_empty() {
                 return;
             }
             let records = std::mem::replace(&mut s.pending, std::mem::take(&mut spare));
             let events = std::mem::take(&mut s.pending_events);
             (records, events, s.pending_first, s.revision)
         };
-        if segment.bytes >= shared.options.segment_bytes {
-            let started = Instant::now();
-            match SegmentWriter::create(&shared.dir, first, shared.options.faults.clone()) {
-                Ok(next) => {
-                    tracing::debug!(
-                        first,
-                        micros = started.elapsed().as_micros() as u64,
-                        "log segment started"
-                    );
-                    segment = next;
-                    shared.lock_segments().push(Segment {
-                        first,
-                        path: wal::segment_path(&shared.dir, first),
-                    });
-                    let _ = compactor.send(());
+        match &mut medium {
+            Medium::Log(segment) => {
+                if segment.bytes >= shared.options.segment_bytes {
+                    let started = Instant::now();
+                    match SegmentWriter::create(&shared.dir, first, shared.options.faults.clone()) {
+                        Ok(next) => {
+                            tracing::debug!(
+                                first,
+                                micros = started.elapsed().as_micros() as u64,
+                                "log segment started"
+                            );
+                            *segment = next;
+                            shared.lock_segments().push(Segment {
+                                first,
+                                path: wal::segment_path(&shared.dir, first),
+                            });
+                            let _ = compactor.send(());
+                        }
+                        Err(e) => {
+                            shared.fail(format!("cannot start a new log segment: {e}"));
+                            return;
+                        }
+                    }
                 }
-                Err(e) => {
-                    shared.fail(format!("cannot start a new log segment: {e}"));
+                if let Err(e) = segment.append(&records) {
+                    if let Err(cut) = segment.discard_unsynced() {
+                        tracing::error!(error = %cut, "cannot cut the failed write off the log segment");
+                    }
+                    shared.fail(format!("cannot write the log: {e}"));
+                    return;
+                }
+                shared
+                    .log_since_snapshot
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            Medium::Sled(db) => {
+                if let Err(e) = sled_commit(db, &events, upto) {
+                    shared.fail(e);
                     return;
                 }
             }
         }
-        if let Err(e) = segment.append(&records) {
-            if let Err(cut) = segment.discard_unsynced() {
-                tracing::error!(error = %cut, "cannot cut the failed write off the log segment");
-            }
-            shared.fail(format!("cannot write the log: {e}"));
-            return;
-        }
-        shared
-            .log_since_snapshot
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
         for event in &events {
             match event.after() {
                 Some(object) => objects.insert(event.key.clone(), object),
