@@ -22,6 +22,10 @@ impl Etcd {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("etcd")
+    }
 }
 
 impl Etcd {
@@ -177,12 +181,14 @@ pub async fn grpc_puts(
 /// per resource). The ceiling for mube on etcd on this machine, next to
 /// the bare puts above.
 #[cfg(feature = "etcd-grpc")]
+/// Also returns etcd's cores over the measured part (`etcd_pid`'s CPU).
 pub async fn grpc_watched_cas(
     url: &str,
+    etcd_pid: u32,
     nodes: usize,
     connections: usize,
     duration: Duration,
-) -> Result<LoadStats, String> {
+) -> Result<(LoadStats, f64), String> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp, WatchOptions};
     use futures::StreamExt;
     let watcher = etcd_client::Client::connect([url], None)
@@ -221,6 +227,8 @@ pub async fn grpc_watched_cas(
     }
     let clients = Arc::new(std::sync::Mutex::new(clients));
     let written = Arc::new(written);
+    let cpu = || crate::server::proc_stats(etcd_pid).cpu_seconds;
+    let before = cpu();
     let stats = run(connections, duration, move |c| {
         let client = clients
             .lock()
@@ -268,6 +276,7 @@ pub async fn grpc_watched_cas(
         }
     })
     .await;
+    let cores = (cpu() - before) / stats.elapsed.as_secs_f64();
     drain.abort();
-    Ok(stats)
+    Ok((stats, cores))
 }

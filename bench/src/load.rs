@@ -166,6 +166,20 @@ pub async fn paced(
     interval: Duration,
     duration: Duration,
 ) -> LoadStats {
+    paced_part(server, nodes, connections, interval, duration, (0, 1)).await
+}
+
+/// `paced` for part `part.0` of `part.1` of the nodes (those whose number
+/// leaves that remainder): several API servers share one cluster's nodes.
+pub async fn paced_part(
+    server: &Endpoint,
+    nodes: usize,
+    connections: usize,
+    interval: Duration,
+    duration: Duration,
+    part: (usize, usize),
+) -> LoadStats {
+    let (index, parts) = (part.0, part.1.max(1));
     let url: Arc<str> = Arc::from(format!("{}/api/v1/nodes/heartbeat", server.url));
     let tokens = server.node_tokens;
     let started = tokio::time::Instant::now();
@@ -174,7 +188,10 @@ pub async fn paced(
             let url = url.clone();
             let client = server.connection();
             tokio::spawn(async move {
-                let mine: Vec<usize> = (c..nodes).step_by(connections).collect();
+                let mine: Vec<usize> = (c..nodes)
+                    .step_by(connections)
+                    .filter(|n| n % parts == index)
+                    .collect();
                 let mut stats = LoadStats::new();
                 if mine.is_empty() {
                     return stats;

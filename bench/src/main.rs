@@ -131,6 +131,11 @@ enum Scenario {
         watchers: usize,
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// Run this many API servers on one etcd (started by the benchmark)
+        /// instead of one on its own log; the nodes are spread over them,
+        /// and the watchers too.
+        #[arg(long, default_value_t = 0)]
+        etcd_servers: usize,
     },
     /// Time to list N nodes as JSON and as a Table.
     List {
@@ -294,9 +299,11 @@ async fn heartbeat(
         ),
     );
     report.add("apiserver_peak_rss_mib", mib(after.peak_rss_bytes));
+
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // the scenario's flags, each distinct
 async fn paced(
     bin: &Path,
     nodes: usize,
@@ -304,10 +311,28 @@ async fn paced(
     d: Duration,
     watchers: usize,
     connections: usize,
+    etcd_servers: usize,
     report: &mut Report,
 ) -> Result<(), String> {
     // Retention covers the whole run, so every watcher can be served from history.
-    let server = Server::start(bin, nodes, "watchBuffer: 65536\n").await?;
+    let (etcd, servers) = if etcd_servers == 0 {
+        (
+            None,
+            vec![Server::start(bin, nodes, "watchBuffer: 65536\n").await?],
+        )
+    } else {
+        let etcd = etcd::Etcd::start().await?;
+        let yaml = format!(
+            "watchBuffer: 65536\nstorage:\n  backend: etcd\n  etcd:\n    endpoints: [\"{}\"]\n",
+            etcd.url
+        );
+        let mut servers = Vec::new();
+        for _ in 0..etcd_servers {
+            servers.push(Server::start(bin, nodes, &yaml).await?);
+        }
+        (Some(etcd), servers)
+    };
+    let server = &servers[0];
     let client = reqwest::Client::new();
     let rv_of = |path: &'static str| {
         let client = client.clone();
@@ -330,26 +355,64 @@ async fn paced(
         } else {
             ("/api/v1/nodes", node_tally.clone())
         };
-        handles.push(watchers::spawn(&server.url, path, &start_rv, tally).await?);
+        // Spread over the servers: a list on one, watched on another.
+        let on = &servers[w % servers.len()];
+        handles.push(watchers::spawn(&on.url, path, &start_rv, tally).await?);
     }
     let lease_watchers = watchers.div_ceil(2) as u64;
 
     let pid = server.pid();
-    let data_dir = server.data_dir();
+    // On etcd, the data lives in etcd's directory.
+    let data_dir = etcd
+        .as_ref()
+        .map_or_else(|| server.data_dir(), |e| e.data_dir());
+    // Until the run is over (past `d` when it falls behind), every 5 s.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = running.clone();
     let sampler = tokio::spawn(async move {
         let mut sizes = Vec::new();
         let started = Instant::now();
         loop {
             sizes.push((started.elapsed().as_secs(), dir_size(&data_dir)));
             tokio::time::sleep(Duration::from_secs(5)).await;
-            if started.elapsed() > d + Duration::from_secs(5) {
+            if !still.load(Ordering::Relaxed) {
                 sizes.push((started.elapsed().as_secs(), dir_size(&data_dir)));
                 return sizes;
             }
         }
     });
     let before = proc_stats(pid);
-    let stats = load::paced(&server.endpoint(), nodes, connections, interval, d).await;
+    let cpu_of =
+        |pids: &[u32]| -> Vec<f64> { pids.iter().map(|p| proc_stats(*p).cpu_seconds).collect() };
+    let mut pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+    pids.extend(etcd.as_ref().map(|e| e.pid()));
+    let cpu_before = cpu_of(&pids);
+    // Each server takes its share of the nodes (every node beats through one).
+    let parts = servers.len();
+    let runs = servers.iter().enumerate().map(|(i, s)| {
+        let endpoint = s.endpoint();
+        async move {
+            load::paced_part(
+                &endpoint,
+                nodes,
+                (connections / parts).max(1),
+                interval,
+                d,
+                (i, parts),
+            )
+            .await
+        }
+    });
+    let mut stats = load::LoadStats::new();
+    let mut wall = Duration::ZERO;
+    for part in futures::future::join_all(runs).await {
+        stats.merge(&part);
+        // Behind schedule, a part runs past `d`: the rate is over its time.
+        wall = wall.max(part.elapsed);
+    }
+    stats.elapsed = wall;
+    running.store(false, Ordering::Relaxed);
+    let cpu_after = cpu_of(&pids);
     let after = proc_stats(pid);
     let expected = stats.ok * lease_watchers;
     watchers::settle(&lease_tally, expected, Duration::from_secs(30)).await;
@@ -392,6 +455,24 @@ async fn paced(
         ),
     );
     report.add("apiserver_peak_rss_mib", mib(after.peak_rss_bytes));
+    if etcd.is_some() {
+        report.add("api_servers", servers.len());
+        let cores: Vec<String> = cpu_before
+            .iter()
+            .zip(&cpu_after)
+            .map(|(b, a)| format!("{:.2}", (a - b) / stats.elapsed.as_secs_f64()))
+            .collect();
+        // The API servers in order, etcd last.
+        report.add("cpu_cores_per_process", cores.join(","));
+        report.add(
+            "apiserver_peak_rss_mib_each",
+            servers
+                .iter()
+                .map(|s| mib(proc_stats(s.pid()).peak_rss_bytes))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
     report.add(
         "data_dir_mib_over_time",
         sizes
@@ -622,12 +703,12 @@ async fn versus_etcd(
     };
     #[cfg(feature = "etcd-grpc")]
     let cas_rate = {
-        let before = etcd_cpu();
-        let cas = etcd::grpc_watched_cas(&etcd.url, nodes, connections, d).await?;
+        let (cas, cores) =
+            etcd::grpc_watched_cas(&etcd.url, etcd.pid(), nodes, connections, d).await?;
         load_rows(report, "etcd_grpc_watched_cas", &cas);
         report.add(
             "etcd_grpc_watched_cas_etcd_cpu_cores",
-            format!("{:.2}", (etcd_cpu() - before) / cas.elapsed.as_secs_f64()),
+            format!("{cores:.2}"),
         );
         cas.rate()
     };
@@ -730,6 +811,7 @@ async fn run(cli: Cli) -> Result<Report, String> {
             duration: d,
             watchers,
             connections,
+            etcd_servers,
         } => {
             paced(
                 &bin,
@@ -738,6 +820,7 @@ async fn run(cli: Cli) -> Result<Report, String> {
                 duration(&d)?,
                 watchers,
                 connections,
+                etcd_servers,
                 &mut report,
             )
             .await?
