@@ -308,3 +308,87 @@ async fn mubelets_fail_over_and_the_controllers_go_on_in_the_survivor() {
     let n1 = api_b.get("/api/v1/nodes/n1").await;
     assert_eq!(state(&n1.body), "Ready", "{}", n1.body);
 }
+
+/// The README's recipe with security on: B gets A's `pki/` before its
+/// first start; a mubelet joins with a token through A (its certificate
+/// signed by whichever server leads the controllers) and, knowing both
+/// servers, keeps its node Ready through B when A is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joined_node_fails_over_between_servers_that_share_a_ca() {
+    let Some(etcd) = etcd() else { return };
+    let extra = format!(
+        "storage:\n  backend: etcd\n  etcd:\n    endpoints: [\"{}\"]\nleaderElection: {{leaseDuration: 3s, renewDeadline: 2s, retryPeriod: 500ms}}\n",
+        etcd.url
+    );
+    let options = |data_dir: Option<std::path::PathBuf>| Options {
+        nodes: vec![],
+        notready_timeout: "2s",
+        extra_config: extra.clone(),
+        secure: true,
+        data_dir,
+        ..Options::default()
+    };
+    let mut a = ApiServer::start(options(None)).await;
+    let b_dir = tempfile::tempdir().expect("temp dir");
+    let b_data = b_dir.path().join("data");
+    std::fs::create_dir_all(b_data.join("pki")).expect("pki dir");
+    for file in std::fs::read_dir(a.data_dir().join("pki")).expect("A's pki") {
+        let file = file.expect("a pki file").path();
+        let name = file.file_name().expect("a file name");
+        std::fs::copy(&file, b_data.join("pki").join(name)).expect("copy pki");
+    }
+    let b = ApiServer::start(options(Some(b_data))).await;
+    let api_b = Api::new(&b);
+
+    let token = mube_e2e::join_token(&a, "1h");
+    let agent_dir = tempfile::tempdir().expect("state dir");
+    let ca = a.data_dir().join("pki/ca.crt");
+    let servers = format!("{},{}", a.url(), b.url());
+    let agent = Mubelet::start_with(
+        &servers,
+        "joined",
+        "300ms",
+        &[
+            ("MUBELET_TOKEN", token.as_str()),
+            ("MUBELET_CA_FILE", ca.to_str().expect("a path")),
+            (
+                "MUBELET_STATE_DIR",
+                agent_dir.path().to_str().expect("a path"),
+            ),
+        ],
+    );
+    let ready = |api: &Api| {
+        let api = api.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let n = api.get("/api/v1/nodes/joined").await;
+                if state(&n.body) == "Ready" {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "joined never Ready: {}",
+                    n.body
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ready(&api_b).await;
+
+    a.kill9();
+    let killed = jiff::Timestamp::now();
+    // Three NotReady timeouts later it is still Ready, and the agent's
+    // latest heartbeats went through B.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let n = api_b.get("/api/v1/nodes/joined").await;
+    assert_eq!(state(&n.body), "Ready", "{}", n.body);
+    let status = agent.status().await;
+    assert_eq!(status["lastHeartbeat"]["result"], "accepted", "{status}");
+    let at: jiff::Timestamp = status["lastHeartbeat"]["time"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("a heartbeat time");
+    assert!(at > killed, "no heartbeat since A was killed: {status}");
+}
