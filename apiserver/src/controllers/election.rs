@@ -44,13 +44,18 @@ fn encode(lease: &Lease) -> Result<serde_json::Value, String> {
     Ok(value)
 }
 
+impl RegistryLease {
+    fn leases(&self) -> Result<Arc<crate::registry::Resource>, String> {
+        self.registry
+            .resource(&resources::LEASES)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[async_trait::async_trait]
 impl LeaseApi for RegistryLease {
     async fn get(&self) -> Result<Option<Lease>, String> {
-        let r = self
-            .registry
-            .resource(&resources::LEASES)
-            .map_err(|e| e.to_string())?;
+        let r = self.leases()?;
         match self
             .registry
             .get(&r, Some(&self.namespace), &self.name)
@@ -63,10 +68,7 @@ impl LeaseApi for RegistryLease {
     }
 
     async fn create(&self, lease: Lease) -> Result<bool, String> {
-        let r = self
-            .registry
-            .resource(&resources::LEASES)
-            .map_err(|e| e.to_string())?;
+        let r = self.leases()?;
         match self
             .registry
             .create(
@@ -85,10 +87,7 @@ impl LeaseApi for RegistryLease {
     }
 
     async fn replace(&self, lease: Lease) -> Result<Option<Lease>, String> {
-        let r = self
-            .registry
-            .resource(&resources::LEASES)
-            .map_err(|e| e.to_string())?;
+        let r = self.leases()?;
         match self
             .registry
             .update(

@@ -114,17 +114,29 @@ pub async fn updates_compare_revisions(h: &dyn Harness) {
     let now = store.get(&key).await.unwrap().unwrap();
     assert_eq!((now.revision, data(&now.json)), (second.revision, json!(1)));
 
+    increment_at_once(&store, &key, false).await;
+    let end = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(data(&end.json), json!(41));
+    store.close().await;
+}
+
+/// Eight tasks at once each add 1 to `data` five times, through
+/// `guaranteed_update` (or its cached form).
+async fn increment_at_once(store: &Arc<dyn Store>, key: &str, cached: bool) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let (store, key) = (store.clone(), key.clone());
+            let (store, key) = (store.clone(), key.to_string());
             tokio::spawn(async move {
                 for _ in 0..5 {
-                    guaranteed_update::<StoreError>(&*store, &key, |_, mut v| {
+                    let add = |_: &super::StoredObject, mut v: Value| {
                         v["data"] = json!(v["data"].as_u64().unwrap_or(0) + 1);
-                        Ok(Some(v))
-                    })
-                    .await
-                    .unwrap();
+                        Ok::<_, StoreError>(Some(v))
+                    };
+                    if cached {
+                        guaranteed_update_cached(&*store, &key, add).await.unwrap();
+                    } else {
+                        guaranteed_update(&*store, &key, add).await.unwrap();
+                    }
                 }
             })
         })
@@ -132,9 +144,6 @@ pub async fn updates_compare_revisions(h: &dyn Harness) {
     for t in tasks {
         t.await.unwrap();
     }
-    let end = store.get(&key).await.unwrap().unwrap();
-    assert_eq!(data(&end.json), json!(41));
-    store.close().await;
 }
 
 /// `get_cached` may lag, but catches up with every write and delete (on
@@ -161,24 +170,7 @@ pub async fn cached_reads_catch_up_and_lose_no_update(h: &dyn Harness) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move {
-                for _ in 0..5 {
-                    guaranteed_update_cached::<StoreError>(&*store, &key, |_, mut v| {
-                        v["data"] = json!(v["data"].as_u64().unwrap_or(0) + 1);
-                        Ok(Some(v))
-                    })
-                    .await
-                    .unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    increment_at_once(&store, &key, true).await;
     let end = store.get(&key).await.unwrap().unwrap();
     assert_eq!(data(&end.json), json!(40));
     // A delete is seen too.

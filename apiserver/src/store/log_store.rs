@@ -235,64 +235,50 @@ impl LogStore {
                  nodes are registered again from the config, agents renew their leases"
             );
         }
+        if dir.join("sled").exists() {
+            tracing::warn!(
+                path = %dir.join("sled").display(),
+                "found a sled database from storage.backend: sled; the log backend does not read it"
+            );
+        }
         let log_dir = dir.join("log");
         wal::create_dir_durably(&log_dir)
             .map_err(|e| io(format!("cannot create {}: {e}", log_dir.display())))?;
         let retention = usize::try_from(options.history_retention.max(1)).unwrap_or(usize::MAX);
-        let Recovered {
-            revision,
-            compacted,
-            objects,
-            history,
-            mut segments,
-            snapshot_revision,
-            fallback_revision,
-            snapshot_bytes,
-            log_bytes_since_snapshot,
-        } = recovery::recover(&log_dir, retention, options.repair)?;
-        let writer = SegmentWriter::create(&log_dir, revision + 1, options.faults.clone())
-            .map_err(|e| {
+        let mut recovered = recovery::recover(&log_dir, retention, options.repair)?;
+        let first = recovered.revision + 1;
+        let writer =
+            SegmentWriter::create(&log_dir, first, options.faults.clone()).map_err(|e| {
                 io(format!(
                     "cannot start a log segment in {}: {e}",
                     log_dir.display()
                 ))
             })?;
-        segments.push(Segment {
-            first: revision + 1,
-            path: wal::segment_path(&log_dir, revision + 1),
+        recovered.segments.push(Segment {
+            first,
+            path: wal::segment_path(&log_dir, first),
         });
         tracing::info!(
-            revision,
-            objects = objects.len(),
-            history = history.len(),
-            segments = segments.len(),
-            snapshot_revision,
+            revision = recovered.revision,
+            objects = recovered.objects.len(),
+            history = recovered.history.len(),
+            segments = recovered.segments.len(),
+            snapshot_revision = recovered.snapshot_revision,
             "store recovered"
         );
-
-        LogStore::start(
-            lock,
-            Recovered {
-                revision,
-                compacted,
-                objects,
-                history,
-                segments,
-                snapshot_revision,
-                fallback_revision,
-                snapshot_bytes,
-                log_bytes_since_snapshot,
-            },
-            log_dir,
-            Medium::Log(writer),
-            options,
-        )
+        LogStore::start(lock, recovered, log_dir, Medium::Log(writer), options)
     }
 
     /// Opens (or creates) a sled database under `dir`/sled as the medium
     /// (`storage.backend: sled`); history starts empty at its revision.
     pub fn open_sled(dir: &Path, options: LogStoreOptions) -> Result<LogStore, StoreError> {
         let lock = lock_data_dir(dir)?;
+        if dir.join("log").exists() {
+            tracing::warn!(
+                path = %dir.join("log").display(),
+                "found a write-ahead log from storage.backend: log; the sled backend does not read it"
+            );
+        }
         let path = dir.join("sled");
         let db = sled::Config::new()
             .path(&path)
