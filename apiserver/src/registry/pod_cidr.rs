@@ -146,6 +146,10 @@ fn stored_range(json: &[u8]) -> Option<String> {
 pub struct Reservation<'a> {
     cidrs: Option<&'a PodCidrs>,
     range: Option<String>,
+    /// Whether this reservation made the range's claim in the shared store
+    /// (and so gives it up when dropped). A claim the node already held
+    /// (another server's create of the same node won) is not its to give.
+    claimed: bool,
 }
 
 impl Reservation<'_> {
@@ -153,6 +157,7 @@ impl Reservation<'_> {
         Reservation {
             cidrs: None,
             range: None,
+            claimed: false,
         }
     }
 
@@ -164,14 +169,18 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if let (Some(cidrs), Some(range)) = (self.cidrs, self.range.take()) {
-            cidrs.release(&range);
+            cidrs.give_back(&range, self.claimed);
         }
     }
 }
 
 /// Outcome of claiming a range in the shared store.
 enum Claimed {
-    Yes,
+    /// Claimed now, for this node.
+    Made,
+    /// Claimed before for this node (by another server's create of it, or
+    /// an earlier try).
+    Held,
     /// Another server's node holds it.
     Taken,
 }
@@ -203,11 +212,11 @@ impl PodCidrs {
     /// again) counts as made.
     async fn claim(&self, range: &str, node: &str) -> Result<Claimed, ApiError> {
         let Some(store) = &self.claims else {
-            return Ok(Claimed::Yes);
+            return Ok(Claimed::Made);
         };
         let key = claim_key(range);
         match store.create(&key, claim(range, node)).await {
-            Ok(_) => Ok(Claimed::Yes),
+            Ok(_) => Ok(Claimed::Made),
             Err(StoreError::AlreadyExists { .. }) => {
                 let holder = store
                     .get(&key)
@@ -215,7 +224,7 @@ impl PodCidrs {
                     .and_then(|c| c.value().ok())
                     .and_then(|c| c.get("node").and_then(Value::as_str).map(str::to_string));
                 Ok(if holder.as_deref() == Some(node) {
-                    Claimed::Yes
+                    Claimed::Held
                 } else {
                     Claimed::Taken
                 })
@@ -273,9 +282,13 @@ impl PodCidrs {
                 break;
             };
             let name = key.rsplit('/').next().unwrap_or_default();
-            if let Claimed::Taken = self.claim(&range, name).await? {
-                reservation.keep();
-                continue;
+            let mut reservation = reservation;
+            match self.claim(&range, name).await? {
+                Claimed::Taken => {
+                    reservation.keep();
+                    continue;
+                }
+                claimed => reservation.claimed = matches!(claimed, Claimed::Made),
             }
             let updated = crate::store::guaranteed_update(
                 registry.store().as_ref(),
@@ -312,6 +325,7 @@ impl PodCidrs {
         Reservation {
             cidrs: Some(self),
             range: Some(range),
+            claimed: false,
         }
     }
 
@@ -344,25 +358,30 @@ impl PodCidrs {
             if !self.used().insert(own.clone()) {
                 return Err(refuse("already in use by another node".into()));
             }
-            let reservation = Reservation {
+            let mut reservation = Reservation {
                 cidrs: Some(self),
                 range: Some(own.clone()),
+                claimed: false,
             };
-            if let Claimed::Taken = self.claim(&own, &name).await? {
-                // Held through another API server: it stays counted here.
-                reservation.keep();
-                return Err(refuse("already in use by another node".into()));
+            match self.claim(&own, &name).await? {
+                Claimed::Taken => {
+                    // Held through another API server: it stays counted here.
+                    reservation.keep();
+                    return Err(refuse("already in use by another node".into()));
+                }
+                claimed => reservation.claimed = matches!(claimed, Claimed::Made),
             }
             set_range(node, &own);
             return Ok(reservation);
         }
         loop {
-            let reservation = self.take_next();
+            let mut reservation = self.take_next();
             let Some(range) = reservation.range.clone() else {
                 return Ok(reservation);
             };
             match self.claim(&range, &name).await {
-                Ok(Claimed::Yes) => {
+                Ok(claimed @ (Claimed::Made | Claimed::Held)) => {
+                    reservation.claimed = matches!(claimed, Claimed::Made);
                     set_range(node, &range);
                     return Ok(reservation);
                 }
@@ -374,11 +393,20 @@ impl PodCidrs {
         }
     }
 
-    /// A range free again: its node is gone, or was never created.
+    /// A range free again: its node is gone.
     pub fn release(&self, range: &str) {
+        self.give_back(range, true);
+    }
+
+    /// A range this server no longer counts as used; its claim in the
+    /// shared store is given up too when `unclaim` (it was made for a node
+    /// that is gone, or never created).
+    fn give_back(&self, range: &str, unclaim: bool) {
         self.used().remove(range);
         self.exhausted.store(false, Ordering::Relaxed);
-        self.unclaim(range);
+        if unclaim {
+            self.unclaim(range);
+        }
     }
 }
 
