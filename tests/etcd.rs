@@ -392,3 +392,60 @@ async fn a_joined_node_fails_over_between_servers_that_share_a_ca() {
         .expect("a heartbeat time");
     assert!(at > killed, "no heartbeat since A was killed: {status}");
 }
+
+/// Pod CIDRs on two servers with room for two nodes: a range freed by a
+/// delete through one server is given out again through the other (which
+/// had counted it taken), and never twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_range_freed_through_one_server_is_reused_through_the_other() {
+    let Some(etcd) = etcd() else { return };
+    let extra = format!(
+        "clusterCIDR: 10.244.0.0/23\nstorage:\n  backend: etcd\n  etcd:\n    endpoints: [\"{}\"]\n",
+        etcd.url
+    );
+    let start = || {
+        ApiServer::start(Options {
+            nodes: vec![],
+            extra_config: extra.clone(),
+            ..Options::default()
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    let (api_a, api_b) = (Api::new(&a), Api::new(&b));
+    let create = |api: &Api, name: &str| {
+        let (api, node) = (
+            api.clone(),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
+        );
+        async move {
+            let r = api.post("/api/v1/nodes", &node).await;
+            assert_eq!(r.code, 201, "{}", r.body);
+            r.body
+                .pointer("/spec/podCIDR")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        }
+    };
+    let one = create(&api_a, "one").await.expect("a range for one");
+    let two = create(&api_b, "two").await.expect("a range for two");
+    assert_ne!(one, two);
+    // Both ranges are out: a third node gets none, through either server.
+    assert_eq!(create(&api_b, "three").await, None);
+    let deleted = api_a.delete("/api/v1/nodes/one").await;
+    assert_eq!(deleted.code, 200, "{}", deleted.body);
+    // B counted `one`'s range as taken; it finds it free in the claims.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let four = loop {
+        // The claim is given up just after the delete's answer.
+        let name = format!("four-{}", rv(&api_b.get("/api/v1/nodes").await.body));
+        if let Some(range) = create(&api_b, &name).await {
+            break range;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed range was never given out again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(four, one);
+}

@@ -143,16 +143,16 @@ pub async fn run(config: Config) -> Result<(), String> {
                 )
             });
             async move {
-                let mut running = vec![
-                    tokio::spawn(lifecycle.run(stop.child_token())),
-                    tokio::spawn(namespaces.run(stop.child_token())),
-                ];
+                // A set that aborts its tasks when dropped: when leadership
+                // is lost, the election drops this future, and nothing of
+                // these controllers runs on while another server leads.
+                let mut running = tokio::task::JoinSet::new();
+                running.spawn(lifecycle.run(stop.child_token()));
+                running.spawn(namespaces.run(stop.child_token()));
                 if let Some(csr) = csr {
-                    running.push(tokio::spawn(csr.run(stop.child_token())));
+                    running.spawn(csr.run(stop.child_token()));
                 }
-                for task in running {
-                    let _ = task.await;
-                }
+                while running.join_next().await.is_some() {}
             }
         }
     };

@@ -245,7 +245,10 @@ where
     };
     acting.cancel();
     if outcome == Outcome::Lost {
+        // Aborted and awaited: the work's future (and what it holds, such
+        // as tasks it aborts when dropped) is gone when this returns.
         worker.abort();
+        let _ = (&mut worker).await;
         return Ok(outcome);
     }
     // The work stops on its token, within a bound (a stopped API server

@@ -265,44 +265,65 @@ impl PodCidrs {
             .list(&nodes, None, &super::Filter::default(), ReadAt::Newest)
             .await?;
         let mut without = Vec::new();
+        let mut held = Vec::new();
         {
             let mut used = self.used();
             for item in &items {
                 match stored_range(&item.json) {
                     Some(c) => {
-                        used.insert(c);
+                        used.insert(c.clone());
+                        held.push((c, item.key.clone()));
                     }
                     None => without.push(item.key.clone()),
                 }
             }
         }
-        for key in without {
-            let reservation = self.take_next();
-            let Some(range) = reservation.range.clone() else {
-                break;
-            };
-            let name = key.rsplit('/').next().unwrap_or_default();
-            let mut reservation = reservation;
-            match self.claim(&range, name).await? {
-                Claimed::Taken => {
-                    reservation.keep();
-                    continue;
+        // On a shared store, every range a node holds is claimed (nodes
+        // stored before the claims existed get theirs now), so that a
+        // server that reads the claims counts it.
+        if self.claims.is_some() {
+            for (range, key) in held {
+                let name = key.rsplit('/').next().unwrap_or_default();
+                if let Claimed::Taken = self.claim(&range, name).await? {
+                    tracing::warn!(node = %name, range = %range, "a node holds a pod range claimed for another node");
                 }
-                claimed => reservation.claimed = matches!(claimed, Claimed::Made),
             }
+        }
+        for key in without {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            // Until a range is claimed for it: one another server holds is
+            // counted as used, and the next is tried.
+            let (reservation, range) = loop {
+                let mut reservation = self.take_next();
+                let Some(range) = reservation.range.clone() else {
+                    return Ok(());
+                };
+                match self.claim(&range, name).await? {
+                    Claimed::Taken => reservation.keep(),
+                    claimed => {
+                        reservation.claimed = matches!(claimed, Claimed::Made);
+                        break (reservation, range);
+                    }
+                }
+            };
+            let mut ours = false;
             let updated = crate::store::guaranteed_update(
                 registry.store().as_ref(),
                 &key,
                 |_, mut node| -> Result<_, crate::store::StoreError> {
+                    // Another server's repair may have given it one first.
+                    ours = false;
                     if pod_cidr(&node).is_some() {
                         return Ok(None);
                     }
                     set_range(&mut node, &range);
+                    ours = true;
                     Ok(Some(node))
                 },
             )
             .await;
-            if updated.is_ok() {
+            // Otherwise dropped: the range, and a claim made here, are free.
+            if updated.is_ok() && ours {
                 reservation.keep();
             }
         }
@@ -374,9 +395,17 @@ impl PodCidrs {
             set_range(node, &own);
             return Ok(reservation);
         }
+        let mut refreshed = false;
         loop {
             let mut reservation = self.take_next();
             let Some(range) = reservation.range.clone() else {
+                // Ranges this server counted as taken may have been freed
+                // through another server: read the claims once, then try
+                // again.
+                if !refreshed && self.refresh_from_claims().await? {
+                    refreshed = true;
+                    continue;
+                }
                 return Ok(reservation);
             };
             match self.claim(&range, &name).await {
@@ -391,6 +420,26 @@ impl PodCidrs {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// With a shared store, replaces the ranges counted as used with the
+    /// claims in it (each server's own count only learns of a range freed
+    /// through another when it asks there). `false` without a shared store.
+    async fn refresh_from_claims(&self) -> Result<bool, ApiError> {
+        let Some(store) = &self.claims else {
+            return Ok(false);
+        };
+        let claims = store
+            .list("/registry/ranges/podcidrs/", ReadAt::Newest)
+            .await?;
+        let held: HashSet<String> = claims
+            .items
+            .iter()
+            .filter_map(|c| c.value().ok())
+            .filter_map(|c| c.get("range").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        *self.used() = held;
+        Ok(true)
     }
 
     /// A range free again: its node is gone.

@@ -356,6 +356,7 @@ impl Caches {
                 tx: broadcast::channel(buffer).0,
                 shared: Arc::new(AtomicU64::new(from)),
                 objects,
+                objects_at: from,
             }),
             max: self.options.history_per_resource.max(1),
             buffer,
@@ -439,6 +440,8 @@ impl Caches {
         }
         let (caches, resource) = (self.clone(), resource.to_string());
         tokio::spawn(async move {
+            // At the newest revision: the cache's events after it are
+            // applied on top, those up to it skipped (they are in it).
             let listed = caches
                 .list(&format!("/registry/{resource}/"), ReadAt::Newest)
                 .await;
@@ -459,6 +462,7 @@ impl Caches {
                             // as they arrive. Not if the ring has dropped
                             // some of them: a later call tries again.
                             if list.revision >= ring.floor {
+                                ring.objects_at = list.revision;
                                 let mut objects = objects;
                                 for e in ring.events.iter().filter(|e| e.revision > list.revision) {
                                     apply(&mut objects, e);
@@ -496,6 +500,11 @@ impl Caches {
             return;
         };
         let mut ring = cache.lock();
+        // The watch has brought this write already, and perhaps later
+        // ones (a delete): nothing to add, and nothing older to put back.
+        if at <= ring.published {
+            return;
+        }
         let Some(objects) = ring.objects.as_mut() else {
             return;
         };
@@ -746,6 +755,8 @@ struct Ring {
     /// The resource's objects, once read in (`Caches::fill`) and kept up
     /// to date from the same events: what `get_cached` answers from.
     objects: Option<HashMap<Arc<str>, StoredObject>>,
+    /// The revision `objects` was listed at: events up to it are in it.
+    objects_at: Revision,
 }
 
 impl Cache {
@@ -932,7 +943,8 @@ async fn pump(
                     previous,
                     derived: Default::default(),
                 });
-                if let Some(objects) = ring.objects.as_mut() {
+                let listed_at = ring.objects_at;
+                if let Some(objects) = ring.objects.as_mut().filter(|_| at > listed_at) {
                     apply(objects, &event);
                 }
                 ring.events.push_back(event.clone());
