@@ -139,14 +139,9 @@ pub async fn gateway_puts(
     .await
 }
 
-/// Puts through etcd's gRPC API with the etcd-client crate.
+/// One gRPC client (its own connection) per load connection.
 #[cfg(feature = "etcd-grpc")]
-pub async fn grpc_puts(
-    url: &str,
-    nodes: usize,
-    connections: usize,
-    duration: Duration,
-) -> Result<LoadStats, String> {
+async fn grpc_clients(url: &str, connections: usize) -> Result<Vec<etcd_client::Client>, String> {
     let mut clients = Vec::new();
     for _ in 0..connections {
         clients.push(
@@ -155,6 +150,18 @@ pub async fn grpc_puts(
                 .map_err(|e| format!("etcd gRPC connect: {e}"))?,
         );
     }
+    Ok(clients)
+}
+
+/// Puts through etcd's gRPC API with the etcd-client crate.
+#[cfg(feature = "etcd-grpc")]
+pub async fn grpc_puts(
+    url: &str,
+    nodes: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<LoadStats, String> {
+    let clients = grpc_clients(url, connections).await?;
     let clients = Arc::new(std::sync::Mutex::new(clients));
     Ok(run(connections, duration, move |c| {
         let client = clients
@@ -203,14 +210,7 @@ pub async fn grpc_watched_cas(
         .await
         .map_err(|e| format!("etcd watch: {e}"))?;
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = events.next().await {} });
-    let mut clients = Vec::new();
-    for _ in 0..connections {
-        clients.push(
-            etcd_client::Client::connect([url], None)
-                .await
-                .map_err(|e| format!("etcd gRPC connect: {e}"))?,
-        );
-    }
+    let clients = grpc_clients(url, connections).await?;
     // Each connection's nodes written once, for the revisions to compare.
     let mut written = Vec::new();
     for (c, client) in clients.iter().enumerate() {

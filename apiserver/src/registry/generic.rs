@@ -64,6 +64,11 @@ pub struct Registry {
     pod_cidrs: Option<super::pod_cidr::PodCidrs>,
 }
 
+/// A read's object, or Kubernetes' 404 for it.
+fn found(r: &Resource, name: &str, read: Option<StoredObject>) -> Result<StoredObject, ApiError> {
+    read.ok_or_else(|| ApiError::not_found(r, name))
+}
+
 impl Registry {
     /// The kinds mube serves today.
     pub fn standard(store: Arc<dyn Store>) -> Registry {
@@ -177,10 +182,8 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<StoredObject, ApiError> {
-        self.store
-            .get(&r.key(namespace, name))
-            .await?
-            .ok_or_else(|| ApiError::not_found(r, name))
+        let key = r.key(namespace, name);
+        found(r, name, self.store.get(&key).await?)
     }
 
     /// `get` from what this server holds in memory (`Store::get_cached`):
@@ -191,10 +194,8 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<StoredObject, ApiError> {
-        self.store
-            .get_cached(&r.key(namespace, name))
-            .await?
-            .ok_or_else(|| ApiError::not_found(r, name))
+        let key = r.key(namespace, name);
+        found(r, name, self.store.get_cached(&key).await?)
     }
 
     /// Matching objects and the revision the list was read at.
