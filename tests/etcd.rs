@@ -29,6 +29,39 @@ async fn on_etcd(etcd: &Etcd) -> ApiServer {
     .await
 }
 
+/// `check`, every 100 ms, until it gives a value; after `within`, the test
+/// fails with `what` and the last thing `check` saw.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: after {within:?}, {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits, through `api`, for node `name` to be in `wanted` state.
+async fn node_becomes(api: &Api, name: &str, wanted: &str) {
+    eventually(Duration::from_secs(20), name, || async {
+        let n = api.get(&format!("/api/v1/nodes/{name}")).await;
+        if state(&n.body) == wanted {
+            Ok(())
+        } else {
+            Err(format!("not {wanted}: {}", n.body))
+        }
+    })
+    .await
+}
+
 fn configmap(name: &str, value: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": value}})
 }
@@ -150,22 +183,14 @@ async fn an_etcd_restart_loses_nothing_and_watches_go_on() {
     etcd.stop();
     let ready = |code: u16| {
         let api = &api;
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            loop {
-                let r = api.get("/readyz").await;
-                if r.code == code {
-                    return r;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "/readyz never {code}: {} {}",
-                    r.code,
-                    r.body
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        eventually(Duration::from_secs(15), "/readyz", move || async move {
+            let r = api.get("/readyz").await;
+            if r.code == code {
+                Ok(r)
+            } else {
+                Err(format!("not {code}: {} {}", r.code, r.body))
             }
-        }
+        })
     };
     let down = ready(503).await;
     assert!(down.body.to_string().contains("etcd"), "{}", down.body);
@@ -286,26 +311,8 @@ async fn mubelets_fail_over_and_the_controllers_go_on_in_the_survivor() {
     let servers = format!("{},{}", a.url(), b.url());
     let _m1 = Mubelet::start(&servers, "n1", "300ms");
     let mut m2 = Mubelet::start(&servers, "n2", "300ms");
-    let ready_on_b = |name: &'static str| {
-        let api = &api_b;
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let n = api.get(&format!("/api/v1/nodes/{name}")).await;
-                if state(&n.body) == "Ready" {
-                    return rv(&n.body);
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{name} not Ready: {}",
-                    n.body
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    ready_on_b("n1").await;
-    ready_on_b("n2").await;
+    node_becomes(&api_b, "n1", "Ready").await;
+    node_becomes(&api_b, "n2", "Ready").await;
 
     // Kill A; for three NotReady timeouts, neither node leaves Ready.
     let list = api_b.get("/api/v1/nodes").await;
@@ -336,20 +343,7 @@ async fn mubelets_fail_over_and_the_controllers_go_on_in_the_survivor() {
     // The node lifecycle controller runs on B now (elected there if A
     // led): a node that falls silent goes NotReady.
     m2.kill9();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = api_b.get("/api/v1/nodes/n2").await;
-        if state(&n.body) == "NotReady" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "n2 never went NotReady through B: {}\n{}",
-            n.body,
-            b.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node_becomes(&api_b, "n2", "NotReady").await;
     let n1 = api_b.get("/api/v1/nodes/n1").await;
     assert_eq!(state(&n1.body), "Ready", "{}", n1.body);
 }
@@ -402,25 +396,7 @@ async fn a_joined_node_fails_over_between_servers_that_share_a_ca() {
             ),
         ],
     );
-    let ready = |api: &Api| {
-        let api = api.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let n = api.get("/api/v1/nodes/joined").await;
-                if state(&n.body) == "Ready" {
-                    return;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "joined never Ready: {}",
-                    n.body
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    ready(&api_b).await;
+    node_becomes(&api_b, "joined", "Ready").await;
 
     a.kill9();
     let killed = jiff::Timestamp::now();
@@ -479,18 +455,13 @@ async fn a_pod_range_freed_through_one_server_is_reused_through_the_other() {
     let deleted = api_a.delete("/api/v1/nodes/one").await;
     assert_eq!(deleted.code, 200, "{}", deleted.body);
     // B counted `one`'s range as taken; it finds it free in the claims.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let four = loop {
-        // The claim is given up just after the delete's answer.
+    // The claim is given up just after the delete's answer.
+    let four = eventually(Duration::from_secs(10), "the freed range", || async {
         let name = format!("four-{}", rv(&api_b.get("/api/v1/nodes").await.body));
-        if let Some(range) = create(&api_b, &name).await {
-            break range;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the freed range was never given out again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        create(&api_b, &name)
+            .await
+            .ok_or_else(|| "not given out again".to_string())
+    })
+    .await;
     assert_eq!(four, one);
 }

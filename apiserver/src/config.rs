@@ -123,6 +123,14 @@ pub enum Storage {
     Etcd(EtcdStorage),
 }
 
+impl Storage {
+    /// Whether other API servers may share this store (etcd): then
+    /// per-server state needs its cluster answer.
+    pub fn shared(&self) -> bool {
+        matches!(self, Storage::Etcd(_))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdStorage {
     pub endpoints: Vec<String>,

@@ -22,9 +22,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     let store = open_store(&config).await?;
     // On etcd, other API servers may share the store: per-server state
     // gets its cluster answer (README: "Running several API servers").
-    let exclusive = !matches!(config.storage, Storage::Etcd(_));
+    let shared = config.storage.shared();
     let registry =
-        Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr, !exclusive));
+        Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr, shared));
     registry
         .start_pod_cidrs()
         .await
@@ -33,7 +33,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("creating the system namespaces: {e}"))?;
     // On a store other API servers share, this config only adds nodes.
-    nodes::register_from_config(&registry, &config.nodes, exclusive)
+    nodes::register_from_config(&registry, &config.nodes, !shared)
         .await
         .map_err(|e| format!("registering the nodes from the config: {e}"))?;
 
@@ -123,7 +123,6 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     // The controllers run once across API servers on one store (etcd):
     // only the elected server's run.
-    let shared_store = !exclusive;
     let signer = pki.as_ref().and_then(|p| p.signer.clone());
     let controllers = {
         let registry = registry.clone();
@@ -158,7 +157,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
     let mut tasks = vec![tokio::spawn(crate::controllers::election::run(
         registry.clone(),
-        shared_store,
+        shared,
         config.leader_election,
         shutdown.child_token(),
         controllers,

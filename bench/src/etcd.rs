@@ -139,6 +139,20 @@ pub async fn gateway_puts(
     .await
 }
 
+/// Hands out `items` one per call, to the load's connections (`run`
+/// calls its factory once per connection, through `Fn`).
+#[cfg(feature = "etcd-grpc")]
+fn one_each<T>(items: Vec<T>) -> impl Fn() -> T {
+    let items = std::sync::Mutex::new(items);
+    move || {
+        items
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .expect("one per connection")
+    }
+}
+
 /// One gRPC client (its own connection) per load connection.
 #[cfg(feature = "etcd-grpc")]
 async fn grpc_clients(url: &str, connections: usize) -> Result<Vec<etcd_client::Client>, String> {
@@ -161,15 +175,9 @@ pub async fn grpc_puts(
     connections: usize,
     duration: Duration,
 ) -> Result<LoadStats, String> {
-    let clients = grpc_clients(url, connections).await?;
-    let clients = Arc::new(std::sync::Mutex::new(clients));
+    let next_client = one_each(grpc_clients(url, connections).await?);
     Ok(run(connections, duration, move |c| {
-        let client = clients
-            .lock()
-            .map(|mut v| v.pop())
-            .ok()
-            .flatten()
-            .expect("one client per connection");
+        let client = next_client();
         let mut node = c % nodes.max(1);
         move || {
             let (k, v) = (key(node), lease_value(node));
@@ -225,17 +233,12 @@ pub async fn grpc_watched_cas(
         }
         written.push(std::sync::Mutex::new(Some(revisions)));
     }
-    let clients = Arc::new(std::sync::Mutex::new(clients));
+    let next_client = one_each(clients);
     let written = Arc::new(written);
     let cpu = || crate::server::proc_stats(etcd_pid).cpu_seconds;
     let before = cpu();
     let stats = run(connections, duration, move |c| {
-        let client = clients
-            .lock()
-            .map(|mut v| v.pop())
-            .ok()
-            .flatten()
-            .expect("one client per connection");
+        let client = next_client();
         let revisions = written[c]
             .lock()
             .ok()

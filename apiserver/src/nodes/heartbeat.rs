@@ -39,16 +39,17 @@ pub async fn heartbeat(
     // Reads are from memory where the store keeps a copy (on etcd, its
     // watch cache), so that a heartbeat that changes nothing a client sees
     // is one store write: the Lease's, with its revision as precondition.
-    match registry.get_cached(&nodes, None, &hb.name).await {
-        Err(e) if e.is_not_found() => return Err(not_registered()),
-        other => other?,
-    };
+    let node_key = nodes.key(None, &hb.name);
+    let cached_node = || registry.store().get_cached(&node_key);
+    if cached_node().await?.is_none() {
+        return Err(not_registered());
+    }
     let now = Timestamp::now();
     renew_lease(registry, &hb.name, now, lease_duration).await?;
     // Read again after the renewal, so a NotReady the controller wrote in
     // between is seen and undone here (from a cache, one that reached it
     // is: a NotReady written a moment ago is undone by the next beat).
-    if let Ok(node) = registry.get_cached(&nodes, None, &hb.name).await {
+    if let Ok(Some(node)) = cached_node().await {
         if state_rules::heartbeat_would_change(&node.json, hb) == Some(false) {
             return Ok(node);
         }

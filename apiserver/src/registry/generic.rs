@@ -64,11 +64,6 @@ pub struct Registry {
     pod_cidrs: Option<super::pod_cidr::PodCidrs>,
 }
 
-/// A read's object, or Kubernetes' 404 for it.
-fn found(r: &Resource, name: &str, read: Option<StoredObject>) -> Result<StoredObject, ApiError> {
-    read.ok_or_else(|| ApiError::not_found(r, name))
-}
-
 impl Registry {
     /// The kinds mube serves today.
     pub fn standard(store: Arc<dyn Store>) -> Registry {
@@ -182,20 +177,10 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<StoredObject, ApiError> {
-        let key = r.key(namespace, name);
-        found(r, name, self.store.get(&key).await?)
-    }
-
-    /// `get` from what this server holds in memory (`Store::get_cached`):
-    /// possibly a moment behind, for the heartbeat's hot path.
-    pub async fn get_cached(
-        &self,
-        r: &Resource,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<StoredObject, ApiError> {
-        let key = r.key(namespace, name);
-        found(r, name, self.store.get_cached(&key).await?)
+        self.store
+            .get(&r.key(namespace, name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(r, name))
     }
 
     /// Matching objects and the revision the list was read at.
