@@ -1,4 +1,5 @@
-//! The agent's own HTTP endpoint: `GET /healthz`, `GET /status`, and the
+//! The agent's own HTTP endpoint: `GET /healthz`, `GET /status`,
+//! `GET /metrics` (Prometheus), and the
 //! container logs the API server proxies `kubectl logs` to.
 
 use std::sync::Arc;
@@ -28,8 +29,19 @@ pub fn router(config: Arc<Config>, heartbeat: SharedStatus, logs: LogState) -> R
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(HealthState { config, heartbeat })
         .merge(logs)
+}
+
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            mube_process::metrics::CONTENT_TYPE,
+        )],
+        mube_process::metrics::render(),
+    )
 }
 
 async fn status(State(state): State<HealthState>) -> Json<Value> {

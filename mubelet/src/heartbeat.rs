@@ -201,7 +201,21 @@ impl Heartbeater {
                 return;
             };
             let server = server.origin().ascii_serialization();
-            let wait = match self.send(url.clone()).await {
+            let sent = std::time::Instant::now();
+            let outcome = self.send(url.clone()).await;
+            let result = match &outcome {
+                Outcome::Accepted => "accepted",
+                Outcome::Rejected { .. } => "rejected",
+                Outcome::Unavailable { .. } => "unreachable",
+            };
+            let m = crate::metrics::metrics();
+            m.heartbeat_duration
+                .with_label_values(&[result])
+                .observe(sent.elapsed().as_secs_f64());
+            if result != "accepted" {
+                m.heartbeat_failures.with_label_values(&[result]).inc();
+            }
+            let wait = match outcome {
                 Outcome::Accepted => {
                     silent = 0;
                     self.record("accepted", Some(202), "accepted".into(), false);

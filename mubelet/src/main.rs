@@ -16,6 +16,7 @@ mod health;
 mod heartbeat;
 mod hollow;
 mod logs;
+mod metrics;
 mod network;
 mod node_status;
 mod pods;

@@ -3,6 +3,8 @@
 //! with exit code 2, a tokio runtime, and SIGINT/SIGTERM as the shutdown
 //! signal.
 
+pub mod metrics;
+
 use std::future::Future;
 use std::process::ExitCode;
 

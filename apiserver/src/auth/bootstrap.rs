@@ -137,6 +137,23 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 ],
             )],
         ),
+        // Kubernetes' role for scrapers: health and metrics, nothing else.
+        role(
+            "system:monitoring",
+            vec![paths(
+                &["get"],
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/readyz",
+                    "/readyz/*",
+                    "/metrics",
+                    "/metrics/slis",
+                ],
+            )],
+        ),
         role(
             "system:public-info-viewer",
             vec![paths(
@@ -276,6 +293,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:discovery",
             "system:discovery",
             &[("Group", AUTHENTICATED)],
+        ),
+        binding(
+            "system:monitoring",
+            "system:monitoring",
+            &[("Group", "system:monitoring")],
         ),
         binding(
             "system:public-info-viewer",

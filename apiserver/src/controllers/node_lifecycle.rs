@@ -60,6 +60,37 @@ pub struct NodeLifecycle {
     last_sweep: Timestamp,
 }
 
+/// Keeps `mube_nodes{state}` in step with the states in `nodes`.
+fn count_state(from: Option<NodeState>, to: Option<NodeState>) {
+    if from == to {
+        return;
+    }
+    let gauge = &crate::metrics::metrics().nodes;
+    if let Some(s) = from {
+        gauge.with_label_values(&[s.as_str()]).dec();
+    }
+    if let Some(s) = to {
+        gauge.with_label_values(&[s.as_str()]).inc();
+    }
+}
+
+/// `mube_nodes{state}` with no node known: before a relist, and when the
+/// controller stops (a server that lost its election reports nothing).
+fn zero_state_counts() {
+    for s in [NodeState::Ready, NodeState::NotReady, NodeState::Unknown] {
+        crate::metrics::metrics()
+            .nodes
+            .with_label_values(&[s.as_str()])
+            .set(0);
+    }
+}
+
+impl Drop for NodeLifecycle {
+    fn drop(&mut self) {
+        zero_state_counts();
+    }
+}
+
 /// Events older than this are deleted (Kubernetes' default `--event-ttl`).
 const EVENT_TTL: SignedDuration = SignedDuration::from_secs(3600);
 /// The Events recording node transitions live here, as in Kubernetes.
@@ -139,6 +170,7 @@ impl NodeLifecycle {
             .await?;
 
         self.nodes.clear();
+        zero_state_counts();
         self.due.clear();
         // Transitions that happened while the watch was down (known from an
         // earlier list) are reported now; nodes seen for the first time are not.
@@ -209,6 +241,8 @@ impl NodeLifecycle {
         let registered =
             timestamp_at(node, "/metadata/creationTimestamp").unwrap_or_else(Timestamp::now);
         let state = rules::state_of(node);
+        let previous = self.nodes.get(&name).and_then(|t| t.state);
+        count_state(previous, state);
         let entry = self.nodes.entry(name.clone()).or_insert(Tracked {
             registered,
             state,
@@ -385,6 +419,7 @@ impl NodeLifecycle {
 
     fn forget(&mut self, name: &str) {
         if let Some(t) = self.nodes.remove(name) {
+            count_state(t.state, None);
             if let Some(d) = t.deadline {
                 self.due.remove(&(d, name.to_string()));
             }
@@ -420,6 +455,7 @@ impl NodeLifecycle {
             match self.write_state(name).await {
                 Ok(Some(written)) => {
                     if let Some(t) = self.nodes.get_mut(name) {
+                        count_state(t.state, Some(written.state));
                         t.state = Some(written.state);
                     }
                     self.schedule(name, written.until);

@@ -7,6 +7,7 @@ pub mod authz;
 mod discovery;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod openapi;
 mod options;
 mod path;
@@ -71,6 +72,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let audit = state.audit.clone();
+    let registry = state.registry.clone();
     let authenticator = state.authn.clone();
     let authorizer = state.authz.clone();
     let router = Router::new()
@@ -99,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/version", get(discovery::version))
+        .route("/metrics", get(metrics::scrape))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -107,10 +110,14 @@ pub fn router(state: AppState) -> Router {
             authenticator,
             authn::authenticate,
         ));
-    match audit {
+    let router = match audit {
         Some(log) => router.layer(middleware::from_fn_with_state(log, audit::audit)),
         None => router,
-    }
+    };
+    router.layer(middleware::from_fn_with_state(
+        registry,
+        metrics::instrument,
+    ))
 }
 
 /// Once the store has stopped (its log could not be written), no request
@@ -188,6 +195,7 @@ async fn heartbeat(
         nodes::authorize_heartbeat(&user, &hb.name)?;
     }
     let node = nodes::heartbeat(&state.registry, &hb, state.lease_duration).await?;
+    crate::metrics::metrics().heartbeats.inc();
     Ok(response::json(StatusCode::ACCEPTED, node.json))
 }
 

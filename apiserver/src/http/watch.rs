@@ -122,7 +122,11 @@ pub async fn serve(
     let (tx, rx) = mpsc::channel::<Bytes>(LINES_IN_FLIGHT);
     match state.registry.watch(&r, ns, after) {
         Ok(stream) => {
+            let events = crate::metrics::metrics()
+                .watch_events
+                .with_label_values(&[r.group, r.version, r.plural]);
             let task = WatchTask {
+                events,
                 r,
                 filter,
                 tx,
@@ -155,6 +159,8 @@ pub async fn serve(
 }
 
 struct WatchTask {
+    /// `apiserver_watch_events_total` of this resource.
+    events: mube_process::metrics::prometheus::IntCounter,
     r: Arc<Resource>,
     filter: Filter,
     tx: mpsc::Sender<Bytes>,
@@ -197,6 +203,7 @@ impl WatchTask {
         let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
         for object in &initial {
             let event = self.event(EventType::Added, &object.json, object.revision);
+            self.events.inc();
             if !self.send(event).await {
                 return;
             }
@@ -244,6 +251,7 @@ impl WatchTask {
                             Some(Ok(event)) => {
                                 if let Some(kind) = translate(&self.r, &self.filter, &event) {
                                     chunk.extend_from_slice(&self.event(kind, &event.object, event.revision));
+                                    self.events.inc();
                                 }
                             }
                             Some(Err(e)) => {

@@ -559,6 +559,18 @@ impl Store for EtcdStore {
         self.caches.list(prefix, at).await
     }
 
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let start = self.etcd_key(prefix).into_bytes();
+        let end = prefix_end(&start);
+        let options = GetOptions::new().with_range(end).with_count_only();
+        let r = self
+            .kv()
+            .get(start, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(r.count().max(0) as u64)
+    }
+
     /// From this server's watch cache of the resource once it holds the
     /// objects (reading them in starts at the first call); from etcd when
     /// the key is not there. May be a moment behind etcd: for callers that

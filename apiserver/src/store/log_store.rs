@@ -813,6 +813,7 @@ fn flusher(
             let events = std::mem::take(&mut s.pending_events);
             (records, events, s.pending_first, s.revision)
         };
+        let committing = Instant::now();
         match &mut medium {
             Medium::Log(segment) => {
                 if segment.bytes >= shared.options.segment_bytes {
@@ -855,6 +856,11 @@ fn flusher(
                 }
             }
         }
+        let metrics = crate::metrics::metrics();
+        metrics
+            .commit_duration
+            .observe(committing.elapsed().as_secs_f64());
+        metrics.commit_writes.observe(events.len() as f64);
         for event in &events {
             match event.after() {
                 Some(object) => objects.insert(event.key.clone(), object),
@@ -909,6 +915,22 @@ fn compactor(shared: Arc<Shared>, ticks: mpsc::Receiver<()>) {
     }
 }
 
+/// Bytes of the files under `dir`, its subdirectories included (sled
+/// keeps some); what cannot be read counts as nothing.
+fn files_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => files_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Free bytes for an unprivileged writer on the file system holding `dir`.
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     let s = rustix::fs::statvfs(dir)?;
@@ -955,6 +977,9 @@ fn take_snapshot(shared: &Shared, log_bytes_before: u64) -> Result<(), String> {
             let _ = std::fs::remove_file(path);
         }
     }
+    crate::metrics::metrics()
+        .snapshot_duration
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(
         revision = view.revision,
         bytes = size,
@@ -1050,6 +1075,23 @@ impl Store for LogStore {
             items,
             revision: view.revision,
         })
+    }
+
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let view = self.shared.view();
+        let n = view
+            .objects
+            .range::<_, str>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count();
+        Ok(n as u64)
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        Some(files_bytes(&self.shared.dir))
     }
 
     async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError> {

@@ -251,6 +251,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every object whose key starts with `prefix`, at one revision.
     async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError>;
 
+    /// How many objects are under `prefix` now (`apiserver_storage_objects`).
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        Ok(self.list(prefix, ReadAt::Newest).await?.items.len() as u64)
+    }
+
     /// Waits, at most `within`, until reads are served at `revision` or
     /// later; then `TooLarge` with the newest revision there is.
     async fn wait_for(&self, revision: Revision, within: Duration) -> Result<(), StoreError>;
@@ -291,6 +296,12 @@ pub trait Store: Send + Sync + 'static {
     /// Why the store works but needs attention (say, snapshots are skipped
     /// for lack of disk space), if it does; `/readyz` reports it.
     fn degraded(&self) -> Option<String> {
+        None
+    }
+
+    /// Bytes of this store's files on the local disk, for a store that
+    /// keeps files (`mube_store_data_dir_bytes`).
+    fn disk_bytes(&self) -> Option<u64> {
         None
     }
 
