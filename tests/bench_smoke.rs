@@ -78,11 +78,14 @@ fn paced_scenario_loses_and_repeats_nothing() {
 }
 
 #[test]
-fn list_and_restart_scenarios() {
+fn list_restart_and_metrics_scenarios() {
     let r = bench(&["list", "--nodes", "50"]);
     assert!(number(&r, "list_json_ms") > 0.0);
     let r = bench(&["restart", "--nodes", "10", "--writes", "100"]);
     assert!(number(&r, "restart_to_ready_ms") > 0.0);
+    let r = bench(&["metrics", "--nodes", "50", "--scrapes", "2"]);
+    assert!(number(&r, "scrape_p50_ms") > 0.0);
+    assert!(number(&r, "scrape_bytes") > 1000.0);
 }
 
 #[cfg_attr(not(has_etcd), ignore = "etcd not found on PATH (Debian: etcd-server)")]

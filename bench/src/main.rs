@@ -137,6 +137,14 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         etcd_servers: usize,
     },
+    /// Time to scrape the API server's /metrics with N nodes (and their
+    /// Leases) stored, after one heartbeat from each.
+    Metrics {
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        scrapes: usize,
+    },
     /// Time to list N nodes as JSON and as a Table.
     List {
         #[arg(long, default_value_t = 100_000)]
@@ -505,6 +513,60 @@ async fn time_get(url: &str, accept: &str) -> Result<(Duration, usize), String> 
     Ok((best, size))
 }
 
+async fn metrics(
+    bin: &Path,
+    nodes: usize,
+    scrapes: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    let server = Server::start(bin, nodes, "").await?;
+    // Every node's first heartbeat creates its Lease: twice the objects
+    // for `apiserver_storage_objects` to count.
+    let warmup = load::paced(
+        &server.endpoint(),
+        nodes,
+        64,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .await;
+    if warmup.errors > 0 {
+        return Err(format!(
+            "{} heartbeats failed during the warm-up",
+            warmup.errors
+        ));
+    }
+    let client = reqwest::Client::new();
+    let url = format!("{}/metrics", server.url);
+    let mut took = Vec::with_capacity(scrapes);
+    let mut size = 0;
+    for _ in 0..scrapes.max(1) {
+        let started = Instant::now();
+        let text = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        took.push(started.elapsed());
+        size = text.len();
+        if !text.contains("apiserver_storage_objects{resource=\"leases.coordination.k8s.io\"}") {
+            return Err("the scrape has no apiserver_storage_objects for leases".into());
+        }
+    }
+    took.sort();
+    let ms = |d: &Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    report.add("scenario", "metrics");
+    report.add("nodes", nodes);
+    report.add("scrapes", took.len());
+    report.add("scrape_p50_ms", ms(&took[took.len() / 2]));
+    report.add("scrape_max_ms", ms(&took[took.len() - 1]));
+    report.add("scrape_bytes", size);
+    Ok(())
+}
+
 async fn list(bin: &Path, nodes: usize, report: &mut Report) -> Result<(), String> {
     let server = Server::start(bin, nodes, "").await?;
     let url = format!("{}/api/v1/nodes", server.url);
@@ -826,6 +888,7 @@ async fn run(cli: Cli) -> Result<Report, String> {
             .await?
         }
         Scenario::List { nodes } => list(&bin, nodes, &mut report).await?,
+        Scenario::Metrics { nodes, scrapes } => metrics(&bin, nodes, scrapes, &mut report).await?,
         Scenario::ListLoad {
             nodes,
             connections,

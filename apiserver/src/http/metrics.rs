@@ -11,7 +11,7 @@
 //! client can grow the number of series by inventing names.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -21,7 +21,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use mube_process::metrics::prometheus::IntGauge;
+use mube_process::metrics::prometheus::{Histogram, IntCounter, IntGauge};
 
 use super::{limits, path, AppState};
 use crate::metrics::metrics;
@@ -57,16 +57,6 @@ impl Labels {
     fn of(registry: &Registry, request: &Request) -> Option<Labels> {
         let method = request.method();
         let path = request.uri().path();
-        if *method == Method::POST && path == "/api/v1/nodes/heartbeat" {
-            return Some(Labels {
-                verb: "POST",
-                group: String::new(),
-                version: "v1".into(),
-                resource: "nodes".into(),
-                subresource: "heartbeat",
-                scope: "cluster",
-            });
-        }
         let target = path::parse(path)?;
         let watch = limits::is_watch(method, request.uri().query());
         let apply = *method == Method::PATCH
@@ -138,11 +128,54 @@ impl Labels {
     }
 }
 
+/// The heartbeat's series, resolved once: it is most of the requests a
+/// big cluster gets, and looking its labels up each time was measurable.
+struct HeartbeatSeries {
+    inflight: IntGauge,
+    duration: Histogram,
+    accepted: IntCounter,
+}
+
+const HEARTBEAT_LABELS: [&str; 7] = [
+    "POST",
+    "",
+    "v1",
+    "nodes",
+    "heartbeat",
+    "cluster",
+    "apiserver",
+];
+
+static HEARTBEAT: LazyLock<HeartbeatSeries> = LazyLock::new(|| {
+    let m = metrics();
+    let mut accepted = [""; 8];
+    accepted[..7].copy_from_slice(&HEARTBEAT_LABELS);
+    accepted[7] = "202";
+    HeartbeatSeries {
+        inflight: m.inflight.with_label_values(&["mutating"]),
+        duration: m.request_duration.with_label_values(&HEARTBEAT_LABELS),
+        accepted: m.requests.with_label_values(&accepted),
+    }
+});
+
 pub async fn instrument(
     State(registry): State<Arc<Registry>>,
     request: Request,
     next: Next,
 ) -> Response {
+    if super::authz::is_heartbeat(request.method(), request.uri().path()) {
+        let series = &*HEARTBEAT;
+        series.inflight.inc();
+        let started = Instant::now();
+        let response = next.run(request).await;
+        series.inflight.dec();
+        series.duration.observe(started.elapsed().as_secs_f64());
+        match response.status().as_u16() {
+            202 => series.accepted.inc(),
+            code => count(&HEARTBEAT_LABELS, code),
+        }
+        return response;
+    }
     let Some(labels) = Labels::of(&registry, &request) else {
         return next.run(request).await;
     };
