@@ -292,6 +292,32 @@ pub async fn lists_read_at_one_revision(h: &dyn Harness) {
 
 /// Waiting for a revision: at once when reads are there, `TooLarge` with
 /// the newest revision when it does not come in time.
+/// `count` (`apiserver_storage_objects`) sees what is under its prefix
+/// only, deletes included.
+pub async fn counts_what_is_under_a_prefix(h: &dyn Harness) {
+    let store = h.open().await;
+    let p = prefix("configmaps");
+    let other = prefix("configmaps");
+    assert_eq!(store.count(&p).await.unwrap(), 0);
+    for name in ["a", "b", "c"] {
+        store
+            .create(&format!("{p}{name}"), object(name, name, 0))
+            .await
+            .unwrap();
+    }
+    store
+        .create(&format!("{other}x"), object("x", "x", 0))
+        .await
+        .unwrap();
+    assert_eq!(store.count(&p).await.unwrap(), 3);
+    store
+        .delete(&format!("{p}b"), &Preconditions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.count(&p).await.unwrap(), 2);
+    assert_eq!(store.count(&other).await.unwrap(), 1);
+}
+
 pub async fn waiting_for_a_revision_ends_or_says_too_large(h: &dyn Harness) {
     let store = h.open().await;
     let created = store
@@ -508,6 +534,7 @@ macro_rules! conformance_suite {
             one!(cached_reads_catch_up_and_lose_no_update);
             one!(deletes_check_preconditions);
             one!(lists_read_at_one_revision);
+            one!(counts_what_is_under_a_prefix);
             one!(waiting_for_a_revision_ends_or_says_too_large);
             one!(watches_start_at_a_revision);
             one!(watches_from_the_past_replay_what_came_after);
