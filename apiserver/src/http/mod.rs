@@ -18,6 +18,7 @@ mod reviews;
 mod scale;
 pub mod serve;
 mod table;
+mod ui;
 mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,10 +115,13 @@ pub fn router(state: AppState) -> Router {
         Some(log) => router.layer(middleware::from_fn_with_state(log, audit::audit)),
         None => router,
     };
-    router.layer(middleware::from_fn_with_state(
-        registry,
-        metrics::instrument,
-    ))
+    router
+        .layer(middleware::from_fn_with_state(
+            registry,
+            metrics::instrument,
+        ))
+        // The dashboard's files, outside authentication (they hold no data).
+        .merge(ui::router())
 }
 
 /// Once the store has stopped (its log could not be written), no request
