@@ -207,3 +207,48 @@ fn deployments_scenario() {
         "{report}"
     );
 }
+
+/// A run longer than a moment shows a progress bar on a terminal (script(1)
+/// gives it one), and nothing of it in a pipe.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let args = [
+        "heartbeat",
+        "--security",
+        "plain",
+        "--nodes",
+        "20",
+        "--connections",
+        "2",
+        "--duration",
+        "2s",
+    ];
+    let piped = Command::new(mube_e2e::bin("mube-bench"))
+        .arg("--apiserver")
+        .arg(mube_e2e::bin("mube-apiserver"))
+        .args(args)
+        .output()
+        .expect("run mube-bench");
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("closed loop"), "{stderr}");
+
+    let command = format!(
+        "{} --apiserver {} {}",
+        mube_e2e::bin("mube-bench").display(),
+        mube_e2e::bin("mube-apiserver").display(),
+        args.join(" ")
+    );
+    let transcript = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new("script")
+        .args(["-qfec", &command])
+        .arg(transcript.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script(1)");
+    assert!(status.success());
+    let seen = std::fs::read_to_string(transcript.path()).unwrap();
+    assert!(seen.contains("closed loop"), "{seen}");
+    assert!(seen.contains(" done, "), "{seen}");
+}

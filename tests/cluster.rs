@@ -665,3 +665,98 @@ async fn mubectl_dry_runs_of_apply_and_delete_write_nothing() {
     assert!(err.contains("not found"), "{err}");
     assert_eq!(list().await, before, "a dry run changed the cluster");
 }
+
+/// `mubectl delete` of several objects waits until each is gone (a pod
+/// until its node stops it: here until a forced deletion), says so with a
+/// progress bar on a terminal, and prints only its results in a pipe.
+#[tokio::test]
+async fn mubectl_delete_waits_until_gone_with_progress_on_a_terminal() {
+    let server = ApiServer::start(Options::default()).await;
+    let api = Api::new(&server);
+    let pod = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "busybox"}]}
+        })
+    };
+    for name in ["slow", "other"] {
+        let r = api
+            .post("/api/v1/namespaces/default/pods", &pod(name))
+            .await;
+        assert_eq!(r.code, 201, "{}", r.body);
+    }
+    // On a terminal (script(1) gives it one): the bar names what it waits for.
+    let command = format!(
+        "{} --server {} delete pod slow other",
+        mube_e2e::bin("mubectl").display(),
+        server.url()
+    );
+    let transcript = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &command])
+        .arg(transcript.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script(1)");
+    // The transcript once it shows `text`.
+    let shows = |text: &'static str| {
+        let path = transcript.path().to_path_buf();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut seen = String::new();
+            while Instant::now() < deadline && !seen.contains(text) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                seen = std::fs::read_to_string(&path).unwrap_or_default();
+            }
+            assert!(seen.contains(text), "{text:?} not in {seen}");
+            seen
+        }
+    };
+    let seen = shows("waiting for pod/slow to be gone").await;
+    assert!(seen.contains("0/2"), "{seen}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it returned before the pod was gone"
+    );
+    // The node would stop each; no agent runs here, so force them.
+    for name in ["slow", "other"] {
+        if name == "other" {
+            shows("waiting for pod/other to be gone").await;
+        }
+        let forced = api
+            .delete(&format!(
+                "/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0"
+            ))
+            .await;
+        assert_eq!(forced.code, 200, "{}", forced.body);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let seen = std::fs::read_to_string(transcript.path()).unwrap();
+    assert!(seen.contains("pod \"slow\" deleted"), "{seen}");
+    assert!(seen.contains("pod \"other\" deleted"), "{seen}");
+
+    // In a pipe: the results only, and --wait=false returns at once.
+    for name in ["p1", "p2"] {
+        assert_eq!(
+            api.post("/api/v1/namespaces/default/pods", &pod(name))
+                .await
+                .code,
+            201
+        );
+    }
+    let (code, out, err) = mubectl(
+        &server.url(),
+        &["delete", "pod", "p1", "p2", "--wait=false"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "pod \"p1\" deleted\npod \"p2\" deleted\n");
+    assert_eq!(err, "");
+    assert_eq!(
+        api.get("/api/v1/namespaces/default/pods/p1").await.code,
+        200,
+        "still terminating"
+    );
+}

@@ -404,3 +404,123 @@ async fn screenshot_for_the_readme() {
         .await
         .expect("close the browser");
 }
+
+/// Not a check: issue #15's dashboard numbers (BENCHMARKS.md), by hand,
+/// against the release build: `MUBE_BIN_DIR=$PWD/target/release cargo test
+/// -p mube-e2e --test dashboard -- --ignored numbers --nocapture`.
+///
+/// 10,000 nodes heartbeating every 10 s (1,000/s, so the page follows as
+/// many Lease events). Prints the first paint of the node table (from
+/// navigation to the first listed rows drawn, five loads), and the time
+/// from writing a Node to the new value in the DOM (200 writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures; run by hand with the release build"]
+async fn numbers() {
+    use futures::StreamExt;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    const NODES: usize = 10_000;
+    let names: Vec<&'static str> = (0..NODES)
+        .map(|i| &*Box::leak(format!("node-{i:05}").into_boxed_str()))
+        .collect();
+    let server = ApiServer::start(Options {
+        nodes: names.iter().map(|n| node(n)).collect(),
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    // Every node beats once (its Lease, Ready), then 1,000 a second.
+    futures::stream::iter(names.iter().map(|n| api.heartbeat(n)))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let beating = {
+        let api = api.clone();
+        let names = names.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            // Ten every 10 ms.
+            for chunk in names.chunks(10).cycle() {
+                tick.tick().await;
+                for &n in chunk {
+                    let api = api.clone();
+                    tokio::spawn(async move { api.heartbeat(n).await });
+                }
+            }
+        })
+    };
+    let page = format!("{}/ui/", server.url());
+    let mut paints = Vec::new();
+    for _ in 0..5 {
+        browser.client.goto(&page).await.expect("open");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let painted = loop {
+            let v = browser
+                .eval("const m = performance.getEntriesByName('mube-first-rows'); return m.length ? m[0].startTime : null;")
+                .await;
+            if let Some(ms) = v.as_f64() {
+                break ms;
+            }
+            assert!(Instant::now() < deadline, "no rows drawn");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        paints.push(painted);
+    }
+    eprintln!("first paint with {NODES} nodes (ms, five loads): {paints:?}");
+
+    // The Capacity cell of the first rows shows `cpu N`: record when each
+    // N first appears in the DOM.
+    browser
+        .eval(
+            "window.seen = {}; new MutationObserver(() => { const now = Date.now(); \
+             for (const td of document.querySelectorAll('#rows td')) { const m = /cpu (\\d+)/.exec(td.textContent); \
+             if (m && !(m[1] in window.seen)) window.seen[m[1]] = now; } }) \
+             .observe(document.getElementById('rows'), {childList: true, subtree: true, characterData: true}); return null;",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut sent = Vec::new();
+    for i in 0..200u64 {
+        let name = names[(i % 20) as usize];
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as f64;
+        let body = json!({"status": {"capacity": {"cpu": (1000 + i).to_string()}}});
+        let r = api
+            .raw(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/nodes/{name}/status"),
+                "application/merge-patch+json",
+                body.to_string().into_bytes(),
+            )
+            .await;
+        assert_eq!(r.code, 200, "{}", r.body);
+        sent.push((1000 + i, at));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = browser.eval("return window.seen;").await;
+    let mut lags: Vec<f64> = sent
+        .iter()
+        .filter_map(|(n, at)| seen.get(n.to_string())?.as_f64().map(|t| t - at))
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    let at = |q: f64| lags[((lags.len() as f64 * q) as usize).min(lags.len() - 1)];
+    eprintln!(
+        "Node write to DOM: {} of {} seen; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        lags.len(),
+        sent.len(),
+        at(0.5),
+        at(0.99),
+        lags[lags.len() - 1]
+    );
+    beating.abort();
+    browser
+        .client
+        .clone()
+        .close()
+        .await
+        .expect("close the browser");
+}

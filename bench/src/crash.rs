@@ -501,7 +501,9 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
         })
         .collect();
 
+    let progress = crate::progress::steps("crash cycles", o.cycles as u64);
     for cycle in 0..o.cycles {
+        progress.set_position(cycle as u64);
         let url = server.url.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -624,6 +626,7 @@ pub async fn run(bin: &Path, o: Options, report: &mut Report) -> Result<(), Stri
         }
     }
 
+    progress.finish_and_clear();
     report.add("scenario", "crash");
     report.add("seed", o.seed);
     report.add("cycles", o.cycles);

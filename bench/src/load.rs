@@ -137,15 +137,18 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let started = Instant::now();
+    let progress = crate::progress::Timed::start("closed loop", duration);
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let mut request = factory(c);
+            let done = progress.counter();
             tokio::spawn(async move {
                 let mut stats = LoadStats::new();
                 while started.elapsed() < duration {
                     let t = Instant::now();
                     let ok = request().await;
                     stats.record(ok, t.elapsed());
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 stats
             })
@@ -183,10 +186,12 @@ pub async fn paced_part(
     let url: Arc<str> = Arc::from(format!("{}/api/v1/nodes/heartbeat", server.url));
     let tokens = server.node_tokens;
     let started = tokio::time::Instant::now();
+    let progress = crate::progress::Timed::start("paced", duration);
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let url = url.clone();
             let client = server.connection();
+            let done = progress.counter();
             tokio::spawn(async move {
                 let mine: Vec<usize> = (c..nodes)
                     .step_by(connections)
@@ -210,6 +215,7 @@ pub async fn paced_part(
                     let sent = Instant::now();
                     let ok = beat(&client, &url, mine[(k as usize) % mine.len()], tokens).await;
                     stats.record(ok, sent.elapsed());
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     k += 1;
                 }
                 stats

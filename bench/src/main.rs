@@ -9,6 +9,7 @@ mod deployments;
 mod etcd;
 mod load;
 mod pods;
+mod progress;
 mod schedule;
 mod security;
 mod server;

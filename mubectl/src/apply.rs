@@ -75,6 +75,8 @@ pub async fn run(
         )));
     }
     let kinds = crate::discovery::kinds(client).await?;
+    // Many objects take a while: a bar on a terminal (nothing for one).
+    let bar = crate::progress::bar(docs.len() as u64, false);
     for doc in docs {
         let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -131,8 +133,10 @@ pub async fn run(
                 }
             }
         };
-        println!("{}/{name} {outcome}{}", info.singular, dry_run.suffix());
+        bar.inc(1);
+        bar.suspend(|| println!("{}/{name} {outcome}{}", info.singular, dry_run.suffix()));
     }
+    bar.finish_and_clear();
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod describe;
 mod discovery;
 mod get;
 mod kubeconfig;
+mod progress;
 mod table;
 mod token;
 mod watch;
@@ -63,17 +64,24 @@ enum Command {
         #[command(flatten)]
         dry_run: DryRunArg,
     },
-    /// Delete a resource by name.
+    /// Delete resources by name, and wait until they are gone.
     ///
-    /// Example: mubectl delete node mube-node-2
+    /// Examples:
+    ///   mubectl delete node mube-node-2
+    ///   mubectl delete pod web-1 web-2 --wait=false
     Delete {
-        /// Resource type: node, lease.
+        /// Resource type: node, lease, pod, ...
         resource: String,
-        /// Name of the object.
-        name: String,
-        /// Namespace (for leases).
+        /// Names of the objects.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Namespace (for namespaced kinds).
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Wait until each object is gone (a pod until its node has
+        /// stopped it), as kubectl does; --wait=false returns at once.
+        #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
+        wait: bool,
         #[command(flatten)]
         dry_run: DryRunArg,
     },
@@ -207,10 +215,21 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         } => apply::run(&client, &file, &namespace, dry_run.dry_run).await,
         Command::Delete {
             resource,
-            name,
+            names,
             namespace,
+            wait,
             dry_run,
-        } => delete::run(&client, &resource, &name, &namespace, dry_run.dry_run).await,
+        } => {
+            delete::run(
+                &client,
+                &resource,
+                &names,
+                &namespace,
+                wait,
+                dry_run.dry_run,
+            )
+            .await
+        }
         Command::Token(command) => token::run(&client, command).await,
     }
 }
