@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mube_apis::watch::EventType;
-use mube_e2e::{bin, free_port, join_token, Api, ApiServer, Kubectl, Lines, Mubelet, Options};
+use mube_e2e::{
+    bin, free_port, join_token, metric, scrape, Api, ApiServer, Kubectl, Lines, Mubelet, Options,
+};
 use serde_json::{json, Value};
 
 /// A child process killed when dropped, with its log lines.
@@ -405,7 +407,11 @@ async fn pods_leave_a_node_that_stops_heartbeating() {
     let mut lost = c.hollow("lost", 1);
     let _kept = c.hollow("kept", 1);
     c.nodes_ready(&["lost-1".into(), "kept-1".into()]).await;
-    let _cm = c.controller_manager(&["--leader-elect=false"]);
+    let metrics_port = free_port();
+    let _cm = c.controller_manager(&[
+        "--leader-elect=false",
+        &format!("--metrics-address=127.0.0.1:{metrics_port}"),
+    ]);
     let r = c
         .api
         .post(
@@ -415,6 +421,18 @@ async fn pods_leave_a_node_that_stops_heartbeating() {
         .await;
     assert_eq!(r.code, 201, "{}", r.body);
     c.available("spread", 6).await;
+    // Its metrics count the reconciles of both controllers.
+    let text = scrape(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+    for name in ["deployment", "replicaset"] {
+        assert!(
+            metric(
+                &text,
+                "workqueue_work_duration_seconds_count",
+                &[("name", name)]
+            ) >= 1.0,
+            "{name}: {text}"
+        );
+    }
     let on_lost = active(&c.pods("app=spread").await)
         .iter()
         .filter(|p| node_of(p) == "lost-1")

@@ -5,29 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use mube_e2e::{node, Api, ApiServer, Mubelet, Options};
+use mube_e2e::{metric as sample, node, Api, ApiServer, Mubelet, Options};
 use serde_json::json;
-
-/// The sum of the samples of `name` whose labels include every pair of
-/// `labels` (0 when there is none).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest),
-                None => (series, ""),
-            };
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
 
 async fn scrape(api: &Api) -> String {
     let reply = api

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mube_e2e::{bin, node, Api, ApiServer, Options};
+use mube_e2e::{bin, free_port, metric, node, scrape, Api, ApiServer, Options};
 use serde_json::{json, Value};
 
 struct Scheduler(Child);
@@ -17,11 +17,13 @@ impl Drop for Scheduler {
     }
 }
 
-fn scheduler(server: &ApiServer) -> Scheduler {
+/// The scheduler, serving its metrics on `metrics_port`.
+fn scheduler(server: &ApiServer, metrics_port: u16) -> Scheduler {
     Scheduler(
         Command::new(bin("mube-scheduler"))
             .arg("--kubeconfig")
             .arg(server.data_dir().join("kubeconfig"))
+            .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,7 +94,8 @@ async fn pending_pods_are_bound_spread_and_the_rest_reported() {
     .await;
     let api = Api::new(&server);
     ready_nodes(&api, &["n1", "n2", "n3"]).await;
-    let _scheduler = scheduler(&server);
+    let metrics_port = free_port();
+    let _scheduler = scheduler(&server, metrics_port);
 
     // Three pods of 1 CPU: least allocated puts one on each node.
     for i in 0..3 {
@@ -160,6 +163,22 @@ async fn pending_pods_are_bound_spread_and_the_rest_reported() {
             .await
             .is_none(),
         "stays Pending"
+    );
+    // Its metrics count three pods scheduled, and the one no node takes.
+    let text = scrape(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+    let attempts = |result| {
+        metric(
+            &text,
+            "scheduler_schedule_attempts_total",
+            &[("result", result), ("profile", "default-scheduler")],
+        )
+    };
+    assert_eq!(attempts("scheduled"), 3.0, "{text}");
+    assert!(attempts("unschedulable") >= 1.0, "{text}");
+    assert_eq!(attempts("error"), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "scheduler_pending_pods", &[("queue", "active")]),
+        1.0
     );
 
     // When room appears (a pod goes), the pending pod is tried again.

@@ -12,6 +12,7 @@ pub mod eviction;
 pub mod gc;
 pub mod informer;
 pub mod manager;
+pub mod metrics;
 pub mod pods;
 pub mod replicaset;
 

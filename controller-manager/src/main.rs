@@ -24,6 +24,10 @@ pub struct Args {
     kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     election: mube_client::leader::Flags,
+    /// Where to serve GET /metrics (Prometheus) and /healthz, plain HTTP;
+    /// kube-controller-manager's port on loopback by default, `off` for none.
+    #[arg(long, default_value = "127.0.0.1:10257")]
+    metrics_address: String,
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +37,7 @@ fn main() -> std::process::ExitCode {
         || Ok(Args::parse()),
         |args: Args| async move {
             let election = args.election.election("kube-controller-manager")?;
+            mube_process::metrics::serve(&args.metrics_address).await;
             let client = mube_client::connect(args.kubeconfig).await?;
             manager::run(client, election).await
         },

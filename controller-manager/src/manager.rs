@@ -28,8 +28,12 @@ pub async fn run(client: Client, election: Option<Election>) -> Result<(), Strin
 
 fn error_policy<K>(object: Arc<K>, error: &Error, _: Arc<impl Send + Sync>) -> Action
 where
-    K: kube::Resource,
+    K: kube::Resource<DynamicType = ()>,
 {
+    crate::metrics::metrics()
+        .retries
+        .with_label_values(&[&K::kind(&()).to_lowercase()])
+        .inc();
     tracing::warn!(name = %object.meta().name.clone().unwrap_or_default(), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(1))
 }
@@ -132,7 +136,11 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
     .with_config(config.clone())
     .reconcile_on(set_triggers)
     .graceful_shutdown_on(stop.clone().cancelled_owned())
-    .run(replicaset::reconcile, error_policy, set_context)
+    .run(
+        |rs, ctx| crate::metrics::timed("replicaset", replicaset::reconcile(rs, ctx)),
+        error_policy,
+        set_context,
+    )
     .for_each(|result| {
         if let Err(e) = result {
             tracing::debug!(error = %e, "replicaset controller");
@@ -151,7 +159,11 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
     .with_config(config)
     .reconcile_on(deployment_triggers)
     .graceful_shutdown_on(stop.clone().cancelled_owned())
-    .run(deployment::reconcile, error_policy, deployment_context)
+    .run(
+        |d, ctx| crate::metrics::timed("deployment", deployment::reconcile(d, ctx)),
+        error_policy,
+        deployment_context,
+    )
     .for_each(|result| {
         if let Err(e) = result {
             tracing::debug!(error = %e, "deployment controller");

@@ -57,6 +57,38 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Serves `GET /metrics` (and `GET /healthz`) on `listen` for a component
+/// with no HTTP server of its own (the scheduler, the controller manager),
+/// until the process ends. `off` serves nothing. An address that cannot be
+/// bound (another copy on this machine has it) is logged and skipped: the
+/// component's work matters more than its metrics.
+pub async fn serve(listen: &str) {
+    if listen == "off" {
+        return;
+    }
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(address = listen, error = %e, "metrics are not served: cannot listen");
+            return;
+        }
+    };
+    tracing::info!(address = listen, "metrics at /metrics");
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render())
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics server stopped");
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! node the algorithm picks, as an API client like any other (its
 //! Kubernetes counterpart takes the same flag).
 
+mod metrics;
 mod run;
 
 use std::path::PathBuf;
@@ -18,6 +19,10 @@ pub struct Args {
     kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     election: mube_client::leader::Flags,
+    /// Where to serve GET /metrics (Prometheus) and /healthz, plain HTTP;
+    /// kube-scheduler's port on loopback by default, `off` for none.
+    #[arg(long, default_value = "127.0.0.1:10259")]
+    metrics_address: String,
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +32,7 @@ fn main() -> std::process::ExitCode {
         || Ok(Args::parse()),
         |args: Args| async move {
             let election = args.election.election("kube-scheduler")?;
+            mube_process::metrics::serve(&args.metrics_address).await;
             run::run(args.kubeconfig, election).await
         },
     )

@@ -20,7 +20,7 @@ use mube_client::leader::{self, Election};
 use mube_scheduler::{schedule, Decision, NodeInfo};
 use tokio_util::sync::CancellationToken;
 
-const NAME: &str = "default-scheduler";
+pub(crate) const NAME: &str = "default-scheduler";
 
 /// Runs until SIGINT/SIGTERM; with an election, only while leading.
 pub async fn run(kubeconfig: Option<PathBuf>, election: Option<Election>) -> Result<(), String> {
@@ -187,6 +187,10 @@ impl Loop {
             }
         }
         queue.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+        crate::metrics::metrics()
+            .pending
+            .with_label_values(&["active"])
+            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
         // Each pod is placed in order, counted on its node at once (as if
         // bound), and the bindings go out together, as Kubernetes' binding
         // cycles run beside its scheduling cycle: one round trip per pod,
@@ -204,6 +208,7 @@ impl Loop {
                     placed.push((pod, node));
                 }
                 Decision::Unschedulable(message) => {
+                    crate::metrics::attempt("unschedulable", 1);
                     if self.reported.get(&uid) != Some(&message) {
                         tracing::info!(pod = %pod.name_any(), %message, "unschedulable");
                         self.event(&pod, "Warning", "FailedScheduling", &message);
@@ -226,6 +231,9 @@ impl Loop {
             .take_until(stop.cancelled())
             .collect()
             .await;
+        let scheduled = outcomes.values().filter(|bound| **bound).count();
+        crate::metrics::attempt("scheduled", scheduled as u64);
+        crate::metrics::attempt("error", (placed_uids.len() - scheduled) as u64);
         // Not bound (refused, or not sent before a stop): back to the queue.
         let before = self.assumed.len();
         self.assumed
