@@ -97,6 +97,15 @@ impl Browser {
         })
     }
 
+    /// Ends the WebDriver session (the browser quits).
+    async fn close(&self) {
+        self.client
+            .clone()
+            .close()
+            .await
+            .expect("close the browser");
+    }
+
     async fn eval(&self, script: &str) -> Value {
         self.client
             .execute(script, vec![])
@@ -289,12 +298,7 @@ async fn the_dashboard_follows_nodes_live_and_survives_a_restart() {
         .await;
     assert_eq!(live, "live");
 
-    browser
-        .client
-        .clone()
-        .close()
-        .await
-        .expect("close the browser");
+    browser.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,12 +401,7 @@ async fn screenshot_for_the_readme() {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, png).unwrap();
     eprintln!("wrote {}", out.display());
-    browser
-        .client
-        .clone()
-        .close()
-        .await
-        .expect("close the browser");
+    browser.close().await;
 }
 
 /// Not a check: issue #15's dashboard numbers (BENCHMARKS.md), by hand,
@@ -517,10 +516,5 @@ async fn numbers() {
         lags[lags.len() - 1]
     );
     beating.abort();
-    browser
-        .client
-        .clone()
-        .close()
-        .await
-        .expect("close the browser");
+    browser.close().await;
 }

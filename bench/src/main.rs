@@ -523,19 +523,9 @@ async fn metrics(
     let server = Server::start(bin, nodes, "").await?;
     // Every node's first heartbeat creates its Lease: twice the objects
     // for `apiserver_storage_objects` to count.
-    let warmup = load::paced(
-        &server.endpoint(),
-        nodes,
-        64,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )
-    .await;
-    if warmup.errors > 0 {
-        return Err(format!(
-            "{} heartbeats failed during the warm-up",
-            warmup.errors
-        ));
+    let refused = load::warm_up(&server.endpoint(), nodes, 64).await;
+    if refused > 0 {
+        return Err(format!("{refused} heartbeats failed during the warm-up"));
     }
     let client = reqwest::Client::new();
     let url = format!("{}/metrics", server.url);

@@ -23,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use mube_apis::status::{self, Reason, StatusDetails};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 
@@ -107,23 +107,24 @@ pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Ne
     }
 }
 
-/// The response, with `permit` held until its body has been sent (or the
-/// client went away).
-fn holding(response: Response, permit: OwnedSemaphorePermit) -> Response {
+/// The response, with `guard` held (and dropped) until its body has been
+/// sent or the client went away: a watch's slot under the cap, its place
+/// in `apiserver_longrunning_requests`.
+pub fn holding<G: Send + Unpin + 'static>(response: Response, guard: G) -> Response {
     response.map(|body| {
         Body::new(Holding {
             body,
-            _permit: permit,
+            _guard: guard,
         })
     })
 }
 
-struct Holding {
+struct Holding<G> {
     body: Body,
-    _permit: OwnedSemaphorePermit,
+    _guard: G,
 }
 
-impl HttpBody for Holding {
+impl<G: Send + Unpin + 'static> HttpBody for Holding<G> {
     type Data = Bytes;
     type Error = axum::Error;
 

@@ -10,17 +10,13 @@
 //! or subresource it does not have is counted with empty labels, so that no
 //! client can grow the number of series by inventing names.
 
-use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use mube_process::metrics::prometheus::{Histogram, IntCounter, IntGauge};
 
 use super::{limits, path, AppState};
@@ -187,7 +183,7 @@ pub async fn instrument(
         let response = next.run(request).await;
         count(&values, response.status().as_u16());
         // Open until its body ends (or the client goes away).
-        return response.map(|body| Body::new(LongRunning { body, open }));
+        return limits::holding(response, Open(open));
     }
     let kind = if matches!(*request.method(), Method::GET | Method::HEAD) {
         "readOnly"
@@ -214,31 +210,13 @@ fn count(values: &[&str; 7], code: u16) {
     metrics().requests.with_label_values(&all).inc();
 }
 
-/// A watch's body, holding its place in `apiserver_longrunning_requests`.
-struct LongRunning {
-    body: Body,
-    open: IntGauge,
-}
+/// A watch's place in `apiserver_longrunning_requests`, given up when its
+/// body ends.
+struct Open(IntGauge);
 
-impl Drop for LongRunning {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.open.dec();
-    }
-}
-
-impl HttpBody for LongRunning {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.0.dec();
     }
 }
 
