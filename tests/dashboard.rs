@@ -301,6 +301,88 @@ async fn the_dashboard_follows_nodes_live_and_survives_a_restart() {
     browser.close().await;
 }
 
+/// A watch whose resourceVersion has left the server's history is
+/// answered 410 Gone: the page lists again and shows each object once. The
+/// page's network is cut (its `fetch` of watches made to fail) across an API
+/// server restart, while more changes than the history keeps are made; then
+/// it is given back. The Pods tab follows pods as the Nodes tab follows
+/// nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_again_when_its_place_in_history_is_gone() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let mut server = ApiServer::start(Options {
+        nodes: vec![node("node-a")],
+        extra_config: "historyRetention: 3\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    browser
+        .client
+        .goto(&format!("{}/ui/", server.url()))
+        .await
+        .expect("open the dashboard");
+    browser
+        .rows_until("node-a", Duration::from_secs(10), |r| r.len() == 1)
+        .await;
+    browser
+        .eval(
+            "window.realFetch = window.fetch; \
+             window.fetch = (url, options) => String(url).includes('watch=true') \
+               ? Promise.reject(new TypeError('cut off by the test')) : window.realFetch(url, options); \
+             return null;",
+        )
+        .await;
+    server.terminate();
+    server.restart().await;
+    for i in 0..6 {
+        let r = api
+            .post("/api/v1/nodes", &a_node(&format!("node-{i}")))
+            .await;
+        assert_eq!(r.code, 201, "{}", r.body);
+    }
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1"},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "busybox"}]}
+    });
+    assert_eq!(
+        api.post("/api/v1/namespaces/default/pods", &pod).await.code,
+        201
+    );
+    browser
+        .eval("window.fetch = window.realFetch; return null;")
+        .await;
+    let rows = browser
+        .rows_until(
+            "every node after the relist",
+            Duration::from_secs(15),
+            |r| r.len() == 7,
+        )
+        .await;
+    let mut seen = names(&rows);
+    seen.dedup();
+    assert_eq!(seen.len(), 7, "{rows:?}");
+    // It got there by listing again, not by resuming its watch.
+    let lists = browser.eval("return collections.nodes.lists;").await;
+    assert_eq!(lists, 2, "lists of nodes");
+    browser
+        .client
+        .find(Locator::Css("#tabs button[data-tab=\"pods\"]"))
+        .await
+        .expect("the Pods tab")
+        .click()
+        .await
+        .expect("open the Pods tab");
+    let rows = browser
+        .rows_until("the pod", Duration::from_secs(10), |r| r.len() == 1)
+        .await;
+    assert_eq!(names(&rows), ["default/web-1"]);
+    browser.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_files_are_served_without_credentials_and_data_is_not() {
     let server = ApiServer::start(Options {

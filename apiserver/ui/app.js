@@ -39,6 +39,7 @@ class Collection {
     this.resourceVersion = "";
     this.generation = 0;
     this.listed = false;
+    this.lists = 0; // how many times it has listed (the tests read it)
   }
 
   static key(o) {
@@ -63,6 +64,7 @@ class Collection {
     this.items = items;
     this.resourceVersion = body.metadata.resourceVersion;
     this.listed = true;
+    this.lists += 1;
     this.onChange(true);
   }
 
