@@ -161,10 +161,10 @@ pub async fn instrument(
 ) -> Response {
     if super::authz::is_heartbeat(request.method(), request.uri().path()) {
         let series = &*HEARTBEAT;
-        series.inflight.inc();
+        let serving = Open::counting(&series.inflight);
         let started = Instant::now();
         let response = next.run(request).await;
-        series.inflight.dec();
+        drop(serving);
         series.duration.observe(started.elapsed().as_secs_f64());
         match response.status().as_u16() {
             202 => series.accepted.inc(),
@@ -178,23 +178,21 @@ pub async fn instrument(
     let m = metrics();
     let values = labels.values();
     if labels.verb == "WATCH" {
-        let open = m.longrunning.with_label_values(&values);
-        open.inc();
+        let open = Open::counting(&m.longrunning.with_label_values(&values));
         let response = next.run(request).await;
         count(&values, response.status().as_u16());
         // Open until its body ends (or the client goes away).
-        return limits::holding(response, Open(open));
+        return limits::holding(response, open);
     }
     let kind = if matches!(*request.method(), Method::GET | Method::HEAD) {
         "readOnly"
     } else {
         "mutating"
     };
-    let inflight = m.inflight.with_label_values(&[kind]);
-    inflight.inc();
+    let serving = Open::counting(&m.inflight.with_label_values(&[kind]));
     let started = Instant::now();
     let response = next.run(request).await;
-    inflight.dec();
+    drop(serving);
     m.request_duration
         .with_label_values(&values)
         .observe(started.elapsed().as_secs_f64());
@@ -210,9 +208,18 @@ fn count(values: &[&str; 7], code: u16) {
     metrics().requests.with_label_values(&all).inc();
 }
 
-/// A watch's place in `apiserver_longrunning_requests`, given up when its
-/// body ends.
+/// A request's place in a gauge (in flight, or a watch's in
+/// `apiserver_longrunning_requests`), given up when it is dropped: also
+/// when the client goes away and the request is dropped mid-way, so that
+/// the gauge cannot drift.
 struct Open(IntGauge);
+
+impl Open {
+    fn counting(gauge: &IntGauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {

@@ -240,6 +240,9 @@ impl WatchTask {
                     // Events already waiting go out in one chunk: a watcher
                     // that is behind costs one write, not one per event.
                     let mut chunk = Vec::new();
+                    // Counted once per chunk: one shared counter written per
+                    // event by every watcher would be a hot cache line.
+                    let mut events = 0;
                     let mut next = next;
                     let mut ended = None;
                     loop {
@@ -251,7 +254,7 @@ impl WatchTask {
                             Some(Ok(event)) => {
                                 if let Some(kind) = translate(&self.r, &self.filter, &event) {
                                     chunk.extend_from_slice(&self.event(kind, &event.object, event.revision));
-                                    self.events.inc();
+                                    events += 1;
                                 }
                             }
                             Some(Err(e)) => {
@@ -267,6 +270,7 @@ impl WatchTask {
                             None => break,
                         }
                     }
+                    self.events.inc_by(events);
                     if !chunk.is_empty() && !self.send(Bytes::from(chunk)).await {
                         return;
                     }
