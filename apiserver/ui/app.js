@@ -81,14 +81,16 @@ class Collection {
         backoff = 250;
         connection("live");
       } catch (e) {
-        if (e instanceof Unauthorized) {
-          askForToken(e.message);
-          return;
-        }
-        if (e instanceof Forbidden) {
-          const problem = document.getElementById("problem");
-          problem.textContent = e.message;
-          problem.hidden = false;
+        if (e instanceof Unauthorized || e instanceof Forbidden) {
+          // Stopped: the next start() (signing in, opening the tab) runs again.
+          if (generation === this.generation) this.generation = 0;
+          if (e instanceof Unauthorized) {
+            askForToken(e.message);
+          } else {
+            const problem = document.getElementById("problem");
+            problem.textContent = e.message;
+            problem.hidden = false;
+          }
           return;
         }
         connection("reconnecting");
