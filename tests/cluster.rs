@@ -732,7 +732,18 @@ async fn mubectl_delete_waits_until_gone_with_progress_on_a_terminal() {
             .await;
         assert_eq!(forced.code, 200, "{}", forced.body);
     }
-    let status = child.wait().unwrap();
+    // Ends once both are gone; a regression fails here instead of hanging.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mubectl delete did not return once the pods were gone");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(status.success());
     let seen = std::fs::read_to_string(transcript.path()).unwrap();
     assert!(seen.contains("pod \"slow\" deleted"), "{seen}");

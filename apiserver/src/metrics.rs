@@ -102,7 +102,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     inflight: {
         let g = gauge_vec(
             "apiserver_current_inflight_requests",
-            "Maximal number of currently used inflight request limit of this apiserver per request kind in last second.",
+            "Requests being served now, by request kind (watches not counted).",
             &["request_kind"],
         );
         // Both kinds from the start, as Kubernetes shows them.

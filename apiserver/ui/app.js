@@ -37,7 +37,9 @@ class Collection {
     this.onChange = onChange;
     this.items = new Map();
     this.resourceVersion = "";
-    this.generation = 0;
+    this.generation = 0; // only grows: a stale follower can tell it is one
+    this.running = false;
+    this.abort = null; // cancels the current follower's requests
     this.listed = false;
     this.lists = 0; // how many times it has listed (the tests read it)
   }
@@ -50,13 +52,16 @@ class Collection {
   /** Starts following the kind; with `again`, a new follower replaces any
    *  earlier one (after signing in). */
   start(again = false) {
-    if (this.generation > 0 && !again) return;
+    if (this.running && !again) return;
+    if (this.abort) this.abort.abort();
+    this.abort = new AbortController();
     this.generation += 1;
-    this.run(this.generation);
+    this.running = true;
+    this.run(this.generation, this.abort.signal);
   }
 
-  async list() {
-    const r = await api(this.path);
+  async list(signal) {
+    const r = await api(this.path, { signal });
     if (!r.ok) throw await refused(r, this.path);
     const body = await r.json();
     const items = new Map();
@@ -68,22 +73,28 @@ class Collection {
     this.onChange(true);
   }
 
-  async run(generation) {
+  async run(generation, signal) {
     let backoff = 250;
     let needList = true;
-    while (generation === this.generation) {
+    const current = () => generation === this.generation;
+    while (current()) {
       try {
         if (needList) {
-          await this.list();
+          await this.list(signal);
           needList = false;
         }
-        needList = await this.watch();
-        backoff = 250;
-        connection("live");
+        const began = Date.now();
+        needList = await this.watch(signal);
+        // A watch that ends at once (a proxy closing streams) must not
+        // become a tight loop of requests.
+        if (Date.now() - began < 1000) await sleep(backoff);
+        backoff = Math.min(backoff * 2, 2000);
+        if (Date.now() - began >= 1000) backoff = 250;
       } catch (e) {
+        if (!current()) return; // replaced (after signing in): quietly
         if (e instanceof Unauthorized || e instanceof Forbidden) {
-          // Stopped: the next start() (signing in, opening the tab) runs again.
-          if (generation === this.generation) this.generation = 0;
+          // Stopped until something starts it again (signing in, a tab).
+          this.running = false;
           if (e instanceof Unauthorized) {
             askForToken(e.message);
           } else {
@@ -101,9 +112,9 @@ class Collection {
   }
 
   /** Follows the watch until it ends; true when a relist is needed. */
-  async watch() {
+  async watch(signal) {
     const query = `watch=true&allowWatchBookmarks=true&resourceVersion=${encodeURIComponent(this.resourceVersion)}`;
-    const r = await api(`${this.path}?${query}`);
+    const r = await api(`${this.path}?${query}`, { signal });
     if (r.status === 410) return true;
     if (!r.ok) throw await refused(r, "watch " + this.path);
     connection("live");
@@ -399,7 +410,6 @@ function showDetails(name) {
     dd.textContent = v;
     return [dt, dd];
   }));
-  collections.events.start();
   const transitions = Array.from(collections.events.items.values())
     .filter((e) => (e.involvedObject || {}).kind === "Node" && (e.involvedObject || {}).name === name)
     .sort((a, b) => eventTime(b).localeCompare(eventTime(a)))
@@ -417,7 +427,9 @@ function changed(kind) {
   return (membership) => {
     if (kind === "pods") countPods();
     if (kind === tab) {
-      if (membership) stale = true;
+      // A change can move a row in or out of a filter, or in newest-first order.
+      const filtered = document.getElementById("filter").value.trim() !== "";
+      if (membership || filtered || TABS[tab].newestFirst) stale = true;
       draw();
     } else if (kind === "events" && selected) {
       draw();
@@ -474,7 +486,10 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   document.getElementById("rows").addEventListener("click", (e) => {
     const tr = e.target.closest("tr");
-    if (tr && tab === "nodes") showDetails(tr.dataset.name);
+    if (tr && tab === "nodes") {
+      collections.events.start();
+      showDetails(tr.dataset.name);
+    }
   });
   document.getElementById("close").addEventListener("click", () => {
     selected = null;

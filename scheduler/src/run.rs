@@ -233,7 +233,7 @@ impl Loop {
             .await;
         let scheduled = outcomes.values().filter(|bound| **bound).count();
         crate::metrics::attempt("scheduled", scheduled as u64);
-        crate::metrics::attempt("error", (placed_uids.len() - scheduled) as u64);
+        crate::metrics::attempt("error", outcomes.len().saturating_sub(scheduled) as u64);
         // Not bound (refused, or not sent before a stop): back to the queue.
         let before = self.assumed.len();
         self.assumed

@@ -1025,9 +1025,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 None => (series, ""),
             };
             (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                && labels.iter().all(|(k, v)| {
+                    // A whole label: `resource=""` must not match `subresource=""`.
+                    let pair = format!("{k}=\"{v}\"");
+                    rest.starts_with(&pair) || rest.contains(&format!(",{pair}"))
+                }))
             .then(|| value.parse::<f64>().ok())
             .flatten()
         })

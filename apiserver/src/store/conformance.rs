@@ -290,8 +290,6 @@ pub async fn lists_read_at_one_revision(h: &dyn Harness) {
     store.close().await;
 }
 
-/// Waiting for a revision: at once when reads are there, `TooLarge` with
-/// the newest revision when it does not come in time.
 /// `count` (`apiserver_storage_objects`) sees what is under its prefix
 /// only, deletes included.
 pub async fn counts_what_is_under_a_prefix(h: &dyn Harness) {
@@ -318,6 +316,8 @@ pub async fn counts_what_is_under_a_prefix(h: &dyn Harness) {
     assert_eq!(store.count(&other).await.unwrap(), 1);
 }
 
+/// Waiting for a revision: at once when reads are there, `TooLarge` with
+/// the newest revision when it does not come in time.
 pub async fn waiting_for_a_revision_ends_or_says_too_large(h: &dyn Harness) {
     let store = h.open().await;
     let created = store
