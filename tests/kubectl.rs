@@ -47,6 +47,12 @@ async fn discovery_lists_exactly_what_mube_serves() {
         vec!["clusterroles", rbac, "false", "ClusterRole"],
         vec!["configmaps", "cm", "v1", "true", "ConfigMap"],
         vec!["deployments", "deploy", "apps/v1", "true", "Deployment"],
+        vec![
+            "endpointslices",
+            "discovery.k8s.io/v1",
+            "true",
+            "EndpointSlice",
+        ],
         vec!["events", "ev", "v1", "true", "Event"],
         vec!["leases", "coordination.k8s.io/v1", "true", "Lease"],
         vec!["namespaces", "ns", "v1", "false", "Namespace"],
@@ -68,6 +74,7 @@ async fn discovery_lists_exactly_what_mube_serves() {
             "false",
             "SelfSubjectReview",
         ],
+        vec!["services", "svc", "v1", "true", "Service"],
     ]
     .into_iter()
     .map(|r| r.into_iter().map(String::from).collect())
@@ -90,6 +97,7 @@ async fn discovery_lists_exactly_what_mube_serves() {
             "authorization.k8s.io/v1",
             "certificates.k8s.io/v1",
             "coordination.k8s.io/v1",
+            "discovery.k8s.io/v1",
             "rbac.authorization.k8s.io/v1",
             "v1"
         ]
@@ -1348,4 +1356,320 @@ async fn deployments_take_what_kubectl_sends() {
     let (code, _, err) = k.run(&["scale", "deployment/web", "--replicas=-1"]);
     assert_ne!(code, 0);
     assert!(err.contains("replicas"), "{err}");
+}
+
+/// The status of a refused kubectl command: its stderr.
+fn refused(k: &Kubectl, args: &[&str]) -> String {
+    let (code, out, err) = k.run(args);
+    assert_ne!(code, 0, "kubectl {args:?} should fail: {out}");
+    err
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+#[tokio::test]
+async fn services_get_a_cluster_ip_and_node_ports_once_and_give_them_back() {
+    let (mut server, api, k) = cluster(&["node-a"], "60s").await;
+    // The API server's own Service, and its slice.
+    let rows = table(&k.ok(&["get", "svc", "kubernetes"]));
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    assert_eq!(
+        &rows[1][..5],
+        ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    );
+    let slice = api
+        .get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes")
+        .await
+        .body;
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    assert_eq!(slice["ports"][0]["port"].to_string(), port, "{slice}");
+    assert_eq!(
+        slice["endpoints"][0]["addresses"][0], "127.0.0.1",
+        "{slice}"
+    );
+
+    // kubectl's generators: expose (JSON) and create service (protobuf).
+    k.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=mube.local/busybox",
+        "--",
+        "sleep",
+        "1d",
+    ]);
+    k.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port",
+        "80",
+        "--target-port",
+        "8080",
+    ]);
+    let web = api
+        .get("/api/v1/namespaces/default/services/web")
+        .await
+        .body;
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.96.") && ip != "10.96.0.1", "{web}");
+    assert_eq!(web["spec"]["clusterIPs"], json!([ip]));
+    assert_eq!(web["spec"]["selector"], json!({"app": "web"}));
+    assert_eq!(web["spec"]["ports"][0]["targetPort"], 8080);
+    k.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "fixed",
+        "--tcp=81:81",
+        "--clusterip=10.96.7.7",
+    ]);
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "headless",
+        "--tcp=82:82",
+        "--clusterip=None",
+    ]);
+    let rows = table(&k.ok(&["get", "svc", "np", "fixed", "headless"]));
+    assert_eq!(
+        &rows[1][1..5],
+        ["NodePort", rows[1][2].as_str(), "<none>", "80:30080/TCP"]
+    );
+    assert_eq!(
+        &rows[2][1..5],
+        ["ClusterIP", "10.96.7.7", "<none>", "81/TCP"]
+    );
+    assert_eq!(&rows[3][1..3], ["ClusterIP", "None"]);
+
+    // Taken, outside the range, changed: 422 with the field, as Kubernetes.
+    let err = refused(
+        &k,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "again",
+            "--tcp=80:80",
+            "--clusterip=10.96.7.7",
+        ],
+    );
+    assert!(err.contains("spec.clusterIPs: Invalid value: []string{\"10.96.7.7\"}: failed to allocate IP 10.96.7.7: provided IP is already allocated"), "{err}");
+    let err = refused(
+        &k,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "outside",
+            "--tcp=80:80",
+            "--clusterip=10.0.0.1",
+        ],
+    );
+    assert!(
+        err.contains("The range of valid IPs is 10.96.0.0/16"),
+        "{err}"
+    );
+    let err = refused(
+        &k,
+        &[
+            "create",
+            "service",
+            "nodeport",
+            "np2",
+            "--tcp=80:80",
+            "--node-port=30080",
+        ],
+    );
+    assert!(
+        err.contains(
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+        ),
+        "{err}"
+    );
+    let err = refused(
+        &k,
+        &[
+            "create",
+            "service",
+            "nodeport",
+            "np3",
+            "--tcp=80:80",
+            "--node-port=80",
+        ],
+    );
+    assert!(
+        err.contains("The range of valid ports is 30000-32767"),
+        "{err}"
+    );
+    let err = refused(
+        &k,
+        &[
+            "patch",
+            "svc",
+            "fixed",
+            "-p",
+            r#"{"spec":{"clusterIP":"10.96.7.8","clusterIPs":["10.96.7.8"]}}"#,
+        ],
+    );
+    assert!(err.contains("may not change once set"), "{err}");
+    let r = api
+        .post(
+            "/api/v1/namespaces/default/services",
+            &json!({"metadata": {"name": "bad"}, "spec": {"type": "Weird", "ports": [{"port": 0}]}}),
+        )
+        .await;
+    assert_eq!(r.code, 422, "{}", r.body);
+    let causes: Vec<&str> = r.body["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    // (targetPort defaults to the port, as in Kubernetes, and is as wrong.)
+    assert_eq!(
+        causes,
+        [
+            "spec.type",
+            "spec.ports[0].port",
+            "spec.ports[0].targetPort"
+        ],
+        "{}",
+        r.body
+    );
+
+    // A change of type gives node ports and takes them back; an apply
+    // without the allocated values keeps them.
+    k.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"type":"NodePort"}}"#,
+    ]);
+    let node_port = api
+        .get("/api/v1/namespaces/default/services/web")
+        .await
+        .body["spec"]["ports"][0]["nodePort"]
+        .clone();
+    assert!(
+        node_port
+            .as_u64()
+            .is_some_and(|p| (30000..=32767).contains(&p)),
+        "{node_port}"
+    );
+    k.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    let web = api
+        .get("/api/v1/namespaces/default/services/web")
+        .await
+        .body;
+    assert!(web["spec"]["ports"][0].get("nodePort").is_none(), "{web}");
+    assert_eq!(web["spec"]["clusterIP"], ip.as_str());
+    let manifest = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "applied"},
+        "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80}]}});
+    let file = k.cache.path().join("applied.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    k.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let first = api
+        .get("/api/v1/namespaces/default/services/applied")
+        .await
+        .body;
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let second = api
+        .get("/api/v1/namespaces/default/services/applied")
+        .await
+        .body;
+    assert_eq!(first["spec"]["clusterIP"], second["spec"]["clusterIP"]);
+    assert_eq!(
+        first["spec"]["ports"][0]["nodePort"],
+        second["spec"]["ports"][0]["nodePort"]
+    );
+
+    // A dry run holds nothing; a delete gives its address and port back.
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "dry",
+        "--tcp=80:80",
+        "--clusterip=10.96.9.9",
+        "--dry-run=server",
+    ]);
+    k.ok(&["delete", "svc", "np", "fixed"]);
+    let back = |name: &'static str| async move {
+        // The allocator hears of the delete through its watch: poll.
+        for _ in 0..50 {
+            let r = api
+                .post(
+                    "/api/v1/namespaces/default/services",
+                    &json!({"metadata": {"name": name}, "spec": {"type": "NodePort", "clusterIP": "10.96.7.7",
+                            "ports": [{"port": 80, "nodePort": 30080}]}}),
+                )
+                .await;
+            if r.code == 201 {
+                return;
+            }
+            assert_eq!(r.code, 422, "{}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("10.96.7.7 and 30080 were never free again");
+    };
+    back("reused").await;
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "dry",
+        "--tcp=80:80",
+        "--clusterip=10.96.9.9",
+    ]);
+
+    // A restarted server knows what is held.
+    assert!(server.terminate().success());
+    server.restart().await;
+    let err = refused(
+        &k,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "after",
+            "--tcp=80:80",
+            "--clusterip=10.96.7.7",
+        ],
+    );
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    let rows = table(&k.ok(&["get", "svc", "-o", "wide"]));
+    assert_eq!(rows[0].last().map(String::as_str), Some("SELECTOR"));
+    assert_eq!(rows.len(), 1 + 6, "{rows:?}");
 }

@@ -69,6 +69,18 @@ struct ConfigFile {
     /// --cluster-cidr is commonly set).
     #[serde(rename = "clusterCIDR")]
     cluster_cidr: Option<String>,
+    /// Services' cluster IPs (default 10.96.0.0/16, as kube-apiserver's
+    /// --service-cluster-ip-range is commonly set); the first address is
+    /// the `kubernetes` Service's.
+    #[serde(rename = "serviceCIDR")]
+    service_cidr: Option<String>,
+    /// NodePort Services' ports (default 30000-32767, as kube-apiserver's
+    /// --service-node-port-range).
+    service_node_port_range: Option<String>,
+    /// The address the `kubernetes` Service's endpoints name: how pods
+    /// reach this server (default: the listen address, or this machine's
+    /// first non-loopback address when listening on all of them).
+    advertise_address: Option<String>,
     /// Where objects live: mube's own log in dataDir (the default), or
     /// etcd.
     storage: Option<StorageEntry>,
@@ -322,6 +334,11 @@ pub struct Config {
     pub notready_timeout: Duration,
     /// `clusterCIDR`: where nodes' pod CIDRs come from.
     pub cluster_cidr: crate::registry::pod_cidr::ClusterCidr,
+    /// `serviceCIDR` and `serviceNodePortRange`.
+    pub service_cidr: crate::registry::service_ranges::ServiceCidr,
+    pub node_ports: crate::registry::service_ranges::NodePortRange,
+    /// `advertiseAddress`, if set.
+    pub advertise_address: Option<std::net::IpAddr>,
     pub storage: Storage,
     pub leader_election: LeaderElection,
 }
@@ -463,6 +480,25 @@ impl Config {
             raw.cluster_cidr.as_deref().unwrap_or("10.244.0.0/16"),
         )
         .map_err(|e| format!("{file}: clusterCIDR: {e}"))?;
+        let service_cidr = crate::registry::service_ranges::ServiceCidr::parse(
+            raw.service_cidr.as_deref().unwrap_or("10.96.0.0/16"),
+        )
+        .map_err(|e| format!("{file}: serviceCIDR: {e}"))?;
+        let node_ports = crate::registry::service_ranges::NodePortRange::parse(
+            raw.service_node_port_range
+                .as_deref()
+                .unwrap_or("30000-32767"),
+        )
+        .map_err(|e| format!("{file}: serviceNodePortRange: {e}"))?;
+        let advertise_address = raw
+            .advertise_address
+            .as_deref()
+            .map(|a| {
+                a.trim()
+                    .parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("{file}: advertiseAddress: {a:?} is not an IP address"))
+            })
+            .transpose()?;
         let authorization = crate::auth::parse_modes(
             raw.authorization
                 .as_ref()
@@ -577,6 +613,9 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             notready_timeout: Duration::from_secs(30),
             cluster_cidr,
+            service_cidr,
+            node_ports,
+            advertise_address,
             storage,
             leader_election,
         })

@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod http;
 pub mod kubeconfig;
+pub mod kubernetes_service;
 pub mod metrics;
 pub mod nodes;
 pub mod pki;

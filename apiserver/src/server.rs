@@ -23,12 +23,19 @@ pub async fn run(config: Config) -> Result<(), String> {
     // On etcd, other API servers may share the store: per-server state
     // gets its cluster answer (README: "Running several API servers").
     let shared = config.storage.shared();
-    let registry =
-        Arc::new(Registry::standard(store.clone()).with_pod_cidrs(config.cluster_cidr, shared));
+    let registry = Arc::new(
+        Registry::standard(store.clone())
+            .with_pod_cidrs(config.cluster_cidr, shared)
+            .with_service_ranges(config.service_cidr, config.node_ports),
+    );
     registry
         .start_pod_cidrs()
         .await
         .map_err(|e| format!("reading the nodes' pod CIDRs: {e}"))?;
+    registry
+        .start_service_ranges()
+        .await
+        .map_err(|e| format!("reading the Services' cluster IPs: {e}"))?;
     crate::registry::ensure_system_namespaces(&registry)
         .await
         .map_err(|e| format!("creating the system namespaces: {e}"))?;
@@ -83,6 +90,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         })?),
         None => None,
     };
+    crate::kubernetes_service::ensure(
+        &registry,
+        config.service_cidr.first(),
+        crate::kubernetes_service::advertised(config.advertise_address, bound),
+        bound.port(),
+    )
+    .await
+    .map_err(|e| format!("creating the kubernetes Service: {e}"))?;
     let created = crate::auth::bootstrap::ensure(&registry)
         .await
         .map_err(|e| format!("creating the default roles: {e}"))?;

@@ -61,14 +61,26 @@ fn role(name: &str, rules: Vec<PolicyRule>) -> ClusterRole {
     }
 }
 
+fn all_verbs() -> Vec<&'static str> {
+    both(READ, WRITE)
+}
+
 fn both(a: &[&'static str], b: &[&'static str]) -> Vec<&'static str> {
     a.iter().chain(b).copied().collect()
 }
 
 /// What `view` may read: the namespaced kinds that hold no secrets.
-const VIEWABLE: &[&str] = &["pods", "pods/log", "pods/status", "configmaps", "events"];
+const VIEWABLE: &[&str] = &[
+    "pods",
+    "pods/log",
+    "pods/status",
+    "configmaps",
+    "events",
+    "services",
+    "services/status",
+];
 /// What `edit` may also change, and read (Secrets included).
-const EDITABLE: &[&str] = &["pods", "configmaps", "secrets", "events"];
+const EDITABLE: &[&str] = &["pods", "configmaps", "secrets", "events", "services"];
 
 pub fn cluster_roles() -> Vec<ClusterRole> {
     let rbac = "rbac.authorization.k8s.io";
@@ -87,6 +99,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 rule(&all, "", EDITABLE),
                 rule(&all, rbac, &["roles", "rolebindings"]),
                 rule(READ, "coordination.k8s.io", &["leases"]),
+                rule(READ, "discovery.k8s.io", &["endpointslices"]),
                 rule(
                     &["create"],
                     "authorization.k8s.io",
@@ -100,9 +113,16 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 rule(READ, "", VIEWABLE),
                 rule(&all, "", EDITABLE),
                 rule(READ, "coordination.k8s.io", &["leases"]),
+                rule(READ, "discovery.k8s.io", &["endpointslices"]),
             ],
         ),
-        role("view", vec![rule(READ, "", VIEWABLE)]),
+        role(
+            "view",
+            vec![
+                rule(READ, "", VIEWABLE),
+                rule(READ, "discovery.k8s.io", &["endpointslices"]),
+            ],
+        ),
         role(
             "system:basic-user",
             vec![
@@ -222,6 +242,9 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     "coordination.k8s.io",
                     &["leases"],
                 ),
+                // The endpoint controller.
+                rule(READ, "", &["services"]),
+                rule(&all_verbs(), "discovery.k8s.io", &["endpointslices"]),
                 rule(
                     &both(READ, &["update"]),
                     "certificates.k8s.io",
@@ -242,6 +265,15 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 "",
                 &["nodes/proxy", "nodes/log", "nodes/stats", "nodes/metrics"],
             )],
+        ),
+        // mube-proxy's (Kubernetes' role of the same name, for kube-proxy).
+        role(
+            "system:node-proxier",
+            vec![
+                rule(READ, "", &["services", "nodes"]),
+                rule(READ, "discovery.k8s.io", &["endpointslices"]),
+                rule(&["create", "update", "patch"], "", &["events"]),
+            ],
         ),
         role(
             "system:kube-scheduler",
@@ -329,6 +361,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:kube-scheduler",
             "system:kube-scheduler",
             &[("User", "system:kube-scheduler")],
+        ),
+        binding(
+            "system:node-proxier",
+            "system:node-proxier",
+            &[("User", "system:kube-proxy")],
         ),
     ]
 }

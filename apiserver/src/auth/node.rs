@@ -82,6 +82,12 @@ pub fn authorize(request: &Attributes) -> Decision {
             "get" | "update" | "patch" => Decision::Allow,
             _ => Decision::NoOpinion,
         },
+        // Services, for the pod environment (`{NAME}_SERVICE_HOST`), and
+        // what mube-proxy in mubelet reads (Kubernetes' node role).
+        ("", "services", "") | ("discovery.k8s.io", "endpointslices", "") => match verb {
+            "get" | "list" | "watch" => Decision::Allow,
+            _ => Decision::NoOpinion,
+        },
         ("certificates.k8s.io", "certificatesigningrequests", "") => match verb {
             "create" | "get" | "list" | "watch" => Decision::Allow,
             _ => Decision::NoOpinion,

@@ -2,7 +2,7 @@
 //! requests only as `application/vnd.kubernetes.protobuf`: the reviews of
 //! `kubectl auth can-i` and `whoami`, and the objects its `create`
 //! generators make (`create namespace|configmap|secret|role|rolebinding|
-//! clusterrole|clusterrolebinding|deployment`). Their fields are declared here for
+//! clusterrole|clusterrolebinding|deployment|service`). Their fields are declared here for
 //! prost, by tag, from Kubernetes' `generated.proto` (no crate ships them
 //! without pulling every Kubernetes type in); each is turned into the JSON
 //! object the rest of the server works with. Fields mube does not declare
@@ -268,6 +268,83 @@ struct Deployment {
     spec: Option<DeploymentSpec>,
 }
 
+/// apimachinery's `IntOrString`: type 0 is the int, 1 the string.
+#[derive(Clone, PartialEq, Message)]
+struct IntOrString {
+    #[prost(int64, optional, tag = "1")]
+    type_: Option<i64>,
+    #[prost(int32, optional, tag = "2")]
+    int_val: Option<i32>,
+    #[prost(string, optional, tag = "3")]
+    str_val: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ServicePort {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    protocol: Option<String>,
+    #[prost(int32, optional, tag = "3")]
+    port: Option<i32>,
+    #[prost(message, optional, tag = "4")]
+    target_port: Option<IntOrString>,
+    #[prost(int32, optional, tag = "5")]
+    node_port: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ServiceSpec {
+    #[prost(message, repeated, tag = "1")]
+    ports: Vec<ServicePort>,
+    #[prost(btree_map = "string, string", tag = "2")]
+    selector: BTreeMap<String, String>,
+    #[prost(string, optional, tag = "3")]
+    cluster_ip: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    type_: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    external_name: Option<String>,
+}
+
+/// What `kubectl create service clusterip|nodeport|loadbalancer|
+/// externalname` sends (its status is the server's).
+#[derive(Clone, PartialEq, Message)]
+struct Service {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<ServiceSpec>,
+}
+
+fn service(m: Service) -> Value {
+    let spec = m.spec.unwrap_or_default();
+    let text = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let ports: Vec<Value> = spec
+        .ports
+        .into_iter()
+        .map(|p| {
+            let target = p.target_port.map(|t| match t.type_ {
+                Some(1) => json!(t.str_val.unwrap_or_default()),
+                _ => json!(t.int_val.unwrap_or(0)),
+            });
+            json!({"name": text(p.name), "protocol": text(p.protocol), "port": p.port,
+                   "targetPort": target.filter(|t| *t != json!(0) && *t != json!("")),
+                   "nodePort": p.node_port.filter(|n| *n != 0)})
+        })
+        .collect();
+    json!({
+        "metadata": metadata(m.metadata),
+        "spec": {
+            "ports": (!ports.is_empty()).then_some(ports),
+            "selector": object_of(spec.selector, Value::from),
+            "clusterIP": text(spec.cluster_ip),
+            "type": text(spec.type_),
+            "externalName": text(spec.external_name),
+        },
+    })
+}
+
 fn container(c: Container) -> Value {
     let list = |v: Vec<String>| (!v.is_empty()).then(|| json!(v));
     let ports: Vec<Value> = c
@@ -421,6 +498,7 @@ pub fn object_to_json(body: &[u8]) -> Result<Value, ProtobufError> {
             })
         }
         "Deployment" => deployment(Deployment::decode(raw.as_slice()).map_err(bad)?),
+        "Service" => service(Service::decode(raw.as_slice()).map_err(bad)?),
         other => return Err(ProtobufError::Unsupported(other.to_string())),
     };
     strip_nulls(&mut object);

@@ -15,6 +15,7 @@ use super::fields::{canonicalize, validate};
 use super::meta::{
     check_type, identify, metadata_mut, resource_version_precondition, set_namespace, stale, time,
 };
+use super::service_ranges::{NodePortRange, Reservation, ServiceCidr, ServiceRanges};
 use super::{managed, patch, DryRun, Filter, Manager, Part, Resource};
 use crate::error::ApiError;
 use crate::store::{Preconditions, ReadAt, Revision, Store, StoreError, StoredObject, WatchStream};
@@ -62,6 +63,8 @@ pub struct Registry {
     writes: Vec<AtomicU64>,
     /// Nodes' pod CIDRs, given at create (`with_pod_cidrs`).
     pod_cidrs: Option<super::pod_cidr::PodCidrs>,
+    /// Services' cluster IPs and node ports (`with_service_ranges`).
+    service_ranges: Option<Arc<ServiceRanges>>,
 }
 
 impl Registry {
@@ -76,7 +79,31 @@ impl Registry {
                 .collect(),
             resources: super::standard_kinds().into_iter().map(Arc::new).collect(),
             pod_cidrs: None,
+            service_ranges: None,
         }
+    }
+
+    /// Services written from now on get their cluster IP out of `cidr`
+    /// and their node ports out of `ports`.
+    pub fn with_service_ranges(mut self, cidr: ServiceCidr, ports: NodePortRange) -> Registry {
+        self.service_ranges = Some(ServiceRanges::new(cidr, ports));
+        self
+    }
+
+    /// Reads what the stored Services hold, and follows their changes:
+    /// once, at start, before Services are written.
+    pub async fn start_service_ranges(&self) -> Result<(), ApiError> {
+        match &self.service_ranges {
+            Some(ranges) => ranges.start(self.store.clone()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The allocator of a write to `r`, if it is a Service.
+    fn service_ranges_for(&self, r: &Resource) -> Option<&ServiceRanges> {
+        self.service_ranges
+            .as_deref()
+            .filter(|_| r.group.is_empty() && r.kind == "Service")
     }
 
     /// Nodes created from now on get a pod CIDR out of `cidr`; with
@@ -297,6 +324,10 @@ impl Registry {
                 managed::record_update(r, manager, false, None, &mut object, now)?;
             }
             validate(r, &name, &object)?;
+            let services = match self.service_ranges_for(r) {
+                Some(ranges) => ranges.assign(r, &mut object, None)?,
+                None => Vec::new(),
+            };
             // A generated name that is taken is generated again, as
             // Kubernetes does (a ReplicaSet of thousands of pods meets a
             // few such collisions).
@@ -314,7 +345,14 @@ impl Registry {
                         name = generate_name(generated.as_deref().unwrap_or_default());
                         object["metadata"]["name"] = json!(name);
                     }
-                    other => break other.map_err(|e| ApiError::from_store(e, r, &name)),
+                    other => {
+                        let created = other.map_err(|e| ApiError::from_store(e, r, &name))?;
+                        // Given back by a dry run; held by a create.
+                        if dry_run == DryRun::No {
+                            services.into_iter().for_each(|s| s.keep());
+                        }
+                        break Ok(created);
+                    }
                 }
             }
         }
@@ -427,6 +465,10 @@ impl Registry {
             Some(Recording::Server(_) | Recording::Binding(_))
         );
         let binding = matches!(recording, Some(Recording::Binding(_)));
+        let ranges = self.service_ranges_for(r);
+        // What the last attempt took (a retry after a conflict gives it
+        // back and takes again).
+        let mut taken: Vec<Reservation<'_>> = Vec::new();
         let result = crate::store::guaranteed_update(
             store,
             &key,
@@ -511,10 +553,17 @@ impl Registry {
                 if !errors.is_empty() {
                     return Err(ApiError::invalid(r, name, errors).into());
                 }
+                if let Some(ranges) = ranges {
+                    taken.clear();
+                    taken = ranges.assign(r, &mut new, Some(&old))?;
+                }
                 Ok(Some(new))
             },
         )
         .await;
+        if result.is_ok() && std::ptr::addr_eq(store, self.store.as_ref()) {
+            taken.into_iter().for_each(Reservation::keep);
+        }
         let updated = result.map_err(|f| match f {
             UpdateFailure::Store(e) => ApiError::from_store(e, r, name),
             UpdateFailure::Api(e) => e,

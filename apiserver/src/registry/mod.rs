@@ -25,6 +25,7 @@ pub mod managed;
 mod meta;
 pub mod patch;
 pub mod pod_cidr;
+pub mod service_ranges;
 #[cfg(test)]
 mod tests;
 
@@ -43,7 +44,7 @@ macro_rules! kinds {
     };
 }
 
-kinds!(namespace, node, lease, pod, event, configmap, secret, csr;
+kinds!(namespace, node, lease, pod, event, configmap, secret, csr, service, endpoint_slice;
     rbac::role, rbac::cluster_role, rbac::role_binding, rbac::cluster_role_binding,
     apps::deployment, apps::replica_set);
 pub mod apps;

@@ -35,6 +35,7 @@ const SPEC_FIELDS: &[&str] = &[
     "nodeName",
     "schedulerName",
     "dnsPolicy",
+    "enableServiceLinks",
 ];
 
 /// The container fields mube supports.
