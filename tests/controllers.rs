@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use mube_apis::watch::EventType;
 use mube_e2e::{
-    bin, free_port, join_token, metric, scrape, Api, ApiServer, Kubectl, Lines, Mubelet, Options,
+    bin, free_port, join_token, metric, scrape, table, Api, ApiServer, Kubectl, Lines, Mubelet,
+    Options,
 };
 use serde_json::{json, Value};
 
@@ -716,4 +717,135 @@ async fn orphan_and_foreground_deletion() {
         .into_iter()
         .any(|e| e.type_ == EventType::Deleted);
     assert!(set_deleted);
+}
+
+/// The endpoint controller: a Service's EndpointSlice lists its ready
+/// pods' addresses, with the target port, owned by the Service; it follows
+/// a pod's deletion and a scale to none (one empty slice stays, as in
+/// Kubernetes), and goes with the Service.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_slices_follow_the_pods_a_service_selects() {
+    let c = control_plane().await;
+    let _nodes = c.hollow("eps", 2);
+    c.nodes_ready(&["eps-1".into(), "eps-2".into()]).await;
+    let _cm = c.controller_manager(&["--leader-elect=false"]);
+    let r = c
+        .api
+        .post(
+            "/apis/apps/v1/namespaces/default/deployments",
+            &deployment("web", 3, 300),
+        )
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    c.available("web", 3).await;
+    c.kubectl.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+        "--name=web",
+    ]);
+    let slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name=web";
+    // The addresses of the pods that are Ready, sorted.
+    let ready_ips = |pods: &[Value]| {
+        let mut ips: Vec<String> = active(pods)
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["status"]["podIP"].as_str().unwrap_or("-"),
+                    p["metadata"]["name"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        ips.sort();
+        ips
+    };
+    let listed = |list: &Value| {
+        let mut ips: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["addresses"][0].as_str().unwrap_or("-"),
+                    e["targetRef"]["name"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        ips.sort();
+        ips
+    };
+    let pods = c.pods("app=web").await;
+    let want = ready_ips(&pods);
+    assert_eq!(want.len(), 3);
+    let list = c
+        .wait_for(slices, "the three pods in the slice", |l| listed(l) == want)
+        .await;
+    let slice = &list["items"][0];
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(
+        slice["ports"],
+        json!([{"name": "", "port": 8080, "protocol": "TCP"}]),
+        "{slice}"
+    );
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+    assert_eq!(
+        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.k8s.io"
+    );
+    let endpoint = &slice["endpoints"][0];
+    assert_eq!(endpoint["targetRef"]["kind"], "Pod");
+    assert!(
+        endpoint["nodeName"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("eps-")),
+        "{endpoint}"
+    );
+    let rows = table(&c.kubectl.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ]));
+    assert_eq!(
+        rows[0],
+        ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+    );
+    assert_eq!(&rows[1][1..3], ["IPv4", "8080"]);
+
+    // A deleted pod leaves; its replacement (which may get the same
+    // address) comes in.
+    let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    c.kubectl.ok(&["delete", "pod", &victim, "--wait=false"]);
+    c.wait_for(slices, "the deleted pod out of the slice", |l| {
+        let listed = listed(l);
+        !listed.iter().any(|e| e.ends_with(&format!(" {victim}"))) && listed.len() == 3
+    })
+    .await;
+
+    // Scaled to none: one empty slice; the Service deleted: none.
+    c.kubectl.ok(&["scale", "deployment/web", "--replicas=0"]);
+    c.wait_for(slices, "an empty slice", |l| {
+        l["items"].as_array().is_some_and(|items| {
+            items.len() == 1 && items[0]["endpoints"].as_array().is_none_or(Vec::is_empty)
+        })
+    })
+    .await;
+    c.kubectl.ok(&["delete", "service", "web"]);
+    c.wait_for(slices, "the slices gone with the Service", |l| {
+        l["items"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
 }

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
@@ -42,6 +43,8 @@ pub fn kinds() -> Vec<ApiResource> {
         ApiResource::erase::<Pod>(&()),
         ApiResource::erase::<ConfigMap>(&()),
         ApiResource::erase::<Secret>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<EndpointSlice>(&()),
     ]
 }
 

@@ -8,6 +8,7 @@
 //! `retaint`), unit-tested without a server; the rest carries it out.
 
 pub mod deployment;
+pub mod endpointslice;
 pub mod eviction;
 pub mod gc;
 pub mod informer;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
@@ -18,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::informer::{controller_of, informer, Triggers};
-use crate::{deployment, eviction, gc, replicaset, Error};
+use crate::{deployment, endpointslice, eviction, gc, replicaset, Error};
 
 /// Runs until SIGINT/SIGTERM; with an election, only while leading.
 pub async fn run(client: Client, election: Option<Election>) -> Result<(), String> {
@@ -51,6 +52,29 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
     let (to_sets, set_triggers) = Triggers::<ReplicaSet>::new();
     let (to_deployments, deployment_triggers) = Triggers::<Deployment>::new();
     let nodes_or_pods_changed = Arc::new(Notify::new());
+    let (to_services, service_triggers) = Triggers::<Service>::new();
+
+    // The endpoint controller's caches: Services, and the slices (a slice
+    // changed or deleted by someone else is put right).
+    let (services, services_run) = informer(Api::<Service>::all(client.clone()), |_: &Service| {});
+    let to_services_of_slices = to_services.clone();
+    let (slices, slices_run) = informer(
+        Api::<EndpointSlice>::all(client.clone()),
+        move |slice: &EndpointSlice| {
+            let labels = slice.metadata.labels.as_ref();
+            if labels
+                .and_then(|l| l.get(endpointslice::MANAGED_BY_LABEL))
+                .map(String::as_str)
+                == Some(endpointslice::MANAGED_BY)
+            {
+                if let Some(service) = labels.and_then(|l| l.get(endpointslice::SERVICE_NAME_LABEL))
+                {
+                    to_services_of_slices.send(service, slice.metadata.namespace.as_deref());
+                }
+            }
+        },
+    );
+    let (services_for_pods, slices_for_pods) = (services.clone(), slices.clone());
 
     let to_deployments_of_sets = to_deployments.clone();
     let (sets, sets_run) = informer(
@@ -67,6 +91,9 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
     let (pods, pods_run) = informer(Api::<Pod>::all(client.clone()), move |pod: &Pod| {
         changed.notify_one();
         let ns = pod.metadata.namespace.as_deref();
+        for service in endpointslice::services_of_pod(&services_for_pods, &slices_for_pods, pod) {
+            to_services.send(&service.name, service.namespace.as_deref());
+        }
         match controller_of(&pod.metadata) {
             Some(owner) if owner.kind == "ReplicaSet" => {
                 to_sets.send(&owner.name, ns);
@@ -102,7 +129,7 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
         tokio::spawn(async move {
             let all = futures::future::join_all(gc_runs);
             until(&stop, async move {
-                tokio::join!(sets_run, pods_run, nodes_run, all);
+                tokio::join!(sets_run, pods_run, nodes_run, services_run, slices_run, all);
             })
             .await
         })
@@ -113,6 +140,8 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
         let _ = sets.wait_until_ready().await;
         let _ = pods.wait_until_ready().await;
         let _ = nodes.wait_until_ready().await;
+        let _ = services.wait_until_ready().await;
+        let _ = slices.wait_until_ready().await;
         for s in &gc_stores {
             let _ = s.wait_until_ready().await;
         }
@@ -170,6 +199,30 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
         }
         futures::future::ready(())
     });
+    let endpoint_context = Arc::new(endpointslice::Context {
+        client: client.clone(),
+        pods: pods.clone(),
+        slices,
+        written: Mutex::new(Default::default()),
+    });
+    let endpoint_controller = Controller::new(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller::Config::default().concurrency(16))
+    .reconcile_on(service_triggers)
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(
+        |s, ctx| crate::metrics::timed("endpointslice", endpointslice::reconcile(s, ctx)),
+        error_policy,
+        endpoint_context,
+    )
+    .for_each(|result| {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "endpointslice controller");
+        }
+        futures::future::ready(())
+    });
     let evictor = eviction::Eviction {
         client: client.clone(),
         nodes,
@@ -185,6 +238,7 @@ pub async fn controllers(client: Client, stop: CancellationToken) {
     tokio::join!(
         set_controller,
         deployment_controller,
+        endpoint_controller,
         evictor.run(stop.clone()),
         collector.run(stop.clone()),
     );
