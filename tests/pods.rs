@@ -662,3 +662,47 @@ async fn without_a_runtime_the_node_heartbeats_and_says_why_pods_wait() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Containers get the Kubernetes service environment of the Services in
+/// their namespace at start (and the `kubernetes` Service's), under what
+/// they set themselves; `enableServiceLinks: false` leaves only the
+/// `kubernetes` Service's.
+#[tokio::test]
+async fn containers_get_the_service_environment() {
+    let c = cluster(&[]).await;
+    c.kubectl.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web-front",
+        "--tcp=80:8080",
+        "--clusterip=10.96.5.5",
+    ]);
+    let mut linked = busybox("linked", "Never", "env | sort");
+    linked["spec"]["containers"][0]["env"] =
+        json!([{"name": "WEB_FRONT_SERVICE_PORT", "value": "mine"}]);
+    c.create(linked).await;
+    let mut unlinked = busybox("unlinked", "Never", "env | sort");
+    unlinked["spec"]["enableServiceLinks"] = json!(false);
+    c.create(unlinked).await;
+    for name in ["linked", "unlinked"] {
+        c.pod(name, "Succeeded", |p| phase(p) == "Succeeded").await;
+    }
+    let env = c.kubectl.ok(&["logs", "linked"]);
+    for line in [
+        "WEB_FRONT_SERVICE_HOST=10.96.5.5",
+        "WEB_FRONT_SERVICE_PORT=mine",
+        "WEB_FRONT_SERVICE_PORT_80_8080=80",
+        "WEB_FRONT_PORT=tcp://10.96.5.5:80",
+        "WEB_FRONT_PORT_80_TCP_ADDR=10.96.5.5",
+        "KUBERNETES_SERVICE_HOST=10.96.0.1",
+        "KUBERNETES_SERVICE_PORT=443",
+        "KUBERNETES_SERVICE_PORT_HTTPS=443",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} not in:\n{env}");
+    }
+    let env = c.kubectl.ok(&["logs", "unlinked"]);
+    assert!(env.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{env}");
+    assert!(!env.contains("WEB_FRONT"), "{env}");
+    c.finish().await;
+}

@@ -3,6 +3,7 @@
 //! holds for pods that no longer exist.
 
 pub mod backoff;
+mod service_env;
 mod source;
 mod spec;
 pub mod status;

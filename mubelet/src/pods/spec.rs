@@ -161,7 +161,15 @@ fn memory_limit(container: &Container) -> i64 {
         .unwrap_or(0)
 }
 
-pub fn container(pod: &Pod, id: &PodIdentity, c: &Container, attempt: u32) -> api::ContainerConfig {
+/// `services`: the service environment (`service_env`), under what the
+/// container sets itself.
+pub fn container(
+    pod: &Pod,
+    id: &PodIdentity,
+    c: &Container,
+    attempt: u32,
+    services: &std::collections::BTreeMap<String, String>,
+) -> api::ContainerConfig {
     let mut labels = id.labels();
     labels.insert(cri::CONTAINER_NAME.into(), c.name.clone());
     let (cpu_shares, cpu_period, cpu_quota) = cpu(c);
@@ -176,15 +184,21 @@ pub fn container(pod: &Pod, id: &PodIdentity, c: &Container, attempt: u32) -> ap
         }),
         command: c.command.clone().unwrap_or_default(),
         args: c.args.clone().unwrap_or_default(),
-        envs: c
-            .env
-            .iter()
-            .flatten()
-            .map(|e| api::KeyValue {
-                key: e.name.clone(),
-                value: e.value.clone().unwrap_or_default(),
-            })
-            .collect(),
+        envs: {
+            let own = c.env.as_deref().unwrap_or_default();
+            services
+                .iter()
+                .filter(|(k, _)| !own.iter().any(|e| &e.name == *k))
+                .map(|(k, v)| api::KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .chain(own.iter().map(|e| api::KeyValue {
+                    key: e.name.clone(),
+                    value: e.value.clone().unwrap_or_default(),
+                }))
+                .collect()
+        },
         labels,
         // Relative to the sandbox's log directory, as the kubelet lays it out.
         log_path: format!("{}/{attempt}.log", c.name),

@@ -5,11 +5,11 @@
 //! the pod for good. Everything it needs to know is read back from the
 //! runtime on each pass, so a restarted mubelet picks up where it was.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -426,7 +426,11 @@ impl Worker {
             })?;
             self.pulls.remove(&c.name);
         }
-        let config = spec::container(pod, id, c, attempt);
+        let services = self
+            .service_env(pod)
+            .await
+            .map_err(|e| ("CreateContainerConfigError".to_string(), e))?;
+        let config = spec::container(pod, id, c, attempt, &services);
         let cid = runtime
             .create_container(sandbox_id, config, sandbox_config.clone())
             .await
@@ -437,6 +441,56 @@ impl Worker {
             .map_err(|e| ("RunContainerError".to_string(), e.message))?;
         tracing::info!(pod = %format!("{}/{}", id.namespace, id.name), container = %c.name, attempt, "container started");
         Ok(())
+    }
+
+    /// The service environment of a container starting now: the Services
+    /// of the pod's namespace (unless `enableServiceLinks: false`) and
+    /// the `kubernetes` Service, read from the API at this start.
+    async fn service_env(&self, pod: &Pod) -> Result<BTreeMap<String, String>, String> {
+        let (ns, _) = namespaced_name(pod);
+        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+        let client = self.shared.client.borrow().clone();
+        let get = |path: String| {
+            let client = client.clone();
+            let url = self.shared.api_servers.join(&path);
+            async move {
+                let url = url?;
+                let r =
+                    client.get(url).send().await.map_err(|e| {
+                        format!("reading Services: {}", mube_apis::errors::chain(&e))
+                    })?;
+                if r.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !r.status().is_success() {
+                    return Err(format!("reading Services: {}", r.status()));
+                }
+                r.json::<Value>()
+                    .await
+                    .map(Some)
+                    .map_err(|e| format!("reading Services: {e}"))
+            }
+        };
+        let mut services: Vec<Service> = Vec::new();
+        if links {
+            if let Some(list) = get(format!("api/v1/namespaces/{ns}/services")).await? {
+                services = serde_json::from_value(list.get("items").cloned().unwrap_or_default())
+                    .map_err(|e| format!("reading Services: {e}"))?;
+            }
+        }
+        // The pod's own namespace's `kubernetes`, if it has one, wins (as
+        // in the kubelet).
+        let has_own = services
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some("kubernetes"));
+        if !has_own {
+            if let Some(kubernetes) =
+                get("api/v1/namespaces/default/services/kubernetes".into()).await?
+            {
+                services.extend(serde_json::from_value::<Service>(kubernetes).ok());
+            }
+        }
+        Ok(super::service_env::variables(&services))
     }
 
     async fn observe(
