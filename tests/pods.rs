@@ -14,9 +14,10 @@ use mube_e2e::{
 };
 use serde_json::{json, Value};
 
-struct Scheduler(Child);
+/// A control-plane component, killed when dropped.
+struct Component(Child);
 
-impl Drop for Scheduler {
+impl Drop for Component {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -29,19 +30,27 @@ struct Cluster {
     kubectl: Kubectl,
     mubelet: Mubelet,
     node: String,
-    _scheduler: Scheduler,
+    _scheduler: Component,
     _state: tempfile::TempDir,
 }
 
 async fn cluster(extra: &[(&str, &str)]) -> Cluster {
+    cluster_with("", extra).await
+}
+
+/// With `server_config` lines added to the API server's config. The
+/// mubelet's proxy is off (`Mubelet::start_with`) unless `extra` turns
+/// it on.
+async fn cluster_with(server_config: &str, extra: &[(&str, &str)]) -> Cluster {
     containerd();
     let server = ApiServer::start(Options {
         secure: true,
+        extra_config: server_config.to_string(),
         ..Default::default()
     })
     .await;
     let api = Api::new(&server);
-    let scheduler = Scheduler(
+    let scheduler = Component(
         Command::new(bin("mube-scheduler"))
             .arg("--kubeconfig")
             .arg(server.data_dir().join("kubeconfig"))
@@ -481,7 +490,13 @@ async fn pods_reach_each_other_and_the_host() {
 #[tokio::test]
 async fn a_pod_asking_more_cpu_than_any_node_has_stays_pending() {
     let c = cluster(&[]).await;
-    let node = c.api.get(&format!("/api/v1/nodes/{}", c.node)).await.body;
+    // The capacity comes with the agent's first status report, which may
+    // follow Ready.
+    let node = c
+        .wait_for(&format!("/api/v1/nodes/{}", c.node), "a capacity", |n| {
+            n.pointer("/status/capacity/cpu").is_some()
+        })
+        .await;
     let cpus: u64 = node["status"]["capacity"]["cpu"]
         .as_str()
         .unwrap()
@@ -704,5 +719,246 @@ async fn containers_get_the_service_environment() {
     let env = c.kubectl.ok(&["logs", "unlinked"]);
     assert!(env.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{env}");
     assert!(!env.contains("WEB_FRONT"), "{env}");
+    c.finish().await;
+}
+
+/// `GET /` on `addr` from this host, plainly: the body, or the error
+/// (a refused connection is `ConnectionRefused`).
+fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().expect("an address");
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.trim().to_string()))
+}
+
+/// The nftables table of `node`'s proxy, as `nft` prints it ("" if none).
+fn proxy_table(node: &str) -> String {
+    let table = format!("mube_proxy_{}", node.replace(['-', '.'], "_"));
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", &table])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// mube-proxy on a real node: a Service's cluster IP and node port reach
+/// its ready pods, spread over them, from a pod and from the host; a
+/// deleted endpoint pod leaves the rotation; a Service without ready
+/// endpoints refuses connections at once; a restarted mubelet rebuilds
+/// its rules from the API and drops stale ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_reach_their_ready_pods_through_mube_proxy() {
+    if Command::new("nft").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "nft is missing (apt-get install nftables)"
+        );
+        eprintln!("SKIPPED: nft is not installed");
+        return;
+    }
+    // A service range of this test's own: rules of other runs on this
+    // machine never hold its addresses.
+    let p = free_port();
+    let cidr = format!("10.{}.{}.0/24", 100 + p % 100, (p / 100) % 256);
+    let mut c = cluster_with(
+        &format!("serviceCIDR: {cidr}\n"),
+        &[("MUBELET_PROXY_MODE", "nftables")],
+    )
+    .await;
+    // The rules stay when mubelet stops (by design); the test's go with it,
+    // pass or fail.
+    struct ProxyTable(String);
+    impl Drop for ProxyTable {
+        fn drop(&mut self) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &self.0])
+                .status();
+        }
+    }
+    let table = ProxyTable(format!("mube_proxy_{}", c.node.replace(['-', '.'], "_")));
+    let _controllers = Component(
+        Command::new(bin("mube-controller-manager"))
+            .arg("--kubeconfig")
+            .arg(c._server.data_dir().join("kubeconfig"))
+            .args(["--leader-elect=false", "--metrics-address=127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mube-controller-manager"),
+    );
+    let echo = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "echo"}},
+                 "template": {"metadata": {"labels": {"app": "echo"}},
+                              "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+                                  "name": "httpd", "image": "mube.local/busybox",
+                                  "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]}]}}}});
+    let r = c
+        .api
+        .post("/apis/apps/v1/namespaces/default/deployments", &echo)
+        .await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    c.kubectl.ok(&[
+        "expose",
+        "deployment",
+        "echo",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]);
+    let service = c
+        .api
+        .get("/api/v1/namespaces/default/services/echo")
+        .await
+        .body;
+    let ip = service["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let node_port = service["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    let pods = c
+        .wait_for(
+            "/api/v1/namespaces/default/pods?labelSelector=app=echo",
+            "two echo pods ready",
+            |l| {
+                l["items"].as_array().is_some_and(|items| {
+                    items.len() == 2
+                        && items.iter().all(|p| {
+                            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
+                        })
+                })
+            },
+        )
+        .await;
+    let mut names: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    // One of the host's own addresses that is not loopback (node ports
+    // are not served on 127.0.0.0/8, as with kube-proxy's nftables mode):
+    // the pod bridge's, the pod network's gateway.
+    let pod_ip = pods["items"][0]["status"]["podIP"].as_str().unwrap();
+    let host_ip = format!("{}.1", pod_ip.rsplit_once('.').unwrap().0);
+
+    // From the host: the cluster IP and the node port, each reaching both
+    // pods (random choice: 40 tries miss one with odds of 2^-39).
+    for addr in [format!("{ip}:80"), format!("{host_ip}:{node_port}")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut tries = 0;
+        while seen.len() < 2 || tries < 40 {
+            match http_get(&addr) {
+                Ok(body) => {
+                    assert!(
+                        names.contains(&body),
+                        "{addr} answered {body:?}, not one of {names:?}"
+                    );
+                    seen.insert(body);
+                    tries += 1;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "{addr} never answered: {e}"),
+            }
+            assert!(Instant::now() < deadline, "{addr} reached only {seen:?}");
+        }
+    }
+
+    // From a pod, by the cluster IP its environment names.
+    c.create(busybox(
+        "client",
+        "Never",
+        "for i in 1 2 3 4 5 6; do wget -q -O- http://$ECHO_SERVICE_HOST:$ECHO_SERVICE_PORT/; done",
+    ))
+    .await;
+    let client = c
+        .pod("client", "finished", |p| {
+            matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .await;
+    let logs = c.kubectl.ok(&["logs", "client"]);
+    assert_eq!(phase(&client), "Succeeded", "{logs}");
+    assert_eq!(logs.lines().count(), 6, "{logs}");
+    assert!(logs.lines().all(|l| names.iter().any(|n| n == l)), "{logs}");
+
+    // A deleted endpoint pod leaves the rotation (as soon as it is
+    // terminating: its endpoint is no longer ready).
+    let victim = names[0].clone();
+    let deleted = Instant::now();
+    c.kubectl.ok(&["delete", "pod", &victim, "--wait=false"]);
+    let deadline = deleted + Duration::from_secs(10);
+    let mut clean_streak = 0;
+    let mut left_after = None;
+    while clean_streak < 20 {
+        let body = http_get(&format!("{ip}:80")).unwrap_or_default();
+        if body == victim {
+            clean_streak = 0;
+            left_after = None;
+        } else {
+            left_after.get_or_insert(deleted.elapsed());
+            clean_streak += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{victim} still answers 10 s after its delete"
+        );
+    }
+    eprintln!(
+        "the deleted endpoint left the rotation after {:?}",
+        left_after.unwrap_or_default()
+    );
+
+    // No ready endpoints: refused at once, by the cluster IP and the node port.
+    c.kubectl.ok(&["scale", "deployment/echo", "--replicas=0"]);
+    for addr in [format!("{ip}:80"), format!("{host_ip}:{node_port}")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let started = Instant::now();
+            match http_get(&addr) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(1),
+                        "a refusal took {:?}",
+                        started.elapsed()
+                    );
+                    break;
+                }
+                other => assert!(Instant::now() < deadline, "{addr} still answers: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Restarted, mubelet rebuilds its rules from the API: a Service
+    // deleted meanwhile, and a rule nobody asked for, are gone.
+    c.mubelet.kill9();
+    assert!(
+        proxy_table(&c.node).contains(&ip),
+        "the rules stay while mubelet is down"
+    );
+    c.kubectl.ok(&["delete", "service", "echo"]);
+    let stale = Command::new("nft")
+        .args(["add", "chain", "ip", &table.0, "stale_by_hand"])
+        .status()
+        .unwrap();
+    assert!(stale.success());
+    c.mubelet.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rules = proxy_table(&c.node);
+        if !rules.contains(&ip) && !rules.contains("stale_by_hand") && rules.contains("service-ips")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stale rules stayed:\n{rules}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     c.finish().await;
 }

@@ -83,6 +83,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         client.clone(),
         shutdown.clone(),
     ));
+    let proxy = (config.proxy_mode == crate::proxy::Mode::Nftables).then(|| {
+        tokio::spawn(crate::proxy::run(
+            config.api_servers.clone(),
+            client.clone(),
+            config.node_name.clone(),
+            shutdown.clone(),
+        ))
+    });
     let pods = tokio::spawn(crate::pods::run(
         Arc::new(crate::pods::Shared {
             runtime,
@@ -101,6 +109,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         shutdown.clone(),
     ));
     let mut tasks = vec![heartbeat, health, node_status, pods];
+    tasks.extend(proxy);
     if let Some(identity) = identity {
         tasks.push(tokio::spawn(credentials::renew(
             config.clone(),

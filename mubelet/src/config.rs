@@ -48,6 +48,9 @@ pub struct Config {
     /// `MUBELET_NODE_IP`: the node's address (default: the one it reaches
     /// the API server from).
     pub node_ip: Option<String>,
+    /// `MUBELET_PROXY_MODE`: `nftables` (the default when pods run on a
+    /// real runtime) or `off` (the default on a hollow node).
+    pub proxy_mode: crate::proxy::Mode,
 }
 
 fn hostname() -> String {
@@ -144,7 +147,15 @@ impl Config {
                     .to_string(),
             ),
         };
+        let default_mode = if runtime_endpoint == crate::fake_runtime::ENDPOINT {
+            "off"
+        } else {
+            "nftables"
+        };
+        let proxy_mode = crate::proxy::Mode::parse(&text("MUBELET_PROXY_MODE", default_mode))
+            .map_err(|e| format!("MUBELET_PROXY_MODE: {e}"))?;
         Ok(Config {
+            proxy_mode,
             runtime_given: env("MUBELET_RUNTIME").is_some(),
             runtime_endpoint,
             runtime_timeout: duration("MUBELET_RUNTIME_REQUEST_TIMEOUT", "10s")?,

@@ -5,7 +5,9 @@
 
 use std::sync::LazyLock;
 
-use mube_process::metrics::prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use mube_process::metrics::prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts,
+};
 use mube_process::metrics::register;
 
 pub struct Metrics {
@@ -15,6 +17,9 @@ pub struct Metrics {
     /// `mubelet_heartbeat_failures_total{reason}`: `rejected` (the API
     /// server said no: 4xx) or `unreachable` (no answer, or 5xx).
     pub heartbeat_failures: IntCounterVec,
+    /// `mube_proxy_sync_duration_seconds`: one write of the Service rules
+    /// (kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`).
+    pub proxy_sync: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -44,8 +49,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )
         .expect("valid metric"),
     ),
+    proxy_sync: register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "mube_proxy_sync_duration_seconds",
+                "Time to write one change of the Service rules (nft).",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid metric"),
+    ),
 }
 });
+
+/// One write of the proxy's rules, and how long it took.
+pub fn proxy_synced(took: std::time::Duration) {
+    metrics().proxy_sync.observe(took.as_secs_f64());
+}
 
 pub fn metrics() -> &'static Metrics {
     &METRICS

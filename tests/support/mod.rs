@@ -710,6 +710,10 @@ impl Mubelet {
                 format!("127.0.0.1:{health_port}"),
             ),
             ("MUBELET_SHUTDOWN_TIMEOUT".to_string(), "2s".to_string()),
+            // mube-proxy off unless a test turns it on: agents of tests
+            // running side by side on one machine must not program each
+            // other's Service addresses (nor leave tables behind).
+            ("MUBELET_PROXY_MODE".to_string(), "off".to_string()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let (child, log) = Self::spawn(&env);

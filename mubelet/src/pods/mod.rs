@@ -1,10 +1,9 @@
-//! Running the pods bound to this node: a source (list and watch of the
+//! Running the pods bound to this node: an informer (list and watch of the
 //! API), one worker per pod, and a sweep that removes what the runtime
 //! holds for pods that no longer exist.
 
 pub mod backoff;
 mod service_env;
-mod source;
 mod spec;
 pub mod status;
 mod worker;
@@ -52,10 +51,14 @@ struct Running {
 /// Runs pods until `shutdown`. Containers keep running when mubelet stops:
 /// the next mubelet adopts them by their labels.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let (tx, mut pods) = watch::channel::<source::Pods>(None);
-    let source = tokio::spawn(source::run(
+    let (tx, mut pods) = watch::channel::<crate::informer::Objects<Pod>>(None);
+    let source = tokio::spawn(crate::informer::run(
         shared.api_servers.clone(),
-        shared.node.clone(),
+        crate::informer::Source {
+            path: "api/v1/pods",
+            field_selector: Some(format!("spec.nodeName={}", shared.node)),
+            what: "this node's pods",
+        },
         shared.client.clone(),
         tx,
         shutdown.clone(),

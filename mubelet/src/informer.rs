@@ -1,29 +1,33 @@
-//! The pods bound to this node, kept current by list and watch
-//! (`fieldSelector=spec.nodeName=<node>`), as the kubelet's API source.
-//! Each change is handed on as the whole set, keyed by UID; after an error
-//! the list starts again, so nothing missed in between stays missed.
+//! Objects of one kind kept current by list and watch, as client-go's
+//! informers: the pods bound to this node (`fieldSelector=
+//! spec.nodeName=<node>`, the kubelet's API source), and mube-proxy's
+//! Services and EndpointSlices. Each change is handed on as the whole set,
+//! keyed by UID; after an error the list starts again, so nothing missed in
+//! between stays missed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Every pod bound here, by UID; `None` until the first list arrived
-/// (before that, no sandbox may be taken for an orphan). Each pod is
-/// shared, not copied, with the set's next versions and its worker: a
-/// set is handed on at every change.
-pub type Pods = Option<Arc<HashMap<String, Arc<Pod>>>>;
+/// Every object, by UID; `None` until the first list arrived (before
+/// that, no sandbox may be taken for an orphan pod, and no proxy rule
+/// removed). Each object is shared, not copied, with the set's next
+/// versions and its readers: a set is handed on at every change.
+pub type Objects<K> = Option<Arc<HashMap<String, Arc<K>>>>;
 
 #[derive(Deserialize)]
-struct PodList {
+#[serde(bound = "K: DeserializeOwned")]
+struct List<K> {
     metadata: ListMeta,
-    #[serde(default)]
-    items: Vec<Pod>,
+    #[serde(default = "Vec::new")]
+    items: Vec<K>,
 }
 
 #[derive(Deserialize)]
@@ -39,25 +43,35 @@ struct WatchEvent {
     object: serde_json::Value,
 }
 
-pub fn uid(pod: &Pod) -> Option<&str> {
-    pod.metadata.uid.as_deref().filter(|u| !u.is_empty())
+pub fn uid<K: k8s_openapi::Metadata<Ty = ObjectMeta>>(object: &K) -> Option<&str> {
+    object.metadata().uid.as_deref().filter(|u| !u.is_empty())
+}
+
+/// What to list and watch: a collection path (`api/v1/pods`), an optional
+/// field selector, and the kind's name for log lines.
+#[derive(Clone)]
+pub struct Source {
+    pub path: &'static str,
+    pub field_selector: Option<String>,
+    pub what: &'static str,
 }
 
 /// Lists and watches until `shutdown`, publishing into `out`.
-pub async fn run(
+pub async fn run<K>(
     servers: crate::servers::ApiServers,
-    node: String,
+    source: Source,
     client: watch::Receiver<reqwest::Client>,
-    out: watch::Sender<Pods>,
+    out: watch::Sender<Objects<K>>,
     shutdown: CancellationToken,
-) {
-    let selector = format!("spec.nodeName={node}");
+) where
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + DeserializeOwned,
+{
     let mut failures = 0u32;
     loop {
         let server = servers.current().clone();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = list_and_watch(&server, &selector, &client, &out) => r,
+            r = list_and_watch(&server, &source, &client, &out) => r,
         };
         if let Err((silent, e)) = result {
             // Unless another task has already moved on (a heartbeat
@@ -67,7 +81,7 @@ pub async fn run(
             }
             failures += 1;
             if failures == 1 {
-                tracing::warn!(error = %e, "watching this node's pods failed; listing again");
+                tracing::warn!(error = %e, what = source.what, "watching failed; listing again");
             }
         } else {
             failures = 0;
@@ -83,17 +97,23 @@ pub async fn run(
 
 /// On failure, the error, and whether the server did not answer at all
 /// (then the next try goes to the next server).
-async fn list_and_watch(
+async fn list_and_watch<K>(
     server: &reqwest::Url,
-    selector: &str,
+    source: &Source,
     client: &watch::Receiver<reqwest::Client>,
-    out: &watch::Sender<Pods>,
-) -> Result<(), (bool, String)> {
+    out: &watch::Sender<Objects<K>>,
+) -> Result<(), (bool, String)>
+where
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + DeserializeOwned,
+{
+    let what = source.what;
     let http = client.borrow().clone();
     let mut url = server
-        .join("api/v1/pods")
+        .join(source.path)
         .map_err(|e| (false, format!("MUBE_API_SERVER: {e}")))?;
-    url.query_pairs_mut().append_pair("fieldSelector", selector);
+    if let Some(selector) = &source.field_selector {
+        url.query_pairs_mut().append_pair("fieldSelector", selector);
+    }
     let response = http
         .get(url.clone())
         .send()
@@ -104,24 +124,24 @@ async fn list_and_watch(
         return Err((
             code.is_server_error(),
             format!(
-                "listing pods: {code} {}",
+                "listing {what}: {code} {}",
                 response.text().await.unwrap_or_default()
             ),
         ));
     }
-    let list: PodList = response.json().await.map_err(|e| {
+    let list: List<K> = response.json().await.map_err(|e| {
         (
             true,
-            format!("listing pods: {}", mube_apis::errors::chain(&e)),
+            format!("listing {what}: {}", mube_apis::errors::chain(&e)),
         )
     })?;
-    let mut pods: HashMap<String, Arc<Pod>> = HashMap::new();
-    for pod in list.items {
-        if let Some(uid) = uid(&pod) {
-            pods.insert(uid.to_string(), Arc::new(pod));
+    let mut objects: HashMap<String, Arc<K>> = HashMap::new();
+    for object in list.items {
+        if let Some(uid) = uid(&object) {
+            objects.insert(uid.to_string(), Arc::new(object));
         }
     }
-    out.send_replace(Some(Arc::new(pods.clone())));
+    out.send_replace(Some(Arc::new(objects.clone())));
 
     url.query_pairs_mut()
         .append_pair("watch", "1")
@@ -139,7 +159,7 @@ async fn list_and_watch(
         .map_err(|e| (true, mube_apis::errors::chain(&e)))?;
     if !response.status().is_success() {
         let code = response.status();
-        return Err((code.is_server_error(), format!("watching pods: {code}")));
+        return Err((code.is_server_error(), format!("watching {what}: {code}")));
     }
     let mut body = response.bytes_stream();
     let mut buffer: Vec<u8> = Vec::new();
@@ -153,18 +173,19 @@ async fn list_and_watch(
                 continue;
             }
             let event: WatchEvent = serde_json::from_slice(&line)
-                .map_err(|e| (false, format!("watching pods: undecodable event: {e}")))?;
+                .map_err(|e| (false, format!("watching {what}: undecodable event: {e}")))?;
             match event.kind.as_str() {
                 "ADDED" | "MODIFIED" | "DELETED" => {
-                    let pod: Pod = serde_json::from_value(event.object)
-                        .map_err(|e| (false, format!("watching pods: undecodable pod: {e}")))?;
-                    let Some(uid) = uid(&pod).map(str::to_string) else {
+                    let object: K = serde_json::from_value(event.object).map_err(|e| {
+                        (false, format!("watching {what}: undecodable object: {e}"))
+                    })?;
+                    let Some(uid) = uid(&object).map(str::to_string) else {
                         continue;
                     };
                     if event.kind == "DELETED" {
-                        pods.remove(&uid);
+                        objects.remove(&uid);
                     } else {
-                        pods.insert(uid, Arc::new(pod));
+                        objects.insert(uid, Arc::new(object));
                     }
                     changed = true;
                 }
@@ -174,7 +195,7 @@ async fn list_and_watch(
             }
         }
         if changed {
-            out.send_replace(Some(Arc::new(pods.clone())));
+            out.send_replace(Some(Arc::new(objects.clone())));
         }
     }
     Ok(())
