@@ -962,3 +962,315 @@ async fn services_reach_their_ready_pods_through_mube_proxy() {
     }
     c.finish().await;
 }
+
+/// The ESTABLISHED TCP connections of process `pid`: (local port, remote
+/// port), from /proc.
+fn connections_of(pid: u32) -> Vec<(u16, u16)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local, remote, state (01: ESTABLISHED), ..., inode (10th).
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                continue;
+            }
+            let port =
+                |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0);
+            out.push((port(f[1]), port(f[2])));
+        }
+    }
+    out
+}
+
+fn running_in(c: &Cluster, pod: &str, needle: &str) -> usize {
+    c.kubectl
+        .ok(&["exec", pod, "--", "ps"])
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// kubectl exec (with and without a TTY, stdin, exit codes), attach, cp
+/// both ways and port-forward, through the API server and mubelet to
+/// containerd's streaming server; the Python client's exec and
+/// port-forward; and a client dropped mid-stream leaves no process and no
+/// connection behind on either hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_attach_cp_and_port_forward_reach_the_container() {
+    let c = cluster(&[]).await;
+    c.create(busybox(
+        "box",
+        "Always",
+        "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ))
+    .await;
+    c.pod("box", "Running", |p| {
+        container(p)["state"]["running"].is_object()
+    })
+    .await;
+
+    assert_eq!(
+        c.kubectl.ok(&["exec", "box", "--", "cat", "/etc/hostname"]),
+        "box\n"
+    );
+    let (code, _, err) = c
+        .kubectl
+        .run(&["exec", "box", "--", "sh", "-c", "echo gone >&2; exit 7"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("gone"), "{err}");
+    // Standard input.
+    let mut child = c
+        .kubectl
+        .command(&[
+            "exec",
+            "-i",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "read a; read b; echo $b-$a",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"one\ntwo\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "two-one\n");
+    // A terminal (script(1) gives kubectl one): its size arrives, the exit
+    // code comes back.
+    let kubectl = std::env::var("MUBE_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let line = format!(
+        "stty rows 31 cols 101; {kubectl} --kubeconfig {} exec -it box -- sh -c 'sleep 1; stty size; tty; exit 5'",
+        c.kubectl.kubeconfig.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("script(1)");
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(5), "{text}");
+    assert!(
+        text.contains("31 101") && text.contains("/dev/pts/"),
+        "{text}"
+    );
+
+    // cp both ways.
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.txt");
+    std::fs::write(&up, "uploaded\n").unwrap();
+    c.kubectl
+        .ok(&["cp", up.to_str().unwrap(), "box:/tmp/up.txt"]);
+    assert_eq!(
+        c.kubectl.ok(&["exec", "box", "--", "cat", "/tmp/up.txt"]),
+        "uploaded\n"
+    );
+    let down = dir.path().join("down.txt");
+    c.kubectl
+        .ok(&["cp", "box:/www/index.html", down.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&down).unwrap(), "hi\n");
+
+    // port-forward.
+    let local = free_port();
+    let (mut forward, mut lines) =
+        c.kubectl
+            .follow(&["port-forward", "pod/box", &format!("{local}:8080")]);
+    lines
+        .wait_for(Duration::from_secs(20), |l| l.contains("Forwarding from"))
+        .expect("port-forward starts");
+    let body = http_get(&format!("127.0.0.1:{local}")).unwrap_or_default();
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(body, "hi");
+
+    // Every other kubectl the machine has (1.27-1.29 speak SPDY; 1.30
+    // and later try WebSocket first, which containerd 1.6 refuses, and
+    // fall back to SPDY): exec with its exit code, and port-forward.
+    let others: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/google-cloud-sdk/bin")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("kubectl.1."))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for binary in others {
+        let run = |args: &[&str]| {
+            Command::new(&binary)
+                .arg("--kubeconfig")
+                .arg(&c.kubectl.kubeconfig)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let out = run(&[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cat /www/index.html; exit 3",
+        ]);
+        let v = binary.display();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{v}");
+        let local = free_port();
+        let mut forward = Command::new(&binary)
+            .arg("--kubeconfig")
+            .arg(&c.kubectl.kubeconfig)
+            .args(["port-forward", "pod/box", &format!("{local}:8080")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = mube_e2e::Lines::follow(forward.stdout.take().unwrap());
+        let started = lines.wait_for(Duration::from_secs(20), |l| l.contains("Forwarding from"));
+        let body = http_get(&format!("127.0.0.1:{local}")).unwrap_or_default();
+        let _ = forward.kill();
+        let _ = forward.wait();
+        assert!(started.is_some(), "{v}: port-forward did not start");
+        assert_eq!(body, "hi", "{v}");
+    }
+
+    // attach, to a container that reads its standard input.
+    let mut reader = busybox("reader", "Never", "while read x; do echo line-$x; done");
+    reader["spec"]["containers"][0]["stdin"] = json!(true);
+    c.create(reader).await;
+    c.pod("reader", "Running", |p| {
+        container(p)["state"]["running"].is_object()
+    })
+    .await;
+    let mut attach = c
+        .kubectl
+        .command(&["attach", "-i", "reader"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Standard input stays open while the answers are read: its end
+    // would end the attach before they came back.
+    let mut stdin = attach.stdin.take().unwrap();
+    let mut answers = mube_e2e::Lines::follow(attach.stdout.take().unwrap());
+    {
+        use std::io::Write;
+        stdin.write_all(b"one\ntwo\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    answers
+        .wait_for(Duration::from_secs(20), |l| l.contains("line-two"))
+        .expect("the attached container answers");
+    let _ = attach.kill();
+    let _ = attach.wait();
+    drop(stdin);
+
+    // The Python client (kubernetes on PyPI): exec and port-forward over
+    // WebSocket.
+    let python = Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if python {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/stream.py");
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&c.kubectl.kubeconfig)
+            .arg("box")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("exec-out: py-exec rc: 6"), "{text}");
+        assert!(text.contains("pf-body: hi"), "{text}");
+    } else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "the Python client is missing (pip install kubernetes)"
+        );
+        eprintln!("SKIPPED: the Python client's exec and port-forward (pip install kubernetes)");
+    }
+
+    // A client that goes away mid-stream: its process is killed, and no
+    // connection stays open on either hop.
+    let server_pid = c._server.pid();
+    let agent_port = c.api.get(&format!("/api/v1/nodes/{}", c.node)).await.body["status"]
+        ["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .unwrap() as u16;
+    let api_port = c._server.port;
+    let streams = |c: &Cluster| {
+        let to_agent = connections_of(server_pid)
+            .iter()
+            .filter(|(_, r)| *r == agent_port)
+            .count();
+        // The agent's connections but those with the API server (its
+        // watches and writes): the streams, in and out.
+        let agent = connections_of(c.mubelet.pid())
+            .iter()
+            .filter(|(_, r)| *r != api_port)
+            .count();
+        (to_agent, agent)
+    };
+    let before = streams(&c);
+    let mut dropped = c
+        .kubectl
+        .command(&["exec", "-i", "box", "--", "sh", "-c", "sleep 1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running_in(&c, "box", "sleep 1000") == 0 {
+        assert!(Instant::now() < deadline, "the exec never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = streams(&c);
+    assert!(
+        during.0 > before.0 && during.1 > before.1,
+        "{before:?} {during:?}"
+    );
+    dropped.kill().unwrap();
+    let _ = dropped.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = running_in(&c, "box", "sleep 1000");
+        let now = streams(&c);
+        if left == 0 && now.0 <= before.0 && now.1 <= before.1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {left} processes, connections {now:?} (before: {before:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.finish().await;
+}

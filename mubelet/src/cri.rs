@@ -50,6 +50,13 @@ impl CriError {
     }
 }
 
+/// What a stream is for (`Runtime::stream_url`).
+pub enum StreamRequest {
+    Exec(api::ExecRequest),
+    Attach(api::AttachRequest),
+    PortForward(api::PortForwardRequest),
+}
+
 impl From<tonic::Status> for CriError {
     fn from(s: tonic::Status) -> CriError {
         let message = if s.message().is_empty() {
@@ -234,6 +241,45 @@ impl Runtime {
             filter: Some(filter),
         }));
         Ok(r.await?.into_inner().containers)
+    }
+
+    /// The host PID of a running container's first process, from the
+    /// runtime's verbose status (containerd: `info.pid`).
+    pub async fn container_pid(&self, id: &str) -> Result<Option<u32>> {
+        if self.fake.is_some() {
+            return Ok(None);
+        }
+        let mut client = self.runtime.clone();
+        let r = client.container_status(self.request(api::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        }));
+        let info = r.await?.into_inner().info;
+        Ok(info
+            .get("info")
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .and_then(|v| v.get("pid").and_then(serde_json::Value::as_u64))
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|pid| *pid > 0))
+    }
+
+    /// CRI `Exec`, `Attach` or `PortForward`: the URL of the runtime's
+    /// streaming server that serves this one stream.
+    pub async fn stream_url(&self, request: StreamRequest) -> Result<String> {
+        if self.fake.is_some() {
+            return Err(CriError {
+                code: tonic::Code::Unimplemented,
+                message: "a hollow node runs no containers to stream from".into(),
+            });
+        }
+        let mut client = self.runtime.clone();
+        Ok(match request {
+            StreamRequest::Exec(r) => client.exec(self.request(r)).await?.into_inner().url,
+            StreamRequest::Attach(r) => client.attach(self.request(r)).await?.into_inner().url,
+            StreamRequest::PortForward(r) => {
+                client.port_forward(self.request(r)).await?.into_inner().url
+            }
+        })
     }
 
     pub async fn container_status(&self, id: &str) -> Result<Option<api::ContainerStatus>> {

@@ -1,6 +1,7 @@
 //! The agent's own HTTP endpoint: `GET /healthz`, `GET /status`,
-//! `GET /metrics` (Prometheus), and the
-//! container logs the API server proxies `kubectl logs` to.
+//! `GET /metrics` (Prometheus), and what the API server proxies to: the
+//! container logs of `kubectl logs`, the streams of `kubectl exec`,
+//! `attach`, `cp` and `port-forward`.
 
 use std::sync::Arc;
 
@@ -24,6 +25,18 @@ pub fn router(config: Arc<Config>, heartbeat: SharedStatus, logs: LogState) -> R
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(crate::logs::container_logs),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(crate::streams::exec).post(crate::streams::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(crate::streams::attach).post(crate::streams::attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(crate::streams::port_forward).post(crate::streams::port_forward),
         )
         .with_state(logs);
     Router::new()

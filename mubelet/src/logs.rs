@@ -29,6 +29,9 @@ pub struct LogState {
     /// A client without this node's identity: the review must be of the
     /// caller's token, not of the node.
     pub reviewer: reqwest::Client,
+    /// To the runtime's streaming server (loopback, plain HTTP; a stream
+    /// has no deadline).
+    pub streams: reqwest::Client,
     allowed: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -38,6 +41,7 @@ impl LogState {
             config,
             runtime,
             reviewer,
+            streams: reqwest::Client::new(),
             allowed: Arc::default(),
         }
     }
@@ -45,7 +49,7 @@ impl LogState {
 
 const REMEMBER: Duration = Duration::from_secs(60);
 
-fn answer(code: StatusCode, message: impl Into<String>) -> Response {
+pub fn answer(code: StatusCode, message: impl Into<String>) -> Response {
     (code, message.into()).into_response()
 }
 
@@ -84,7 +88,7 @@ pub fn parse(data: &[u8], pending: &mut String) -> (Vec<Message>, usize) {
     (out, used)
 }
 
-async fn authorized(state: &LogState, headers: &HeaderMap) -> Result<(), Response> {
+pub async fn authorized(state: &LogState, headers: &HeaderMap) -> Result<(), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

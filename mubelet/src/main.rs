@@ -11,6 +11,7 @@ mod agent;
 mod config;
 mod credentials;
 mod cri;
+mod exec_cleanup;
 mod fake_runtime;
 mod health;
 mod heartbeat;
@@ -24,6 +25,7 @@ mod pods;
 mod proxy;
 mod registration;
 mod servers;
+mod streams;
 mod system;
 
 fn main() -> std::process::ExitCode {

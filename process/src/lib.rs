@@ -4,6 +4,8 @@
 //! signal.
 
 pub mod metrics;
+#[cfg(feature = "upgrade")]
+pub mod upgrade;
 
 use std::future::Future;
 use std::process::ExitCode;

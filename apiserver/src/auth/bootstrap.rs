@@ -80,7 +80,16 @@ const VIEWABLE: &[&str] = &[
     "services/status",
 ];
 /// What `edit` may also change, and read (Secrets included).
-const EDITABLE: &[&str] = &["pods", "configmaps", "secrets", "events", "services"];
+const EDITABLE: &[&str] = &[
+    "pods",
+    "pods/exec",
+    "pods/attach",
+    "pods/portforward",
+    "configmaps",
+    "secrets",
+    "events",
+    "services",
+];
 
 pub fn cluster_roles() -> Vec<ClusterRole> {
     let rbac = "rbac.authorization.k8s.io";

@@ -23,7 +23,7 @@ use mube_apis::status::Reason;
 /// a token per node, made when first needed and kept only in memory, so
 /// that what one node is shown opens no other node's logs.
 pub struct NodeClient {
-    http: reqwest::Client,
+    pub http: reqwest::Client,
     /// node -> token, and token -> node.
     tokens: std::sync::Mutex<(HashMap<String, String>, HashMap<String, String>)>,
 }
@@ -40,7 +40,7 @@ impl NodeClient {
         })
     }
 
-    fn token_for(&self, node: &str) -> Result<String, ApiError> {
+    pub fn token_for(&self, node: &str) -> Result<String, ApiError> {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = tokens.0.get(node) {
             return Ok(t.clone());
@@ -73,6 +73,75 @@ fn bad_request(message: String) -> ApiError {
     ApiError::bad_request(message)
 }
 
+/// The container a request names (`container`), or the pod's only one.
+pub fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
+    let names: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name")?.as_str())
+        .collect();
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c) => Ok(c.to_string()),
+        Some(c) => Err(bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if names.len() == 1 => Ok(names[0].to_string()),
+        None => Err(bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            names.join(" ")
+        ))),
+    }
+}
+
+/// The node the pod is bound to.
+pub fn node_of<'a>(pod: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad_request(format!("pod {name} does not have a host assigned")))
+}
+
+/// The URL of `path` on `node`'s agent (its InternalIP and kubelet port),
+/// with the host and port for messages.
+pub async fn agent_url(
+    state: &AppState,
+    node: &str,
+    path: &[&str],
+) -> Result<(reqwest::Url, String, u64), ApiError> {
+    let nodes = state.registry.resource(&mube_apis::resources::NODES)?;
+    let node_object = state.registry.get(&nodes, None, node).await?.value()?;
+    let address = node_object
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        })
+        .and_then(|x| x.get("address")?.as_str())
+        .ok_or_else(|| {
+            ApiError::new(
+                Reason::ServiceUnavailable,
+                format!("node {node:?} has no InternalIP address to reach its agent at"),
+            )
+        })?;
+    let port = node_object
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .unwrap_or(10250);
+    let host = match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => address.to_string(),
+    };
+    let mut url = reqwest::Url::parse(&format!("http://{host}:{port}/"))
+        .map_err(|e| ApiError::new(Reason::InternalError, format!("node address: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|_| ApiError::new(Reason::InternalError, "node address"))?
+        .extend(path);
+    Ok((url, host, port))
+}
+
 pub async fn serve(
     state: &AppState,
     r: &Resource,
@@ -100,33 +169,8 @@ pub async fn serve(
             }
         }
     }
-    let names: Vec<&str> = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("name")?.as_str())
-        .collect();
-    let container = match get("container").filter(|c| !c.is_empty()) {
-        Some(c) if names.contains(&c) => c.to_string(),
-        Some(c) => {
-            return Err(bad_request(format!(
-                "container {c} is not valid for pod {name}"
-            )))
-        }
-        None if names.len() == 1 => names[0].to_string(),
-        None => {
-            return Err(bad_request(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                names.join(" ")
-            )))
-        }
-    };
-    let node = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| bad_request(format!("pod {name} does not have a host assigned")))?;
+    let container = container_of(&pod, name, get("container"))?;
+    let node = node_of(&pod, name)?;
     // As kube-apiserver: a container that has not started has no logs yet.
     let status = pod
         .pointer("/status/containerStatuses")
@@ -149,36 +193,9 @@ pub async fn serve(
             "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
         )));
     }
-    let nodes = state.registry.resource(&mube_apis::resources::NODES)?;
-    let node_object = state.registry.get(&nodes, None, node).await?.value()?;
-    let address = node_object
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
-        })
-        .and_then(|x| x.get("address")?.as_str())
-        .ok_or_else(|| {
-            ApiError::new(
-                Reason::ServiceUnavailable,
-                format!("node {node:?} has no InternalIP address to reach its agent at"),
-            )
-        })?;
-    let port = node_object
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-        .and_then(Value::as_u64)
-        .unwrap_or(10250);
-    let host = match address.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-        _ => address.to_string(),
-    };
     let ns = ns.unwrap_or("default");
-    let mut url = reqwest::Url::parse(&format!("http://{host}:{port}/"))
-        .map_err(|e| ApiError::new(Reason::InternalError, format!("node address: {e}")))?;
-    url.path_segments_mut()
-        .map_err(|_| ApiError::new(Reason::InternalError, "node address"))?
-        .extend(["containerLogs", ns, name, &container]);
+    let (mut url, host, port) =
+        agent_url(state, node, &["containerLogs", ns, name, &container]).await?;
     {
         let mut q = url.query_pairs_mut();
         for key in PASSED {

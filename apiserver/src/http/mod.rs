@@ -17,6 +17,7 @@ mod rest;
 mod reviews;
 mod scale;
 pub mod serve;
+pub mod streams;
 mod table;
 mod ui;
 mod watch;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -154,11 +154,12 @@ impl Params {
 pub async fn handle(
     State(state): State<AppState>,
     user: Option<axum::Extension<UserInfo>>,
-    uri: Uri,
-    method: Method,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let (uri, method, headers) = (parts.uri, parts.method, parts.headers);
+    // The connection, for the streams of exec, attach and port-forward.
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let Some(target) = path::parse(uri.path()) else {
         let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
         let found = match (method == Method::GET, segments.as_slice()) {
@@ -173,7 +174,17 @@ pub async fn handle(
     if let Some(review) = reviews::find(&target) {
         return reviews::serve(&state, review, &target, &method, &user, &headers, body).await;
     }
-    serve(state, target, method, uri.query(), headers, body, &user).await
+    serve(
+        state,
+        target,
+        method,
+        uri.query(),
+        headers,
+        body,
+        &user,
+        upgrade,
+    )
+    .await
 }
 
 /// Admission for a create, once its body is read: a node creates only its
@@ -428,6 +439,7 @@ fn object_response(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     state: AppState,
     target: Target,
@@ -436,6 +448,7 @@ async fn serve(
     headers: HeaderMap,
     body: Body,
     user: &UserInfo,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response, ApiError> {
     let r = state
         .registry
@@ -632,6 +645,17 @@ async fn serve(
             Method::GET => super::logs::serve(&state, &r, ns, name, query).await,
             _ => Err(method_not_allowed(&method, &format!("pods/{name}/log"))),
         },
+        (Some(name), Some(sub @ ("exec" | "attach" | "portforward"))) if r.kind == "Pod" => {
+            match method {
+                Method::GET | Method::POST => {
+                    super::streams::serve(
+                        &state, &r, ns, name, sub, &method, query, &headers, upgrade,
+                    )
+                    .await
+                }
+                _ => Err(method_not_allowed(&method, &format!("pods/{name}/{sub}"))),
+            }
+        }
         (Some(name), Some(sub)) => Err(not_found_path(&format!("{}/{name}/{sub}", r.plural))),
     }
 }

@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -28,8 +28,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
+    // HTTP/1.1 only, through the builder that can shut an upgradeable
+    // connection down gracefully.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true);
@@ -58,12 +61,14 @@ pub async fn serve(
         );
         match &tls {
             None => {
-                // No upgrades yet: exec and port-forward will need them.
-                let connection = builder.serve_connection(TokioIo::new(tcp), service);
-                let connection = graceful.watch(connection);
+                // With upgrades: the streams of exec, attach and port-forward.
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                     // A client that hangs up or times out is not the server's error.
-                    let _ = connection.await;
+                    let _ = watcher.watch(connection).await;
                 });
             }
             Some(acceptor) => {
@@ -106,7 +111,8 @@ pub async fn serve(
                         ),
                         None => service,
                     };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let _ = watcher.watch(connection).await;
                 });
             }

@@ -48,6 +48,9 @@ const CONTAINER_FIELDS: &[&str] = &[
     "ports",
     "resources",
     "imagePullPolicy",
+    "stdin",
+    "stdinOnce",
+    "tty",
 ];
 
 /// An env entry's fields mube supports: a value, not a reference.

@@ -200,6 +200,10 @@ pub fn container(
                 .collect()
         },
         labels,
+        // What `kubectl attach` (and `run -i`) connects to.
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
         // Relative to the sandbox's log directory, as the kubelet lays it out.
         log_path: format!("{}/{attempt}.log", c.name),
         linux: Some(api::LinuxContainerConfig {
