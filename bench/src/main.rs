@@ -13,6 +13,7 @@ mod progress;
 mod schedule;
 mod security;
 mod server;
+mod services;
 mod watchers;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,29 @@ enum Scenario {
         /// The mube-scheduler binary (default: the one next to this one).
         #[arg(long)]
         scheduler: Option<PathBuf>,
+    },
+    /// Services on a real node (root, for nftables; containerd up with
+    /// mube's images; kubectl on PATH): connection latency to a cluster IP
+    /// against the pod's address, mube-proxy's network programming latency
+    /// with S Services, and `kubectl exec POD -- true` round trips.
+    Services {
+        /// Connections to each of the pod address and the cluster IP.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Services (each with one slice) in place while slices change.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Slice changes measured, one every 100 ms.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// `kubectl exec` runs.
+        #[arg(long, default_value_t = 50)]
+        execs: usize,
+        #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+        runtime_endpoint: String,
+        /// The mubelet binary (default: the one next to this one).
+        #[arg(long)]
+        mubelet: Option<PathBuf>,
     },
     /// The controller manager on hollow nodes: a Deployment scaled 0 -> R,
     /// a rolling update, the loss of L nodes, a leader failover, and the
@@ -927,6 +951,31 @@ async fn run(cli: Cli) -> Result<Report, String> {
                 running,
             };
             pods::run(&bin, args, &mut report).await?
+        }
+        Scenario::Services {
+            connections,
+            services,
+            changes,
+            execs,
+            runtime_endpoint,
+            mubelet,
+        } => {
+            let mubelet = mubelet.unwrap_or_else(|| sibling("mubelet"));
+            let (scheduler, controller_manager) = (
+                sibling("mube-scheduler"),
+                sibling("mube-controller-manager"),
+            );
+            let args = services::Args {
+                mubelet: &mubelet,
+                scheduler: &scheduler,
+                controller_manager: &controller_manager,
+                runtime_endpoint: &runtime_endpoint,
+                connections,
+                services,
+                changes,
+                execs,
+            };
+            services::run(&bin, args, &mut report).await?
         }
         Scenario::Deployments {
             nodes,

@@ -40,6 +40,100 @@ fn rss_kib(pid: u32) -> Option<u64> {
     })
 }
 
+/// A real node joined to `server`: mubelet on `runtime_endpoint`, with a
+/// join token, Ready with a pod CIDR. Killed when dropped.
+pub struct Node {
+    pub name: String,
+    pub pid: u32,
+    pub health: u16,
+    _process: KillOnDrop,
+    _state: tempfile::TempDir,
+}
+
+pub async fn join(
+    server: &Server,
+    mubelet: &Path,
+    runtime_endpoint: &str,
+    capacity: usize,
+    env: &[(&str, &str)],
+) -> Result<Node, String> {
+    let endpoint = server.endpoint();
+    let http = endpoint.connection();
+    let base = endpoint.url.clone();
+    // A join token for the node, made as `mubectl token create` makes one.
+    let token = mube_apis::join_token::generate(&mut || fastrand::u8(..));
+    let secret = mube_apis::join_token::secret(&token, None, "mube-bench")
+        .ok_or("cannot build a join token")?;
+    let made = http
+        .post(format!("{base}/api/v1/namespaces/kube-system/secrets"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&secret)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !made.status().is_success() {
+        return Err(format!("join token: {}", made.status()));
+    }
+    let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let name = format!("bench-{}", std::process::id());
+    let health = free_port()?;
+    let process = Command::new(mubelet)
+        .env("MUBELET_NODE_NAME", &name)
+        .env("MUBE_API_SERVER", &base)
+        .env("MUBELET_TOKEN", &token)
+        .env("MUBELET_CA_FILE", server.data_dir().join("pki/ca.crt"))
+        .env("MUBELET_STATE_DIR", state.path())
+        .env("MUBELET_POD_LOG_DIR", state.path().join("pods"))
+        .env("MUBELET_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
+        .env("MUBELET_CAPACITY", capacity.to_string())
+        .env("MUBELET_CONTAINER_RUNTIME_ENDPOINT", runtime_endpoint)
+        .env("MUBELET_PROXY_MODE", "off")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", mubelet.display()))?;
+    let pid = process.id();
+    let node = Node {
+        name,
+        pid,
+        health,
+        _process: KillOnDrop(process),
+        _state: state,
+    };
+    let node_url = format!("{base}/api/v1/nodes/{}", node.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = get_json(&http, &node_url, Some(ADMIN_TOKEN))
+            .await
+            .unwrap_or_default();
+        if n["status"]["state"] == "Ready" && n["spec"]["podCIDR"].is_string() {
+            return Ok(node);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "node {} never Ready with a pod CIDR: {n}",
+                node.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// mube-scheduler (or another control-plane binary taking
+/// `--kubeconfig`) for `server`, killed when dropped.
+pub fn scheduler(binary: &Path, server: &Server) -> Result<KillOnDrop, String> {
+    Ok(KillOnDrop(
+        Command::new(binary)
+            .arg("--kubeconfig")
+            .arg(server.data_dir().join("kubeconfig"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?,
+    ))
+}
+
 pub async fn run(bin: &Path, args: Args<'_>, report: &mut Report) -> Result<(), String> {
     for b in [args.mubelet, args.scheduler] {
         if !b.exists() {
@@ -53,67 +147,16 @@ pub async fn run(bin: &Path, args: Args<'_>, report: &mut Report) -> Result<(), 
     let endpoint = server.endpoint();
     let http = endpoint.connection();
     let base = endpoint.url.clone();
-    // A join token for the node, made as `mubectl token create` makes one.
-    let token = mube_apis::join_token::generate(&mut || fastrand::u8(..));
-    let secret = mube_apis::join_token::secret(&token, None, "mube-bench pods")
-        .ok_or("cannot build a join token")?;
-    let made = http
-        .post(format!("{base}/api/v1/namespaces/kube-system/secrets"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&secret)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !made.status().is_success() {
-        return Err(format!("join token: {}", made.status()));
-    }
-    let state = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let node = format!("bench-{}", std::process::id());
-    let mubelet = Command::new(args.mubelet)
-        .env("MUBELET_NODE_NAME", &node)
-        .env("MUBE_API_SERVER", &base)
-        .env("MUBELET_TOKEN", &token)
-        .env("MUBELET_CA_FILE", server.data_dir().join("pki/ca.crt"))
-        .env("MUBELET_STATE_DIR", state.path())
-        .env("MUBELET_POD_LOG_DIR", state.path().join("pods"))
-        .env(
-            "MUBELET_HEALTH_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        )
-        .env(
-            "MUBELET_CAPACITY",
-            (args.pods + args.running + 10).to_string(),
-        )
-        .env("MUBELET_CONTAINER_RUNTIME_ENDPOINT", args.runtime_endpoint)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", args.mubelet.display()))?;
-    let mubelet_pid = mubelet.id();
-    let _mubelet = KillOnDrop(mubelet);
-    let _scheduler = KillOnDrop(
-        Command::new(args.scheduler)
-            .arg("--kubeconfig")
-            .arg(server.data_dir().join("kubeconfig"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", args.scheduler.display()))?,
-    );
-    let node_url = format!("{base}/api/v1/nodes/{node}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = get_json(&http, &node_url, Some(ADMIN_TOKEN))
-            .await
-            .unwrap_or_default();
-        if n["status"]["state"] == "Ready" && n["spec"]["podCIDR"].is_string() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("node {node} never Ready with a pod CIDR: {n}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let node = join(
+        &server,
+        args.mubelet,
+        args.runtime_endpoint,
+        args.pods + args.running + 10,
+        &[],
+    )
+    .await?;
+    let mubelet_pid = node.pid;
+    let _scheduler = scheduler(args.scheduler, &server)?;
 
     let pods_url = format!("{base}/api/v1/namespaces/default/pods");
     let result = measure(&http, &pods_url, mubelet_pid, &args, report).await;

@@ -20,6 +20,11 @@ pub struct Metrics {
     /// `mube_proxy_sync_duration_seconds`: one write of the Service rules
     /// (kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`).
     pub proxy_sync: Histogram,
+    /// `kubeproxy_network_programming_duration_seconds`: from the change
+    /// an EndpointSlice records (`endpoints.kubernetes.io/last-change-
+    /// trigger-time`) to the rules that carry it being in place, as
+    /// kube-proxy measures it.
+    pub network_programming: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -56,6 +61,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 "Time to write one change of the Service rules (nft).",
             )
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid metric"),
+    ),
+    network_programming: register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "kubeproxy_network_programming_duration_seconds",
+                "From an EndpointSlice's last-change-trigger-time to its rules in place.",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ]),
         )
         .expect("valid metric"),
     ),

@@ -9,6 +9,8 @@
 pub mod model;
 pub mod nft;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -66,6 +68,38 @@ async fn apply(script: &str) -> Result<(), String> {
     }
 }
 
+/// Kubernetes' network programming latency: for each slice whose
+/// `endpoints.kubernetes.io/last-change-trigger-time` is new since the
+/// last write, the time from it to now (its rules are in place).
+fn observe_programming(
+    slices: &HashMap<String, Arc<EndpointSlice>>,
+    programmed: &mut HashMap<String, String>,
+) {
+    const TRIGGER: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+    let now = jiff::Timestamp::now();
+    programmed.retain(|uid, _| slices.contains_key(uid));
+    for (uid, slice) in slices {
+        let Some(trigger) = slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TRIGGER))
+        else {
+            continue;
+        };
+        if programmed.get(uid) == Some(trigger) {
+            continue;
+        }
+        programmed.insert(uid.clone(), trigger.clone());
+        if let Ok(at) = trigger.parse::<jiff::Timestamp>() {
+            let took = now.duration_since(at).as_secs_f64();
+            if took >= 0.0 {
+                crate::metrics::metrics().network_programming.observe(took);
+            }
+        }
+    }
+}
+
 /// Keeps this node's rules in step with the API until `shutdown`. The
 /// rules stay when mubelet stops, so Services keep working through a
 /// restart; the next start replaces them.
@@ -102,24 +136,31 @@ pub async fn run(
         )),
     ];
     let table = nft::table_name(&node);
+    // Each slice's last trigger time seen in place (by UID).
+    let mut programmed: HashMap<String, String> = HashMap::new();
     // What the table holds; `None`: unknown, rebuild it whole.
     let mut current: Option<model::Model> = None;
     let mut failures = 0u32;
     loop {
-        let wanted = {
-            let (s, e) = (services.borrow_and_update(), slices.borrow_and_update());
-            match (s.as_ref(), e.as_ref()) {
-                // Nothing is removed before both lists are in.
-                (Some(s), Some(e)) => Some(model::model(s, e)),
-                _ => None,
-            }
+        // The snapshots the rules are made from (and the latency of the
+        // slices in them measured against).
+        let seen_services = services.borrow_and_update().clone();
+        let seen_slices = slices.borrow_and_update().clone();
+        // Nothing is removed before both lists are in.
+        let wanted = match (&seen_services, &seen_slices) {
+            (Some(s), Some(e)) => Some(model::model(s, e)),
+            _ => None,
         };
-        if let Some(wanted) = wanted {
+        if let (Some(wanted), Some(seen_slices)) = (wanted, &seen_slices) {
             let script = match &current {
                 None => Some(nft::full(&table, &wanted)),
                 Some(old) if *old == wanted => None,
                 Some(old) => Some(nft::update(&table, old, &wanted)),
             };
+            if script.is_none() {
+                // Nothing to write: what the slices say is in place.
+                observe_programming(seen_slices, &mut programmed);
+            }
             if let Some(script) = script {
                 let started = Instant::now();
                 let whole = current.is_none();
@@ -128,6 +169,7 @@ pub async fn run(
                         failures = 0;
                         tracing::debug!(whole, services = wanted.len(), took = ?started.elapsed(), "proxy rules written");
                         crate::metrics::proxy_synced(started.elapsed());
+                        observe_programming(seen_slices, &mut programmed);
                         current = Some(wanted);
                     }
                     Err(e) => {
