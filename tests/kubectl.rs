@@ -1461,76 +1461,32 @@ async fn services_get_a_cluster_ip_and_node_ports_once_and_give_them_back() {
     assert_eq!(&rows[3][1..3], ["ClusterIP", "None"]);
 
     // Taken, outside the range, changed: 422 with the field, as Kubernetes.
-    let err = refused(
-        &k,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            "again",
-            "--tcp=80:80",
-            "--clusterip=10.96.7.7",
-        ],
-    );
-    assert!(err.contains("spec.clusterIPs: Invalid value: []string{\"10.96.7.7\"}: failed to allocate IP 10.96.7.7: provided IP is already allocated"), "{err}");
-    let err = refused(
-        &k,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            "outside",
-            "--tcp=80:80",
-            "--clusterip=10.0.0.1",
-        ],
-    );
-    assert!(
-        err.contains("The range of valid IPs is 10.96.0.0/16"),
-        "{err}"
-    );
-    let err = refused(
-        &k,
-        &[
-            "create",
-            "service",
-            "nodeport",
-            "np2",
-            "--tcp=80:80",
-            "--node-port=30080",
-        ],
-    );
-    assert!(
-        err.contains(
-            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["create", "service", "clusterip", "again", "--tcp=80:80", "--clusterip=10.96.7.7"],
+            "spec.clusterIPs: Invalid value: []string{\"10.96.7.7\"}: failed to allocate IP 10.96.7.7: provided IP is already allocated",
         ),
-        "{err}"
-    );
-    let err = refused(
-        &k,
-        &[
-            "create",
-            "service",
-            "nodeport",
-            "np3",
-            "--tcp=80:80",
-            "--node-port=80",
-        ],
-    );
-    assert!(
-        err.contains("The range of valid ports is 30000-32767"),
-        "{err}"
-    );
-    let err = refused(
-        &k,
-        &[
-            "patch",
-            "svc",
-            "fixed",
-            "-p",
-            r#"{"spec":{"clusterIP":"10.96.7.8","clusterIPs":["10.96.7.8"]}}"#,
-        ],
-    );
-    assert!(err.contains("may not change once set"), "{err}");
+        (
+            &["create", "service", "clusterip", "outside", "--tcp=80:80", "--clusterip=10.0.0.1"],
+            "The range of valid IPs is 10.96.0.0/16",
+        ),
+        (
+            &["create", "service", "nodeport", "np2", "--tcp=80:80", "--node-port=30080"],
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated",
+        ),
+        (
+            &["create", "service", "nodeport", "np3", "--tcp=80:80", "--node-port=80"],
+            "The range of valid ports is 30000-32767",
+        ),
+        (
+            &["patch", "svc", "fixed", "-p", r#"{"spec":{"clusterIP":"10.96.7.8","clusterIPs":["10.96.7.8"]}}"#],
+            "may not change once set",
+        ),
+    ];
+    for (args, expected) in cases {
+        let err = refused(&k, args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
     let r = api
         .post(
             "/api/v1/namespaces/default/services",

@@ -148,6 +148,16 @@ impl Cluster {
         assert_eq!(r.code, 201, "{}", r.body);
     }
 
+    /// Waits until pod `name` has finished: its phase and its logs.
+    async fn finished(&self, name: &str) -> (String, String) {
+        let pod = self
+            .pod(name, "finished", |p| {
+                matches!(phase(p), "Succeeded" | "Failed")
+            })
+            .await;
+        (phase(&pod).to_string(), self.kubectl.ok(&["logs", name]))
+    }
+
     /// `kubectl get pods` as rows (header first).
     fn rows(&self) -> Vec<Vec<String>> {
         table(&self.kubectl.ok(&["get", "pods", "-o", "wide"]))
@@ -465,14 +475,14 @@ async fn pods_reach_each_other_and_the_host() {
         &format!("wget -q -O- http://{ip}:8080/ && wget -q -O- http://{gateway}:{port}/"),
     ))
     .await;
-    let client = c
-        .pod("client", "finished", |p| {
-            matches!(phase(p), "Succeeded" | "Failed")
-        })
-        .await;
-    let logs = c.kubectl.ok(&["logs", "client"]);
-    assert_eq!(phase(&client), "Succeeded", "{logs}");
+    let (ended, logs) = c.finished("client").await;
+    assert_eq!(ended, "Succeeded", "{logs}");
     assert_eq!(logs, "pong\nhost-hello\n");
+    let client = c
+        .api
+        .get("/api/v1/namespaces/default/pods/client")
+        .await
+        .body;
     assert_ne!(client["status"]["podIP"], server["status"]["podIP"]);
 
     // hostNetwork: the pod has the host's address.
@@ -878,13 +888,8 @@ async fn services_reach_their_ready_pods_through_mube_proxy() {
         "for i in 1 2 3 4 5 6; do wget -q -O- http://$ECHO_SERVICE_HOST:$ECHO_SERVICE_PORT/; done",
     ))
     .await;
-    let client = c
-        .pod("client", "finished", |p| {
-            matches!(phase(p), "Succeeded" | "Failed")
-        })
-        .await;
-    let logs = c.kubectl.ok(&["logs", "client"]);
-    assert_eq!(phase(&client), "Succeeded", "{logs}");
+    let (ended, logs) = c.finished("client").await;
+    assert_eq!(ended, "Succeeded", "{logs}");
     assert_eq!(logs.lines().count(), 6, "{logs}");
     assert!(logs.lines().all(|l| names.iter().any(|n| n == l)), "{logs}");
 

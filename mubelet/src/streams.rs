@@ -30,6 +30,32 @@ fn flag(query: &str, key: &str) -> bool {
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True"))
 }
 
+/// The labels of the pod's sandboxes (and, with its name, containers):
+/// this node's, of this pod (and of its UID, when the API server sent it).
+fn pod_selector(
+    state: &LogState,
+    namespace: &str,
+    pod: &str,
+    query: &str,
+) -> HashMap<String, String> {
+    let mut selector = HashMap::from([
+        (cri::NODE.to_string(), state.config.node_name.clone()),
+        (cri::POD_NAMESPACE.to_string(), namespace.to_string()),
+        (cri::POD_NAME.to_string(), pod.to_string()),
+    ]);
+    if let Some(uid) = values(query, "podUID").pop().filter(|u| !u.is_empty()) {
+        selector.insert(cri::POD_UID.to_string(), uid);
+    }
+    selector
+}
+
+fn runtime_error(e: cri::CriError) -> Response {
+    answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("container runtime: {e}"),
+    )
+}
+
 /// The running container `container` of the pod, by its labels.
 async fn running_container(
     state: &LogState,
@@ -38,21 +64,13 @@ async fn running_container(
     container: &str,
     query: &str,
 ) -> Result<String, Response> {
-    let mut selector = HashMap::from([
-        (cri::NODE.to_string(), state.config.node_name.clone()),
-        (cri::POD_NAMESPACE.to_string(), namespace.to_string()),
-        (cri::POD_NAME.to_string(), pod.to_string()),
-        (cri::CONTAINER_NAME.to_string(), container.to_string()),
-    ]);
-    if let Some(uid) = values(query, "podUID").pop().filter(|u| !u.is_empty()) {
-        selector.insert(cri::POD_UID.to_string(), uid);
-    }
-    let found = state.runtime.containers(selector).await.map_err(|e| {
-        answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("container runtime: {e}"),
-        )
-    })?;
+    let mut selector = pod_selector(state, namespace, pod, query);
+    selector.insert(cri::CONTAINER_NAME.to_string(), container.to_string());
+    let found = state
+        .runtime
+        .containers(selector)
+        .await
+        .map_err(runtime_error)?;
     crate::pods::instances(&found, container)
         .into_iter()
         .find(|c| c.state == api::ContainerState::ContainerRunning as i32)
@@ -72,20 +90,12 @@ async fn sandbox(
     pod: &str,
     query: &str,
 ) -> Result<String, Response> {
-    let mut selector = HashMap::from([
-        (cri::NODE.to_string(), state.config.node_name.clone()),
-        (cri::POD_NAMESPACE.to_string(), namespace.to_string()),
-        (cri::POD_NAME.to_string(), pod.to_string()),
-    ]);
-    if let Some(uid) = values(query, "podUID").pop().filter(|u| !u.is_empty()) {
-        selector.insert(cri::POD_UID.to_string(), uid);
-    }
-    let found = state.runtime.sandboxes(selector).await.map_err(|e| {
-        answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("container runtime: {e}"),
-        )
-    })?;
+    let selector = pod_selector(state, namespace, pod, query);
+    let found = state
+        .runtime
+        .sandboxes(selector)
+        .await
+        .map_err(runtime_error)?;
     found
         .into_iter()
         .filter(|s| s.state == api::PodSandboxState::SandboxReady as i32)
