@@ -13,6 +13,9 @@ use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+/// How long a client may take to close after the upstream ended.
+const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Request headers that belong to this hop, not to the stream.
 const HOP: &[HeaderName] = &[
     header::HOST,
@@ -111,14 +114,24 @@ pub async fn proxy_then(
         // needs a half-closed one.
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-        let how = tokio::select! {
-            r = tokio::io::copy(&mut client_read, &mut upstream_write) => {
+        let how = {
+            let up = tokio::io::copy(&mut client_read, &mut upstream_write);
+            let down = tokio::io::copy(&mut upstream_read, &mut client_write);
+            tokio::pin!(up, down);
+            tokio::select! {
+            r = &mut up => {
                 tracing::debug!(stream = %what, result = ?r, "the client ended the stream");
                 Ended::Client
             }
-            r = tokio::io::copy(&mut upstream_read, &mut client_write) => {
+            r = &mut down => {
                 tracing::debug!(stream = %what, result = ?r, "the upstream ended the stream");
+                // The upstream's last words (an exec's exit status) are
+                // with the client: give it a moment to close the
+                // connection itself, as it does once it has read them,
+                // rather than cutting it under its other streams.
+                let _ = tokio::time::timeout(CLIENT_GRACE, &mut up).await;
                 Ended::Upstream
+            }
             }
         };
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_write).await;
