@@ -1223,6 +1223,42 @@ async fn exec_attach_cp_and_port_forward_reach_the_container() {
         eprintln!("SKIPPED: the Python client's exec and port-forward (pip install kubernetes)");
     }
 
+    // Who may only get pods/exec opens no stream, whichever the method (a
+    // WebSocket upgrade is a GET): a stream is a create.
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/default";
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "peek"},
+        "rules": [{"apiGroups": [""], "resources": ["pods", "pods/exec"], "verbs": ["get"]}]});
+    assert_eq!(c.api.post(&format!("{rbac}/roles"), &role).await.code, 201);
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "peek"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "peek"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "peeker"}]});
+    assert_eq!(
+        c.api
+            .post(&format!("{rbac}/rolebindings"), &binding)
+            .await
+            .code,
+        201
+    );
+    let peeker = c.api.with(
+        c._server
+            .client_as(Some(&c._server.client_certificate("peeker", &[])), None),
+    );
+    assert_eq!(
+        peeker.get("/api/v1/namespaces/default/pods/box").await.code,
+        200
+    );
+    let r = peeker
+        .get("/api/v1/namespaces/default/pods/box/exec?command=true&stdout=true")
+        .await;
+    assert_eq!(r.code, 403, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot create resource \"pods/exec\"")),
+        "{}",
+        r.body
+    );
+
     // A client that goes away mid-stream: its process is killed, and no
     // connection stays open on either hop.
     let server_pid = c._server.pid();

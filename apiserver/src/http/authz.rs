@@ -107,11 +107,18 @@ async fn authorized(authorizer: &Authorizer, request: Request, next: Next) -> Re
     let attributes = match &target {
         Some(t) => Attributes {
             user,
-            verb: verb(
-                method,
-                t.name.is_some(),
-                limits::is_watch(method, uri.query()),
-            ),
+            verb: match t.subresource.as_deref() {
+                // A stream into a pod is a create, whichever method opens
+                // it: a WebSocket upgrade is a GET, and `get pods/exec`
+                // alone must not open a shell (Kubernetes 1.31+ asks for
+                // create too).
+                Some("exec" | "attach" | "portforward") if t.plural == "pods" => "create",
+                _ => verb(
+                    method,
+                    t.name.is_some(),
+                    limits::is_watch(method, uri.query()),
+                ),
+            },
             resource: Some(ResourceAttributes {
                 api_group: &t.group,
                 resource: &t.plural,
