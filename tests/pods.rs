@@ -806,7 +806,7 @@ async fn services_reach_their_ready_pods_through_mube_proxy() {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "echo"}},
                  "template": {"metadata": {"labels": {"app": "echo"}},
-                              "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+                              "spec": {"terminationGracePeriodSeconds": 3, "containers": [{
                                   "name": "httpd", "image": "mube.local/busybox",
                                   "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]}]}}}});
     let r = c
@@ -918,6 +918,31 @@ async fn services_reach_their_ready_pods_through_mube_proxy() {
     eprintln!(
         "the deleted endpoint left the rotation after {:?}",
         left_after.unwrap_or_default()
+    );
+    // Meanwhile (its container ignores SIGTERM for the grace period) the
+    // slice lists it as Kubernetes does: terminating, serving, not ready.
+    let slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name=echo";
+    let list = c
+        .wait_for(slices, "the terminating endpoint", |l| {
+            l["items"].as_array().into_iter().flatten().any(|s| {
+                s["endpoints"].as_array().into_iter().flatten().any(|e| {
+                    e["targetRef"]["name"] == victim.as_str()
+                        && e["conditions"]["terminating"] == true
+                })
+            })
+        })
+        .await;
+    let endpoint = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["targetRef"]["name"] == victim.as_str())
+        .unwrap();
+    assert_eq!(
+        endpoint["conditions"],
+        json!({"ready": false, "serving": true, "terminating": true}),
+        "{endpoint}"
     );
 
     // No ready endpoints: refused at once, by the cluster IP and the node port.
