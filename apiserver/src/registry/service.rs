@@ -363,6 +363,18 @@ fn keep_allocated(new: &mut Value, old: &Value) {
     let unchanged = |spec: &serde_json::Map<String, Value>, field: &str| {
         spec.get(field) == old.pointer(&format!("/spec/{field}"))
     };
+    // An ExternalName Service has no cluster IP: the one it had goes.
+    if new_type == "ExternalName" && unchanged(spec, "clusterIP") {
+        for field in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+        ] {
+            spec.remove(field);
+        }
+    }
     if !takes_ports && unchanged(spec, "externalTrafficPolicy") {
         spec.remove("externalTrafficPolicy");
     }
@@ -506,6 +518,13 @@ mod tests {
         let mut moved = stored.clone();
         moved["spec"]["clusterIP"] = json!("10.96.0.11");
         assert_eq!(s.validate_update(&moved, &stored).len(), 1);
+        // To ExternalName: the cluster IP goes with the type.
+        let mut external = stored.clone();
+        external["spec"]["type"] = json!("ExternalName");
+        external["spec"]["externalName"] = json!("example.com");
+        external = s.prepare_for_update(super::super::Part::Main, external, stored.clone());
+        assert!(external["spec"].get("clusterIP").is_none(), "{external}");
+        assert!(s.validate(&external).is_empty(), "{:?}", s.validate(&external));
         assert_eq!(ports_cell(&stored), "80:30080/TCP");
     }
 }
