@@ -3,7 +3,7 @@
 //! node port, and the ready endpoints traffic is spread across. Pure, so
 //! that the rules are tested without a kernel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -80,6 +80,7 @@ pub fn model(
             .push(slice);
     }
     let mut model = Model::new();
+    let mut entries: Vec<(String, ServicePort)> = Vec::new();
     for service in services.values() {
         let Some(spec) = &service.spec else { continue };
         let Some(cluster_ip) = spec
@@ -139,7 +140,7 @@ pub fn model(
                 .node_port
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p != 0);
-            model.insert(
+            entries.push((
                 format!("{ns}/{name}/{port_name}/{}", protocol.nft()),
                 ServicePort {
                     cluster_ip,
@@ -148,8 +149,23 @@ pub fn model(
                     node_port,
                     endpoints,
                 },
-            );
+            ));
         }
+    }
+    // One rule per address and per node port: two Services given the same
+    // one (by two API servers at once) would make every write of the
+    // table fail. The first by name keeps it; the other is left out.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut addresses = HashSet::new();
+    let mut node_ports = HashSet::new();
+    for (key, port) in entries {
+        let address = (port.cluster_ip, port.protocol, port.port);
+        let node_port = port.node_port.map(|n| (port.protocol, n));
+        if !addresses.insert(address) || node_port.is_some_and(|n| !node_ports.insert(n)) {
+            tracing::warn!(service = %key, "another Service holds this address or node port; left out");
+            continue;
+        }
+        model.insert(key, port);
     }
     model
 }
@@ -207,5 +223,12 @@ mod tests {
         );
         assert_eq!(m["a/web/dns/udp"].endpoints[0].1, 5353);
         assert!(m["a/empty//tcp"].endpoints.is_empty());
+        // A second Service on the same address is left out, not written.
+        let twins = objects::<Service>(json!([
+            {"metadata": {"name": "a", "namespace": "x"}, "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}},
+            {"metadata": {"name": "b", "namespace": "x"}, "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}}
+        ]));
+        let m = model(&twins, &HashMap::new());
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["x/a//tcp"]);
     }
 }
