@@ -392,6 +392,20 @@ async fn writes_label_annotate_cordon_patch_apply_create_replace_delete() {
 #[tokio::test]
 async fn describe_shows_the_node_and_its_events() {
     let (_server, api, k) = cluster(&["node-a"], "1s").await;
+    // The lifecycle controller reports transitions it sees, not the state
+    // it finds a node in at its first list (a restart must not repeat
+    // them): wait until it counts node-a as Unknown, then make it Ready.
+    let mut listed = false;
+    for _ in 0..100 {
+        let body = api.get("/metrics").await.body;
+        let text = body.as_str().unwrap_or_default();
+        if mube_e2e::metric(text, "mube_nodes", &[("state", "Unknown")]) == 1.0 {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(listed, "the lifecycle controller never listed node-a");
     assert_eq!(api.heartbeat("node-a").await.code, 202);
     // Let it go NotReady so there are two transitions to show.
     let mut gone = false;
