@@ -161,6 +161,17 @@ pub const REPLICA_SETS: ResourceInfo = ResourceInfo {
     categories: &["all"],
 };
 
+pub const CUSTOM_RESOURCE_DEFINITIONS: ResourceInfo = ResourceInfo {
+    group: "apiextensions.k8s.io",
+    version: "v1",
+    kind: "CustomResourceDefinition",
+    plural: "customresourcedefinitions",
+    singular: "customresourcedefinition",
+    short_names: &["crd", "crds"],
+    namespaced: false,
+    categories: &["api-extensions"],
+};
+
 impl ResourceInfo {
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {

@@ -119,7 +119,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         bookmark_interval: config.watch_bookmark_interval,
         lease_duration: config.notready_timeout,
         read_wait: config.resource_version_wait,
-        openapi: Arc::new(crate::http::openapi::Documents::new(&registry)),
+        openapi: Arc::new(crate::http::openapi::Cache::new(&registry)),
         limits: Arc::new(crate::http::limits::Limits::new(
             config.max_requests_in_flight,
             config.max_watches,
@@ -177,6 +177,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         shutdown.child_token(),
         controllers,
     ))];
+    // Custom kinds are served by every server (no election), from the
+    // first request on.
+    let mut crds = crate::controllers::crd::CrdController::new(registry.clone());
+    let crds_from = crds
+        .start()
+        .await
+        .map_err(|e| format!("serving the CustomResourceDefinitions: {e}"))?;
+    tasks.push(tokio::spawn(crds.run(crds_from, shutdown.child_token())));
     let (acceptor, renewal) = match pki {
         Some(p) => (
             Some(tokio_rustls::TlsAcceptor::from(p.server)),

@@ -90,7 +90,7 @@ impl ApiClient for LocalClient {
         self.registry
             .resources()
             .iter()
-            .filter(|r| r.namespaced)
+            .filter(|r| r.namespaced && r.is_stored_version())
             .map(|r| r.info)
             .collect()
     }

@@ -2,6 +2,7 @@
 //! same paths as any other client.
 
 pub mod client;
+pub mod crd;
 pub mod csr_signer;
 pub mod election;
 pub mod namespace;

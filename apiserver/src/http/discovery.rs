@@ -65,7 +65,7 @@ pub async fn core_versions(headers: HeaderMap) -> Response {
 /// Group name -> versions, in registration order.
 fn groups(state: &AppState) -> BTreeMap<&'static str, Vec<&'static str>> {
     let mut groups: BTreeMap<&'static str, Vec<&'static str>> = BTreeMap::new();
-    for r in state.registry.resources() {
+    for r in state.registry.resources().iter() {
         if r.group.is_empty() {
             continue;
         }

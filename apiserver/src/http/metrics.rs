@@ -234,7 +234,12 @@ impl Drop for Open {
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let m = metrics();
     let store = state.registry.store();
-    for r in state.registry.resources() {
+    for r in state
+        .registry
+        .resources()
+        .iter()
+        .filter(|r| r.is_stored_version())
+    {
         if let Ok(n) = store.count(&r.prefix(None)).await {
             let name = if r.group.is_empty() {
                 r.plural.to_string()

@@ -58,8 +58,8 @@ pub struct AppState {
     /// How long a read of a resourceVersion not yet reached waits for it
     /// before it is answered 504 ResourceVersionTooLarge.
     pub read_wait: Duration,
-    /// The `/openapi/v3` documents, rendered at start.
-    pub openapi: Arc<openapi::Documents>,
+    /// The `/openapi/v3` documents of the kinds served now.
+    pub openapi: Arc<openapi::Cache>,
     /// Caps on requests in flight and open watches, and the request timeout.
     pub limits: Arc<limits::Limits>,
     /// Where writes and denials are recorded; `None` with audit off.

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -38,17 +39,50 @@ fn group_version_of(r: &Resource) -> String {
     }
 }
 
-/// Every group-version's document, rendered once: the kinds served do not
-/// change while the server runs. Each carries a hash of its bytes, which
-/// clients use as a cache key (`?hash=`), as with Kubernetes.
+/// Every group-version's document, rendered once per set of served kinds
+/// (which changes only when a CustomResourceDefinition does). Each carries
+/// a hash of its bytes, which clients use as a cache key (`?hash=`), as
+/// with Kubernetes.
 pub struct Documents {
     by_group_version: BTreeMap<String, (String, Bytes)>,
 }
 
+/// The documents of the kinds served now: rendered again on the first
+/// request after the served kinds changed.
+pub struct Cache {
+    rendered: std::sync::RwLock<(u64, Arc<Documents>)>,
+}
+
+impl Cache {
+    pub fn new(registry: &Registry) -> Cache {
+        Cache {
+            rendered: std::sync::RwLock::new((
+                registry.served_changes(),
+                Arc::new(Documents::new(registry)),
+            )),
+        }
+    }
+
+    pub fn current(&self, registry: &Registry) -> Arc<Documents> {
+        let changes = registry.served_changes();
+        if let Ok(r) = self.rendered.read() {
+            if r.0 == changes {
+                return r.1.clone();
+            }
+        }
+        let documents = Arc::new(Documents::new(registry));
+        if let Ok(mut w) = self.rendered.write() {
+            *w = (changes, documents.clone());
+        }
+        documents
+    }
+}
+
 impl Documents {
     pub fn new(registry: &Registry) -> Documents {
+        let served = registry.resources();
         let mut kinds: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
-        for r in registry.resources() {
+        for r in served.iter() {
             kinds.entry(group_version_of(r)).or_default().push(r);
         }
         let by_group_version = kinds
@@ -119,6 +153,7 @@ pub async fn v2(headers: axum::http::HeaderMap) -> Response {
 pub async fn root(State(state): State<AppState>) -> Response {
     let paths: Map<String, Value> = state
         .openapi
+        .current(&state.registry)
         .by_group_version
         .iter()
         .map(|(gv, (hash, _))| {
@@ -256,8 +291,8 @@ pub async fn group_version(State(state): State<AppState>, uri: Uri) -> Result<Re
         .path()
         .trim_start_matches("/openapi/v3/")
         .trim_end_matches('/');
-    let (_, doc) = state
-        .openapi
+    let documents = state.openapi.current(&state.registry);
+    let (_, doc) = documents
         .by_group_version
         .get(gv)
         .ok_or_else(|| not_found_path(uri.path()))?;

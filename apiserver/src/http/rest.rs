@@ -428,7 +428,13 @@ fn object_response(
     table: Option<TableRequest>,
 ) -> Result<Response, ApiError> {
     match table {
-        None => Ok(json(code, object.json.clone())),
+        None => Ok(json(
+            code,
+            match r.served(&object.json) {
+                std::borrow::Cow::Borrowed(_) => object.json.clone(),
+                std::borrow::Cow::Owned(converted) => Bytes::from(converted),
+            },
+        )),
         Some(t) => {
             let meta = json!({"resourceVersion": object.revision.to_string()});
             Ok(json(
@@ -826,7 +832,12 @@ async fn list(
 /// re-encoding, and streamed in chunks of about `LIST_CHUNK` bytes. A list
 /// of 100,000 nodes is 60 MB: built as one buffer it cost the server more in
 /// page faults than in copying, and held a runtime thread for the whole copy.
-fn list_body(r: &Resource, items: Vec<StoredObject>, metadata: Value) -> Response {
+fn list_body(r: &Resource, mut items: Vec<StoredObject>, metadata: Value) -> Response {
+    if !r.is_stored_version() {
+        for item in &mut items {
+            item.json = Bytes::from(r.served(&item.json).into_owned());
+        }
+    }
     let head = json!({
         "kind": format!("{}List", r.kind),
         "apiVersion": r.api_version(),

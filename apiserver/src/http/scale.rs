@@ -19,8 +19,10 @@ use crate::error::ApiError;
 use crate::registry::patch::Patch;
 use crate::registry::{DryRun, Part, Resource};
 
-/// The Scale of a stored workload.
-fn scale_of(object: &Value) -> Value {
+/// The Scale of a stored workload: at `spec.replicas`, `status.replicas`
+/// and a `spec.selector` LabelSelector, or where a custom kind's CRD says.
+fn scale_of(r: &Resource, object: &Value) -> Value {
+    let paths = r.strategy.scale_paths();
     let meta = &object["metadata"];
     let mut metadata = serde_json::Map::new();
     for field in [
@@ -38,12 +40,22 @@ fn scale_of(object: &Value) -> Value {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": metadata,
-        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "spec": {"replicas": object.pointer(spec_replicas(r)).and_then(Value::as_i64).unwrap_or(0)},
         "status": {
-            "replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
-            "selector": crate::registry::apps::selector_string(object).unwrap_or_default(),
+            "replicas": object.pointer(paths.map_or("/status/replicas", |p| &p.status_replicas)).and_then(Value::as_i64).unwrap_or(0),
+            "selector": match paths {
+                Some(p) => p.label_selector.as_deref().and_then(|s| object.pointer(s)).and_then(Value::as_str).unwrap_or_default().to_string(),
+                None => crate::registry::apps::selector_string(object).unwrap_or_default(),
+            },
         },
     })
+}
+
+/// Where the kind keeps its wanted replicas (a JSON pointer).
+fn spec_replicas(r: &Resource) -> &str {
+    r.strategy
+        .scale_paths()
+        .map_or("/spec/replicas", |p| &p.spec_replicas)
 }
 
 /// The replicas and resourceVersion precondition a written Scale asks for.
@@ -92,7 +104,7 @@ pub async fn serve(
     body: Body,
 ) -> Result<Response, ApiError> {
     let registry = &state.registry;
-    let reply = |object: &Value| Ok(json(StatusCode::OK, scale_of(object).to_string()));
+    let reply = |object: &Value| Ok(json(StatusCode::OK, scale_of(r, object).to_string()));
     match method {
         Method::GET => reply(&registry.get(r, ns, name).await?.value()?),
         Method::PUT => {
@@ -123,7 +135,7 @@ pub async fn serve(
             // patch itself named the resourceVersion it expects.
             let mut attempts = 0;
             loop {
-                let current = scale_of(&registry.get(r, ns, name).await?.value()?);
+                let current = scale_of(r, &registry.get(r, ns, name).await?.value()?);
                 let mut patched = current.clone();
                 patch.apply(&mut patched).map_err(ApiError::bad_request)?;
                 let (replicas, version) = wanted(r, name, &patched)?;
@@ -154,7 +166,12 @@ async fn write(
     manager: &str,
     dry_run: DryRun,
 ) -> Result<Value, ApiError> {
-    let mut change = json!({"spec": {"replicas": replicas}});
+    // A merge patch of the one field, built along the kind's path.
+    let mut change = json!(replicas);
+    for key in spec_replicas(r).rsplit('/').filter(|k| !k.is_empty()) {
+        let key = key.replace("~1", "/").replace("~0", "~");
+        change = json!({ key: change });
+    }
     if let Some(v) = version {
         change["metadata"] = json!({"resourceVersion": v});
     }

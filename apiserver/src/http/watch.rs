@@ -180,7 +180,7 @@ impl WatchTask {
     /// was asked for.
     fn event(&mut self, kind: EventType, object: &[u8], revision: u64) -> Bytes {
         let Some(t) = self.table else {
-            return line(kind, object);
+            return line(kind, &self.r.served(object));
         };
         let meta = json!({"resourceVersion": revision.to_string()});
         let headers = !self.table_headers_sent;

@@ -21,7 +21,7 @@ pub fn deployment() -> Resource {
     Resource {
         info: &DEPLOYMENTS,
         strategy: Box::new(Workload::Deployment),
-        table: &Workload::Deployment,
+        table: Box::new(Workload::Deployment),
     }
 }
 
@@ -29,7 +29,7 @@ pub fn replica_set() -> Resource {
     Resource {
         info: &REPLICA_SETS,
         strategy: Box::new(Workload::ReplicaSet),
-        table: &Workload::ReplicaSet,
+        table: Box::new(Workload::ReplicaSet),
     }
 }
 
@@ -163,7 +163,7 @@ fn non_negative(spec: &Value, field: &str, errors: &mut Vec<FieldError>) {
 }
 
 impl Strategy for Workload {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         match self {
             Workload::Deployment => &TypedAs::<Deployment>::NEW,
             Workload::ReplicaSet => &TypedAs::<ReplicaSet>::NEW,

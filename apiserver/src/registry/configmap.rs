@@ -27,7 +27,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &INFO,
         strategy: Box::new(ConfigMapStrategy),
-        table: &ConfigMapStrategy,
+        table: Box::new(ConfigMapStrategy),
     }
 }
 
@@ -66,7 +66,7 @@ impl Strategy for ConfigMapStrategy {
         true
     }
 
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<ConfigMap>::NEW
     }
 

@@ -19,7 +19,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &resources::CERTIFICATE_SIGNING_REQUESTS,
         strategy: Box::new(CsrStrategy),
-        table: &CsrStrategy,
+        table: Box::new(CsrStrategy),
     }
 }
 
@@ -53,7 +53,7 @@ fn condition(object: &Value) -> String {
 }
 
 impl Strategy for CsrStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<CertificateSigningRequest>::NEW
     }
 

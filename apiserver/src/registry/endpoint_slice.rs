@@ -26,7 +26,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &INFO,
         strategy: Box::new(EndpointSliceStrategy),
-        table: &EndpointSliceStrategy,
+        table: Box::new(EndpointSliceStrategy),
     }
 }
 
@@ -46,7 +46,7 @@ fn list<'a>(object: &'a Value, pointer: &str) -> &'a [Value] {
 }
 
 impl Strategy for EndpointSliceStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<EndpointSlice>::NEW
     }
 

@@ -13,7 +13,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::EVENTS,
         strategy: Box::new(EventStrategy),
-        table: &EventStrategy,
+        table: Box::new(EventStrategy),
     }
 }
 
@@ -36,7 +36,7 @@ const FIELDS: &[&str] = &[
 ];
 
 impl Strategy for EventStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<Event>::NEW
     }
 

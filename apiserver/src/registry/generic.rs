@@ -55,8 +55,16 @@ pub struct Registry {
     store: Arc<dyn Store>,
     /// What dry-run writes go through: reads from `store`, writes nothing.
     dry_run: DryRunStore,
-    resources: Vec<Arc<Resource>>,
-    /// Writes per kind (parallel to `resources`), so that a cache of a
+    /// The built-in kinds, fixed at start.
+    standard: Vec<Arc<Resource>>,
+    /// Everything served: the built-in kinds, then the custom ones, which
+    /// CustomResourceDefinitions add and remove while the server runs. A
+    /// request takes a snapshot (one `Arc` clone) and keeps it.
+    served: std::sync::RwLock<Arc<Vec<Arc<Resource>>>>,
+    /// Counts changes of `served`, so that what is derived from it (the
+    /// OpenAPI documents) knows when to derive again.
+    served_changes: AtomicU64,
+    /// Writes per built-in kind (parallel to `standard`), so that a cache of a
     /// kind (the RBAC policy) knows when it is stale. Counted after the
     /// store acknowledged; dry runs count too (a needless rebuild is
     /// harmless, a missed one is not).
@@ -70,17 +78,45 @@ pub struct Registry {
 impl Registry {
     /// The kinds mube serves today.
     pub fn standard(store: Arc<dyn Store>) -> Registry {
-        Registry {
+        let registry = Registry {
             dry_run: DryRunStore::new(store.clone()),
             store,
             writes: super::standard_kinds()
                 .iter()
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            resources: super::standard_kinds().into_iter().map(Arc::new).collect(),
+            standard: super::standard_kinds().into_iter().map(Arc::new).collect(),
+            served: Default::default(),
+            served_changes: AtomicU64::new(0),
             pod_cidrs: None,
             service_ranges: None,
+        };
+        registry.set_custom(Vec::new());
+        registry
+    }
+
+    /// Serves exactly `custom` besides the built-in kinds, from the next
+    /// request on (the CustomResourceDefinition controller's call).
+    pub fn set_custom(&self, custom: Vec<Arc<Resource>>) {
+        let all: Vec<Arc<Resource>> = self.standard.iter().cloned().chain(custom).collect();
+        match self.served.write() {
+            Ok(mut served) => *served = Arc::new(all),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(all),
         }
+        self.served_changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times the served kinds changed (see `set_custom`).
+    pub fn served_changes(&self) -> u64 {
+        self.served_changes.load(Ordering::Acquire)
+    }
+
+    /// Whether a built-in kind is served as `group`/`plural`, or named by
+    /// `kind` in `group` (a CustomResourceDefinition may not take those).
+    pub fn is_standard(&self, group: &str, plural: &str, kind: &str) -> bool {
+        self.standard
+            .iter()
+            .any(|r| r.group == group && (r.plural == plural || r.kind == kind))
     }
 
     /// Services written from now on get their cluster IP out of `cidr`
@@ -146,7 +182,7 @@ impl Registry {
 
     /// How many writes of `kind` this server has made since it started.
     pub fn writes(&self, kind: &ResourceInfo) -> u64 {
-        self.resources
+        self.standard
             .iter()
             .position(|r| std::ptr::eq(r.info, kind) || *r.info == *kind)
             .map_or(0, |i| self.writes[i].load(Ordering::Acquire))
@@ -154,7 +190,7 @@ impl Registry {
 
     fn wrote(&self, r: &Resource) {
         if let Some(i) = self
-            .resources
+            .standard
             .iter()
             .position(|x| std::ptr::eq(x.info, r.info))
         {
@@ -175,12 +211,16 @@ impl Registry {
         }
     }
 
-    pub fn resources(&self) -> &[Arc<Resource>] {
-        &self.resources
+    /// Every kind served now, built-in then custom.
+    pub fn resources(&self) -> Arc<Vec<Arc<Resource>>> {
+        match self.served.read() {
+            Ok(served) => served.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Resource>> {
-        self.resources
+        self.resources()
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
             .cloned()
@@ -473,7 +513,14 @@ impl Registry {
             store,
             &key,
             |current, old: Value| -> Result<Option<Value>, UpdateFailure> {
-                let Some(mut new) = change(current, old.clone())? else {
+                // The change sees the object at the version it was asked
+                // through (a custom kind's other version); what is stored
+                // is canonicalized back to the storage version.
+                let mut seen = old.clone();
+                if !r.is_stored_version() {
+                    seen["apiVersion"] = json!(r.api_version());
+                }
+                let Some(mut new) = change(current, seen)? else {
                     return Ok(None);
                 };
                 // Identity and bookkeeping are the server's, whatever the body says.
@@ -509,7 +556,7 @@ impl Registry {
                 canonicalize(r, &mut new)?;
                 // As Kubernetes: `generation` counts changes of the spec
                 // (what a controller reports as `observedGeneration`).
-                if new.get("spec") != old.get("spec") {
+                if r.strategy.generation_changed(&new, &old) {
                     let generation = old
                         .pointer("/metadata/generation")
                         .and_then(Value::as_i64)
@@ -754,7 +801,11 @@ impl Registry {
 
     /// Whether nothing of any namespaced kind is left in `namespace`.
     pub async fn namespace_is_empty(&self, namespace: &str) -> Result<bool, ApiError> {
-        for r in self.resources.iter().filter(|r| r.namespaced) {
+        for r in self
+            .resources()
+            .iter()
+            .filter(|r| r.namespaced && r.is_stored_version())
+        {
             let list = self
                 .store
                 .list(&r.prefix(Some(namespace)), ReadAt::Newest)

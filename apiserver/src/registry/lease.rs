@@ -12,14 +12,14 @@ pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::LEASES,
         strategy: Box::new(LeaseStrategy),
-        table: &LeaseStrategy,
+        table: Box::new(LeaseStrategy),
     }
 }
 
 struct LeaseStrategy;
 
 impl Strategy for LeaseStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<Lease>::NEW
     }
 

@@ -16,6 +16,7 @@
 //! Adding a kind is one file (its `ResourceInfo`, `Strategy` and Table, as
 //! `configmap.rs` shows) and its module's name in the `kinds!` list below.
 
+pub mod custom_kind;
 mod dry_run;
 mod fields;
 mod fieldset;
@@ -44,7 +45,7 @@ macro_rules! kinds {
     };
 }
 
-kinds!(namespace, node, lease, pod, event, configmap, secret, csr, service, endpoint_slice;
+kinds!(namespace, node, lease, pod, event, configmap, secret, csr, service, endpoint_slice, crd;
     rbac::role, rbac::cluster_role, rbac::role_binding, rbac::cluster_role_binding,
     apps::deployment, apps::replica_set);
 pub mod apps;
@@ -77,7 +78,7 @@ pub struct Resource {
     pub info: &'static ResourceInfo,
     pub strategy: Box<dyn Strategy>,
     /// How `kubectl get` prints the kind (server-side Tables).
-    pub table: &'static dyn TableConvertor,
+    pub table: Box<dyn TableConvertor>,
 }
 
 impl std::ops::Deref for Resource {
@@ -107,10 +108,40 @@ impl Resource {
 
     /// The key prefix of a list: one namespace, or all of them when `None`.
     pub fn prefix(&self, namespace: Option<&str>) -> String {
+        let root = match self.strategy.storage_root() {
+            Some(root) => root.to_string(),
+            None => format!("/registry/{}", self.plural),
+        };
         match namespace.filter(|_| self.namespaced) {
-            Some(ns) => format!("/registry/{}/{ns}/", self.plural),
-            None => format!("/registry/{}/", self.plural),
+            Some(ns) => format!("{root}/{ns}/"),
+            None => format!("{root}/"),
         }
+    }
+
+    /// A stored object as this version serves it: as stored, or (a custom
+    /// kind read at another version than its storage version) with this
+    /// version's `apiVersion`, the `None` conversion strategy.
+    pub fn served<'a>(&self, stored: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.strategy.storage_version().is_none() {
+            return std::borrow::Cow::Borrowed(stored);
+        }
+        match serde_json::from_slice::<Value>(stored) {
+            Ok(mut object) => {
+                object["apiVersion"] = json!(self.api_version());
+                std::borrow::Cow::Owned(
+                    serde_json::to_vec(&object).unwrap_or_else(|_| stored.to_vec()),
+                )
+            }
+            Err(_) => std::borrow::Cow::Borrowed(stored),
+        }
+    }
+
+    /// Whether objects are stored as this version (every built-in kind; a
+    /// custom kind's storage version). Code that walks every stored kind
+    /// (namespace deletion, metrics) takes these, so that a kind served at
+    /// several versions is walked once.
+    pub fn is_stored_version(&self) -> bool {
+        self.strategy.storage_version().is_none()
     }
 }
 
@@ -124,7 +155,7 @@ pub struct Graceful {
 
 pub trait Strategy: Send + Sync {
     /// The kind's typed Kubernetes struct (`&TypedAs::<Node>::NEW`).
-    fn typed(&self) -> &'static dyn Typed;
+    fn typed(&self) -> &dyn Typed;
 
     /// Fields mube adds to the Kubernetes type (they are not unknown).
     fn extra_fields(&self) -> &'static [&'static str] {
@@ -200,6 +231,35 @@ pub trait Strategy: Send + Sync {
         Vec::new()
     }
 
+    /// Where the kind's objects live in the store, when not under
+    /// `/registry/{plural}`: a custom kind's `/registry/{group}/{plural}`
+    /// (as in Kubernetes), so that it cannot meet a built-in plural.
+    fn storage_root(&self) -> Option<&str> {
+        None
+    }
+
+    /// For a kind served at several versions (a custom kind), the
+    /// `apiVersion` its objects are stored as, when this version is not
+    /// it. Reads answer with this version's `apiVersion` (the `None`
+    /// conversion strategy: nothing but `apiVersion` changes).
+    fn storage_version(&self) -> Option<&str> {
+        None
+    }
+
+    /// Whether an update moves `metadata.generation`. As Kubernetes: a
+    /// change of the spec (what a controller reports as
+    /// `observedGeneration`).
+    fn generation_changed(&self, new: &Value, old: &Value) -> bool {
+        new.get("spec") != old.get("spec")
+    }
+
+    /// Where the `scale` subresource reads and writes, for a kind whose
+    /// replicas are not at `spec.replicas`/`status.replicas` with a
+    /// `spec.selector` LabelSelector (a custom kind's CRD says).
+    fn scale_paths(&self) -> Option<&ScalePaths> {
+        None
+    }
+
     /// Fields a field selector may name.
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["metadata.name", "metadata.namespace"]
@@ -214,6 +274,16 @@ pub trait Strategy: Send + Sync {
         };
         string_at(object, pointer)
     }
+}
+
+/// A custom kind's `scale` subresource: JSON pointers into its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    /// Where the selector is, as a string (`status.selector`), if the kind
+    /// has one.
+    pub label_selector: Option<String>,
 }
 
 /// A kind's server-side Table (Kubernetes' `TableConvertor`): what

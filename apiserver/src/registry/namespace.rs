@@ -20,14 +20,14 @@ pub fn resource() -> Resource {
     Resource {
         info: &resources::NAMESPACES,
         strategy: Box::new(NamespaceStrategy),
-        table: &NamespaceStrategy,
+        table: Box::new(NamespaceStrategy),
     }
 }
 
 struct NamespaceStrategy;
 
 impl Strategy for NamespaceStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<Namespace>::NEW
     }
 

@@ -23,14 +23,14 @@ pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::NODES,
         strategy: Box::new(NodeStrategy),
-        table: &NodeStrategy,
+        table: Box::new(NodeStrategy),
     }
 }
 
 struct NodeStrategy;
 
 impl Strategy for NodeStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<Node>::NEW
     }
 

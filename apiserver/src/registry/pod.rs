@@ -17,7 +17,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &mube_apis::resources::PODS,
         strategy: Box::new(PodStrategy),
-        table: &PodStrategy,
+        table: Box::new(PodStrategy),
     }
 }
 
@@ -156,7 +156,7 @@ pub(super) fn validate_spec(spec: &Value, path: &str) -> Vec<FieldError> {
 }
 
 impl Strategy for PodStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<Pod>::NEW
     }
 

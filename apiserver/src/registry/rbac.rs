@@ -17,7 +17,7 @@ pub fn role() -> Resource {
     Resource {
         info: &resources::ROLES,
         strategy: Box::new(RoleStrategy { cluster: false }),
-        table: &RoleTable,
+        table: Box::new(RoleTable),
     }
 }
 
@@ -25,7 +25,7 @@ pub fn cluster_role() -> Resource {
     Resource {
         info: &resources::CLUSTER_ROLES,
         strategy: Box::new(RoleStrategy { cluster: true }),
-        table: &RoleTable,
+        table: Box::new(RoleTable),
     }
 }
 
@@ -33,7 +33,7 @@ pub fn role_binding() -> Resource {
     Resource {
         info: &resources::ROLE_BINDINGS,
         strategy: Box::new(BindingStrategy { cluster: false }),
-        table: &BindingTable,
+        table: Box::new(BindingTable),
     }
 }
 
@@ -41,7 +41,7 @@ pub fn cluster_role_binding() -> Resource {
     Resource {
         info: &resources::CLUSTER_ROLE_BINDINGS,
         strategy: Box::new(BindingStrategy { cluster: true }),
-        table: &BindingTable,
+        table: Box::new(BindingTable),
     }
 }
 
@@ -68,7 +68,7 @@ fn count(value: Option<&Value>) -> usize {
 }
 
 impl Strategy for RoleStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         if self.cluster {
             &TypedAs::<ClusterRole>::NEW
         } else {
@@ -132,7 +132,7 @@ struct BindingStrategy {
 }
 
 impl Strategy for BindingStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         if self.cluster {
             &TypedAs::<ClusterRoleBinding>::NEW
         } else {

@@ -18,7 +18,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &resources::SECRETS,
         strategy: Box::new(SecretStrategy),
-        table: &SecretStrategy,
+        table: Box::new(SecretStrategy),
     }
 }
 
@@ -56,7 +56,7 @@ impl Strategy for SecretStrategy {
         true
     }
 
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<Secret>::NEW
     }
 

@@ -30,7 +30,7 @@ pub fn resource() -> Resource {
     Resource {
         info: &INFO,
         strategy: Box::new(ServiceStrategy),
-        table: &ServiceStrategy,
+        table: Box::new(ServiceStrategy),
     }
 }
 
@@ -103,7 +103,7 @@ fn valid_port(n: i64) -> bool {
 }
 
 impl Strategy for ServiceStrategy {
-    fn typed(&self) -> &'static dyn Typed {
+    fn typed(&self) -> &dyn Typed {
         &TypedAs::<Service>::NEW
     }
 
