@@ -46,6 +46,13 @@ async fn discovery_lists_exactly_what_mube_serves() {
         vec!["clusterrolebindings", rbac, "false", "ClusterRoleBinding"],
         vec!["clusterroles", rbac, "false", "ClusterRole"],
         vec!["configmaps", "cm", "v1", "true", "ConfigMap"],
+        vec![
+            "customresourcedefinitions",
+            "crd,crds",
+            "apiextensions.k8s.io/v1",
+            "false",
+            "CustomResourceDefinition",
+        ],
         vec!["deployments", "deploy", "apps/v1", "true", "Deployment"],
         vec![
             "endpointslices",
@@ -90,6 +97,7 @@ async fn discovery_lists_exactly_what_mube_serves() {
     assert_eq!(
         k.ok(&["api-versions"]).lines().collect::<Vec<_>>(),
         [
+            "apiextensions.k8s.io/v1",
             "apps/v1",
             "authentication.k8s.io/v1",
             "authentication.k8s.io/v1alpha1",
@@ -1642,4 +1650,312 @@ async fn services_get_a_cluster_ip_and_node_ports_once_and_give_them_back() {
     let rows = table(&k.ok(&["get", "svc", "-o", "wide"]));
     assert_eq!(rows[0].last().map(String::as_str), Some("SELECTOR"));
     assert_eq!(rows.len(), 1 + 6, "{rows:?}");
+}
+
+/// The example CRD (`examples/nodegroup/crd.yaml`): what the README shows.
+const NODEGROUP_CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/nodegroup/crd.yaml"
+);
+
+/// Writes `text` to a file in `dir` and returns its path.
+fn manifest(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[cfg_attr(not(has_kubectl), ignore = "kubectl not found on PATH")]
+// Multi-threaded: a `kubectl get -w` runs while the test writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_served_from_their_definition() {
+    let (_server, api, k) = cluster(&["node-a"], "60s").await;
+    let dir = tempfile::tempdir().unwrap();
+    k.ok(&["apply", "-f", NODEGROUP_CRD]);
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/nodegroups.example.mube.io",
+        "--timeout=10s",
+    ]);
+    let crd = &api
+        .get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodegroups.example.mube.io")
+        .await
+        .body;
+    let conditions = crd["status"]["conditions"].as_array().expect("conditions");
+    for want in ["NamesAccepted", "Established"] {
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c["type"] == want && c["status"] == "True"),
+            "{conditions:?}"
+        );
+    }
+    assert_eq!(crd["status"]["acceptedNames"]["shortNames"], json!(["ng"]));
+
+    // Discovery: the plural, short name, singular and category all work.
+    let resources = k.ok(&["api-resources", "--api-group=example.mube.io"]);
+    assert!(
+        table(&resources).iter().any(|r| r
+            == &[
+                "nodegroups",
+                "ng",
+                "example.mube.io/v1",
+                "false",
+                "NodeGroup"
+            ]),
+        "{resources}"
+    );
+
+    // Create (kubectl's default is Strict validation: unknown fields refused).
+    let workers = manifest(&dir, "workers.yaml", "apiVersion: example.mube.io/v1\nkind: NodeGroup\nmetadata:\n  name: workers\n  labels: {tier: core}\nspec:\n  selector: {role: worker}\n");
+    let (mut watch, mut lines) = k.follow(&["get", "ng", "-w", "--output-watch-events"]);
+    k.ok(&["apply", "-f", &workers]);
+    for name in [
+        "ng",
+        "nodegroup",
+        "nodegroups",
+        "nodegroups.example.mube.io",
+        "mube",
+    ] {
+        let out = k.ok(&["get", name]);
+        assert!(
+            out.lines().any(|l| l.starts_with("workers ")),
+            "get {name}: {out}"
+        );
+    }
+    // Defaulting from the schema.
+    assert_eq!(
+        k.ok(&["get", "ng", "workers", "-o", "jsonpath={.spec.minReady}"]),
+        "1"
+    );
+    assert!(lines
+        .wait_for(Duration::from_secs(10), |l| l.starts_with("ADDED")
+            && l.contains("workers"))
+        .is_some());
+
+    // Printer columns: NAME, then the CRD's.
+    let rows = table(&k.ok(&["get", "ng"]));
+    assert_eq!(rows[0], ["NAME", "MIN-READY", "READY", "HEALTHY", "AGE"]);
+    assert_eq!(&rows[1][..2], ["workers", "1"]);
+
+    // Merge patch, and the watch sees it.
+    k.ok(&[
+        "patch",
+        "ng",
+        "workers",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minReady":2}}"#,
+    ]);
+    assert!(lines
+        .wait_for(Duration::from_secs(10), |l| l.starts_with("MODIFIED")
+            && l.contains("workers"))
+        .is_some());
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ng",
+            "workers",
+            "-o",
+            "jsonpath={.spec.minReady} {.metadata.generation}"
+        ]),
+        "2 2"
+    );
+
+    // A schema violation: 422 with the field path.
+    let (code, _, err) = k.run(&[
+        "patch",
+        "ng",
+        "workers",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minReady":-1}}"#,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains(r#"The NodeGroup "workers" is invalid: spec.minReady: Invalid value: -1: spec.minReady in body should be greater than or equal to 0"#), "{err}");
+    let bad = api
+        .post(
+            "/apis/example.mube.io/v1/nodegroups",
+            &json!({
+        "apiVersion": "example.mube.io/v1", "kind": "NodeGroup", "metadata": {"name": "bad"},
+        "spec": {"minReady": "many"}}),
+        )
+        .await;
+    assert_eq!(bad.code, 422, "{}", bad.body);
+    let fields: Vec<&str> = bad.body["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["spec.selector", "spec.minReady"], "{}", bad.body);
+
+    // Pruning: Strict refuses an unknown field, Ignore drops it.
+    let extra = manifest(&dir, "extra.yaml", "apiVersion: example.mube.io/v1\nkind: NodeGroup\nmetadata:\n  name: extra\nspec:\n  selector: {role: x}\n  colour: blue\nhint: 1\n");
+    let (code, _, err) = k.run(&["create", "-f", &extra]);
+    assert_ne!(code, 0);
+    assert!(err.contains(r#"unknown field "spec.colour""#), "{err}");
+    k.ok(&["create", "-f", &extra, "--validate=false"]);
+    let stored = api
+        .get("/apis/example.mube.io/v1/nodegroups/extra")
+        .await
+        .body;
+    assert_eq!(
+        stored["spec"],
+        json!({"selector": {"role": "x"}, "minReady": 1}),
+        "{stored}"
+    );
+    assert!(stored.get("hint").is_none(), "{stored}");
+
+    // Server-side apply, with its field manager, a label selector and pages.
+    let edge = manifest(&dir, "edge.yaml", "apiVersion: example.mube.io/v1\nkind: NodeGroup\nmetadata:\n  name: edge\n  labels: {tier: edge}\nspec:\n  selector: {role: edge}\n  minReady: 3\n");
+    k.ok(&["apply", "--server-side", "--field-manager=ops", "-f", &edge]);
+    let managers = k.ok(&[
+        "get",
+        "ng",
+        "edge",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert_eq!(managers, "ops");
+    let conflict = manifest(&dir, "edge2.yaml", "apiVersion: example.mube.io/v1\nkind: NodeGroup\nmetadata:\n  name: edge\nspec:\n  selector: {role: edge}\n  minReady: 4\n");
+    let (code, _, err) = k.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &conflict,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("conflict") && err.contains(".spec.minReady"),
+        "{err}"
+    );
+    let rows = table(&k.ok(&["get", "ng", "-l", "tier=edge", "--no-headers"]));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0], "edge");
+    let page = api
+        .get("/apis/example.mube.io/v1/nodegroups?limit=2")
+        .await
+        .body;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let next = page["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token");
+    let rest = api
+        .get(&format!(
+            "/apis/example.mube.io/v1/nodegroups?limit=2&continue={next}"
+        ))
+        .await
+        .body;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+
+    // The status subresource: spec and status apart; generation moves on spec only.
+    k.ok(&[
+        "patch",
+        "ng",
+        "workers",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":2,"healthy":true},"spec":{"minReady":9}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ng",
+            "workers",
+            "-o",
+            "jsonpath={.spec.minReady} {.status.ready} {.metadata.generation}"
+        ]),
+        "2 2 2"
+    );
+    k.ok(&[
+        "patch",
+        "ng",
+        "workers",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":7}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ng",
+            "workers",
+            "-o",
+            "jsonpath={.status.ready} {.metadata.generation}"
+        ]),
+        "2 2"
+    );
+    let rows = table(&k.ok(&["get", "ng", "workers", "--no-headers"]));
+    assert_eq!(&rows[0][..4], ["workers", "2", "2", "true"]);
+
+    // The scale subresource.
+    k.ok(&["scale", "ng", "workers", "--replicas=3"]);
+    let scale = api
+        .get("/apis/example.mube.io/v1/nodegroups/workers/scale")
+        .await
+        .body;
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 3);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "ng",
+            "workers",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}"
+        ]),
+        "3 3"
+    );
+
+    // kubectl explain reads the published schema.
+    let explained = k.ok(&["explain", "nodegroups.spec"]);
+    assert!(
+        explained.contains("minReady")
+            && explained.contains("How many of the group's nodes must be Ready"),
+        "{explained}"
+    );
+
+    // Delete one, then the CRD: its objects go, then it stops being served.
+    k.ok(&["delete", "ng", "edge"]);
+    assert!(lines
+        .wait_for(Duration::from_secs(10), |l| l.starts_with("DELETED")
+            && l.contains("edge"))
+        .is_some());
+    let _ = watch.kill();
+    k.ok(&[
+        "delete",
+        "crd",
+        "nodegroups.example.mube.io",
+        "--timeout=20s",
+    ]);
+    assert_eq!(
+        api.get("/apis/example.mube.io/v1/nodegroups").await.code,
+        404
+    );
+    assert_eq!(
+        api.get(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodegroups.example.mube.io"
+        )
+        .await
+        .code,
+        404
+    );
+    k.ok(&["apply", "-f", NODEGROUP_CRD]);
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/nodegroups.example.mube.io",
+        "--timeout=10s",
+    ]);
+    let (_, out, err) = k.run(&["get", "nodegroups.example.mube.io"]);
+    assert!(
+        out.is_empty() && err.contains("No resources found"),
+        "{out}{err}"
+    );
 }
