@@ -131,6 +131,76 @@ async fn two_api_servers_on_one_etcd_serve_the_same_data() {
     assert_eq!(stale.code, 409, "{}", stale.body);
 }
 
+/// A CRD created through one server is served by both (each server's CRD
+/// controller watches etcd), and deleting it through the other deletes
+/// its objects everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_kind_defined_through_one_server_is_served_by_both() {
+    let Some(etcd) = etcd() else { return };
+    let (a, b) = (on_etcd(&etcd).await, on_etcd(&etcd).await);
+    let (a, b) = (Api::new(&a), Api::new(&b));
+    const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/nodegroup/crd.yaml"
+    ))
+    .unwrap();
+    let crd: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(a.post(CRDS, &crd).await.code, 201);
+    const GROUPS: &str = "/apis/example.mube.io/v1/nodegroups";
+    let group = json!({"apiVersion": "example.mube.io/v1", "kind": "NodeGroup",
+        "metadata": {"name": "workers"}, "spec": {"selector": {"role": "worker"}}});
+    let created = eventually(Duration::from_secs(10), "served by B", || async {
+        let r = b.post(GROUPS, &group).await;
+        if r.code == 201 {
+            Ok(r)
+        } else {
+            Err(format!("{} {}", r.code, r.body))
+        }
+    })
+    .await;
+    assert_eq!(created.body["spec"]["minReady"], 1);
+    let read = eventually(Duration::from_secs(10), "served by A", || async {
+        let r = a.get(&format!("{GROUPS}/workers")).await;
+        if r.code == 200 {
+            Ok(r)
+        } else {
+            Err(format!("{} {}", r.code, r.body))
+        }
+    })
+    .await;
+    assert_eq!(rv(&read.body), rv(&created.body));
+    assert_eq!(
+        b.delete(&format!("{CRDS}/nodegroups.example.mube.io"))
+            .await
+            .code,
+        200
+    );
+    for api in [&a, &b] {
+        eventually(Duration::from_secs(10), "no longer served", || async {
+            let r = api.get(GROUPS).await;
+            if r.code == 404 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.code, r.body))
+            }
+        })
+        .await;
+    }
+    // Defined again: nothing of the old objects is left.
+    assert_eq!(a.post(CRDS, &crd).await.code, 201);
+    let list = eventually(Duration::from_secs(10), "served again", || async {
+        let r = b.get(GROUPS).await;
+        if r.code == 200 {
+            Ok(r)
+        } else {
+            Err(format!("{} {}", r.code, r.body))
+        }
+    })
+    .await;
+    assert_eq!(list.body["items"], json!([]), "{}", list.body);
+}
+
 /// etcd stops under a server while a writer keeps writing: `/readyz`
 /// fails and data requests get 503, naming etcd; when etcd is back,
 /// everything resumes without a restart, nothing acknowledged is lost, and
