@@ -158,6 +158,23 @@ fn schedule_scenario() {
 }
 
 #[test]
+fn crds_scenario() {
+    let r = bench(&[
+        "crds",
+        "--crds",
+        "3",
+        "--first-objects",
+        "2",
+        "--validations",
+        "50",
+    ]);
+    assert_eq!(number(&r, "crds"), 3.0);
+    assert!(number(&r, "discovery_p50_ms") > 0.0);
+    assert!(number(&r, "crd_to_first_object_max_ms") > 0.0);
+    assert!(number(&r, "validate_p50_us") > 0.0);
+}
+
+#[test]
 fn security_scenario() {
     let r = bench(&[
         "security",

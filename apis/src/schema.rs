@@ -147,6 +147,32 @@ fn child(path: &str, key: &str) -> String {
     }
 }
 
+/// Where a value is, built as the walk goes down and spelled out only for
+/// a message: a path string per field visited cost more than the checks.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Root(&'a str),
+    Field(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl At<'_> {
+    fn is_root(&self) -> bool {
+        matches!(self, At::Root(""))
+    }
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Root(s) => f.write_str(s),
+            At::Field(parent, key) if parent.is_root() => f.write_str(key),
+            At::Field(parent, key) => write!(f, "{parent}.{key}"),
+            At::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 /// How a value prints in a message: strings quoted, as Go's `%q`/`%v` do.
 fn shown(value: &Value) -> String {
     match value {
@@ -378,13 +404,16 @@ impl Schema {
     /// root (`path` empty) `apiVersion`, `kind` and `metadata` are the
     /// server's and stay.
     pub fn prune(&self, value: &mut Value, path: &str, pruned: &mut Vec<String>) {
+        self.prune_at(value, At::Root(path), pruned)
+    }
+
+    fn prune_at(&self, value: &mut Value, path: At<'_>, pruned: &mut Vec<String>) {
         match value {
             Value::Object(map) => {
                 let keep_unknown = self.preserve_unknown || self.additional.is_some();
                 let mut dropped = Vec::new();
                 for (name, v) in map.iter_mut() {
-                    if path.is_empty()
-                        && matches!(name.as_str(), "apiVersion" | "kind" | "metadata")
+                    if path.is_root() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata")
                     {
                         continue;
                     }
@@ -393,7 +422,7 @@ impl Schema {
                             if v.is_null() && !prop.nullable {
                                 dropped.push((name.clone(), false));
                             } else {
-                                prop.prune(v, &child(path, name), pruned);
+                                prop.prune_at(v, At::Field(&path, name), pruned);
                             }
                         }
                         None if keep_unknown => {}
@@ -403,7 +432,7 @@ impl Schema {
                 for (name, unknown) in dropped {
                     map.remove(&name);
                     if unknown {
-                        pruned.push(child(path, &name));
+                        pruned.push(At::Field(&path, &name).to_string());
                     }
                 }
                 if self.embedded_resource {
@@ -414,7 +443,7 @@ impl Schema {
             Value::Array(items) => {
                 if let Some(schema) = &self.items {
                     for (i, v) in items.iter_mut().enumerate() {
-                        schema.prune(v, &format!("{path}[{i}]"), pruned);
+                        schema.prune_at(v, At::Index(&path, i), pruned);
                     }
                 }
             }
@@ -426,11 +455,15 @@ impl Schema {
     /// At the root, `apiVersion`, `kind` and `metadata` are not checked
     /// here (the server checks them for every kind).
     pub fn validate(&self, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+        self.validate_at(value, At::Root(path), errors)
+    }
+
+    fn validate_at(&self, value: &Value, path: At<'_>, errors: &mut Vec<FieldError>) {
         if value.is_null() {
             if !self.nullable && (self.type_.is_some() || self.int_or_string) {
                 let t = self.type_.map_or("string", Type::name);
                 errors.push(FieldError::new(
-                    path,
+                    path.to_string(),
                     format!(
                         "Invalid value: \"null\": {path} in body must be of type {t}: \"null\""
                     ),
@@ -441,7 +474,7 @@ impl Schema {
         if self.int_or_string {
             if !(Type::Integer.admits(value) || value.is_string()) {
                 errors.push(FieldError::new(
-                    path,
+                    path.to_string(),
                     format!(
                         "Invalid value: {}: {path} in body must be of type integer,string: {}",
                         shown(value),
@@ -453,7 +486,7 @@ impl Schema {
         } else if let Some(t) = self.type_ {
             if !t.admits(value) {
                 errors.push(FieldError::new(
-                    path,
+                    path.to_string(),
                     format!(
                         "Invalid value: \"{}\": {path} in body must be of type {}: \"{}\"",
                         type_of(value),
@@ -467,7 +500,7 @@ impl Schema {
         if !self.enum_.is_empty() && !self.enum_.contains(value) {
             let supported: Vec<String> = self.enum_.iter().map(shown).collect();
             errors.push(FieldError::new(
-                path,
+                path.to_string(),
                 format!(
                     "Unsupported value: {}: supported values: {}",
                     shown(value),
@@ -484,13 +517,13 @@ impl Schema {
                 let n = items.len() as u64;
                 if let Some(max) = self.max_items.filter(|m| n > *m) {
                     errors.push(FieldError::new(
-                        path,
+                        path.to_string(),
                         format!("Too many: {n}: must have at most {max} items"),
                     ));
                 }
                 if let Some(min) = self.min_items.filter(|m| n < *m) {
                     errors.push(FieldError::new(
-                        path,
+                        path.to_string(),
                         format!(
                             "Invalid value: {n}: {path} in body should have at least {min} items"
                         ),
@@ -498,7 +531,7 @@ impl Schema {
                 }
                 if let Some(schema) = &self.items {
                     for (i, v) in items.iter().enumerate() {
-                        schema.validate(v, &format!("{path}[{i}]"), errors);
+                        schema.validate_at(v, At::Index(&path, i), errors);
                     }
                 }
             }
@@ -507,7 +540,7 @@ impl Schema {
         }
     }
 
-    fn validate_number(&self, f: f64, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    fn validate_number(&self, f: f64, value: &Value, path: At<'_>, errors: &mut Vec<FieldError>) {
         if let Some(min) = self.minimum {
             let (bad, words) = if self.exclusive_minimum {
                 (f <= min, "greater than")
@@ -516,7 +549,7 @@ impl Schema {
             };
             if bad {
                 errors.push(FieldError::new(
-                    path,
+                    path.to_string(),
                     format!(
                         "Invalid value: {value}: {path} in body should be {words} {}",
                         number_text(min)
@@ -532,7 +565,7 @@ impl Schema {
             };
             if bad {
                 errors.push(FieldError::new(
-                    path,
+                    path.to_string(),
                     format!(
                         "Invalid value: {value}: {path} in body should be {words} {}",
                         number_text(max)
@@ -542,27 +575,27 @@ impl Schema {
         }
     }
 
-    fn validate_string(&self, s: &str, path: &str, errors: &mut Vec<FieldError>) {
+    fn validate_string(&self, s: &str, path: At<'_>, errors: &mut Vec<FieldError>) {
         if self.int_or_string {
             return;
         }
         let len = s.chars().count() as u64;
         if let Some(max) = self.max_length.filter(|m| len > *m) {
             errors.push(FieldError::new(
-                path,
+                path.to_string(),
                 format!("Too long: may not be more than {max} bytes"),
             ));
         }
         if let Some(min) = self.min_length.filter(|m| len < *m) {
             errors.push(FieldError::new(
-                path,
+                path.to_string(),
                 format!("Invalid value: {s:?}: {path} in body should be at least {min} chars long"),
             ));
         }
         if let Some(re) = &self.pattern {
             if !re.is_match(s) {
                 errors.push(FieldError::new(
-                    path,
+                    path.to_string(),
                     format!(
                         "Invalid value: {s:?}: {path} in body should match '{}'",
                         re.as_str()
@@ -572,31 +605,39 @@ impl Schema {
         }
     }
 
-    fn validate_object(&self, map: &Map<String, Value>, path: &str, errors: &mut Vec<FieldError>) {
+    fn validate_object(
+        &self,
+        map: &Map<String, Value>,
+        path: At<'_>,
+        errors: &mut Vec<FieldError>,
+    ) {
         for name in &self.required {
             if !map.contains_key(name) {
-                errors.push(FieldError::new(child(path, name), "Required value"));
+                errors.push(FieldError::new(
+                    At::Field(&path, name).to_string(),
+                    "Required value",
+                ));
             }
         }
         let n = map.len() as u64;
         if let Some(max) = self.max_properties.filter(|m| n > *m) {
             errors.push(FieldError::new(
-                path,
+                path.to_string(),
                 format!("Too many: {n}: must have at most {max} items"),
             ));
         }
         if let Some(min) = self.min_properties.filter(|m| n < *m) {
             errors.push(FieldError::new(
-                path,
+                path.to_string(),
                 format!("Invalid value: {n}: {path} in body should have at least {min} properties"),
             ));
         }
         for (name, v) in map {
-            if path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+            if path.is_root() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
                 continue;
             }
             if let Some(prop) = self.property(name) {
-                prop.validate(v, &child(path, name), errors);
+                prop.validate_at(v, At::Field(&path, name), errors);
             }
         }
     }

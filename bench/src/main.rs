@@ -5,6 +5,7 @@
 
 mod ceiling;
 mod crash;
+mod crds;
 mod deployments;
 mod etcd;
 mod load;
@@ -112,6 +113,19 @@ enum Scenario {
         /// The mubelet binary (default: the one next to this one).
         #[arg(long)]
         mubelet: Option<PathBuf>,
+    },
+    /// CustomResourceDefinitions: discovery with K CRDs installed, a CRD's
+    /// create to its first object, and validating a 10 KB custom object.
+    Crds {
+        /// CRDs installed before discovery is measured.
+        #[arg(long, default_value_t = 100)]
+        crds: usize,
+        /// Fresh CRDs timed from their create to their first object.
+        #[arg(long, default_value_t = 20)]
+        first_objects: usize,
+        /// In-process validations of the 10 KB object timed.
+        #[arg(long, default_value_t = 10000)]
+        validations: usize,
     },
     /// The controller manager on hollow nodes: a Deployment scaled 0 -> R,
     /// a rolling update, the loss of L nodes, a leader failover, and the
@@ -923,6 +937,18 @@ async fn run(cli: Cli) -> Result<Report, String> {
                 &mut report,
             )
             .await?
+        }
+        Scenario::Crds {
+            crds,
+            first_objects,
+            validations,
+        } => {
+            let args = crds::Args {
+                crds,
+                first_objects,
+                validations,
+            };
+            crds::run(&bin, args, &mut report).await?
         }
         Scenario::Schedule {
             nodes,
