@@ -401,8 +401,9 @@ impl Schema {
 
     /// Drops the fields the schema does not define (and nulls it does not
     /// allow), recording each dropped field's path in `pruned`. At the
-    /// root (`path` empty) `apiVersion`, `kind` and `metadata` are the
-    /// server's and stay.
+    /// root (`path` empty), and in an `x-kubernetes-embedded-resource`,
+    /// `apiVersion`, `kind` and `metadata` stay: they are an object's own
+    /// (the server canonicalizes the root's).
     pub fn prune(&self, value: &mut Value, path: &str, pruned: &mut Vec<String>) {
         self.prune_at(value, At::Root(path), pruned)
     }
@@ -413,7 +414,8 @@ impl Schema {
                 let keep_unknown = self.preserve_unknown || self.additional.is_some();
                 let mut dropped = Vec::new();
                 for (name, v) in map.iter_mut() {
-                    if path.is_root() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata")
+                    if (path.is_root() || self.embedded_resource)
+                        && matches!(name.as_str(), "apiVersion" | "kind" | "metadata")
                     {
                         continue;
                     }
@@ -434,10 +436,6 @@ impl Schema {
                     if unknown {
                         pruned.push(At::Field(&path, &name).to_string());
                     }
-                }
-                if self.embedded_resource {
-                    // An embedded object's metadata is an ObjectMeta's fields;
-                    // nothing more is known of it here.
                 }
             }
             Value::Array(items) => {
@@ -633,7 +631,9 @@ impl Schema {
             ));
         }
         for (name, v) in map {
-            if path.is_root() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+            if (path.is_root() || self.embedded_resource)
+                && matches!(name.as_str(), "apiVersion" | "kind" | "metadata")
+            {
                 continue;
             }
             if let Some(prop) = self.property(name) {
@@ -742,6 +742,24 @@ mod tests {
         );
         assert!(errors(&s, &json!({"spec": {"selector": {}, "port": "http"}})).is_empty());
         assert!(errors(&s, &json!({"spec": {"selector": {}, "port": 8080}})).is_empty());
+    }
+
+    #[test]
+    fn an_embedded_resource_keeps_its_own_type_and_metadata() {
+        let s = Schema::compile(
+            &json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+                "template": {"type": "object", "x-kubernetes-embedded-resource": true,
+                    "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}}}),
+            "openAPIV3Schema",
+        )
+        .expect("compiles");
+        let mut v = json!({"spec": {"template": {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"labels": {"a": "b"}}, "spec": {"x": 1}, "extra": true}}});
+        let mut pruned = Vec::new();
+        s.prune(&mut v, "", &mut pruned);
+        assert_eq!(pruned, ["spec.template.extra"]);
+        assert_eq!(v["spec"]["template"]["kind"], "Pod");
+        assert_eq!(v["spec"]["template"]["metadata"]["labels"]["a"], "b");
     }
 
     #[test]

@@ -209,6 +209,10 @@ fn component_name(group: &str, version: &str, kind: &str) -> String {
     format!("{}.{version}.{kind}", reversed.join("."))
 }
 
+/// Not `garbage_collected`: the controller manager's garbage collector
+/// watches a fixed set of kinds, so a foreground or orphan delete of a
+/// custom object means what Background means (its finalizer would wait
+/// for a collector that never comes).
 struct CustomStrategy {
     typed: CustomTyped,
     status: bool,
@@ -248,10 +252,6 @@ impl Strategy for CustomStrategy {
 
     fn scale_paths(&self) -> Option<&ScalePaths> {
         self.scale.as_ref()
-    }
-
-    fn garbage_collected(&self) -> bool {
-        true
     }
 
     fn storage_root(&self) -> Option<&str> {
