@@ -226,12 +226,7 @@ async fn definitions_that_cannot_be_served_are_refused_with_the_field() {
     });
     let reply = api.post(CRDS, &bad).await;
     assert_eq!(reply.code, 422, "{}", reply.body);
-    let fields: Vec<&str> = reply.body["details"]["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["field"].as_str())
-        .collect();
+    let fields = mube_e2e::cause_fields(&reply.body);
     for want in [
         "spec.scope",
         "spec.conversion.strategy",

@@ -1516,12 +1516,7 @@ async fn services_get_a_cluster_ip_and_node_ports_once_and_give_them_back() {
         )
         .await;
     assert_eq!(r.code, 422, "{}", r.body);
-    let causes: Vec<&str> = r.body["details"]["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["field"].as_str())
-        .collect();
+    let causes = mube_e2e::cause_fields(&r.body);
     // (targetPort defaults to the port, as in Kubernetes, and is as wrong.)
     assert_eq!(
         causes,
@@ -1784,13 +1779,12 @@ async fn custom_resources_are_served_from_their_definition() {
         )
         .await;
     assert_eq!(bad.code, 422, "{}", bad.body);
-    let fields: Vec<&str> = bad.body["details"]["causes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["field"].as_str())
-        .collect();
-    assert_eq!(fields, ["spec.selector", "spec.minReady"], "{}", bad.body);
+    assert_eq!(
+        mube_e2e::cause_fields(&bad.body),
+        ["spec.selector", "spec.minReady"],
+        "{}",
+        bad.body
+    );
 
     // Pruning: Strict refuses an unknown field, Ignore drops it.
     let extra = manifest(&dir, "extra.yaml", "apiVersion: example.mube.io/v1\nkind: NodeGroup\nmetadata:\n  name: extra\nspec:\n  selector: {role: x}\n  colour: blue\nhint: 1\n");

@@ -578,6 +578,14 @@ impl Api {
     }
 }
 
+/// The fields a 422's `details.causes` name, in order.
+pub fn cause_fields(status: &Value) -> Vec<&str> {
+    status["details"]["causes"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["field"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 pub fn state(node: &Value) -> &str {
     node.pointer("/status/state")
         .and_then(Value::as_str)

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{ApiClient, LocalClient};
 use crate::error::ApiError;
 use crate::registry::crd::CLEANUP_FINALIZER;
-use crate::registry::custom_kind::{served_versions, Names};
+use crate::registry::custom_kind::{served_versions, strings, Names};
 use crate::registry::{name_of, now_time, Manager, Part, Registry, Resource};
 
 const MANAGER: &str = "mube-apiextensions-controller";
@@ -407,16 +407,7 @@ fn wanted_status(crd: &Value, verdict: &Acceptance, deleting: bool) -> Value {
             "CustomResource deletion is in progress",
         ));
     }
-    let mut stored: Vec<String> = crd
-        .pointer("/status/storedVersions")
-        .and_then(Value::as_array)
-        .map(|v| {
-            v.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut stored = strings(crd.pointer("/status/storedVersions"));
     if let Some(storage) = crd["spec"]["versions"]
         .as_array()
         .and_then(|v| v.iter().find(|v| v["storage"].as_bool() == Some(true)))

@@ -9,12 +9,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use mube_apis::jsonpath::JsonPath;
 use mube_apis::resources;
 use mube_apis::schema::Schema;
-use mube_apis::table::Column;
 use mube_apis::validation::{dns1123_label, dns1123_subdomain, FieldError};
 use serde_json::{json, Value};
 
 use super::custom_kind::Names;
-use super::{name_of, Resource, Strategy, TableConvertor, Typed, TypedAs};
+use super::{name_of, CreatedAtTable, Resource, Strategy, Typed, TypedAs};
 
 /// Held by every CRD until its objects are deleted (Kubernetes' name).
 pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
@@ -23,7 +22,9 @@ pub fn resource() -> Resource {
     Resource {
         info: &resources::CUSTOM_RESOURCE_DEFINITIONS,
         strategy: Box::new(CrdStrategy),
-        table: Box::new(CrdStrategy),
+        table: Box::new(CreatedAtTable {
+            description: "The time the resource was created",
+        }),
     }
 }
 
@@ -250,23 +251,4 @@ fn validate(crd: &Value) -> Vec<FieldError> {
         }
     }
     errors
-}
-
-impl TableConvertor for CrdStrategy {
-    fn columns(&self) -> Vec<Column> {
-        vec![
-            Column::name(),
-            Column::new("Created At", "date", "", "The time the resource was created", 0),
-        ]
-    }
-
-    fn cells(&self, object: &Value, _now: Timestamp) -> Vec<Value> {
-        vec![
-            json!(name_of(object)),
-            object
-                .pointer("/metadata/creationTimestamp")
-                .cloned()
-                .unwrap_or(Value::Null),
-        ]
-    }
 }

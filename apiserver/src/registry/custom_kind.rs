@@ -57,7 +57,8 @@ fn intern(group: &str, version: &str, names: &Names, namespaced: bool) -> &'stat
     })
 }
 
-fn strings(value: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON list (none when it is not one).
+pub fn strings(value: Option<&Value>) -> Vec<String> {
     value
         .and_then(Value::as_array)
         .map(|a| {

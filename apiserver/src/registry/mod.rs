@@ -300,6 +300,32 @@ pub trait TableConvertor: Send + Sync {
     }
 }
 
+/// NAME and CREATED AT (a timestamp, not an age), as kubectl prints
+/// Roles, ClusterRoles and CustomResourceDefinitions.
+pub struct CreatedAtTable {
+    /// The column's description ("Time the role was created.").
+    pub description: &'static str,
+}
+
+impl TableConvertor for CreatedAtTable {
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::name(),
+            Column::new("Created At", "date", "", self.description, 0),
+        ]
+    }
+
+    fn cells(&self, object: &Value, _now: Timestamp) -> Vec<Value> {
+        vec![
+            json!(name_of(object)),
+            object
+                .pointer("/metadata/creationTimestamp")
+                .cloned()
+                .unwrap_or(Value::Null),
+        ]
+    }
+}
+
 /// The Table of a kind that declares no columns of its own.
 pub struct DefaultTable;
 

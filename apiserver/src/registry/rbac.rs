@@ -9,15 +9,20 @@ use mube_apis::table::Column;
 use mube_apis::validation::FieldError;
 use serde_json::{json, Value};
 
-use super::{age_of, name_of, Resource, Strategy, TableConvertor, Typed, TypedAs};
+use super::{age_of, name_of, CreatedAtTable, Resource, Strategy, TableConvertor, Typed, TypedAs};
 
 const GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Roles print NAME and CREATED AT, as kubectl shows them.
+const ROLE_TABLE: CreatedAtTable = CreatedAtTable {
+    description: "Time the role was created.",
+};
 
 pub fn role() -> Resource {
     Resource {
         info: &resources::ROLES,
         strategy: Box::new(RoleStrategy { cluster: false }),
-        table: Box::new(RoleTable),
+        table: Box::new(ROLE_TABLE),
     }
 }
 
@@ -25,7 +30,7 @@ pub fn cluster_role() -> Resource {
     Resource {
         info: &resources::CLUSTER_ROLES,
         strategy: Box::new(RoleStrategy { cluster: true }),
-        table: Box::new(RoleTable),
+        table: Box::new(ROLE_TABLE),
     }
 }
 
@@ -204,28 +209,6 @@ impl Strategy for BindingStrategy {
             )];
         }
         Vec::new()
-    }
-}
-
-/// Roles print NAME and CREATED AT, as kubectl shows them.
-struct RoleTable;
-
-impl TableConvertor for RoleTable {
-    fn columns(&self) -> Vec<Column> {
-        vec![
-            Column::name(),
-            Column::new("Created At", "date", "", "Time the role was created.", 0),
-        ]
-    }
-
-    fn cells(&self, object: &Value, _now: Timestamp) -> Vec<Value> {
-        vec![
-            json!(name_of(object)),
-            object
-                .pointer("/metadata/creationTimestamp")
-                .cloned()
-                .unwrap_or(Value::Null),
-        ]
     }
 }
 

@@ -111,6 +111,29 @@ pub fn status_patch(group: &NodeGroup, status: &NodeGroupStatus) -> Option<serde
     (group.status.as_ref() != Some(status)).then(|| serde_json::json!({ "status": status }))
 }
 
+/// One reconcile, whichever runtime calls it: the group's status from the
+/// cached Nodes, written (`/status`, a merge patch) only when it changed.
+pub async fn reconcile(
+    client: &kube::Client,
+    group: &NodeGroup,
+    nodes: &[std::sync::Arc<Node>],
+) -> Result<(), kube::Error> {
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::ResourceExt;
+    let status = status_for(group, nodes.iter().map(|n| n.as_ref()));
+    if let Some(patch) = status_patch(group, &status) {
+        Api::<NodeGroup>::all(client.clone())
+            .patch_status(
+                &group.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        tracing::info!(group = %group.name_any(), ready = status.ready, healthy = status.healthy, "status updated");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

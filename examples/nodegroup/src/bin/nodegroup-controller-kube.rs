@@ -20,7 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::watcher;
 use kube::{Client, CustomResourceExt, ResourceExt};
-use nodegroup::{selects, status_for, status_patch, NodeGroup};
+use nodegroup::{selects, NodeGroup};
 
 struct Context {
     client: Client,
@@ -28,18 +28,7 @@ struct Context {
 }
 
 async fn reconcile(group: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
-    let nodes = ctx.nodes.state();
-    let status = status_for(&group, nodes.iter().map(|n| n.as_ref()));
-    if let Some(patch) = status_patch(&group, &status) {
-        Api::<NodeGroup>::all(ctx.client.clone())
-            .patch_status(
-                &group.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
-        tracing::info!(group = %group.name_any(), ready = status.ready, "status updated");
-    }
+    nodegroup::reconcile(&ctx.client, &group, &ctx.nodes.state()).await?;
     Ok(Action::await_change())
 }
 

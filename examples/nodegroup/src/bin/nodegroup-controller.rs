@@ -13,13 +13,13 @@ use std::time::Duration;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use mube_controller_manager::informer::{informer, Triggers};
-use nodegroup::{selects, status_for, status_patch, NodeGroup};
+use nodegroup::{selects, NodeGroup};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -37,35 +37,12 @@ struct Context {
     nodes: Store<Node>,
 }
 
-#[derive(Debug)]
-struct Error(String);
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
-
-async fn reconcile(group: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let nodes = ctx.nodes.state();
-    let status = status_for(&group, nodes.iter().map(|n| n.as_ref()));
-    if let Some(patch) = status_patch(&group, &status) {
-        Api::<NodeGroup>::all(ctx.client.clone())
-            .patch_status(
-                &group.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await
-            .map_err(|e| Error(e.to_string()))?;
-        tracing::info!(group = %group.name_any(), ready = status.ready, healthy = status.healthy, "status updated");
-    }
+async fn reconcile(group: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+    nodegroup::reconcile(&ctx.client, &group, &ctx.nodes.state()).await?;
     Ok(Action::await_change())
 }
 
-fn error_policy(_: Arc<NodeGroup>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<NodeGroup>, error: &kube::Error, _: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(1))
 }
