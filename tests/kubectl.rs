@@ -1653,6 +1653,18 @@ const NODEGROUP_CRD: &str = concat!(
     "/../examples/nodegroup/crd.yaml"
 );
 
+/// Applies the example CRD and waits until it is established.
+fn define_nodegroups(k: &Kubectl) {
+    k.ok(&["apply", "-f", NODEGROUP_CRD]);
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/nodegroups.example.mube.io",
+        "--timeout=10s",
+    ]);
+}
+
 /// Writes `text` to a file in `dir` and returns its path.
 fn manifest(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
@@ -1666,14 +1678,7 @@ fn manifest(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 async fn custom_resources_are_served_from_their_definition() {
     let (_server, api, k) = cluster(&["node-a"], "60s").await;
     let dir = tempfile::tempdir().unwrap();
-    k.ok(&["apply", "-f", NODEGROUP_CRD]);
-    k.ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/nodegroups.example.mube.io",
-        "--timeout=10s",
-    ]);
+    define_nodegroups(&k);
     let crd = &api
         .get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodegroups.example.mube.io")
         .await
@@ -1939,14 +1944,7 @@ async fn custom_resources_are_served_from_their_definition() {
         .code,
         404
     );
-    k.ok(&["apply", "-f", NODEGROUP_CRD]);
-    k.ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/nodegroups.example.mube.io",
-        "--timeout=10s",
-    ]);
+    define_nodegroups(&k);
     let (_, out, err) = k.run(&["get", "nodegroups.example.mube.io"]);
     assert!(
         out.is_empty() && err.contains("No resources found"),

@@ -77,6 +77,17 @@ pub fn selects(selector: &BTreeMap<String, String>, node: &Node) -> bool {
         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
+/// Whether a change of `node` may change `group`'s status: the group
+/// selects it now, or listed it before (it may have left).
+pub fn concerns(group: &NodeGroup, node: &Node) -> bool {
+    selects(&group.spec.selector, node)
+        || group.status.as_ref().is_some_and(|s| {
+            s.nodes
+                .iter()
+                .any(|n| Some(n) == node.metadata.name.as_ref())
+        })
+}
+
 /// Whether the node's Ready condition is True.
 pub fn is_ready(node: &Node) -> bool {
     node.status
@@ -111,18 +122,24 @@ pub fn status_patch(group: &NodeGroup, status: &NodeGroupStatus) -> Option<serde
     (group.status.as_ref() != Some(status)).then(|| serde_json::json!({ "status": status }))
 }
 
-/// One reconcile, whichever runtime calls it: the group's status from the
+/// What a reconcile reads: the client, and the cache of Nodes.
+pub struct Context {
+    pub client: kube::Client,
+    pub nodes: kube::runtime::reflector::Store<Node>,
+}
+
+/// One reconcile, whichever runtime runs it: the group's status from the
 /// cached Nodes, written (`/status`, a merge patch) only when it changed.
 pub async fn reconcile(
-    client: &kube::Client,
-    group: &NodeGroup,
-    nodes: &[std::sync::Arc<Node>],
-) -> Result<(), kube::Error> {
+    group: std::sync::Arc<NodeGroup>,
+    ctx: std::sync::Arc<Context>,
+) -> Result<kube::runtime::controller::Action, kube::Error> {
     use kube::api::{Api, Patch, PatchParams};
     use kube::ResourceExt;
-    let status = status_for(group, nodes.iter().map(|n| n.as_ref()));
-    if let Some(patch) = status_patch(group, &status) {
-        Api::<NodeGroup>::all(client.clone())
+    let nodes = ctx.nodes.state();
+    let status = status_for(&group, nodes.iter().map(|n| n.as_ref()));
+    if let Some(patch) = status_patch(&group, &status) {
+        Api::<NodeGroup>::all(ctx.client.clone())
             .patch_status(
                 &group.name_any(),
                 &PatchParams::default(),
@@ -131,7 +148,17 @@ pub async fn reconcile(
             .await?;
         tracing::info!(group = %group.name_any(), ready = status.ready, healthy = status.healthy, "status updated");
     }
-    Ok(())
+    Ok(kube::runtime::controller::Action::await_change())
+}
+
+/// A failed reconcile is tried again a second later.
+pub fn error_policy(
+    _: std::sync::Arc<NodeGroup>,
+    error: &kube::Error,
+    _: std::sync::Arc<Context>,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(1))
 }
 
 #[cfg(test)]

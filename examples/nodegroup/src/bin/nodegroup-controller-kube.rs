@@ -15,27 +15,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::watcher;
 use kube::{Client, CustomResourceExt, ResourceExt};
-use nodegroup::{selects, NodeGroup};
-
-struct Context {
-    client: Client,
-    nodes: kube::runtime::reflector::Store<Node>,
-}
-
-async fn reconcile(group: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
-    nodegroup::reconcile(&ctx.client, &group, &ctx.nodes.state()).await?;
-    Ok(Action::await_change())
-}
-
-fn error_policy(_: Arc<NodeGroup>, error: &kube::Error, _: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(1))
-}
+use nodegroup::{concerns, error_policy, reconcile, Context, NodeGroup};
 
 async fn install_crd(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
@@ -83,14 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 group_cache
                     .state()
                     .into_iter()
-                    .filter(|g| {
-                        selects(&g.spec.selector, &node)
-                            || g.status.as_ref().is_some_and(|s| {
-                                s.nodes
-                                    .iter()
-                                    .any(|n| Some(n) == node.metadata.name.as_ref())
-                            })
-                    })
+                    .filter(|g| concerns(g, &node))
                     .map(|g| ObjectRef::from_obj(g.as_ref()))
                     .collect::<Vec<_>>()
             },

@@ -14,12 +14,11 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
+use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use mube_controller_manager::informer::{informer, Triggers};
-use nodegroup::{selects, NodeGroup};
+use nodegroup::{concerns, error_policy, reconcile, Context, NodeGroup};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -32,35 +31,13 @@ struct Args {
     election: mube_client::leader::Flags,
 }
 
-struct Context {
-    client: Client,
-    nodes: Store<Node>,
-}
-
-async fn reconcile(group: Arc<NodeGroup>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
-    nodegroup::reconcile(&ctx.client, &group, &ctx.nodes.state()).await?;
-    Ok(Action::await_change())
-}
-
-fn error_policy(_: Arc<NodeGroup>, error: &kube::Error, _: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(1))
-}
-
 async fn controllers(client: Client, stop: CancellationToken) {
     let (to_groups, triggers) = Triggers::<NodeGroup>::new();
     let (groups, groups_run) = informer(Api::<NodeGroup>::all(client.clone()), |_: &NodeGroup| {});
     let groups_for_nodes = groups.clone();
-    // A node's change concerns the groups that select it (before or after
-    // the change: a group it left is in the cache's view of all groups).
     let (nodes, nodes_run) = informer(Api::<Node>::all(client.clone()), move |node: &Node| {
         for g in groups_for_nodes.state() {
-            let listed = g.status.as_ref().is_some_and(|s| {
-                s.nodes
-                    .iter()
-                    .any(|n| Some(n) == node.metadata.name.as_ref())
-            });
-            if listed || selects(&g.spec.selector, node) {
+            if concerns(&g, node) {
                 to_groups.send(&g.name_any(), None);
             }
         }
