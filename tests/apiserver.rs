@@ -881,3 +881,113 @@ async fn nodes_get_their_own_pod_cidrs() {
     assert_eq!(f.code, 201);
     assert!(f.body["spec"]["podCIDR"].is_null(), "{}", f.body);
 }
+
+/// A watcher whose client stops reading is closed once its queued events
+/// have waited `watchStuckTimeout` (counted in
+/// `apiserver_terminated_watchers_total`, and its connection closed),
+/// while another watcher of the same resource gets every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_is_closed_and_the_others_get_every_event() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = ApiServer::start(Options {
+        nodes: vec![],
+        extra_config: "watchStuckTimeout: 1s\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let api = Api::new(&server);
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+    let open_watches = || async {
+        let text = api.get("/metrics").await.body;
+        mube_e2e::metric(
+            text.as_str().unwrap_or(""),
+            "apiserver_longrunning_requests",
+            &[],
+        )
+    };
+    let mut reader = api.watch(CMS, "").await;
+    // A client that asks and then never reads, with a small receive buffer.
+    let addr: std::net::SocketAddr = server
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(addr).await.unwrap();
+    stuck
+        .write_all(format!("GET {CMS}?watch=true HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_watches().await < 2.0 {
+        assert!(Instant::now() < deadline, "the two watches never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 200 ConfigMaps of 64 KiB: far more than the stuck client's socket
+    // buffers (the kernel's grow to a few MiB on loopback) and the
+    // server's 64 KiB budget for it hold.
+    let started = Instant::now();
+    let value = "x".repeat(64 * 1024);
+    for i in 0..200 {
+        let cm = json!({"metadata": {"name": format!("cm-{i:03}")}, "data": {"v": value}});
+        assert_eq!(api.post(CMS, &cm).await.code, 201);
+    }
+    let mut names = Vec::new();
+    while names.len() < 200 {
+        let event = reader
+            .next(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("the reading watcher got only {} events", names.len()));
+        assert_eq!(event.type_, EventType::Added);
+        names.push(
+            event.object["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let wanted: Vec<String> = (0..200).map(|i| format!("cm-{i:03}")).collect();
+    assert_eq!(names, wanted, "every event, in order");
+
+    // The stuck watcher goes within its budget (1 s of no progress, and a
+    // second's grace for the closing event), and its connection with it.
+    loop {
+        let text = api.get("/metrics").await.body;
+        let text = text.as_str().unwrap_or("");
+        let terminated = mube_e2e::metric(
+            text,
+            "apiserver_terminated_watchers_total",
+            &[("resource", "configmaps")],
+        );
+        if terminated == 1.0 && open_watches().await == 1.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stuck watcher is still open: terminated={terminated}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sink = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stuck.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server must close the stuck connection");
+    // The reader is still served.
+    let cm = json!({"metadata": {"name": "after"}, "data": {"v": "1"}});
+    assert_eq!(api.post(CMS, &cm).await.code, 201);
+    let event = reader
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the event after");
+    assert_eq!(event.object["metadata"]["name"], "after");
+}

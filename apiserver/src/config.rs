@@ -35,6 +35,9 @@ struct ConfigFile {
     watch_buffer: Option<usize>,
     /// How often watches that asked for bookmarks get one (default 1m).
     watch_bookmark_interval: Option<String>,
+    /// How long events queued for a watch may wait for its client to take
+    /// them before the watch is closed (default 10s).
+    watch_stuck_timeout: Option<String>,
     /// Bytes per write-ahead log segment (default 32Mi); space is freed a
     /// segment at a time.
     log_segment_bytes: Option<u64>,
@@ -308,6 +311,7 @@ pub struct Config {
     pub history_max_age: Duration,
     pub watch_buffer: usize,
     pub watch_bookmark_interval: Duration,
+    pub watch_stuck_timeout: Duration,
     pub log_segment_bytes: u64,
     pub resource_version_wait: Duration,
     pub max_requests_in_flight: usize,
@@ -449,6 +453,11 @@ impl Config {
             raw.watch_bookmark_interval.as_deref(),
             Duration::from_secs(60),
         )?;
+        let watch_stuck_timeout = positive_duration(
+            "watchStuckTimeout",
+            raw.watch_stuck_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?;
         let history_max_age = positive_duration(
             "historyMaxAge",
             raw.history_max_age.as_deref(),
@@ -589,6 +598,7 @@ impl Config {
             history_max_age,
             watch_buffer: raw.watch_buffer.unwrap_or(4096),
             watch_bookmark_interval,
+            watch_stuck_timeout,
             log_segment_bytes: raw.log_segment_bytes.unwrap_or(32 * 1024 * 1024),
             resource_version_wait,
             max_requests_in_flight: raw.max_requests_in_flight.unwrap_or(400),

@@ -44,6 +44,9 @@ pub struct Metrics {
     /// `apiserver_watch_events_total`: events sent to watchers, each
     /// watcher counted.
     pub watch_events: IntCounterVec,
+    /// `apiserver_terminated_watchers_total{resource}`: watchers closed
+    /// because their client did not take what was sent (Kubernetes' name).
+    pub terminated_watchers: IntCounterVec,
     /// `apiserver_storage_objects{resource}`: set at each scrape.
     pub storage_objects: IntGaugeVec,
     /// `mube_node_heartbeats_total`: heartbeats accepted.
@@ -120,6 +123,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "apiserver_watch_events_total",
         "Number of events sent in watch clients",
         &["group", "version", "resource"],
+    ),
+    terminated_watchers: counter_vec(
+        "apiserver_terminated_watchers_total",
+        "Counter of watchers closed due to unresponsiveness broken by resource type.",
+        &["resource"],
     ),
     storage_objects: gauge_vec(
         "apiserver_storage_objects",

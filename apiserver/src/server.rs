@@ -117,6 +117,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         shutdown: shutdown.clone(),
         ready: ready.clone(),
         bookmark_interval: config.watch_bookmark_interval,
+        watch_stuck_timeout: config.watch_stuck_timeout,
         lease_duration: config.notready_timeout,
         read_wait: config.resource_version_wait,
         openapi: Arc::new(crate::http::openapi::Cache::new(&registry)),

@@ -8,6 +8,7 @@ mod crash;
 mod crds;
 mod deployments;
 mod etcd;
+mod fanout;
 mod load;
 mod pods;
 mod progress;
@@ -48,6 +49,12 @@ struct LoadArgs {
     connections: usize,
     #[arg(long, default_value = "10s")]
     duration: String,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum FanoutMode {
+    Stuck,
+    Idle,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -113,6 +120,23 @@ enum Scenario {
         /// The mubelet binary (default: the one next to this one).
         #[arg(long)]
         mubelet: Option<PathBuf>,
+    },
+    /// Watch fan-out: heartbeat throughput with W watches whose clients
+    /// never read, against none (`stuck`); or W idle watches on pods, one
+    /// `spec.nodeName` each: memory per watch and CPU at rest (`idle`).
+    Fanout {
+        #[arg(value_enum)]
+        mode: FanoutMode,
+        #[arg(long, default_value_t = 5000)]
+        watchers: usize,
+        /// Nodes heartbeating (`stuck`).
+        #[arg(long, default_value_t = 10000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// How long each heartbeat run (`stuck`) or the rest (`idle`) lasts.
+        #[arg(long, default_value = "10s")]
+        duration: String,
     },
     /// CustomResourceDefinitions: discovery with K CRDs installed, a CRD's
     /// create to its first object, and validating a 10 KB custom object.
@@ -937,6 +961,21 @@ async fn run(cli: Cli) -> Result<Report, String> {
                 &mut report,
             )
             .await?
+        }
+        Scenario::Fanout {
+            mode,
+            watchers,
+            nodes,
+            connections,
+            duration: d,
+        } => {
+            let d = duration(&d)?;
+            match mode {
+                FanoutMode::Stuck => {
+                    fanout::stuck(&bin, nodes, connections, d, watchers, &mut report).await?
+                }
+                FanoutMode::Idle => fanout::idle(&bin, watchers, d, &mut report).await?,
+            }
         }
         Scenario::Crds {
             crds,

@@ -53,6 +53,9 @@ pub struct AppState {
     /// Set once start-up (config registration, controllers) is done.
     pub ready: Arc<AtomicBool>,
     pub bookmark_interval: Duration,
+    /// How long a watch's queued events may wait for its client before the
+    /// watch is closed (`watchStuckTimeout`).
+    pub watch_stuck_timeout: Duration,
     /// A Lease's duration: the NotReady timeout.
     pub lease_duration: Duration,
     /// How long a read of a resourceVersion not yet reached waits for it

@@ -160,6 +160,8 @@ pub async fn handle(
     let (uri, method, headers) = (parts.uri, parts.method, parts.headers);
     // The connection, for the streams of exec, attach and port-forward.
     let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    // The connection's hangup, for a watch whose client stops reading.
+    let hangup = parts.extensions.remove::<super::serve::Hangup>();
     let Some(target) = path::parse(uri.path()) else {
         let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
         let found = match (method == Method::GET, segments.as_slice()) {
@@ -182,9 +184,17 @@ pub async fn handle(
         headers,
         body,
         &user,
-        upgrade,
+        Connection { upgrade, hangup },
     )
     .await
+}
+
+/// What a request may need of its connection.
+struct Connection {
+    /// The streams of exec, attach and port-forward take it over.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A watch closes it when its client stops reading.
+    hangup: Option<super::serve::Hangup>,
 }
 
 /// Admission for a create, once its body is read: a node creates only its
@@ -454,8 +464,9 @@ async fn serve(
     headers: HeaderMap,
     body: Body,
     user: &UserInfo,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    connection: Connection,
 ) -> Result<Response, ApiError> {
+    let Connection { upgrade, hangup } = connection;
     let r = state
         .registry
         .lookup(&target.group, &target.version, &target.plural)
@@ -476,7 +487,7 @@ async fn serve(
             Method::GET => {
                 let filter = params.filter(&r)?;
                 if params.watch {
-                    watch::serve(&state, r, ns, filter, &params, table).await
+                    watch::serve(&state, r, ns, filter, &params, table, hangup).await
                 } else {
                     list(&state, &r, ns, &filter, &params, table).await
                 }

@@ -20,6 +20,22 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+/// Closes the connection a request came on, whatever it is doing: how a
+/// watch whose client stopped reading is let go (hyper, blocked writing
+/// to a full socket, would otherwise hold the connection and its buffers
+/// for as long as the client stays). In each request's extensions.
+#[derive(Clone, Default)]
+pub struct Hangup(CancellationToken);
+
+impl Hangup {
+    pub fn now(&self) {
+        self.0.cancel();
+    }
+}
+
+/// What hyper buffers per connection (its minimum is 8 KiB).
+const WRITE_BUFFER_BYTES: usize = 32 * 1024;
+
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -35,6 +51,12 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // hyper buffers a response's chunks until the socket takes them,
+        // by default up to ~400 KiB per connection: for a watch whose
+        // client stopped reading that is memory held for nothing (5,000
+        // such watches held 2 GiB). A large chunk (a list's) still goes
+        // out whole when the buffer is empty.
+        .max_buf_size(WRITE_BUFFER_BYTES)
         .keep_alive(true);
     loop {
         let accepted = tokio::select! {
@@ -55,9 +77,11 @@ pub async fn serve(
         // hold them.
         let _ = tcp.set_nodelay(true);
         // The client's address, for the audit log (`ConnectInfo`).
+        let hangup = Hangup::default();
         let service = TowerToHyperService::new(
             app.clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+                .layer(axum::Extension(axum::extract::ConnectInfo(remote)))
+                .layer(axum::Extension(hangup.clone())),
         );
         match &tls {
             None => {
@@ -68,7 +92,10 @@ pub async fn serve(
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                     // A client that hangs up or times out is not the server's error.
-                    let _ = watcher.watch(connection).await;
+                    tokio::select! {
+                        _ = watcher.watch(connection) => {}
+                        _ = hangup.0.cancelled() => {}
+                    }
                 });
             }
             Some(acceptor) => {
@@ -107,13 +134,17 @@ pub async fn serve(
                         Some(user) => TowerToHyperService::new(
                             app.clone()
                                 .layer(axum::Extension(axum::extract::ConnectInfo(remote)))
+                                .layer(axum::Extension(hangup.clone()))
                                 .layer(axum::Extension(user)),
                         ),
                         None => service,
                     };
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection).await;
+                    tokio::select! {
+                        _ = watcher.watch(connection) => {}
+                        _ = hangup.0.cancelled() => {}
+                    }
                 });
             }
         }

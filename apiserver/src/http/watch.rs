@@ -1,10 +1,15 @@
 //! `?watch=true`: newline-delimited JSON events over a chunked response.
 //!
 //! Each watch is a task that reads the store's watch stream and writes lines
-//! into a small bounded channel that the response body drains. A client that
-//! stops reading fills that channel, the task stops reading the store, and the
-//! store drops the watcher once it falls behind the broadcast buffer: writers
-//! never wait for a watcher, and memory per watcher stays bounded.
+//! into a channel that the response body drains, bounded in bytes
+//! (`WATCH_BUFFER_BYTES`), not only in chunks. A client that stops reading
+//! fills it; the task then stops reading the store (writers never wait
+//! for a watcher: the store drops one that falls behind its broadcast
+//! buffer), and once nothing more has been taken for the server's
+//! `watchStuckTimeout`, the watcher is closed: a 410 ERROR event is queued
+//! (a slow client that reads on sees it, and relists), and a moment later
+//! the connection is closed, so that neither the task nor hyper's buffers
+//! outlive a client that is gone in all but name.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,10 +32,18 @@ use crate::error::ApiError;
 use crate::registry::{Filter, Projection, Resource};
 use crate::store::{Event, EventKind, ReadAt, StoredObject, WatchStream};
 
-/// Chunks buffered between the watch task and a slow client.
+/// Chunks buffered between the watch task and a slow client (the byte
+/// budget below is what binds; this bounds the count of small ones).
 const LINES_IN_FLIGHT: usize = 64;
-/// Largest chunk of events sent in one write.
-const MAX_CHUNK: usize = 256 * 1024;
+/// Bytes queued for a client and not yet taken by its connection.
+const WATCH_BUFFER_BYTES: usize = 32 * 1024;
+/// Largest chunk of events sent in one write: half the budget, so that one
+/// can be queued while the other is being written.
+const MAX_CHUNK: usize = WATCH_BUFFER_BYTES / 2;
+
+/// A chunk, and the part of the byte budget it holds until the response
+/// body takes it. The closing ERROR event holds none.
+type Queued = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 
 fn line(kind: EventType, object: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(object.len() + 32);
@@ -101,6 +114,7 @@ pub async fn serve(
     filter: Filter,
     params: &Params,
     table: Option<TableRequest>,
+    hangup: Option<super::serve::Hangup>,
 ) -> Result<Response, ApiError> {
     let requested = params.revision()?;
     if let Some(rev) = requested {
@@ -119,7 +133,7 @@ pub async fn serve(
         // synthetic ADDED events first, then changes after that snapshot.
         _ => state.registry.list(&r, ns, &filter, ReadAt::Newest).await?,
     };
-    let (tx, rx) = mpsc::channel::<Bytes>(LINES_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel::<Queued>(LINES_IN_FLIGHT);
     match state.registry.watch(&r, ns, after) {
         Ok(stream) => {
             let events = crate::metrics::metrics()
@@ -137,16 +151,21 @@ pub async fn serve(
                 timeout: params.timeout,
                 table,
                 table_headers_sent: false,
+                budget: Arc::new(tokio::sync::Semaphore::new(WATCH_BUFFER_BYTES)),
+                stuck_after: state.watch_stuck_timeout,
+                hangup,
             };
             tokio::spawn(task.run(initial, after, stream));
         }
         // Too old a resourceVersion: Kubernetes answers 200 with one ERROR
         // event carrying 410 Expired, which clients take as "relist".
         Err(e) => {
-            let _ = tx.try_send(error_line(e));
+            let _ = tx.try_send((error_line(e), None));
         }
     }
-    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    // The budget a chunk held is given back as the connection takes it.
+    let body =
+        Body::from_stream(ReceiverStream::new(rx).map(|(bytes, _)| Ok::<_, Infallible>(bytes)));
     Ok((
         StatusCode::OK,
         [
@@ -163,7 +182,7 @@ struct WatchTask {
     events: mube_process::metrics::prometheus::IntCounter,
     r: Arc<Resource>,
     filter: Filter,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
     shutdown: CancellationToken,
     allow_bookmarks: bool,
     initial_events_end: bool,
@@ -173,6 +192,12 @@ struct WatchTask {
     table: Option<TableRequest>,
     /// Column definitions go with the first Table only, as Kubernetes does.
     table_headers_sent: bool,
+    /// `WATCH_BUFFER_BYTES` permits: a chunk takes its size's worth.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// How long a chunk may wait for room before the watcher is closed.
+    stuck_after: std::time::Duration,
+    /// Closes the connection (absent for a caller without one).
+    hangup: Option<super::serve::Hangup>,
 }
 
 impl WatchTask {
@@ -191,11 +216,72 @@ impl WatchTask {
         }
     }
 
-    /// Sends one line; false once the client is gone or the server stops.
+    /// The line for a live event: the event's own encoding, shared by
+    /// every watcher that sends it unchanged (as stored, the plain type,
+    /// no Table), or this watcher's.
+    fn shared_event(&mut self, kind: EventType, event: &Event) -> Bytes {
+        let plain = match event.kind {
+            EventKind::Added => EventType::Added,
+            EventKind::Modified => EventType::Modified,
+            EventKind::Deleted => EventType::Deleted,
+        };
+        if self.table.is_none() && kind == plain && self.r.is_stored_version() {
+            return event
+                .encoded
+                .get_or_init(|| line(kind, &event.object))
+                .clone();
+        }
+        self.event(kind, &event.object, event.revision)
+    }
+
+    /// Queues one chunk; false once the client is gone, the server stops,
+    /// or the client has taken nothing for `stuck_after` (the watcher is
+    /// then closed: `close_stuck`).
     async fn send(&self, bytes: Bytes) -> bool {
+        let share = bytes.len().clamp(1, WATCH_BUFFER_BYTES) as u32;
+        let queue = async {
+            let permit = self.budget.clone().acquire_many_owned(share).await.ok()?;
+            self.tx.send((bytes, Some(permit))).await.ok()
+        };
         tokio::select! {
-            sent = self.tx.send(bytes) => sent.is_ok(),
+            sent = tokio::time::timeout(self.stuck_after, queue) => match sent {
+                Ok(sent) => sent.is_some(),
+                Err(_) => {
+                    self.close_stuck().await;
+                    false
+                }
+            },
             _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// A client that took nothing for `stuck_after`: Kubernetes' answer to
+    /// a watcher that falls behind, a 410 ERROR event (a client that reads
+    /// on relists), then, if it is not taken within a second, the
+    /// connection closed.
+    async fn close_stuck(&self) {
+        crate::metrics::metrics()
+            .terminated_watchers
+            .with_label_values(&[&self.r.qualified_plural()])
+            .inc();
+        tracing::info!(
+            resource = self.r.plural,
+            "closing a watch whose client stopped reading"
+        );
+        let _ = self.tx.try_send((
+            error_line(ApiError::from(crate::store::StoreError::TooSlow)),
+            None,
+        ));
+        let drained = async {
+            while self.tx.capacity() < self.tx.max_capacity() && !self.tx.is_closed() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        let grace = self.stuck_after.min(std::time::Duration::from_secs(1));
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            if let Some(hangup) = &self.hangup {
+                hangup.now();
+            }
         }
     }
 
@@ -253,7 +339,7 @@ impl WatchTask {
                             }
                             Some(Ok(event)) => {
                                 if let Some(kind) = translate(&self.r, &self.filter, &event) {
-                                    chunk.extend_from_slice(&self.event(kind, &event.object, event.revision));
+                                    chunk.push(self.shared_event(kind, &event));
                                     events += 1;
                                 }
                             }
@@ -262,7 +348,7 @@ impl WatchTask {
                                 break;
                             }
                         }
-                        if chunk.len() >= MAX_CHUNK {
+                        if chunk.iter().map(Bytes::len).sum::<usize>() >= MAX_CHUNK {
                             break;
                         }
                         match stream.next().now_or_never() {
@@ -271,8 +357,17 @@ impl WatchTask {
                         }
                     }
                     self.events.inc_by(events);
-                    if !chunk.is_empty() && !self.send(Bytes::from(chunk)).await {
-                        return;
+                    // One event goes out as the shared line itself; several
+                    // in one write.
+                    let chunk = match chunk.len() {
+                        0 => None,
+                        1 => chunk.pop(),
+                        _ => Some(Bytes::from(chunk.concat())),
+                    };
+                    if let Some(chunk) = chunk {
+                        if !self.send(chunk).await {
+                            return;
+                        }
                     }
                     match ended {
                         None => {}

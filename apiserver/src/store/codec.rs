@@ -67,6 +67,7 @@ pub fn decode_event(body: &[u8]) -> Option<Event> {
         object,
         previous,
         derived: Default::default(),
+        encoded: Default::default(),
     })
 }
 
@@ -183,6 +184,7 @@ mod tests {
                 object: Bytes::from_static(b"{\"b\":2}"),
                 previous: previous.clone(),
                 derived: Default::default(),
+                encoded: Default::default(),
             };
             let mut buf = Vec::new();
             put_event(&mut buf, &e);
