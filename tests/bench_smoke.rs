@@ -158,6 +158,27 @@ fn schedule_scenario() {
 }
 
 #[test]
+fn fanout_scenarios() {
+    let r = bench(&[
+        "fanout",
+        "stuck",
+        "--watchers",
+        "20",
+        "--nodes",
+        "5",
+        "--connections",
+        "1",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(number(&r, "open_watches_at_start"), 20.0);
+    assert!(number(&r, "without_watchers_rate_per_s") > 0.0);
+    assert!(number(&r, "throughput_with_stuck_percent") > 0.0);
+    let r = bench(&["fanout", "idle", "--watchers", "20", "--duration", "200ms"]);
+    assert_eq!(number(&r, "open_watches"), 20.0);
+}
+
+#[test]
 fn crds_scenario() {
     let r = bench(&[
         "crds",
