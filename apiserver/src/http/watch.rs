@@ -216,24 +216,6 @@ impl WatchTask {
         }
     }
 
-    /// The line for a live event: the event's own encoding, shared by
-    /// every watcher that sends it unchanged (as stored, the plain type,
-    /// no Table), or this watcher's.
-    fn shared_event(&mut self, kind: EventType, event: &Event) -> Bytes {
-        let plain = match event.kind {
-            EventKind::Added => EventType::Added,
-            EventKind::Modified => EventType::Modified,
-            EventKind::Deleted => EventType::Deleted,
-        };
-        if self.table.is_none() && kind == plain && self.r.is_stored_version() {
-            return event
-                .encoded
-                .get_or_init(|| line(kind, &event.object))
-                .clone();
-        }
-        self.event(kind, &event.object, event.revision)
-    }
-
     /// Queues one chunk; false once the client is gone, the server stops,
     /// or the client has taken nothing for `stuck_after` (the watcher is
     /// then closed: `close_stuck`).
@@ -339,7 +321,7 @@ impl WatchTask {
                             }
                             Some(Ok(event)) => {
                                 if let Some(kind) = translate(&self.r, &self.filter, &event) {
-                                    chunk.push(self.shared_event(kind, &event));
+                                    chunk.push(self.event(kind, &event.object, event.revision));
                                     events += 1;
                                 }
                             }
@@ -357,8 +339,7 @@ impl WatchTask {
                         }
                     }
                     self.events.inc_by(events);
-                    // One event goes out as the shared line itself; several
-                    // in one write.
+                    // One event goes out as its line; several in one write.
                     let chunk = match chunk.len() {
                         0 => None,
                         1 => chunk.pop(),

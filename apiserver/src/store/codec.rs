@@ -67,7 +67,6 @@ pub fn decode_event(body: &[u8]) -> Option<Event> {
         object,
         previous,
         derived: Default::default(),
-        encoded: Default::default(),
     })
 }
 
@@ -184,7 +183,6 @@ mod tests {
                 object: Bytes::from_static(b"{\"b\":2}"),
                 previous: previous.clone(),
                 derived: Default::default(),
-                encoded: Default::default(),
             };
             let mut buf = Vec::new();
             put_event(&mut buf, &e);

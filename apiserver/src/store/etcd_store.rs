@@ -954,7 +954,6 @@ async fn pump(
                     object,
                     previous,
                     derived: Default::default(),
-                    encoded: Default::default(),
                 });
                 let listed_at = ring.objects_at;
                 if let Some(objects) = ring.objects.as_mut().filter(|_| at > listed_at) {

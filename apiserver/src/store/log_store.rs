@@ -503,7 +503,6 @@ impl LogStore {
                 object: json.clone(),
                 previous: current.map(|c| c.json),
                 derived: Default::default(),
-                encoded: Default::default(),
             });
             // Framed for the log; sled takes the events themselves.
             if self.shared.log_records {

@@ -79,10 +79,6 @@ pub struct Event {
     /// watchers with selectors decode the object once, not a hundred
     /// times. Opaque to the store.
     pub derived: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
-    /// The event as a watch sends it (`{"type":...,"object":...}\n`), made
-    /// by its first watcher that sends it as is and shared by the others:
-    /// encoded once, not once per watcher. Opaque to the store.
-    pub encoded: std::sync::OnceLock<Bytes>,
 }
 
 impl Event {
