@@ -341,3 +341,42 @@ async fn its_kube_rs_twin_installs_the_derived_crd_and_does_the_same() {
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["ng"]));
     reconciles_node_groups(&api).await;
 }
+
+/// A kind whose storage version is not served is still reached by what
+/// walks every kind: deleting a namespace deletes its objects.
+#[tokio::test]
+async fn objects_of_an_unserved_storage_version_go_with_their_namespace() {
+    let (_server, api) = server(&[]).await;
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.shop.example.com"},
+        "spec": {"group": "shop.example.com", "scope": "Namespaced",
+            "names": {"plural": "gadgets", "kind": "Gadget"},
+            "versions": [
+                {"name": "v1", "served": false, "storage": true,
+                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                {"name": "v2", "served": true, "storage": false,
+                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+            ]}
+    });
+    assert_eq!(api.post(CRDS, &crd).await.code, 201);
+    established(&api, "gadgets.shop.example.com").await;
+    assert_eq!(
+        api.post("/api/v1/namespaces", &json!({"metadata": {"name": "shop"}}))
+            .await
+            .code,
+        201
+    );
+    let gadget =
+        json!({"apiVersion": "shop.example.com/v2", "kind": "Gadget", "metadata": {"name": "g1"}});
+    let created = api
+        .post("/apis/shop.example.com/v2/namespaces/shop/gadgets", &gadget)
+        .await;
+    assert_eq!(created.code, 201, "{}", created.body);
+    assert_eq!(created.body["apiVersion"], "shop.example.com/v2");
+    assert_eq!(api.delete("/api/v1/namespaces/shop").await.code, 200);
+    let gone = eventually(&api, "/api/v1/namespaces/shop", |n| n["code"] == 404).await;
+    assert_eq!(gone["code"], 404, "the namespace is still there: {gone}");
+    let left = api.get("/apis/shop.example.com/v2/gadgets").await.body;
+    assert_eq!(left["items"], json!([]), "{left}");
+}

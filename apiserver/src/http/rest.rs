@@ -844,7 +844,7 @@ async fn list(
 /// of 100,000 nodes is 60 MB: built as one buffer it cost the server more in
 /// page faults than in copying, and held a runtime thread for the whole copy.
 fn list_body(r: &Resource, mut items: Vec<StoredObject>, metadata: Value) -> Response {
-    if !r.is_stored_version() {
+    if r.converts() {
         for item in &mut items {
             item.json = Bytes::from(r.served(&item.json).into_owned());
         }

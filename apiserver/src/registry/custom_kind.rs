@@ -221,6 +221,8 @@ struct CustomStrategy {
     storage_root: String,
     /// Set when this version is not the storage version.
     storage_version: Option<String>,
+    /// This version stands for the stored objects when walking every kind.
+    stands_for_storage: bool,
 }
 
 impl Strategy for CustomStrategy {
@@ -261,6 +263,10 @@ impl Strategy for CustomStrategy {
 
     fn storage_version(&self) -> Option<&str> {
         self.storage_version.as_deref()
+    }
+
+    fn stands_for_storage(&self) -> bool {
+        self.stands_for_storage
     }
 
     /// As Kubernetes for custom kinds: any change but to metadata moves
@@ -354,8 +360,13 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Resource>, String> {
         .filter(|v| v["served"].as_bool() == Some(true))
         .collect();
     served.sort_by_key(|v| version_priority(v["name"].as_str().unwrap_or("")));
+    // When the storage version is not served, the preferred served one
+    // stands for the stored objects (namespace deletion must reach them).
+    let storage_served = served
+        .iter()
+        .any(|v| v["name"].as_str() == Some(storage.as_str()));
     let mut out = Vec::new();
-    for v in served {
+    for (i, v) in served.into_iter().enumerate() {
         let version = v["name"].as_str().unwrap_or("");
         let raw = v
             .pointer("/schema/openAPIV3Schema")
@@ -419,6 +430,7 @@ pub fn served_versions(crd: &Value) -> Result<Vec<Resource>, String> {
                 scale,
                 storage_root: format!("/registry/{group}/{}", names.plural),
                 storage_version: (version != storage).then(|| format!("{group}/{storage}")),
+                stands_for_storage: version == storage || (!storage_served && i == 0),
             }),
             table: Box::new(CustomTable { columns }),
         });

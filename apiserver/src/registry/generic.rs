@@ -517,7 +517,7 @@ impl Registry {
                 // through (a custom kind's other version); what is stored
                 // is canonicalized back to the storage version.
                 let mut seen = old.clone();
-                if !r.is_stored_version() {
+                if r.converts() {
                     seen["apiVersion"] = json!(r.api_version());
                 }
                 let Some(mut new) = change(current, seen)? else {

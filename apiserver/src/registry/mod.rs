@@ -136,12 +136,20 @@ impl Resource {
         }
     }
 
-    /// Whether objects are stored as this version (every built-in kind; a
-    /// custom kind's storage version). Code that walks every stored kind
-    /// (namespace deletion, metrics) takes these, so that a kind served at
-    /// several versions is walked once.
+    /// Whether this is the one served version that stands for the kind's
+    /// stored objects (every built-in kind; a custom kind's storage
+    /// version, or its preferred served one when the storage version is
+    /// not served). Code that walks every stored kind (namespace deletion,
+    /// metrics) takes these, so that a kind served at several versions is
+    /// walked once, and none is missed.
     pub fn is_stored_version(&self) -> bool {
-        self.strategy.storage_version().is_none()
+        self.strategy.stands_for_storage()
+    }
+
+    /// Whether objects read or written through this version change
+    /// `apiVersion` on the way (a custom kind's non-storage version).
+    pub fn converts(&self) -> bool {
+        self.strategy.storage_version().is_some()
     }
 }
 
@@ -244,6 +252,11 @@ pub trait Strategy: Send + Sync {
     /// conversion strategy: nothing but `apiVersion` changes).
     fn storage_version(&self) -> Option<&str> {
         None
+    }
+
+    /// See `Resource::is_stored_version`.
+    fn stands_for_storage(&self) -> bool {
+        self.storage_version().is_none()
     }
 
     /// Whether an update moves `metadata.generation`. As Kubernetes: a
