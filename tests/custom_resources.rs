@@ -380,3 +380,107 @@ async fn objects_of_an_unserved_storage_version_go_with_their_namespace() {
     let left = api.get("/apis/shop.example.com/v2/gadgets").await.body;
     assert_eq!(left["items"], json!([]), "{left}");
 }
+
+/// A CRD named after a built-in kind is never served, and deleting it
+/// deletes nothing of the built-in kind (its cleanup walks only its own
+/// storage prefix).
+#[tokio::test]
+async fn deleting_a_crd_named_after_a_built_in_kind_leaves_that_kind_alone() {
+    let (_server, api) = server(&[]).await;
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+    let lease = json!({"metadata": {"name": "keep-me"}, "spec": {"holderIdentity": "x"}});
+    assert_eq!(api.post(leases, &lease).await.code, 201);
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "leases.coordination.k8s.io"},
+        "spec": {"group": "coordination.k8s.io", "scope": "Namespaced",
+            "names": {"plural": "leases", "kind": "Lease"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    });
+    assert_eq!(api.post(CRDS, &crd).await.code, 201);
+    let path = format!("{CRDS}/leases.coordination.k8s.io");
+    let crd = eventually(&api, &path, |c| condition(c, "NamesAccepted").is_some()).await;
+    assert_eq!(
+        condition(&crd, "NamesAccepted").map(|c| &c["reason"]),
+        Some(&json!("PluralConflict")),
+        "{crd}"
+    );
+    assert_eq!(api.delete(&path).await.code, 200);
+    let gone = eventually(&api, &path, |c| c["code"] == 404).await;
+    assert_eq!(gone["code"], 404, "{gone}");
+    assert_eq!(
+        api.get(&format!("{leases}/keep-me")).await.code,
+        200,
+        "the built-in Lease must stay"
+    );
+}
+
+/// Objects written before a CRD moved its storage version are served,
+/// and patched, at any served version.
+#[tokio::test]
+async fn objects_stored_before_a_storage_version_change_stay_usable() {
+    let (_server, api) = server(&[]).await;
+    let mut crd = widget_crd();
+    crd["spec"]["versions"][0]["storage"] = json!(true);
+    crd["spec"]["versions"][1]["storage"] = json!(false);
+    assert_eq!(api.post(CRDS, &crd).await.code, 201);
+    established(&api, "widgets.shop.example.com").await;
+    let beta = "/apis/shop.example.com/v1beta1/namespaces/default/widgets";
+    let ga = "/apis/shop.example.com/v1/namespaces/default/widgets";
+    let w = json!({"apiVersion": "shop.example.com/v1beta1", "kind": "Widget", "metadata": {"name": "old"}, "spec": {"size": 1}});
+    assert_eq!(api.post(beta, &w).await.code, 201);
+    // Storage moves to v1.
+    let path = format!("{CRDS}/widgets.shop.example.com");
+    let mut current = api.get(&path).await.body;
+    current["spec"]["versions"][0]["storage"] = json!(false);
+    current["spec"]["versions"][1]["storage"] = json!(true);
+    let updated = api.put(&path, &current).await;
+    assert_eq!(updated.code, 200, "{}", updated.body);
+    let crd = eventually(&api, &path, |c| {
+        c["status"]["storedVersions"] == json!(["v1beta1", "v1"])
+    })
+    .await;
+    assert_eq!(
+        crd["status"]["storedVersions"],
+        json!(["v1beta1", "v1"]),
+        "{crd}"
+    );
+    // Wait until this server serves v1 as the storage version.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = api.get(&format!("{ga}/old")).await;
+        assert_eq!(got.code, 200, "{}", got.body);
+        assert_eq!(
+            got.body["apiVersion"], "shop.example.com/v1",
+            "{}",
+            got.body
+        );
+        let patched = api
+            .raw(
+                reqwest::Method::PATCH,
+                &format!("{ga}/old"),
+                "application/merge-patch+json",
+                br#"{"spec":{"size":2}}"#.to_vec(),
+            )
+            .await;
+        if patched.code == 200 {
+            assert_eq!(patched.body["apiVersion"], "shop.example.com/v1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", patched.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = api.get(ga).await.body;
+    assert_eq!(
+        list["items"][0]["apiVersion"], "shop.example.com/v1",
+        "{list}"
+    );
+    // And server-side apply creates through the non-storage version.
+    let applied = api
+        .raw(reqwest::Method::PATCH, &format!("{beta}/new?fieldManager=test"), "application/apply-patch+yaml",
+            br#"{"apiVersion":"shop.example.com/v1beta1","kind":"Widget","metadata":{"name":"new"},"spec":{"size":3}}"#.to_vec())
+        .await;
+    assert_eq!(applied.code, 201, "{}", applied.body);
+    assert_eq!(applied.body["apiVersion"], "shop.example.com/v1beta1");
+}

@@ -91,6 +91,7 @@ pub struct Schema {
     pub max_items: Option<u64>,
     pub min_properties: Option<u64>,
     pub max_properties: Option<u64>,
+    pub multiple_of: Option<f64>,
     pub preserve_unknown: bool,
     pub int_or_string: bool,
     pub embedded_resource: bool,
@@ -344,6 +345,19 @@ impl Schema {
         s.min_items = count("minItems");
         s.max_items = count("maxItems");
         s.min_properties = count("minProperties");
+        s.multiple_of = num("multipleOf");
+        if s.multiple_of.is_some_and(|m| m <= 0.0) {
+            errors.push(FieldError::new(
+                child(at, "multipleOf"),
+                "Invalid value: must be greater than zero",
+            ));
+        }
+        if flag("uniqueItems") {
+            errors.push(FieldError::new(
+                child(at, "uniqueItems"),
+                "Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic",
+            ));
+        }
         s.max_properties = count("maxProperties");
         if let Some(d) = node.get("default") {
             if root {
@@ -364,10 +378,21 @@ impl Schema {
 
     /// Applies `default`s to absent fields (and to nulls where null is not
     /// allowed), all the way down.
+    /// At the root, `apiVersion`, `kind` and `metadata` are the server's:
+    /// no schema default reaches them.
     pub fn apply_defaults(&self, value: &mut Value) {
+        self.default_at(value, true)
+    }
+
+    fn default_at(&self, value: &mut Value, root: bool) {
         match value {
             Value::Object(map) => {
                 for (name, prop) in &self.properties {
+                    if (root || self.embedded_resource)
+                        && matches!(name.as_str(), "apiVersion" | "kind" | "metadata")
+                    {
+                        continue;
+                    }
                     let missing = match map.get(name) {
                         None => true,
                         Some(Value::Null) => !prop.nullable,
@@ -379,19 +404,19 @@ impl Schema {
                         }
                     }
                     if let Some(v) = map.get_mut(name) {
-                        prop.apply_defaults(v);
+                        prop.default_at(v, false);
                     }
                 }
                 if let Some(additional) = &self.additional {
                     for v in map.values_mut() {
-                        additional.apply_defaults(v);
+                        additional.default_at(v, false);
                     }
                 }
             }
             Value::Array(items) => {
                 if let Some(schema) = &self.items {
                     for v in items {
-                        schema.apply_defaults(v);
+                        schema.default_at(v, false);
                     }
                 }
             }
@@ -539,6 +564,18 @@ impl Schema {
     }
 
     fn validate_number(&self, f: f64, value: &Value, path: At<'_>, errors: &mut Vec<FieldError>) {
+        if let Some(m) = self.multiple_of.filter(|m| *m > 0.0) {
+            let q = f / m;
+            if (q - q.round()).abs() > 1e-9 {
+                errors.push(FieldError::new(
+                    path.to_string(),
+                    format!(
+                        "Invalid value: {value}: {path} in body should be a multiple of {}",
+                        number_text(m)
+                    ),
+                ));
+            }
+        }
         if let Some(min) = self.minimum {
             let (bad, words) = if self.exclusive_minimum {
                 (f <= min, "greater than")

@@ -137,6 +137,16 @@ pub async fn run(config: Config) -> Result<(), String> {
         authz: authorizer.clone(),
     };
 
+    // Custom kinds are served by every server (no election), from the
+    // first request on, and before the controllers start: the namespace
+    // controller must see every kind a namespace may hold.
+    let mut crds = crate::controllers::crd::CrdController::new(registry.clone());
+    let crds_from = crds
+        .start()
+        .await
+        .map_err(|e| format!("serving the CustomResourceDefinitions: {e}"))?;
+    let crd_task = tokio::spawn(crds.run(crds_from, shutdown.child_token()));
+
     // The controllers run once across API servers on one store (etcd):
     // only the elected server's run.
     let signer = pki.as_ref().and_then(|p| p.signer.clone());
@@ -171,21 +181,16 @@ pub async fn run(config: Config) -> Result<(), String> {
             }
         }
     };
-    let mut tasks = vec![tokio::spawn(crate::controllers::election::run(
-        registry.clone(),
-        shared,
-        config.leader_election,
-        shutdown.child_token(),
-        controllers,
-    ))];
-    // Custom kinds are served by every server (no election), from the
-    // first request on.
-    let mut crds = crate::controllers::crd::CrdController::new(registry.clone());
-    let crds_from = crds
-        .start()
-        .await
-        .map_err(|e| format!("serving the CustomResourceDefinitions: {e}"))?;
-    tasks.push(tokio::spawn(crds.run(crds_from, shutdown.child_token())));
+    let mut tasks = vec![
+        tokio::spawn(crate::controllers::election::run(
+            registry.clone(),
+            shared,
+            config.leader_election,
+            shutdown.child_token(),
+            controllers,
+        )),
+        crd_task,
+    ];
     let (acceptor, renewal) = match pki {
         Some(p) => (
             Some(tokio_rustls::TlsAcceptor::from(p.server)),

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use mube_apis::resources::{ResourceInfo, CUSTOM_RESOURCE_DEFINITIONS as CRDS};
+use mube_apis::resources::CUSTOM_RESOURCE_DEFINITIONS as CRDS;
 use mube_apis::watch::EventType;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,8 @@ use super::client::{ApiClient, LocalClient};
 use crate::error::ApiError;
 use crate::registry::crd::CLEANUP_FINALIZER;
 use crate::registry::custom_kind::{served_versions, strings, Names};
-use crate::registry::{name_of, now_time, Manager, Part, Registry, Resource};
+use crate::registry::{name_of, now_time, DryRun, Filter, Manager, Part, Registry, Resource};
+use crate::store::ReadAt;
 
 const MANAGER: &str = "mube-apiextensions-controller";
 
@@ -43,6 +44,9 @@ enum Acceptance {
         reason: &'static str,
         message: String,
     },
+    /// Names accepted, but its kinds could not be built (a CRD stored
+    /// before a validation rule existed): not served, not Established.
+    Unservable(String),
 }
 
 /// A CRD's served kinds, built once per spec.
@@ -247,7 +251,12 @@ impl CrdController {
             let Some(crd) = self.crds.get(&name).cloned() else {
                 continue;
             };
-            let verdict = accepted.get(&name).cloned().unwrap_or(Acceptance::Accepted);
+            let mut verdict = accepted.get(&name).cloned().unwrap_or(Acceptance::Accepted);
+            if let (Acceptance::Accepted, Some(Built { kinds: Err(e), .. })) =
+                (&verdict, self.built.get(&name))
+            {
+                verdict = Acceptance::Unservable(e.clone());
+            }
             if let Err(e) = self.reconcile(&crd, &verdict).await {
                 if e.code() != 404 && e.code() != 409 {
                     tracing::warn!(crd = %name, error = %e, "CRD status or cleanup failed");
@@ -305,48 +314,49 @@ impl CrdController {
     }
 
     /// Deletes every object of the CRD's kind; true once none is left.
+    /// The kind is built from this CRD itself (served or not: a CRD whose
+    /// names were taken from it may still hold objects), so its storage
+    /// prefix is the CRD's own, `/registry/{group}/{plural}/`, and never a
+    /// built-in kind's, whatever the CRD is named.
     async fn delete_objects(&self, crd: &Value) -> Result<bool, ApiError> {
-        let Some(info) = self.stored_kind(crd) else {
-            // Never served (names not accepted): it cannot hold objects.
+        let kinds = match served_versions(crd) {
+            Ok(kinds) => kinds,
+            Err(e) => {
+                // Validation keeps such a CRD from being stored; one stored
+                // before a rule existed was never served, so holds nothing.
+                tracing::warn!(crd = %name_of(crd), error = %e, "cannot build this CRD's kind to delete its objects");
+                return Ok(true);
+            }
+        };
+        let Some(r) = kinds
+            .iter()
+            .find(|r| r.is_stored_version())
+            .or_else(|| kinds.first())
+        else {
             return Ok(true);
         };
-        let (items, _) = self.client.list(info, None).await?;
-        let mut left = false;
+        let filter = Filter::default();
+        let (items, _) = self.registry.list(r, None, &filter, ReadAt::Newest).await?;
+        if items.is_empty() {
+            return Ok(true);
+        }
         for item in items {
-            let item = item?;
-            left = true;
-            let ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
-            match self.client.delete(info, ns, name_of(&item)).await {
-                Ok(()) => {}
+            let object = item.value()?;
+            let ns = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str);
+            match self
+                .registry
+                .delete(r, ns, name_of(&object), &Default::default(), DryRun::No)
+                .await
+            {
+                Ok(_) => {}
                 Err(e) if e.code() == 404 => {}
                 Err(e) => return Err(e),
             }
         }
-        if !left {
-            return Ok(true);
-        }
-        let (items, _) = self.client.list(info, None).await?;
-        Ok(items.count() == 0)
-    }
-
-    /// The served kind at the CRD's storage version.
-    fn stored_kind(&self, crd: &Value) -> Option<&'static ResourceInfo> {
-        let group = crd["spec"]["group"].as_str()?;
-        let plural = crd["spec"]["names"]["plural"].as_str()?;
-        self.registry
-            .resources()
-            .iter()
-            .find(|r| r.group == group && r.plural == plural && r.is_stored_version())
-            .map(|r| r.info)
-            .or_else(|| {
-                // A CRD whose storage version is not served: any served one
-                // reaches the same objects.
-                self.registry
-                    .resources()
-                    .iter()
-                    .find(|r| r.group == group && r.plural == plural)
-                    .map(|r| r.info)
-            })
+        let (items, _) = self.registry.list(r, None, &filter, ReadAt::Newest).await?;
+        Ok(items.is_empty())
     }
 }
 
@@ -382,6 +392,17 @@ fn wanted_status(crd: &Value, verdict: &Acceptance, deleting: bool) -> Value {
                 "InitialNamesAccepted",
                 "the initial names have been accepted",
             ));
+            Names::of(crd).to_json()
+        }
+        Acceptance::Unservable(why) => {
+            conditions.push(condition(
+                crd,
+                "NamesAccepted",
+                true,
+                "NoConflicts",
+                "no conflicts found",
+            ));
+            conditions.push(condition(crd, "Established", false, "NotServed", why));
             Names::of(crd).to_json()
         }
         Acceptance::Conflict { reason, message } => {

@@ -80,6 +80,11 @@ fn groups(state: &AppState) -> BTreeMap<&'static str, Vec<&'static str>> {
             versions.push(r.version);
         }
     }
+    // Kubernetes' order, whose first is the preferred version: v1 before
+    // v1beta1 before v1alpha1, whichever kind registered its version first.
+    for versions in groups.values_mut() {
+        versions.sort_by_key(|v| crate::registry::custom_kind::version_priority(v));
+    }
     groups
 }
 

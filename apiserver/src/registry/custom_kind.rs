@@ -175,9 +175,11 @@ impl Typed for CustomTyped {
             );
         }
         map.insert("apiVersion".into(), json!(self.stored_api_version));
+        // As Kubernetes: defaults first, then pruning, so that a default
+        // holding fields its schema does not define is pruned too.
+        self.schema.apply_defaults(&mut out);
         let mut pruned = Vec::new();
         self.schema.prune(&mut out, "", &mut pruned);
-        self.schema.apply_defaults(&mut out);
         Ok(out)
     }
 

@@ -756,6 +756,11 @@ impl Registry {
                 }
                 let mut object =
                     managed::apply(r, &manager, None, &config, force, Timestamp::now())?;
+                // Canonicalized at the storage version; created, as any
+                // create, through the version it was asked at.
+                if r.converts() {
+                    object["apiVersion"] = json!(r.api_version());
+                }
                 // What a create admits and records (who asked), as a POST.
                 admit_create(&mut object)?;
                 match self.create_in(r, namespace, object, None, dry_run).await {

@@ -119,10 +119,16 @@ impl Resource {
     }
 
     /// A stored object as this version serves it: as stored, or (a custom
-    /// kind read at another version than its storage version) with this
-    /// version's `apiVersion`, the `None` conversion strategy.
+    /// kind's object stored at another version) with this version's
+    /// `apiVersion`, the `None` conversion strategy.
     pub fn served<'a>(&self, stored: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        if self.strategy.storage_version().is_none() {
+        if !self.converts() {
+            return std::borrow::Cow::Borrowed(stored);
+        }
+        // Stored JSON starts with its apiVersion (keys are written sorted,
+        // or as the client sent them): most reads need no decoding.
+        let prefix = format!("{{\"apiVersion\":\"{}\"", self.api_version());
+        if stored.starts_with(prefix.as_bytes()) {
             return std::borrow::Cow::Borrowed(stored);
         }
         match serde_json::from_slice::<Value>(stored) {
@@ -146,10 +152,12 @@ impl Resource {
         self.strategy.stands_for_storage()
     }
 
-    /// Whether objects read or written through this version change
-    /// `apiVersion` on the way (a custom kind's non-storage version).
+    /// Whether objects read or written through this version may change
+    /// `apiVersion` on the way: a custom kind's objects are stored at its
+    /// storage version, and one written before the CRD changed its storage
+    /// version keeps the old one until it is written again.
     pub fn converts(&self) -> bool {
-        self.strategy.storage_version().is_some()
+        self.strategy.storage_root().is_some()
     }
 }
 
