@@ -166,33 +166,23 @@ impl CrdController {
             let conflict = |what: &str| -> bool {
                 used.contains(what) || self.registry.is_standard(&group, what, what)
             };
-            let verdict = if conflict(&names.plural) {
-                Acceptance::Conflict {
-                    reason: "PluralConflict",
-                    message: format!("{:?} is already in use", names.plural),
-                }
-            } else if conflict(&names.singular) {
-                Acceptance::Conflict {
-                    reason: "SingularConflict",
-                    message: format!("{:?} is already in use", names.singular),
-                }
-            } else if let Some(s) = names.short_names.iter().find(|s| conflict(s)) {
-                Acceptance::Conflict {
-                    reason: "ShortNamesConflict",
-                    message: format!("{s:?} is already in use"),
-                }
-            } else if conflict(&names.kind) {
-                Acceptance::Conflict {
-                    reason: "KindConflict",
-                    message: format!("{:?} is already in use", names.kind),
-                }
-            } else if conflict(&names.list_kind) {
-                Acceptance::Conflict {
-                    reason: "ListKindConflict",
-                    message: format!("{:?} is already in use", names.list_kind),
-                }
-            } else {
-                Acceptance::Accepted
+            // Kubernetes' order of checks, and its reasons.
+            let wanted = [
+                ("PluralConflict", &names.plural),
+                ("SingularConflict", &names.singular),
+            ]
+            .into_iter()
+            .chain(names.short_names.iter().map(|s| ("ShortNamesConflict", s)))
+            .chain([
+                ("KindConflict", &names.kind),
+                ("ListKindConflict", &names.list_kind),
+            ]);
+            let verdict = match wanted.into_iter().find(|(_, name)| conflict(name)) {
+                Some((reason, name)) => Acceptance::Conflict {
+                    reason,
+                    message: format!("{name:?} is already in use"),
+                },
+                None => Acceptance::Accepted,
             };
             if verdict == Acceptance::Accepted {
                 used.insert(names.plural.clone());
