@@ -1665,6 +1665,20 @@ fn define_nodegroups(k: &Kubectl) {
     ]);
 }
 
+/// `kubectl get ng workers -o jsonpath=PATH`.
+fn workers_at(k: &Kubectl, path: &str) -> String {
+    k.ok(&["get", "ng", "workers", "-o", &format!("jsonpath={path}")])
+}
+
+/// The arguments of `kubectl patch ng workers --type=merge -p PATCH`,
+/// after `extra`.
+fn patch_workers<'a>(extra: &[&'a str], patch: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["patch", "ng", "workers"];
+    args.extend_from_slice(extra);
+    args.extend(["--type=merge", "-p", patch]);
+    args
+}
+
 /// Writes `text` to a file in `dir` and returns its path.
 fn manifest(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
@@ -1726,10 +1740,7 @@ async fn custom_resources_are_served_from_their_definition() {
         );
     }
     // Defaulting from the schema.
-    assert_eq!(
-        k.ok(&["get", "ng", "workers", "-o", "jsonpath={.spec.minReady}"]),
-        "1"
-    );
+    assert_eq!(workers_at(&k, "{.spec.minReady}"), "1");
     assert!(lines
         .wait_for(Duration::from_secs(10), |l| l.starts_with("ADDED")
             && l.contains("workers"))
@@ -1741,38 +1752,18 @@ async fn custom_resources_are_served_from_their_definition() {
     assert_eq!(&rows[1][..2], ["workers", "1"]);
 
     // Merge patch, and the watch sees it.
-    k.ok(&[
-        "patch",
-        "ng",
-        "workers",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"minReady":2}}"#,
-    ]);
+    k.ok(&patch_workers(&[], r#"{"spec":{"minReady":2}}"#));
     assert!(lines
         .wait_for(Duration::from_secs(10), |l| l.starts_with("MODIFIED")
             && l.contains("workers"))
         .is_some());
     assert_eq!(
-        k.ok(&[
-            "get",
-            "ng",
-            "workers",
-            "-o",
-            "jsonpath={.spec.minReady} {.metadata.generation}"
-        ]),
+        workers_at(&k, "{.spec.minReady} {.metadata.generation}"),
         "2 2"
     );
 
     // A schema violation: 422 with the field path.
-    let (code, _, err) = k.run(&[
-        "patch",
-        "ng",
-        "workers",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"minReady":-1}}"#,
-    ]);
+    let (code, _, err) = k.run(&patch_workers(&[], r#"{"spec":{"minReady":-1}}"#));
     assert_ne!(code, 0);
     assert!(err.contains(r#"The NodeGroup "workers" is invalid: spec.minReady: Invalid value: -1: spec.minReady in body should be greater than or equal to 0"#), "{err}");
     let bad = api
@@ -1852,41 +1843,20 @@ async fn custom_resources_are_served_from_their_definition() {
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
 
     // The status subresource: spec and status apart; generation moves on spec only.
-    k.ok(&[
-        "patch",
-        "ng",
-        "workers",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
+    k.ok(&patch_workers(
+        &["--subresource=status"],
         r#"{"status":{"ready":2,"healthy":true},"spec":{"minReady":9}}"#,
-    ]);
+    ));
     assert_eq!(
-        k.ok(&[
-            "get",
-            "ng",
-            "workers",
-            "-o",
-            "jsonpath={.spec.minReady} {.status.ready} {.metadata.generation}"
-        ]),
+        workers_at(
+            &k,
+            "{.spec.minReady} {.status.ready} {.metadata.generation}"
+        ),
         "2 2 2"
     );
-    k.ok(&[
-        "patch",
-        "ng",
-        "workers",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"ready":7}}"#,
-    ]);
+    k.ok(&patch_workers(&[], r#"{"status":{"ready":7}}"#));
     assert_eq!(
-        k.ok(&[
-            "get",
-            "ng",
-            "workers",
-            "-o",
-            "jsonpath={.status.ready} {.metadata.generation}"
-        ]),
+        workers_at(&k, "{.status.ready} {.metadata.generation}"),
         "2 2"
     );
     let rows = table(&k.ok(&["get", "ng", "workers", "--no-headers"]));
@@ -1901,13 +1871,7 @@ async fn custom_resources_are_served_from_their_definition() {
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["spec"]["replicas"], 3);
     assert_eq!(
-        k.ok(&[
-            "get",
-            "ng",
-            "workers",
-            "-o",
-            "jsonpath={.spec.replicas} {.metadata.generation}"
-        ]),
+        workers_at(&k, "{.spec.replicas} {.metadata.generation}"),
         "3 3"
     );
 

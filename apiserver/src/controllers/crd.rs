@@ -63,6 +63,9 @@ pub struct CrdController {
     /// What the registry serves now, by CRD name (to see a change).
     /// (Addresses of the served `Resource`s, only compared.)
     serving: Vec<(String, Vec<usize>)>,
+    /// Each CRD's names verdict, as `serve` last decided it (it runs
+    /// whenever `crds` changes); the status writes report it.
+    accepted: HashMap<String, Acceptance>,
 }
 
 impl CrdController {
@@ -73,6 +76,7 @@ impl CrdController {
             crds: BTreeMap::new(),
             built: HashMap::new(),
             serving: Vec::new(),
+            accepted: HashMap::new(),
         }
     }
 
@@ -199,6 +203,7 @@ impl CrdController {
     /// Makes the registry serve exactly the accepted CRDs' versions.
     fn serve(&mut self) {
         let accepted = self.acceptance();
+        self.accepted = accepted.iter().cloned().collect();
         let mut kinds: Vec<Arc<Resource>> = Vec::new();
         let mut serving = Vec::new();
         self.built.retain(|name, _| self.crds.contains_key(name));
@@ -235,13 +240,16 @@ impl CrdController {
     }
 
     async fn reconcile_all(&mut self) {
-        let accepted: HashMap<String, Acceptance> = self.acceptance().into_iter().collect();
         let names: Vec<String> = self.crds.keys().cloned().collect();
         for name in names {
             let Some(crd) = self.crds.get(&name).cloned() else {
                 continue;
             };
-            let mut verdict = accepted.get(&name).cloned().unwrap_or(Acceptance::Accepted);
+            let mut verdict = self
+                .accepted
+                .get(&name)
+                .cloned()
+                .unwrap_or(Acceptance::Accepted);
             if let (Acceptance::Accepted, Some(Built { kinds: Err(e), .. })) =
                 (&verdict, self.built.get(&name))
             {
@@ -260,47 +268,53 @@ impl CrdController {
         let deleting = crd.pointer("/metadata/deletionTimestamp").is_some();
         let wanted = wanted_status(crd, verdict, deleting);
         if crd.get("status") != Some(&wanted) {
-            let r = self.registry.resource(&CRDS)?;
-            let manager = Manager {
-                name: MANAGER,
-                part: Part::Status,
-            };
-            self.registry
-                .modify(&r, None, name, &manager, |_, mut current| {
-                    let status = wanted_status(&current, verdict, deleting);
-                    if current.get("status") == Some(&status) {
-                        return Ok(None);
-                    }
-                    current["status"] = status;
-                    Ok(Some(current))
-                })
-                .await?;
+            self.write(name, Part::Status, |mut current| {
+                let status = wanted_status(&current, verdict, deleting);
+                if current.get("status") == Some(&status) {
+                    return Ok(None);
+                }
+                current["status"] = status;
+                Ok(Some(current))
+            })
+            .await?;
         }
         let holds = crd
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| f.iter().any(|f| f == CLEANUP_FINALIZER));
         if deleting && holds && self.delete_objects(crd).await? {
-            let r = self.registry.resource(&CRDS)?;
-            let manager = Manager {
-                name: MANAGER,
-                part: Part::Main,
-            };
-            self.registry
-                .modify(&r, None, name, &manager, |_, mut current| {
-                    let Some(list) = current
-                        .pointer_mut("/metadata/finalizers")
-                        .and_then(Value::as_array_mut)
-                    else {
-                        return Ok(None);
-                    };
-                    let before = list.len();
-                    list.retain(|f| f != CLEANUP_FINALIZER);
-                    Ok((list.len() != before).then_some(current))
-                })
-                .await?;
+            self.write(name, Part::Main, |mut current| {
+                let Some(list) = current
+                    .pointer_mut("/metadata/finalizers")
+                    .and_then(Value::as_array_mut)
+                else {
+                    return Ok(None);
+                };
+                let before = list.len();
+                list.retain(|f| f != CLEANUP_FINALIZER);
+                Ok((list.len() != before).then_some(current))
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// A read-modify-write of one part of CRD `name`, as this controller.
+    async fn write(
+        &self,
+        name: &str,
+        part: Part,
+        mut change: impl FnMut(Value) -> Result<Option<Value>, ApiError>,
+    ) -> Result<(), ApiError> {
+        let r = self.registry.resource(&CRDS)?;
+        let manager = Manager {
+            name: MANAGER,
+            part,
+        };
+        self.registry
+            .modify(&r, None, name, &manager, |_, current| change(current))
+            .await
+            .map(|_| ())
     }
 
     /// Deletes every object of the CRD's kind; true once none is left.

@@ -127,8 +127,12 @@ impl Resource {
         }
         // Stored JSON starts with its apiVersion (keys are written sorted,
         // or as the client sent them): most reads need no decoding.
-        let prefix = format!("{{\"apiVersion\":\"{}\"", self.api_version());
-        if stored.starts_with(prefix.as_bytes()) {
+        let api_version = stored
+            .strip_prefix(b"{\"apiVersion\":\"".as_slice())
+            .and_then(|rest| rest.strip_prefix(self.group.as_bytes()))
+            .and_then(|rest| rest.strip_prefix(b"/".as_slice()))
+            .and_then(|rest| rest.strip_prefix(self.version.as_bytes()));
+        if api_version.is_some_and(|rest| rest.starts_with(b"\"")) {
             return std::borrow::Cow::Borrowed(stored);
         }
         match serde_json::from_slice::<Value>(stored) {
