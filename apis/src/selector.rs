@@ -224,6 +224,15 @@ impl FieldSelector {
         self.requirements.is_empty()
     }
 
+    /// The value this selector requires `field` to equal, if it does
+    /// (`field=value` or `field==value`): what a watch is indexed by.
+    pub fn equals(&self, field: &str) -> Option<&str> {
+        self.requirements
+            .iter()
+            .find(|(name, equal, _)| name == field && *equal)
+            .map(|(_, _, value)| value.as_str())
+    }
+
     /// `field` gives the value of a supported field for the object at hand.
     pub fn matches(&self, field: impl Fn(&str) -> Option<String>) -> bool {
         self.requirements.iter().all(|(name, equal, want)| {
@@ -302,5 +311,9 @@ mod tests {
         assert!(!sel.matches(f));
         assert!(FieldSelector::parse("spec.foo=1", &["metadata.name"]).is_err());
         assert!(FieldSelector::parse("nonsense", &["metadata.name"]).is_err());
+        let sel =
+            FieldSelector::parse("metadata.name!=a,metadata.name=b", &["metadata.name"]).unwrap();
+        assert_eq!(sel.equals("metadata.name"), Some("b"));
+        assert_eq!(sel.equals("spec.nodeName"), None);
     }
 }

@@ -26,7 +26,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     let registry = Arc::new(
         Registry::standard(store.clone())
             .with_pod_cidrs(config.cluster_cidr, shared)
-            .with_service_ranges(config.service_cidr, config.node_ports),
+            .with_service_ranges(config.service_cidr, config.node_ports)
+            .with_watch_progress(
+                config
+                    .watch_bookmark_interval
+                    .min(std::time::Duration::from_secs(1)),
+            ),
     );
     registry
         .start_pod_cidrs()

@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use mube_apis::watch::EventType;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -29,8 +29,9 @@ use super::rest::Params;
 use super::table::{self, TableRequest};
 use super::AppState;
 use crate::error::ApiError;
-use crate::registry::{Filter, Projection, Resource};
-use crate::store::{Event, EventKind, ReadAt, StoredObject, WatchStream};
+use crate::registry::fanout::{translate, Dispatched, Next, Subscription};
+use crate::registry::{Filter, Resource};
+use crate::store::{ReadAt, StoredObject};
 
 /// Chunks buffered between the watch task and a slow client (the byte
 /// budget below is what binds; this bounds the count of small ones).
@@ -69,44 +70,6 @@ fn bookmark(r: &Resource, revision: u64, initial_events_end: bool) -> Bytes {
     line(EventType::Bookmark, object.to_string().as_bytes())
 }
 
-/// The event a filtered watcher sees: an object that starts matching its
-/// selector is ADDED for it, one that stops matching is DELETED.
-fn translate(r: &Resource, filter: &Filter, event: &Event) -> Option<EventType> {
-    let plain = match event.kind {
-        EventKind::Added => EventType::Added,
-        EventKind::Modified => EventType::Modified,
-        EventKind::Deleted => EventType::Deleted,
-    };
-    if filter.is_empty() {
-        return Some(plain);
-    }
-    // Decoded once per event for all its filtered watchers (see
-    // `Event::derived`); an object that does not decode matches nothing.
-    let derived = event.derived.get_or_init(|| {
-        let project = |bytes: &Bytes| {
-            serde_json::from_slice::<serde_json::Value>(bytes)
-                .ok()
-                .map(|v| Projection::of(r, &v))
-        };
-        Arc::new((
-            project(&event.object),
-            event.previous.as_ref().and_then(project),
-        ))
-    });
-    let (now, before) = derived.downcast_ref::<(Option<Projection>, Option<Projection>)>()?;
-    let now = now.as_ref().is_some_and(|p| filter.matches_projection(p));
-    let before = before
-        .as_ref()
-        .is_some_and(|p| filter.matches_projection(p));
-    match (event.kind, before, now) {
-        (EventKind::Deleted, b, n) => (b || n).then_some(EventType::Deleted),
-        (_, true, true) => Some(EventType::Modified),
-        (_, false, true) => Some(EventType::Added),
-        (_, true, false) => Some(EventType::Deleted),
-        (_, false, false) => None,
-    }
-}
-
 pub async fn serve(
     state: &AppState,
     r: Arc<Resource>,
@@ -134,8 +97,8 @@ pub async fn serve(
         _ => state.registry.list(&r, ns, &filter, ReadAt::Newest).await?,
     };
     let (tx, rx) = mpsc::channel::<Queued>(LINES_IN_FLIGHT);
-    match state.registry.watch(&r, ns, after) {
-        Ok(stream) => {
+    match state.registry.subscribe(&r, ns, filter.clone(), after) {
+        Ok(subscription) => {
             let events = crate::metrics::metrics()
                 .watch_events
                 .with_label_values(&[r.group, r.version, r.plural]);
@@ -155,7 +118,7 @@ pub async fn serve(
                 stuck_after: state.watch_stuck_timeout,
                 hangup,
             };
-            tokio::spawn(task.run(initial, after, stream));
+            tokio::spawn(task.run(initial, after, subscription));
         }
         // Too old a resourceVersion: Kubernetes answers 200 with one ERROR
         // event carrying 410 Expired, which clients take as "relist".
@@ -216,6 +179,26 @@ impl WatchTask {
         }
     }
 
+    /// The line for a dispatched event: made once for every watcher that
+    /// wants it in the same form, except a Table's first line, which alone
+    /// carries the column definitions.
+    fn shared_event(&mut self, kind: EventType, d: &Dispatched) -> Bytes {
+        if self.table.is_some() && !self.table_headers_sent {
+            return self.event(kind, &d.event.object, d.event.revision);
+        }
+        let (r, table) = (&self.r, self.table);
+        d.form(form(kind, table), |event| match table {
+            None => line(kind, &r.served(&event.object)),
+            Some(t) => {
+                let meta = json!({"resourceVersion": event.revision.to_string()});
+                match table::render(r, t, [&event.object[..]], meta, false) {
+                    Ok(rendered) => line(kind, &rendered),
+                    Err(_) => line(kind, &event.object),
+                }
+            }
+        })
+    }
+
     /// Queues one chunk; false once the client is gone, the server stops,
     /// or the client has taken nothing for `stuck_after` (the watcher is
     /// then closed: `close_stuck`).
@@ -267,7 +250,7 @@ impl WatchTask {
         }
     }
 
-    async fn run(mut self, initial: Vec<StoredObject>, after: u64, mut stream: WatchStream) {
+    async fn run(mut self, initial: Vec<StoredObject>, after: u64, mut feed: Subscription) {
         let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
         for object in &initial {
             let event = self.event(EventType::Added, &object.json, object.revision);
@@ -295,7 +278,7 @@ impl WatchTask {
                 _ = self.shutdown.cancelled() => return,
                 _ = expired => return,
                 _ = ticker.tick(), if self.allow_bookmarks => {
-                    if let Some(revision) = stream.progress() {
+                    if let Some(revision) = feed.progress() {
                         if revision > last_bookmark {
                             last_bookmark = revision;
                             if !self.send(bookmark(&self.r, revision, false)).await {
@@ -304,40 +287,35 @@ impl WatchTask {
                         }
                     }
                 }
-                next = stream.next() => {
+                next = feed.next() => {
                     // Events already waiting go out in one chunk: a watcher
                     // that is behind costs one write, not one per event.
                     let mut chunk = Vec::new();
+                    let mut size = 0;
                     // Counted once per chunk: one shared counter written per
                     // event by every watcher would be a hot cache line.
                     let mut events = 0;
                     let mut next = next;
-                    let mut ended = None;
-                    loop {
-                        match next {
-                            None => {
-                                ended = Some(None);
-                                break;
-                            }
-                            Some(Ok(event)) => {
-                                if let Some(kind) = translate(&self.r, &self.filter, &event) {
-                                    chunk.push(self.event(kind, &event.object, event.revision));
-                                    events += 1;
-                                }
-                            }
-                            Some(Err(e)) => {
-                                ended = Some(Some(e));
-                                break;
-                            }
+                    let ended = loop {
+                        let line = match next {
+                            Next::History(event) => translate(&self.r, &self.filter, &event)
+                                .map(|kind| self.event(kind, &event.object, event.revision)),
+                            Next::Live(kind, d) => Some(self.shared_event(kind, &d)),
+                            Next::End(e) => break Some(e),
+                        };
+                        if let Some(line) = line {
+                            size += line.len();
+                            chunk.push(line);
+                            events += 1;
                         }
-                        if chunk.iter().map(Bytes::len).sum::<usize>() >= MAX_CHUNK {
-                            break;
+                        if size >= MAX_CHUNK {
+                            break None;
                         }
-                        match stream.next().now_or_never() {
+                        match feed.try_next() {
                             Some(more) => next = more,
-                            None => break,
+                            None => break None,
                         }
-                    }
+                    };
                     self.events.inc_by(events);
                     // One event goes out as its line; several in one write.
                     let chunk = match chunk.len() {
@@ -353,6 +331,12 @@ impl WatchTask {
                     match ended {
                         None => {}
                         Some(None) => return,
+                        Some(Some(crate::store::StoreError::TooSlow)) => {
+                            // Fell behind its backlog: as for a client that
+                            // took nothing for its time budget.
+                            self.close_stuck().await;
+                            return;
+                        }
                         Some(Some(e)) => {
                             tracing::info!(resource = self.r.plural, error = %e, "watch ended with an error");
                             let _ = self.send(error_line(ApiError::from(e))).await;
@@ -363,4 +347,27 @@ impl WatchTask {
             }
         }
     }
+}
+
+/// Which encoding of an event a watcher wants (`Dispatched::form`).
+fn form(kind: EventType, table: Option<TableRequest>) -> u32 {
+    let kind = match kind {
+        EventType::Added => 0,
+        EventType::Modified => 1,
+        EventType::Deleted => 2,
+        EventType::Bookmark => 3,
+        EventType::Error => 4,
+    };
+    let table = match table {
+        None => 0,
+        Some(t) => {
+            let include = match t.include {
+                table::Include::None => 1,
+                table::Include::Metadata => 2,
+                table::Include::Object => 3,
+            };
+            include + 3 * u32::from(t.api_version != "meta.k8s.io/v1")
+        }
+    };
+    table * 8 + kind
 }

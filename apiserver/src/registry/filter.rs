@@ -31,6 +31,11 @@ impl Filter {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// The value the field selector requires `field` to equal, if any.
+    pub fn equals(&self, field: &str) -> Option<&str> {
+        self.fields.equals(field)
+    }
+
     /// Whether an object, as `project` saw it, matches.
     pub fn matches_projection(&self, p: &Projection) -> bool {
         self.labels.matches(p.labels.as_ref())
@@ -69,6 +74,16 @@ impl Projection {
     /// its watchers whatever their selectors).
     pub fn of(r: &Resource, object: &Value) -> Projection {
         Projection::taking(r, object, true, true)
+    }
+
+    /// A selectable field's value, as a selector compares it (absent is
+    /// the empty string).
+    pub fn field(&self, name: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == name)
+            .and_then(|(_, v)| v.as_deref())
+            .unwrap_or("")
     }
 
     /// The labels and the selectable fields, each only when asked for.

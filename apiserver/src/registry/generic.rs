@@ -73,6 +73,8 @@ pub struct Registry {
     pod_cidrs: Option<super::pod_cidr::PodCidrs>,
     /// Services' cluster IPs and node ports (`with_service_ranges`).
     service_ranges: Option<Arc<ServiceRanges>>,
+    /// Clients' watches, dispatched per kind (`subscribe`).
+    fanout: Arc<super::fanout::Fanout>,
 }
 
 impl Registry {
@@ -80,7 +82,6 @@ impl Registry {
     pub fn standard(store: Arc<dyn Store>) -> Registry {
         let registry = Registry {
             dry_run: DryRunStore::new(store.clone()),
-            store,
             writes: super::standard_kinds()
                 .iter()
                 .map(|_| AtomicU64::new(0))
@@ -90,6 +91,11 @@ impl Registry {
             served_changes: AtomicU64::new(0),
             pod_cidrs: None,
             service_ranges: None,
+            fanout: Arc::new(super::fanout::Fanout::new(
+                store.clone(),
+                std::time::Duration::from_secs(1),
+            )),
+            store,
         };
         registry.set_custom(Vec::new());
         registry
@@ -117,6 +123,13 @@ impl Registry {
         self.standard
             .iter()
             .any(|r| r.group == group && (r.plural == plural || r.kind == kind))
+    }
+
+    /// How often the watch fan-out records its progress, which is what a
+    /// BOOKMARK can tell: at least as often as bookmarks are sent.
+    pub fn with_watch_progress(mut self, every: std::time::Duration) -> Registry {
+        self.fanout = Arc::new(super::fanout::Fanout::new(self.store.clone(), every));
+        self
     }
 
     /// Services written from now on get their cluster IP out of `cidr`
@@ -273,6 +286,24 @@ impl Registry {
         Ok((items, list.revision))
     }
 
+    /// A client's watch: through the kind's fan-out, which finds it by its
+    /// selector's indexed field and bounds what waits for it.
+    pub fn subscribe(
+        &self,
+        r: &Arc<Resource>,
+        namespace: Option<&str>,
+        filter: Filter,
+        after: Revision,
+    ) -> Result<super::fanout::Subscription, ApiError> {
+        Ok(self.fanout.subscribe(r, namespace, filter, after)?)
+    }
+
+    /// The open client watches (`subscribe`).
+    pub fn watchers(&self) -> usize {
+        self.fanout.watchers()
+    }
+
+    /// A watch straight from the store, for the server's own controllers.
     pub fn watch(
         &self,
         r: &Resource,

@@ -18,6 +18,7 @@
 
 pub mod custom_kind;
 mod dry_run;
+pub mod fanout;
 mod fields;
 mod fieldset;
 mod filter;
@@ -288,6 +289,12 @@ pub trait Strategy: Send + Sync {
     /// Fields a field selector may name.
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["metadata.name", "metadata.namespace"]
+    }
+
+    /// The selectable field whose `field=value` watches are found through
+    /// an index (see `fanout`), rather than offered every event.
+    fn indexed_field(&self) -> Option<&'static str> {
+        None
     }
 
     /// The value of a selectable field.

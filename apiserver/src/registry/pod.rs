@@ -380,6 +380,11 @@ impl Strategy for PodStrategy {
         ]
     }
 
+    /// Every node agent watches its own pods: `spec.nodeName=<node>`.
+    fn indexed_field(&self) -> Option<&'static str> {
+        Some("spec.nodeName")
+    }
+
     fn field_value(&self, object: &Value, field: &str) -> Option<String> {
         let pointer = match field {
             "metadata.name" => "/metadata/name",

@@ -47,6 +47,8 @@ pub struct WatchStream {
     buffer: VecDeque<Arc<Event>>,
     live: broadcast::Receiver<Arc<Event>>,
     published: Arc<AtomicU64>,
+    /// Set by `until`: the stream ends once history is read up to here.
+    stop_at: Option<Revision>,
 }
 
 impl WatchStream {
@@ -66,7 +68,18 @@ impl WatchStream {
             buffer: VecDeque::new(),
             live,
             published,
+            stop_at: None,
         }
+    }
+
+    /// This watch's history up to `upto` and nothing after: the catch-up of
+    /// a watcher that joins a feed already at `upto` (the API server's
+    /// watch fan-out). Every revision up to `upto` was published, so it is
+    /// all in history even where the live feed has not reached it.
+    pub fn until(mut self, upto: Revision) -> WatchStream {
+        self.stop_at = Some(upto);
+        self.history_end = (upto > self.last).then_some(upto);
+        self
     }
 
     /// The next change, `Err` once (compacted history, too slow), or `None`
@@ -82,6 +95,9 @@ impl WatchStream {
                     return Some(Err(e));
                 }
                 continue;
+            }
+            if self.stop_at.is_some() {
+                return None;
             }
             match self.live.recv().await {
                 Ok(event) => {

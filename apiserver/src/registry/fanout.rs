@@ -1,0 +1,751 @@
+//! Watch fan-out: one store watch per served kind, dispatched to the API
+//! server's watchers through an index.
+//!
+//! Kubernetes' watch cache does this job (`cacher.go`): each watcher is
+//! filed under the value of the field it selects on (pods by
+//! `spec.nodeName`), so an event is offered only to the watchers that can
+//! match it, not to every watcher of its kind. Here, per served kind:
+//!
+//! - one `Dispatcher` task reads the store's watch of the whole kind and,
+//!   for each event, looks up the watchers filed under the event's index
+//!   values (before and after the change, so that a pod leaving a node
+//!   reaches that node's watcher as DELETED), under its namespace, and the
+//!   ones that watch everything. Label selectors are matched one by one
+//!   among those;
+//! - delivering never waits: each watcher has a queue bounded in bytes
+//!   (`BACKLOG_BYTES` of events it has not taken), and one that overflows
+//!   is ended with `TooSlow` (the client gets 410 and relists), so writers
+//!   and the other watchers never wait on a slow one;
+//! - an event is shared by all its watchers (`Dispatched`), and so is each
+//!   encoding of it (`Dispatched::form`): serialized once per form, not
+//!   once per watcher;
+//! - a watcher that starts before the dispatcher's position reads that
+//!   stretch from the store's history first (`WatchStream::until`), then
+//!   takes the feed; one that starts after it skips what it has seen.
+//!
+//! The dispatcher starts with its kind's first watcher and stops once its
+//! kind has had no watcher for a progress tick.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use mube_apis::watch::EventType;
+use tokio::sync::mpsc;
+
+use super::{Filter, Projection, Resource};
+use crate::store::{Event, EventKind, Revision, Store, StoreError, WatchStream};
+
+/// Bytes of events a watcher may have waiting for it (shared with the
+/// store's history while they wait, so this bounds a backlog, not copies).
+/// Past it, the watcher is ended: a burst a reading client takes in well
+/// under a second fits; a client that stopped reading does not.
+pub const BACKLOG_BYTES: usize = 1024 * 1024;
+/// Events taken from the store in one pass of the dispatcher: one lock of
+/// the watchers, and one wake-up of each watcher, per pass.
+const PASS: usize = 512;
+
+/// What a watcher is told.
+pub enum Delivery {
+    /// A change, as this watcher sees it (see `translate`).
+    Event(EventType, Arc<Dispatched>),
+    /// The watch is over: the store ended it, or the watcher fell too far
+    /// behind (`TooSlow`).
+    End(StoreError),
+}
+
+/// One event, shared by every watcher it is delivered to, with the
+/// encodings made of it so far.
+pub struct Dispatched {
+    pub event: Arc<Event>,
+    /// (form, encoding): a handful at most (a type of event, plain or as a
+    /// Table), made by the first watcher that needs each.
+    forms: Mutex<Vec<(u32, Bytes)>>,
+}
+
+impl Dispatched {
+    pub fn new(event: Arc<Event>) -> Dispatched {
+        Dispatched {
+            event,
+            forms: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The encoding `form` of this event, made once for all its watchers.
+    pub fn form(&self, form: u32, make: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        let mut forms = self.forms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, bytes)) = forms.iter().find(|(f, _)| *f == form) {
+            return bytes.clone();
+        }
+        // Made under the lock: a second watcher wanting the same form
+        // waits for it rather than making it again.
+        let bytes = make(&self.event);
+        forms.push((form, bytes.clone()));
+        bytes
+    }
+}
+
+/// The event a filtered watcher sees: an object that starts matching its
+/// selector is ADDED for it, one that stops matching is DELETED.
+pub fn translate(r: &Resource, filter: &Filter, event: &Event) -> Option<EventType> {
+    let plain = match event.kind {
+        EventKind::Added => EventType::Added,
+        EventKind::Modified => EventType::Modified,
+        EventKind::Deleted => EventType::Deleted,
+    };
+    if filter.is_empty() {
+        return Some(plain);
+    }
+    let (now, before) = projections(r, event);
+    let now = now.as_ref().is_some_and(|p| filter.matches_projection(p));
+    let before = before
+        .as_ref()
+        .is_some_and(|p| filter.matches_projection(p));
+    match (event.kind, before, now) {
+        (EventKind::Deleted, b, n) => (b || n).then_some(EventType::Deleted),
+        (_, true, true) => Some(EventType::Modified),
+        (_, false, true) => Some(EventType::Added),
+        (_, true, false) => Some(EventType::Deleted),
+        (_, false, false) => None,
+    }
+}
+
+type Projections = (Option<Projection>, Option<Projection>);
+
+/// What selectors read of an event, after and before it: decoded once per
+/// event for all its watchers (kept in `Event::derived`); an object that
+/// does not decode matches nothing.
+fn projections<'e>(r: &Resource, event: &'e Event) -> &'e Projections {
+    static NONE: Projections = (None, None);
+    let derived = event.derived.get_or_init(|| {
+        let project = |bytes: &Bytes| {
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .map(|v| Projection::of(r, &v))
+        };
+        Arc::new((
+            project(&event.object),
+            event.previous.as_ref().and_then(project),
+        ))
+    });
+    derived.downcast_ref::<Projections>().unwrap_or(&NONE)
+}
+
+/// Every served kind's dispatcher.
+pub struct Fanout {
+    store: Arc<dyn Store>,
+    /// By `apiVersion` and plural; a custom kind redefined gets a new one.
+    kinds: Mutex<HashMap<String, Arc<Dispatcher>>>,
+    /// How often a dispatcher records its progress for bookmarks, and
+    /// looks whether it still has watchers.
+    tick: Duration,
+}
+
+impl Fanout {
+    pub fn new(store: Arc<dyn Store>, tick: Duration) -> Fanout {
+        Fanout {
+            store,
+            kinds: Mutex::new(HashMap::new()),
+            tick,
+        }
+    }
+
+    fn lock_kinds(&self) -> MutexGuard<'_, HashMap<String, Arc<Dispatcher>>> {
+        self.kinds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A watch of `r` in `namespace` (all when `None`) through `filter`,
+    /// of every change after `after`.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        r: &Arc<Resource>,
+        namespace: Option<&str>,
+        filter: Filter,
+        after: Revision,
+    ) -> Result<Subscription, StoreError> {
+        let name = format!("{}/{}", r.api_version(), r.plural);
+        loop {
+            let dispatcher = self.dispatcher(&name, r, after)?;
+            let slot = match (
+                dispatcher.index_field.and_then(|f| filter.equals(f)),
+                namespace.filter(|_| r.namespaced),
+            ) {
+                (Some(value), _) => Slot::Indexed(value.to_string()),
+                (None, Some(ns)) => Slot::Namespace(ns.to_string()),
+                (None, None) => Slot::Everywhere,
+            };
+            let mut watchers = dispatcher.lock();
+            // One that ended after it was looked up takes no one: look again.
+            if dispatcher.ended.load(Ordering::Acquire) {
+                continue;
+            }
+            let prefix = r.prefix(namespace);
+            let dispatched = watchers.dispatched;
+            // What came before the dispatcher's position, from history; the
+            // feed brings the rest.
+            let catch_up = if after < dispatched {
+                Some(self.store.watch(&prefix, after)?.until(dispatched))
+            } else {
+                None
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let id = watchers.next_id;
+            watchers.next_id += 1;
+            watchers.file(
+                id,
+                Watcher {
+                    tx,
+                    filter,
+                    prefix,
+                    after,
+                    queued: queued.clone(),
+                    slot,
+                },
+            );
+            drop(watchers);
+            return Ok(Subscription {
+                catch_up,
+                rx,
+                queued,
+                registration: Registration {
+                    dispatcher: Arc::downgrade(&dispatcher),
+                    id,
+                },
+                last: after.max(dispatched),
+                r: r.clone(),
+            });
+        }
+    }
+
+    /// `r`'s dispatcher, started (at `from`) if it has none.
+    fn dispatcher(
+        self: &Arc<Self>,
+        name: &str,
+        r: &Arc<Resource>,
+        from: Revision,
+    ) -> Result<Arc<Dispatcher>, StoreError> {
+        let mut kinds = self.lock_kinds();
+        if let Some(d) = kinds
+            .get(name)
+            .filter(|d| Arc::ptr_eq(&d.r, r) && !d.ended.load(Ordering::Acquire))
+        {
+            return Ok(d.clone());
+        }
+        // The first watcher's start is the dispatcher's: it needs no
+        // history of its own.
+        let stream = self.store.watch(&r.prefix(None), from)?;
+        let d = Arc::new(Dispatcher::new(r.clone(), from));
+        kinds.insert(name.to_string(), d.clone());
+        tokio::spawn(
+            d.clone()
+                .run(stream, Arc::downgrade(self), name.to_string(), self.tick),
+        );
+        Ok(d)
+    }
+
+    /// Watchers open now, per kind (for tests and metrics).
+    pub fn watchers(&self) -> usize {
+        self.lock_kinds().values().map(|d| d.lock().all.len()).sum()
+    }
+}
+
+/// A watcher's end of the fan-out: its catch-up from history, then its
+/// feed. Dropping it leaves the dispatcher.
+pub struct Subscription {
+    catch_up: Option<WatchStream>,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    queued: Arc<AtomicUsize>,
+    registration: Registration,
+    /// The newest revision delivered or known to hold nothing for it.
+    last: Revision,
+    r: Arc<Resource>,
+}
+
+/// What a watcher takes next.
+pub enum Next {
+    /// From its catch-up: a raw event, to be filtered by the watcher.
+    History(Arc<Event>),
+    /// From the feed, already filtered.
+    Live(EventType, Arc<Dispatched>),
+    End(Option<StoreError>),
+}
+
+impl Subscription {
+    pub async fn next(&mut self) -> Next {
+        if let Some(history) = &mut self.catch_up {
+            match history.next().await {
+                Some(Ok(event)) => return Next::History(event),
+                Some(Err(e)) => return Next::End(Some(e)),
+                None => self.catch_up = None,
+            }
+        }
+        let delivery = self.rx.recv().await;
+        self.take_delivery(delivery)
+    }
+
+    /// `next`, if something is ready now.
+    pub fn try_next(&mut self) -> Option<Next> {
+        if self.catch_up.is_some() {
+            return self.next().now_or_never();
+        }
+        match self.rx.try_recv() {
+            Ok(d) => Some(self.take_delivery(Some(d))),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Next::End(None)),
+        }
+    }
+
+    fn take_delivery(&mut self, delivery: Option<Delivery>) -> Next {
+        match delivery {
+            Some(Delivery::Event(kind, d)) => {
+                self.queued
+                    .fetch_sub(d.event.object.len(), Ordering::AcqRel);
+                self.last = self.last.max(d.event.revision);
+                Next::Live(kind, d)
+            }
+            Some(Delivery::End(e)) => Next::End(Some(e)),
+            None => Next::End(None),
+        }
+    }
+
+    /// A revision this watcher has seen everything up to, for a BOOKMARK:
+    /// only when nothing is waiting for it.
+    pub fn progress(&self) -> Option<Revision> {
+        if self.catch_up.is_some() {
+            return None;
+        }
+        let dispatcher = self.registration.dispatcher.upgrade()?;
+        // The dispatcher queues every event up to `progress` before it
+        // records it: an empty queue after this load has had them all.
+        let progress = dispatcher.progress.load(Ordering::Acquire);
+        self.rx.is_empty().then_some(progress.max(self.last))
+    }
+
+    pub fn resource(&self) -> &Arc<Resource> {
+        &self.r
+    }
+}
+
+struct Registration {
+    dispatcher: Weak<Dispatcher>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(d) = self.dispatcher.upgrade() {
+            d.lock().unfile(self.id);
+        }
+    }
+}
+
+/// Where a watcher is filed.
+enum Slot {
+    /// Under the value its field selector requires of the kind's indexed
+    /// field.
+    Indexed(String),
+    /// Under its namespace.
+    Namespace(String),
+    /// Offered every event of the kind.
+    Everywhere,
+}
+
+struct Watcher {
+    tx: mpsc::UnboundedSender<Delivery>,
+    filter: Filter,
+    /// The watch's key prefix (its namespace, or the whole kind).
+    prefix: String,
+    /// It has seen every change up to here (its list, or its start).
+    after: Revision,
+    /// Bytes of events queued for it and not yet taken.
+    queued: Arc<AtomicUsize>,
+    slot: Slot,
+}
+
+#[derive(Default)]
+struct Watchers {
+    next_id: u64,
+    /// Every event up to here has been offered to every watcher filed.
+    dispatched: Revision,
+    all: HashMap<u64, Watcher>,
+    by_value: HashMap<String, Vec<u64>>,
+    by_namespace: HashMap<String, Vec<u64>>,
+    everywhere: Vec<u64>,
+}
+
+impl Watchers {
+    fn bucket(&mut self, slot: &Slot) -> &mut Vec<u64> {
+        match slot {
+            Slot::Indexed(v) => self.by_value.entry(v.clone()).or_default(),
+            Slot::Namespace(ns) => self.by_namespace.entry(ns.clone()).or_default(),
+            Slot::Everywhere => &mut self.everywhere,
+        }
+    }
+
+    fn file(&mut self, id: u64, w: Watcher) {
+        self.bucket(&w.slot).push(id);
+        self.all.insert(id, w);
+    }
+
+    fn unfile(&mut self, id: u64) {
+        let Some(w) = self.all.remove(&id) else {
+            return;
+        };
+        let bucket = self.bucket(&w.slot);
+        bucket.retain(|i| *i != id);
+        if bucket.is_empty() {
+            match &w.slot {
+                Slot::Indexed(v) => {
+                    self.by_value.remove(v);
+                }
+                Slot::Namespace(ns) => {
+                    self.by_namespace.remove(ns);
+                }
+                Slot::Everywhere => {}
+            }
+        }
+    }
+
+    /// The watchers an event can concern: those filed under its index
+    /// values (after and before the change) or its namespace, and those
+    /// that watch everything. Never the watchers of other nodes.
+    fn candidates(&self, r: &Resource, index_field: Option<&str>, event: &Event) -> Vec<u64> {
+        let mut candidates: Vec<u64> = self.everywhere.clone();
+        if !self.by_namespace.is_empty() {
+            if let Some(ns) = namespace_of(r, &event.key) {
+                if let Some(ids) = self.by_namespace.get(ns) {
+                    candidates.extend_from_slice(ids);
+                }
+            }
+        }
+        if let (Some(field), false) = (index_field, self.by_value.is_empty()) {
+            let (now, before) = projections(r, event);
+            let mut values: Vec<&str> = [now, before]
+                .into_iter()
+                .flatten()
+                .map(|p| p.field(field))
+                .collect();
+            values.dedup();
+            for value in values {
+                if let Some(ids) = self.by_value.get(value) {
+                    candidates.extend_from_slice(ids);
+                }
+            }
+        }
+        candidates
+    }
+
+    /// Offers one event to the watchers that can match it.
+    fn dispatch(&mut self, r: &Resource, index_field: Option<&str>, event: &Arc<Event>) {
+        let candidates = self.candidates(r, index_field, event);
+        if candidates.is_empty() {
+            return;
+        }
+        let shared = Arc::new(Dispatched::new(event.clone()));
+        let size = event.object.len();
+        let mut overflowed = Vec::new();
+        for id in candidates {
+            let Some(w) = self.all.get(&id) else { continue };
+            if event.revision <= w.after || !event.key.starts_with(w.prefix.as_str()) {
+                continue;
+            }
+            let Some(kind) = translate(r, &w.filter, event) else {
+                continue;
+            };
+            let queued = w.queued.load(Ordering::Acquire);
+            if queued > 0 && queued + size > BACKLOG_BYTES {
+                let _ = w.tx.send(Delivery::End(StoreError::TooSlow));
+                overflowed.push(id);
+                continue;
+            }
+            w.queued.fetch_add(size, Ordering::AcqRel);
+            if w.tx.send(Delivery::Event(kind, shared.clone())).is_err() {
+                overflowed.push(id);
+            }
+        }
+        for id in overflowed {
+            self.unfile(id);
+        }
+    }
+
+    fn end(&mut self, error: Option<StoreError>) {
+        for (_, w) in self.all.drain() {
+            if let Some(e) = &error {
+                let _ = w.tx.send(Delivery::End(e.clone()));
+            }
+        }
+        self.by_value.clear();
+        self.by_namespace.clear();
+        self.everywhere.clear();
+    }
+}
+
+/// The namespace in a namespaced kind's key (`{root}/{namespace}/{name}`).
+fn namespace_of<'k>(r: &Resource, key: &'k str) -> Option<&'k str> {
+    if !r.namespaced {
+        return None;
+    }
+    let root = match r.strategy.storage_root() {
+        Some(root) => root.len(),
+        None => "/registry/".len() + r.plural.len(),
+    };
+    key.get(root + 1..)?.split_once('/').map(|(ns, _)| ns)
+}
+
+struct Dispatcher {
+    r: Arc<Resource>,
+    /// The field this kind files watchers under (pods: `spec.nodeName`).
+    index_field: Option<&'static str>,
+    watchers: Mutex<Watchers>,
+    /// Every event up to here is queued to every watcher (for bookmarks).
+    progress: AtomicU64,
+    ended: AtomicBool,
+}
+
+impl Dispatcher {
+    fn new(r: Arc<Resource>, from: Revision) -> Dispatcher {
+        Dispatcher {
+            index_field: r.strategy.indexed_field(),
+            r,
+            watchers: Mutex::new(Watchers {
+                dispatched: from,
+                ..Default::default()
+            }),
+            progress: AtomicU64::new(from),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Watchers> {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut stream: WatchStream,
+        fanout: Weak<Fanout>,
+        name: String,
+        tick: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut idle_ticks = 0;
+        let ended = loop {
+            tokio::select! {
+                next = stream.next() => {
+                    let mut pass = Vec::with_capacity(8);
+                    let mut ended = None;
+                    let mut next = next;
+                    loop {
+                        match next {
+                            Some(Ok(event)) => pass.push(event),
+                            Some(Err(e)) => { ended = Some(Some(e)); break; }
+                            None => { ended = Some(None); break; }
+                        }
+                        if pass.len() >= PASS {
+                            break;
+                        }
+                        match stream.next().now_or_never() {
+                            Some(more) => next = more,
+                            None => break,
+                        }
+                    }
+                    {
+                        let mut watchers = self.lock();
+                        for event in &pass {
+                            watchers.dispatch(&self.r, self.index_field, event);
+                            watchers.dispatched = event.revision;
+                        }
+                    }
+                    if let Some(ended) = ended {
+                        break ended;
+                    }
+                    if let Some(p) = stream.progress() {
+                        self.progress.fetch_max(p, Ordering::AcqRel);
+                    }
+                }
+                _ = ticker.tick() => {
+                    if let Some(p) = stream.progress() {
+                        self.progress.fetch_max(p, Ordering::AcqRel);
+                    }
+                    let Some(fanout) = fanout.upgrade() else { break None };
+                    let mut kinds = fanout.lock_kinds();
+                    let watchers = self.lock();
+                    idle_ticks = if watchers.all.is_empty() { idle_ticks + 1 } else { 0 };
+                    if idle_ticks >= 2 {
+                        // Under both locks: no watcher can join meanwhile.
+                        self.ended.store(true, Ordering::Release);
+                        if kinds.get(&name).is_some_and(|d| Arc::ptr_eq(d, &self)) {
+                            kinds.remove(&name);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(e) = &ended {
+            tracing::info!(resource = self.r.plural, error = %e, "watch fan-out ended; its watchers relist");
+        }
+        if let Some(fanout) = fanout.upgrade() {
+            let mut kinds = fanout.lock_kinds();
+            self.ended.store(true, Ordering::Release);
+            if kinds.get(&name).is_some_and(|d| Arc::ptr_eq(d, &self)) {
+                kinds.remove(&name);
+            }
+        }
+        self.ended.store(true, Ordering::Release);
+        self.lock().end(ended);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod_event(revision: Revision, ns: &str, node: &str, before: Option<&str>) -> Arc<Event> {
+        let pod = |node: &str| {
+            Bytes::from(
+                json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "p", "namespace": ns},
+                    "spec": {"nodeName": node}})
+                .to_string(),
+            )
+        };
+        Arc::new(Event {
+            revision,
+            kind: EventKind::Modified,
+            key: format!("/registry/pods/{ns}/p").into(),
+            object: pod(node),
+            previous: before.map(pod),
+            derived: Default::default(),
+        })
+    }
+
+    fn watcher(slot: Slot) -> (Watcher, mpsc::UnboundedReceiver<Delivery>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let filter = match &slot {
+            Slot::Indexed(node) => {
+                let pods = crate::registry::pod::resource();
+                Filter::parse(&pods, None, Some(&format!("spec.nodeName={node}"))).unwrap()
+            }
+            _ => Filter::default(),
+        };
+        let prefix = match &slot {
+            Slot::Namespace(ns) => format!("/registry/pods/{ns}/"),
+            _ => "/registry/pods/".to_string(),
+        };
+        let w = Watcher {
+            tx,
+            filter,
+            prefix,
+            after: 0,
+            queued: Default::default(),
+            slot,
+        };
+        (w, rx)
+    }
+
+    #[test]
+    fn an_event_is_offered_only_to_the_watchers_it_can_concern() {
+        let pods = crate::registry::pod::resource();
+        let field = pods.strategy.indexed_field();
+        assert_eq!(field, Some("spec.nodeName"));
+        let mut watchers = Watchers::default();
+        let mut feeds = Vec::new();
+        for i in 0..1000 {
+            let (w, rx) = watcher(Slot::Indexed(format!("node-{i}")));
+            watchers.file(i, w);
+            feeds.push(rx);
+        }
+        let (w, _everything) = watcher(Slot::Everywhere);
+        watchers.file(1000, w);
+        let (w, _in_ns) = watcher(Slot::Namespace("kube-system".into()));
+        watchers.file(1001, w);
+        let (w, _unscheduled) = watcher(Slot::Indexed(String::new()));
+        watchers.file(1002, w);
+
+        // One node's event: that node's watcher and the one of everything.
+        let on_7 = pod_event(1, "default", "node-7", None);
+        let mut offered = watchers.candidates(&pods, field, &on_7);
+        offered.sort();
+        assert_eq!(offered, vec![7, 1000]);
+        // A pod moving: both nodes; in the namespace watched, that too.
+        let moved = pod_event(2, "kube-system", "node-9", Some("node-3"));
+        let mut offered = watchers.candidates(&pods, field, &moved);
+        offered.sort();
+        assert_eq!(offered, vec![3, 9, 1000, 1001]);
+        // Bound from no node: the unscheduled pods' watcher sees it leave.
+        let bound = pod_event(3, "default", "node-1", Some(""));
+        let mut offered = watchers.candidates(&pods, field, &bound);
+        offered.sort();
+        assert_eq!(offered, vec![1, 1000, 1002]);
+
+        watchers.dispatch(&pods, field, &moved);
+        let kinds: Vec<_> = [3, 9]
+            .iter()
+            .map(|i| match feeds[*i].try_recv() {
+                Ok(Delivery::Event(kind, _)) => Some(kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![Some(EventType::Deleted), Some(EventType::Added)]
+        );
+        assert!(feeds[7].try_recv().is_err());
+
+        watchers.unfile(7);
+        assert!(watchers.candidates(&pods, field, &on_7) == vec![1000]);
+        assert!(!watchers.by_value.contains_key("node-7"));
+    }
+
+    #[test]
+    fn a_watcher_past_its_backlog_is_ended_and_the_others_are_not() {
+        let pods = crate::registry::pod::resource();
+        let mut watchers = Watchers::default();
+        let (slow, mut slow_feed) = watcher(Slot::Everywhere);
+        let (fast, mut fast_feed) = watcher(Slot::Everywhere);
+        let fast_queued = fast.queued.clone();
+        watchers.file(1, slow);
+        watchers.file(2, fast);
+        let big = "x".repeat(100 * 1024);
+        let mut revision = 0;
+        let mut taken = 0;
+        let ended = loop {
+            revision += 1;
+            let mut event = pod_event(revision, "default", "n", None);
+            Arc::get_mut(&mut event).unwrap().object =
+                Bytes::from(format!("{{\"pad\": \"{big}\"}}"));
+            watchers.dispatch(&pods, None, &event);
+            // The fast one takes everything at once.
+            while let Ok(Delivery::Event(_, d)) = fast_feed.try_recv() {
+                fast_queued.fetch_sub(d.event.object.len(), Ordering::AcqRel);
+                taken += 1;
+            }
+            if !watchers.all.contains_key(&1) {
+                break revision;
+            }
+            assert!(revision < 100, "never ended");
+        };
+        // About a MiB of 100 KiB events, then the end.
+        assert_eq!(ended as usize, BACKLOG_BYTES / (100 * 1024) + 1);
+        let mut got = 0;
+        let last = loop {
+            match slow_feed.try_recv() {
+                Ok(Delivery::Event(..)) => got += 1,
+                Ok(Delivery::End(e)) => break Some(e),
+                Err(_) => break None,
+            }
+        };
+        assert!(matches!(last, Some(StoreError::TooSlow)));
+        assert_eq!(got, ended - 1);
+        assert_eq!(taken, ended);
+        assert!(watchers.all.contains_key(&2));
+    }
+}
