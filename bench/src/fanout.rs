@@ -189,3 +189,292 @@ pub async fn idle(
     drop(held);
     Ok(())
 }
+
+/// What the `nodes` scenario's watches saw.
+struct Seen {
+    /// Events per node watch (index = node).
+    per_node: Vec<std::sync::atomic::AtomicU64>,
+    /// Events per unfiltered watch.
+    per_unfiltered: Vec<std::sync::atomic::AtomicU64>,
+    /// Delivery lag of node watches' events, microseconds.
+    lag: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The send time a status write put in `"message":"<micros>"`.
+fn sent_at(line: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"message\":\"";
+    let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let end = line[at..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&line[at..at + end]).ok()?.parse().ok()
+}
+
+/// Reads watch `stream` until it ends or `stop`: counts its events, and
+/// for a node's watch (`node`) records each event's lag.
+async fn follow(
+    mut stream: TcpStream,
+    node: Option<usize>,
+    unfiltered: usize,
+    seen: std::sync::Arc<Seen>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; if node.is_some() { 4096 } else { 256 * 1024 }];
+    let mut body = false;
+    loop {
+        let n = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = stream.read(&mut chunk) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
+        };
+        let Some(node) = node else {
+            // Unfiltered: only counted (their volume would swamp a parser
+            // sharing the machine with the server).
+            let lines = chunk[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            seen.per_unfiltered[unfiltered].fetch_add(lines, Ordering::Relaxed);
+            continue;
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if !body {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            buf.drain(..end + 4);
+            body = true;
+        }
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            if let Some(sent) = sent_at(&line) {
+                let lag = micros_now().saturating_sub(sent).max(1);
+                if let Ok(mut h) = seen.lag.lock() {
+                    let _ = h.record(lag);
+                }
+                seen.per_node[node].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `nodes`: one watch per node on pods, each with its own `spec.nodeName`
+/// selector (what every node agent holds), plus `unfiltered` watches of all
+/// pods, while pod status writes run at `rate` per second spread over the
+/// nodes' pods: delivery lag, missed events, the server's memory and CPU.
+pub async fn nodes(
+    bin: &Path,
+    watchers: usize,
+    unfiltered: usize,
+    rate: u64,
+    connections: usize,
+    d: Duration,
+    report: &mut Report,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    allow_files(watchers + unfiltered + connections + 64)?;
+    let server = Server::start(bin, 0, "").await?;
+    let addr = server_addr(&server.url)?;
+    report.add("scenario", "fanout-nodes");
+    report.add("node_watchers", watchers);
+    report.add("unfiltered_watchers", unfiltered);
+    report.add("target_writes_per_second", rate);
+    let client = reqwest::Client::new();
+    let pods = format!("{}/api/v1/namespaces/default/pods", server.url);
+    // One pod per node.
+    let created = futures::stream::iter(0..watchers)
+        .map(|i| {
+            let (client, pods) = (client.clone(), pods.clone());
+            async move {
+                let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("p-{i:06}")},
+                    "spec": {"nodeName": format!("node-{i:06}"),
+                        "containers": [{"name": "c", "image": "busybox"}]}});
+                client
+                    .post(&pods)
+                    .json(&pod)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 201)
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    if created != watchers {
+        return Err(format!("created {created} of {watchers} pods"));
+    }
+    let list: serde_json::Value = client
+        .get(format!("{pods}?limit=1"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .ok_or("no resourceVersion")?
+        .to_string();
+    let before = proc_stats(server.pid());
+    report.add("apiserver_rss_mib_with_pods", mib(before.rss_bytes));
+
+    let seen = Arc::new(Seen {
+        per_node: (0..watchers).map(|_| AtomicU64::new(0)).collect(),
+        per_unfiltered: (0..unfiltered).map(|_| AtomicU64::new(0)).collect(),
+        lag: std::sync::Mutex::new(
+            hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+                .map_err(|e| e.to_string())?,
+        ),
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut readers = Vec::with_capacity(watchers + unfiltered);
+    for i in 0..watchers + unfiltered {
+        let (path, node) = if i < watchers {
+            (
+                format!("/api/v1/pods?watch=true&resourceVersion={rv}&fieldSelector=spec.nodeName%3Dnode-{i:06}"),
+                Some(i),
+            )
+        } else {
+            (
+                format!("/api/v1/pods?watch=true&resourceVersion={rv}"),
+                None,
+            )
+        };
+        let stream = open(addr, i, &path).await?;
+        readers.push(tokio::spawn(follow(
+            stream,
+            node,
+            i.saturating_sub(watchers),
+            seen.clone(),
+            stop.clone(),
+        )));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while open_watches(&server.url).await < (watchers + unfiltered) as f64 {
+        if std::time::Instant::now() > deadline {
+            return Err("the watches did not all open".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = proc_stats(server.pid());
+    report.add("apiserver_rss_mib_watches_open", mib(opened.rss_bytes));
+
+    // Writers: `connections` paced loops, each patching the next pod's
+    // status with its send time.
+    let written: Arc<Vec<AtomicU64>> = Arc::new((0..watchers).map(|_| AtomicU64::new(0)).collect());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let cpu_start = proc_stats(server.pid());
+    let mut writers = Vec::new();
+    for _ in 0..connections {
+        let (written, next, pods) = (written.clone(), next.clone(), pods.clone());
+        let client = reqwest::Client::new();
+        let period = Duration::from_secs_f64(connections as f64 / rate.max(1) as f64);
+        writers.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let end = tokio::time::Instant::now() + d;
+            let mut failed = 0u64;
+            while tokio::time::Instant::now() < end {
+                ticks.tick().await;
+                let i = (next.fetch_add(1, Ordering::Relaxed) % watchers as u64) as usize;
+                let body = format!(r#"{{"status":{{"message":"{}"}}}}"#, micros_now());
+                let ok = client
+                    .patch(format!("{pods}/p-{i:06}/status"))
+                    .header("content-type", "application/merge-patch+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200);
+                if ok {
+                    written[i].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for w in writers {
+        failed += w.await.unwrap_or(0);
+    }
+    let elapsed = started.elapsed();
+    let cpu_end = proc_stats(server.pid());
+    let writes: u64 = written.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+    // Let delivery finish: until the counts stop moving (or 10 s).
+    let total = || {
+        seen.per_node
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + seen
+                .per_unfiltered
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>()
+    };
+    let settle = std::time::Instant::now();
+    let mut last = total();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = total();
+        if now == last || settle.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        last = now;
+    }
+    let missed_node: u64 = (0..watchers)
+        .map(|i| {
+            written[i]
+                .load(Ordering::Relaxed)
+                .saturating_sub(seen.per_node[i].load(Ordering::Relaxed))
+        })
+        .sum();
+    let missed_unfiltered: u64 = seen
+        .per_unfiltered
+        .iter()
+        .map(|c| writes.saturating_sub(c.load(Ordering::Relaxed)))
+        .sum();
+    let after = proc_stats(server.pid());
+    stop.cancel();
+    for r in readers {
+        let _ = r.await;
+    }
+    report.add(
+        "writes_per_second",
+        format!("{:.0}", writes as f64 / elapsed.as_secs_f64()),
+    );
+    report.add("write_errors", failed);
+    if let Ok(h) = seen.lag.lock() {
+        for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+            report.add(
+                &format!("node_watch_lag_{name}_ms"),
+                format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0),
+            );
+        }
+        report.add(
+            "node_watch_lag_max_ms",
+            format!("{:.1}", h.max() as f64 / 1000.0),
+        );
+    }
+    report.add("node_watch_events_missed", missed_node);
+    report.add("unfiltered_watch_events_missed", missed_unfiltered);
+    report.add(
+        "apiserver_cpu_cores_while_writing",
+        format!(
+            "{:.2}",
+            (cpu_end.cpu_seconds - cpu_start.cpu_seconds) / elapsed.as_secs_f64()
+        ),
+    );
+    report.add("apiserver_rss_mib_after", mib(after.rss_bytes));
+    report.add("apiserver_peak_rss_mib", mib(after.peak_rss_bytes));
+    Ok(())
+}

@@ -55,6 +55,7 @@ struct LoadArgs {
 enum FanoutMode {
     Stuck,
     Idle,
+    Nodes,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -134,9 +135,16 @@ enum Scenario {
         nodes: usize,
         #[arg(long, default_value_t = 8)]
         connections: usize,
-        /// How long each heartbeat run (`stuck`) or the rest (`idle`) lasts.
+        /// How long each heartbeat run (`stuck`), the writes (`nodes`) or
+        /// the rest (`idle`) last.
         #[arg(long, default_value = "10s")]
         duration: String,
+        /// Watches of all pods beside the node watches (`nodes`).
+        #[arg(long, default_value_t = 100)]
+        unfiltered: usize,
+        /// Pod status writes per second (`nodes`).
+        #[arg(long, default_value_t = 10000)]
+        rate: u64,
     },
     /// CustomResourceDefinitions: discovery with K CRDs installed, a CRD's
     /// create to its first object, and validating a 10 KB custom object.
@@ -968,9 +976,23 @@ async fn run(cli: Cli) -> Result<Report, String> {
             nodes,
             connections,
             duration: d,
+            unfiltered,
+            rate,
         } => {
             let d = duration(&d)?;
             match mode {
+                FanoutMode::Nodes => {
+                    fanout::nodes(
+                        &bin,
+                        watchers,
+                        unfiltered,
+                        rate,
+                        connections,
+                        d,
+                        &mut report,
+                    )
+                    .await?
+                }
                 FanoutMode::Stuck => {
                     fanout::stuck(&bin, nodes, connections, d, watchers, &mut report).await?
                 }
