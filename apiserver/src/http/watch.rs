@@ -31,7 +31,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::registry::fanout::{translate, Dispatched, Next, Subscription};
 use crate::registry::{Filter, Resource};
-use crate::store::{ReadAt, StoredObject};
+use crate::store::ListCursor;
 
 /// Chunks buffered between the watch task and a slow client (the byte
 /// budget below is what binds; this bounds the count of small ones).
@@ -90,11 +90,15 @@ pub async fn serve(
             .wait_for(rev, state.read_wait)
             .await?;
     }
-    let (initial, after): (Vec<StoredObject>, u64) = match requested {
-        Some(rev) if !params.send_initial_events => (Vec::new(), rev),
+    let (initial, after) = match requested {
+        Some(rev) if !params.send_initial_events => (None, rev),
         // No resourceVersion, "0", or sendInitialEvents: the current state as
         // synthetic ADDED events first, then changes after that snapshot.
-        _ => state.registry.list(&r, ns, &filter, ReadAt::Newest).await?,
+        _ => {
+            let cursor = state.registry.list_cursor(&r, ns, &filter).await?;
+            let at = cursor.revision;
+            (Some(cursor), at)
+        }
     };
     let (tx, rx) = mpsc::channel::<Queued>(LINES_IN_FLIGHT);
     match state.registry.subscribe(&r, ns, filter.clone(), after) {
@@ -250,12 +254,28 @@ impl WatchTask {
         }
     }
 
-    async fn run(mut self, initial: Vec<StoredObject>, after: u64, mut feed: Subscription) {
+    async fn run(mut self, initial: Option<ListCursor>, after: u64, mut feed: Subscription) {
         let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
-        for object in &initial {
-            let event = self.event(EventType::Added, &object.json, object.revision);
-            self.events.inc();
-            if !self.send(event).await {
+        // The initial events go out as they are read, a chunk at a time: a
+        // client that takes them slowly holds a cursor, not the list.
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        for object in initial.into_iter().flatten() {
+            let line = self.event(EventType::Added, &object.json, object.revision);
+            size += line.len();
+            chunk.push(line);
+            if size >= MAX_CHUNK {
+                self.events.inc_by(chunk.len() as u64);
+                if !self.send(Bytes::from(chunk.concat())).await {
+                    return;
+                }
+                chunk.clear();
+                size = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            self.events.inc_by(chunk.len() as u64);
+            if !self.send(Bytes::from(chunk.concat())).await {
                 return;
             }
         }

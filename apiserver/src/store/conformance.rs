@@ -510,6 +510,54 @@ pub async fn acknowledged_writes_survive_a_restart(h: &dyn Harness) {
     store.close().await;
 }
 
+/// A list cursor reads one revision as it is taken: writes after it is
+/// opened do not show, and only the prefix's objects come, in key order.
+pub async fn list_cursors_read_at_one_revision(h: &dyn Harness) {
+    let store = h.open().await;
+    let p = prefix("configmaps");
+    // A prefix that sorts right after `p`'s keys: it must not show.
+    let neighbour = format!("{}x/", p.trim_end_matches('/'));
+    for name in ["c", "a", "b"] {
+        store
+            .create(&format!("{p}{name}"), object(name, name, 0))
+            .await
+            .unwrap();
+    }
+    store
+        .create(&format!("{neighbour}z"), object("z", "z", 0))
+        .await
+        .unwrap();
+    let listed = store.list(&p, ReadAt::Newest).await.unwrap();
+    let mut cursor = store.list_cursor(&p).await.unwrap();
+    assert_eq!(cursor.revision, listed.revision);
+    let first = cursor.next().expect("a first object");
+    store
+        .update(&format!("{p}b"), None, object("b", "b", 1))
+        .await
+        .unwrap();
+    store
+        .delete(&format!("{p}c"), &Preconditions::default())
+        .await
+        .unwrap();
+    store
+        .create(&format!("{p}bb"), object("bb", "bb", 0))
+        .await
+        .unwrap();
+    let rest: Vec<_> = cursor.collect();
+    let read: Vec<_> = std::iter::once(&first)
+        .chain(rest.iter())
+        .map(|o| (o.key.to_string(), data(&o.json)))
+        .collect();
+    let want: Vec<_> = listed
+        .items
+        .iter()
+        .map(|o| (o.key.to_string(), data(&o.json)))
+        .collect();
+    assert_eq!(read, want);
+    assert_eq!(read.len(), 3);
+    store.close().await;
+}
+
 /// One `#[tokio::test]` per contract test for a backend's harness;
 /// `$harness` is an `Option` (`None`: the backend cannot run here, and its
 /// harness said why).
@@ -534,6 +582,7 @@ macro_rules! conformance_suite {
             one!(cached_reads_catch_up_and_lose_no_update);
             one!(deletes_check_preconditions);
             one!(lists_read_at_one_revision);
+            one!(list_cursors_read_at_one_revision);
             one!(counts_what_is_under_a_prefix);
             one!(waiting_for_a_revision_ends_or_says_too_large);
             one!(watches_start_at_a_revision);

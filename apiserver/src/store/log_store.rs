@@ -1077,6 +1077,29 @@ impl Store for LogStore {
         })
     }
 
+    async fn list_cursor(&self, prefix: &str) -> Result<super::ListCursor, StoreError> {
+        // The snapshot is a persistent map: readers holding it share it,
+        // and each write copies only its own path.
+        let view = self.shared.view();
+        let prefix = prefix.to_string();
+        let mut last: Option<Arc<str>> = None;
+        Ok(super::ListCursor::new(view.revision, move || {
+            let lower = match &last {
+                Some(key) => std::ops::Bound::Excluded(&**key),
+                None => std::ops::Bound::Included(prefix.as_str()),
+            };
+            let (key, object) = view
+                .objects
+                .range::<_, str>((lower, std::ops::Bound::Unbounded))
+                .next()?;
+            if !key.starts_with(&prefix) {
+                return None;
+            }
+            last = Some(key.clone());
+            Some(object.clone())
+        }))
+    }
+
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         let view = self.shared.view();
         let n = view

@@ -92,6 +92,54 @@ impl Event {
     }
 }
 
+/// A list taken one object at a time (`Store::list_cursor`).
+pub struct ListCursor {
+    /// The revision the list is read at.
+    pub revision: Revision,
+    next: Box<dyn FnMut() -> Option<StoredObject> + Send>,
+}
+
+impl ListCursor {
+    pub fn new(
+        revision: Revision,
+        next: impl FnMut() -> Option<StoredObject> + Send + 'static,
+    ) -> ListCursor {
+        ListCursor {
+            revision,
+            next: Box::new(next),
+        }
+    }
+
+    /// A list already read.
+    pub fn of(list: ListResult) -> ListCursor {
+        let mut items = list.items.into_iter();
+        ListCursor::new(list.revision, move || items.next())
+    }
+
+    /// Only the objects `keep` keeps.
+    pub fn filter(
+        mut self,
+        mut keep: impl FnMut(&StoredObject) -> bool + Send + 'static,
+    ) -> ListCursor {
+        let mut inner = self.next;
+        self.next = Box::new(move || loop {
+            let object = inner()?;
+            if keep(&object) {
+                return Some(object);
+            }
+        });
+        self
+    }
+}
+
+impl Iterator for ListCursor {
+    type Item = StoredObject;
+
+    fn next(&mut self) -> Option<StoredObject> {
+        (self.next)()
+    }
+}
+
 /// Which state a list is read at. Every state a store serves is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadAt {
@@ -250,6 +298,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every object whose key starts with `prefix`, at one revision.
     async fn list(&self, prefix: &str, at: ReadAt) -> Result<ListResult, StoreError>;
+
+    /// `list` at the newest revision, read as it is taken: what a watch's
+    /// initial events come from, so that a client that takes them slowly
+    /// costs a cursor, not a copy of the list. This default reads the list
+    /// whole (etcd's pages would each be a round trip); the log store
+    /// keeps its snapshot instead, which every reader of it shares.
+    async fn list_cursor(&self, prefix: &str) -> Result<ListCursor, StoreError> {
+        Ok(ListCursor::of(self.list(prefix, ReadAt::Newest).await?))
+    }
 
     /// How many objects are under `prefix` now (`apiserver_storage_objects`).
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
