@@ -109,7 +109,9 @@ pub async fn stuck(
     report: &mut Report,
 ) -> Result<(), String> {
     allow_files(watchers + connections)?;
-    let server = Server::start(bin, nodes, "").await?;
+    // Held until the byte budget ends them, not the time budget: the run
+    // measures writers while the stuck watches are there.
+    let server = Server::start(bin, nodes, "watchStuckTimeout: 1h\n").await?;
     let endpoint = server.endpoint();
     let addr = server_addr(&server.url)?;
     report.add("scenario", "fanout-stuck");
@@ -120,14 +122,37 @@ pub async fn stuck(
     report.add("apiserver_rss_mib_before", mib(idle.rss_bytes));
     let alone = load::closed_loop(&endpoint, nodes, connections, d).await;
     load_rows(report, "without_watchers", &alone);
+    let unwatched = proc_stats(server.pid());
     let mut held = Vec::with_capacity(watchers);
     for i in 0..watchers {
         held.push(open(addr, i, "/apis/coordination.k8s.io/v1/leases?watch=true").await?);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Measured once they are stuck: every watch open, and the server done
+    // sending what their sockets take (its CPU at rest), or a minute.
+    let settling = std::time::Instant::now();
+    loop {
+        let cpu = proc_stats(server.pid()).cpu_seconds;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = proc_stats(server.pid()).cpu_seconds - cpu;
+        let open = open_watches(&server.url).await;
+        if (open >= watchers as f64 && busy < 0.05) || settling.elapsed() > Duration::from_secs(60)
+        {
+            break;
+        }
+    }
+    report.add("seconds_until_stuck", settling.elapsed().as_secs());
     let opened = proc_stats(server.pid());
     report.add("apiserver_rss_mib_watches_open", mib(opened.rss_bytes));
     report.add("open_watches_at_start", open_watches(&server.url).await);
+    report.add(
+        "rss_kib_per_stuck_watch",
+        format!(
+            "{:.1}",
+            opened.rss_bytes.saturating_sub(unwatched.rss_bytes) as f64
+                / 1024.0
+                / watchers.max(1) as f64
+        ),
+    );
     let with = load::closed_loop(&endpoint, nodes, connections, d).await;
     load_rows(report, "with_stuck_watchers", &with);
     report.add(

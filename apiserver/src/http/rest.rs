@@ -160,8 +160,8 @@ pub async fn handle(
     let (uri, method, headers) = (parts.uri, parts.method, parts.headers);
     // The connection, for the streams of exec, attach and port-forward.
     let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    // The connection's hangup, for a watch whose client stops reading.
-    let hangup = parts.extensions.remove::<super::serve::Hangup>();
+    // What a watch may do to its connection (close it, cap its buffer).
+    let connection_control = parts.extensions.remove::<super::serve::ConnectionControl>();
     let Some(target) = path::parse(uri.path()) else {
         let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
         let found = match (method == Method::GET, segments.as_slice()) {
@@ -184,7 +184,10 @@ pub async fn handle(
         headers,
         body,
         &user,
-        Connection { upgrade, hangup },
+        Connection {
+            upgrade,
+            connection_control,
+        },
     )
     .await
 }
@@ -193,8 +196,9 @@ pub async fn handle(
 struct Connection {
     /// The streams of exec, attach and port-forward take it over.
     upgrade: Option<hyper::upgrade::OnUpgrade>,
-    /// A watch closes it when its client stops reading.
-    hangup: Option<super::serve::Hangup>,
+    /// A watch caps its send buffer, and closes it when its client stops
+    /// reading.
+    connection_control: Option<super::serve::ConnectionControl>,
 }
 
 /// Admission for a create, once its body is read: a node creates only its
@@ -466,7 +470,10 @@ async fn serve(
     user: &UserInfo,
     connection: Connection,
 ) -> Result<Response, ApiError> {
-    let Connection { upgrade, hangup } = connection;
+    let Connection {
+        upgrade,
+        connection_control,
+    } = connection;
     let r = state
         .registry
         .lookup(&target.group, &target.version, &target.plural)
@@ -487,7 +494,7 @@ async fn serve(
             Method::GET => {
                 let filter = params.filter(&r)?;
                 if params.watch {
-                    watch::serve(&state, r, ns, filter, &params, table, hangup).await
+                    watch::serve(&state, r, ns, filter, &params, table, connection_control).await
                 } else {
                     list(&state, &r, ns, &filter, &params, table).await
                 }

@@ -9,41 +9,120 @@
 //! accepting and lets open connections finish (watches end on the same
 //! signal).
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// Closes the connection a request came on, whatever it is doing: how a
-/// watch whose client stopped reading is let go (hyper, blocked writing
-/// to a full socket, would otherwise hold the connection and its buffers
-/// for as long as the client stays). In each request's extensions.
+/// What a request may do to the connection it came on (in each request's
+/// extensions): what a watch needs.
 #[derive(Clone, Default)]
-pub struct Hangup(CancellationToken);
+pub struct ConnectionControl {
+    hangup: CancellationToken,
+    /// A send buffer size asked for, applied by the socket's next write.
+    send_buffer: Arc<AtomicUsize>,
+}
 
-impl Hangup {
-    pub fn now(&self) {
-        self.0.cancel();
+impl ConnectionControl {
+    /// Closes the connection, whatever it is doing: how a watch whose
+    /// client stopped reading is let go (hyper, blocked writing to a full
+    /// socket, would otherwise hold the connection and its buffers for as
+    /// long as the client stays).
+    pub fn hang_up(&self) {
+        self.hangup.cancel();
+    }
+
+    /// Caps the socket's send buffer. The kernel grows a socket's buffer
+    /// to 4 MiB (`tcp_wmem`) while its peer's window is open: a watch
+    /// whose client stops reading would take that much of its events, each
+    /// encoded and copied, before it is found to be stuck.
+    pub fn cap_send_buffer(&self, bytes: usize) {
+        self.send_buffer.store(bytes, Ordering::Release);
+    }
+}
+
+/// A connection's TCP socket, which applies `cap_send_buffer` on its next
+/// write: the request asking for it holds no handle to the socket.
+struct Socket {
+    tcp: tokio::net::TcpStream,
+    send_buffer: Arc<AtomicUsize>,
+}
+
+impl Socket {
+    fn apply(&self) {
+        let asked = self.send_buffer.swap(0, Ordering::AcqRel);
+        if asked > 0 {
+            if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(&self.tcp, asked) {
+                tracing::debug!(error = %e, "capping a socket's send buffer");
+            }
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.apply();
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.apply();
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
 /// What hyper buffers per connection (its minimum is 8 KiB).
-const WRITE_BUFFER_BYTES: usize = 32 * 1024;
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The router, for one connection: each request gets the connection's
-/// facts in its extensions (the client's address, its `Hangup`, the user a
+/// facts in its extensions (the client's address, its `ConnectionControl`, the user a
 /// client certificate names). Set per request rather than by layering the
 /// router per connection, which rebuilt every route's service stack for
 /// each connection: ~40 KiB that an open watch held for its lifetime.
 fn connection_service(
     app: &Router,
     remote: std::net::SocketAddr,
-    hangup: &Hangup,
+    control: &ConnectionControl,
     user: Option<super::authn::CertificateUser>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
@@ -57,11 +136,11 @@ fn connection_service(
        + Send
        + 'static {
     let app = app.clone();
-    let hangup = hangup.clone();
+    let control = control.clone();
     hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let extensions = request.extensions_mut();
         extensions.insert(axum::extract::ConnectInfo(remote));
-        extensions.insert(hangup.clone());
+        extensions.insert(control.clone());
         if let Some(user) = &user {
             extensions.insert(user.clone());
         }
@@ -110,8 +189,12 @@ pub async fn serve(
         // hold them.
         let _ = tcp.set_nodelay(true);
         // The client's address, for the audit log (`ConnectInfo`).
-        let hangup = Hangup::default();
-        let service = connection_service(&app, remote, &hangup, None);
+        let control = ConnectionControl::default();
+        let tcp = Socket {
+            tcp,
+            send_buffer: control.send_buffer.clone(),
+        };
+        let service = connection_service(&app, remote, &control, None);
         match &tls {
             None => {
                 // With upgrades: the streams of exec, attach and port-forward.
@@ -123,7 +206,7 @@ pub async fn serve(
                     // A client that hangs up or times out is not the server's error.
                     tokio::select! {
                         _ = watcher.watch(connection) => {}
-                        _ = hangup.0.cancelled() => {}
+                        _ = control.hangup.cancelled() => {}
                     }
                 });
             }
@@ -160,14 +243,14 @@ pub async fn serve(
                             ))
                         });
                     let service = match user {
-                        Some(user) => connection_service(&app, remote, &hangup, Some(user)),
+                        Some(user) => connection_service(&app, remote, &control, Some(user)),
                         None => service,
                     };
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = watcher.watch(connection) => {}
-                        _ = hangup.0.cancelled() => {}
+                        _ = control.hangup.cancelled() => {}
                     }
                 });
             }

@@ -37,7 +37,11 @@ use crate::store::ListCursor;
 /// budget below is what binds; this bounds the count of small ones).
 const LINES_IN_FLIGHT: usize = 64;
 /// Bytes queued for a client and not yet taken by its connection.
-const WATCH_BUFFER_BYTES: usize = 32 * 1024;
+const WATCH_BUFFER_BYTES: usize = 16 * 1024;
+/// A watch's socket send buffer (the kernel doubles it for its own
+/// bookkeeping): room for bursts at loopback speed and a few MB/s over a
+/// WAN, without the 4 MiB the kernel would let a stuck client take.
+const SOCKET_SEND_BUFFER: usize = 128 * 1024;
 /// Largest chunk of events sent in one write: half the budget, so that one
 /// can be queued while the other is being written.
 const MAX_CHUNK: usize = WATCH_BUFFER_BYTES / 2;
@@ -48,12 +52,17 @@ type Queued = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 
 fn line(kind: EventType, object: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(object.len() + 32);
+    line_into(&mut out, kind, object);
+    Bytes::from(out)
+}
+
+/// Appends an event's line to `out`.
+fn line_into(out: &mut Vec<u8>, kind: EventType, object: &[u8]) {
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(kind.as_str().as_bytes());
     out.extend_from_slice(b"\",\"object\":");
     out.extend_from_slice(object);
     out.extend_from_slice(b"}\n");
-    Bytes::from(out)
 }
 
 fn error_line(error: ApiError) -> Bytes {
@@ -77,7 +86,7 @@ pub async fn serve(
     filter: Filter,
     params: &Params,
     table: Option<TableRequest>,
-    hangup: Option<super::serve::Hangup>,
+    connection_control: Option<super::serve::ConnectionControl>,
 ) -> Result<Response, ApiError> {
     let requested = params.revision()?;
     if let Some(rev) = requested {
@@ -100,6 +109,9 @@ pub async fn serve(
             (Some(cursor), at)
         }
     };
+    if let Some(control) = &connection_control {
+        control.cap_send_buffer(SOCKET_SEND_BUFFER);
+    }
     let (tx, rx) = mpsc::channel::<Queued>(LINES_IN_FLIGHT);
     match state.registry.subscribe(&r, ns, filter.clone(), after) {
         Ok(subscription) => {
@@ -107,6 +119,7 @@ pub async fn serve(
                 .watch_events
                 .with_label_values(&[r.group, r.version, r.plural]);
             let task = WatchTask {
+                overflowed: subscription.overflowed(),
                 events,
                 r,
                 filter,
@@ -120,7 +133,7 @@ pub async fn serve(
                 table_headers_sent: false,
                 budget: Arc::new(tokio::sync::Semaphore::new(WATCH_BUFFER_BYTES)),
                 stuck_after: state.watch_stuck_timeout,
-                hangup,
+                connection_control,
             };
             tokio::spawn(task.run(initial, after, subscription));
         }
@@ -145,6 +158,8 @@ pub async fn serve(
 }
 
 struct WatchTask {
+    /// Cancelled when the watcher falls past its backlog (`fanout`).
+    overflowed: CancellationToken,
     /// `apiserver_watch_events_total` of this resource.
     events: mube_process::metrics::prometheus::IntCounter,
     r: Arc<Resource>,
@@ -164,22 +179,29 @@ struct WatchTask {
     /// How long a chunk may wait for room before the watcher is closed.
     stuck_after: std::time::Duration,
     /// Closes the connection (absent for a caller without one).
-    hangup: Option<super::serve::Hangup>,
+    connection_control: Option<super::serve::ConnectionControl>,
 }
 
 impl WatchTask {
     /// The event line for `object` (stored at `revision`), as a Table if one
     /// was asked for.
     fn event(&mut self, kind: EventType, object: &[u8], revision: u64) -> Bytes {
+        let mut out = Vec::with_capacity(object.len() + 32);
+        self.event_into(&mut out, kind, object, revision);
+        Bytes::from(out)
+    }
+
+    /// `event`, appended to `out`.
+    fn event_into(&mut self, out: &mut Vec<u8>, kind: EventType, object: &[u8], revision: u64) {
         let Some(t) = self.table else {
-            return line(kind, &self.r.served(object));
+            return line_into(out, kind, &self.r.served(object));
         };
         let meta = json!({"resourceVersion": revision.to_string()});
         let headers = !self.table_headers_sent;
         self.table_headers_sent = true;
         match table::render(&self.r, t, [object], meta, headers) {
-            Ok(rendered) => line(kind, &rendered),
-            Err(_) => line(kind, object),
+            Ok(rendered) => line_into(out, kind, &rendered),
+            Err(_) => line_into(out, kind, object),
         }
     }
 
@@ -220,6 +242,10 @@ impl WatchTask {
                     false
                 }
             },
+            _ = self.overflowed.cancelled() => {
+                self.close_stuck().await;
+                false
+            }
             _ = self.shutdown.cancelled() => false,
         }
     }
@@ -248,8 +274,8 @@ impl WatchTask {
         };
         let grace = self.stuck_after.min(std::time::Duration::from_secs(1));
         if tokio::time::timeout(grace, drained).await.is_err() {
-            if let Some(hangup) = &self.hangup {
-                hangup.now();
+            if let Some(control) = &self.connection_control {
+                control.hang_up();
             }
         }
     }
@@ -259,23 +285,20 @@ impl WatchTask {
         // The initial events go out as they are read, a chunk at a time: a
         // client that takes them slowly holds a cursor, not the list.
         let mut chunk = Vec::new();
-        let mut size = 0;
+        let mut events = 0;
         for object in initial.into_iter().flatten() {
-            let line = self.event(EventType::Added, &object.json, object.revision);
-            size += line.len();
-            chunk.push(line);
-            if size >= MAX_CHUNK {
-                self.events.inc_by(chunk.len() as u64);
-                if !self.send(Bytes::from(chunk.concat())).await {
+            self.event_into(&mut chunk, EventType::Added, &object.json, object.revision);
+            events += 1;
+            if chunk.len() >= MAX_CHUNK {
+                self.events.inc_by(std::mem::take(&mut events));
+                if !self.send(Bytes::from(std::mem::take(&mut chunk))).await {
                     return;
                 }
-                chunk.clear();
-                size = 0;
             }
         }
         if !chunk.is_empty() {
-            self.events.inc_by(chunk.len() as u64);
-            if !self.send(Bytes::from(chunk.concat())).await {
+            self.events.inc_by(events);
+            if !self.send(Bytes::from(chunk)).await {
                 return;
             }
         }
@@ -337,11 +360,12 @@ impl WatchTask {
                         }
                     };
                     self.events.inc_by(events);
-                    // One event goes out as its line; several in one write.
+                    // One event goes out as its line; several in one write
+                    // (the lines let go before it waits for room).
                     let chunk = match chunk.len() {
                         0 => None,
                         1 => chunk.pop(),
-                        _ => Some(Bytes::from(chunk.concat())),
+                        _ => Some(Bytes::from(std::mem::take(&mut chunk).concat())),
                     };
                     if let Some(chunk) = chunk {
                         if !self.send(chunk).await {

@@ -14,8 +14,10 @@
 //!   among those;
 //! - delivering never waits: each watcher has a queue bounded in bytes
 //!   (`BACKLOG_BYTES` of events it has not taken), and one that overflows
-//!   is ended with `TooSlow` (the client gets 410 and relists), so writers
-//!   and the other watchers never wait on a slow one;
+//!   is ended with `TooSlow` (the client gets 410 and relists, and its
+//!   connection is closed if it does not take that), so writers and the
+//!   other watchers never wait on a slow one. The dispatcher itself, if
+//!   the store's feed overruns it, reads what it missed from history;
 //! - an event is shared by all its watchers (`Dispatched`), and so is each
 //!   encoding of it (`Dispatched::form`): serialized once per form, not
 //!   once per watcher;
@@ -35,6 +37,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use mube_apis::watch::EventType;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Filter, Projection, Resource};
 use crate::store::{Event, EventKind, Revision, Store, StoreError, WatchStream};
@@ -193,6 +196,7 @@ impl Fanout {
             };
             let (tx, rx) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicUsize::new(0));
+            let overflowed = CancellationToken::new();
             let id = watchers.next_id;
             watchers.next_id += 1;
             watchers.file(
@@ -203,6 +207,7 @@ impl Fanout {
                     prefix,
                     after,
                     queued: queued.clone(),
+                    overflowed: overflowed.clone(),
                     slot,
                 },
             );
@@ -211,6 +216,7 @@ impl Fanout {
                 catch_up,
                 rx,
                 queued,
+                overflowed,
                 registration: Registration {
                     dispatcher: Arc::downgrade(&dispatcher),
                     id,
@@ -259,6 +265,7 @@ pub struct Subscription {
     catch_up: Option<WatchStream>,
     rx: mpsc::UnboundedReceiver<Delivery>,
     queued: Arc<AtomicUsize>,
+    overflowed: CancellationToken,
     registration: Registration,
     /// The newest revision delivered or known to hold nothing for it.
     last: Revision,
@@ -325,6 +332,12 @@ impl Subscription {
         self.rx.is_empty().then_some(progress.max(self.last))
     }
 
+    /// Cancelled once this watcher has fallen past its backlog: whatever
+    /// it is waiting on, it is over.
+    pub fn overflowed(&self) -> CancellationToken {
+        self.overflowed.clone()
+    }
+
     pub fn resource(&self) -> &Arc<Resource> {
         &self.r
     }
@@ -363,6 +376,9 @@ struct Watcher {
     after: Revision,
     /// Bytes of events queued for it and not yet taken.
     queued: Arc<AtomicUsize>,
+    /// Cancelled when it overflows: its client is then let go at once,
+    /// even while the watcher waits on its socket.
+    overflowed: CancellationToken,
     slot: Slot,
 }
 
@@ -459,6 +475,7 @@ impl Watchers {
             let queued = w.queued.load(Ordering::Acquire);
             if queued > 0 && queued + size > BACKLOG_BYTES {
                 let _ = w.tx.send(Delivery::End(StoreError::TooSlow));
+                w.overflowed.cancel();
                 overflowed.push(id);
                 continue;
             }
@@ -646,6 +663,7 @@ mod tests {
             prefix,
             after: 0,
             queued: Default::default(),
+            overflowed: CancellationToken::new(),
             slot,
         };
         (w, rx)

@@ -4,7 +4,10 @@
 //! history from its start revision up to the revision that was published when
 //! it subscribed, and "synced" afterwards, fed from a bounded per-resource
 //! broadcast. Writers never wait for watchers: one that falls behind the
-//! broadcast buffer is ended with `TooSlow` (410 for the client, which relists).
+//! broadcast buffer goes back to history for what it missed, as an etcd
+//! watcher that falls behind becomes unsynced again, and is ended only if
+//! history no longer has it (`Compacted`: 410 for the client, which
+//! relists).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +52,11 @@ pub struct WatchStream {
     published: Arc<AtomicU64>,
     /// Set by `until`: the stream ends once history is read up to here.
     stop_at: Option<Revision>,
+    /// The live feed overran this reader: the next live event is taken
+    /// only after history fills what was skipped before it.
+    lagged: bool,
+    /// A live event held while history fills the gap before it.
+    held: Option<Arc<Event>>,
 }
 
 impl WatchStream {
@@ -69,6 +77,8 @@ impl WatchStream {
             live,
             published,
             stop_at: None,
+            lagged: false,
+            held: None,
         }
     }
 
@@ -99,20 +109,30 @@ impl WatchStream {
             if self.stop_at.is_some() {
                 return None;
             }
-            match self.live.recv().await {
-                Ok(event) => {
-                    if event.revision <= self.last {
+            let event = match self.held.take() {
+                Some(event) => event,
+                None => match self.live.recv().await {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.lagged = true;
                         continue;
                     }
-                    self.last = event.revision;
-                    if event.key.starts_with(&self.prefix) {
-                        return Some(Ok(event));
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some(Err(StoreError::TooSlow))
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if event.revision <= self.last {
+                continue;
+            }
+            if std::mem::take(&mut self.lagged) && event.revision > self.last + 1 {
+                // Every event is in history before it is sent: read what
+                // the overrun skipped, then this one.
+                self.history_end = Some(event.revision - 1);
+                self.held = Some(event);
+                continue;
+            }
+            self.last = event.revision;
+            if event.key.starts_with(&self.prefix) {
+                return Some(Ok(event));
             }
         }
     }
@@ -148,7 +168,7 @@ impl WatchStream {
     /// A revision this watcher has provably seen everything up to, for a
     /// BOOKMARK: only when nothing is buffered or in flight for it.
     pub fn progress(&self) -> Option<Revision> {
-        if self.history_end.is_some() || !self.buffer.is_empty() {
+        if self.history_end.is_some() || !self.buffer.is_empty() || self.held.is_some() {
             return None;
         }
         // The publisher sends a batch's events before it stores `published`,
