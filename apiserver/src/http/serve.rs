@@ -112,7 +112,7 @@ impl AsyncWrite for Socket {
 }
 
 /// What hyper buffers per connection (its minimum is 8 KiB).
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// The router, for one connection: each request gets the connection's
 /// facts in its extensions (the client's address, its `ConnectionControl`, the user a

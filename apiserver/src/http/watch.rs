@@ -37,7 +37,7 @@ use crate::store::ListCursor;
 /// budget below is what binds; this bounds the count of small ones).
 const LINES_IN_FLIGHT: usize = 64;
 /// Bytes queued for a client and not yet taken by its connection.
-const WATCH_BUFFER_BYTES: usize = 16 * 1024;
+const WATCH_BUFFER_BYTES: usize = 8 * 1024;
 /// A watch's socket send buffer (the kernel doubles it for its own
 /// bookkeeping): room for bursts at loopback speed and a few MB/s over a
 /// WAN, without the 4 MiB the kernel would let a stuck client take.
@@ -269,7 +269,7 @@ impl WatchTask {
         ));
         let drained = async {
             while self.tx.capacity() < self.tx.max_capacity() && !self.tx.is_closed() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         };
         let grace = self.stuck_after.min(std::time::Duration::from_secs(1));

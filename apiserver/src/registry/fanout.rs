@@ -429,43 +429,46 @@ impl Watchers {
     /// The watchers an event can concern: those filed under its index
     /// values (after and before the change) or its namespace, and those
     /// that watch everything. Never the watchers of other nodes.
-    fn candidates(&self, r: &Resource, index_field: Option<&str>, event: &Event) -> Vec<u64> {
-        let mut candidates: Vec<u64> = self.everywhere.clone();
-        if !self.by_namespace.is_empty() {
-            if let Some(ns) = namespace_of(r, &event.key) {
-                if let Some(ids) = self.by_namespace.get(ns) {
-                    candidates.extend_from_slice(ids);
-                }
-            }
-        }
+    fn offered<'a>(
+        &'a self,
+        r: &Resource,
+        index_field: Option<&str>,
+        event: &'a Event,
+    ) -> impl Iterator<Item = &'a u64> + 'a {
+        let in_namespace = match self.by_namespace.is_empty() {
+            true => None,
+            false => namespace_of(r, &event.key).and_then(|ns| self.by_namespace.get(ns)),
+        };
+        let mut values: Vec<&'a str> = Vec::new();
         if let (Some(field), false) = (index_field, self.by_value.is_empty()) {
             let (now, before) = projections(r, event);
-            let mut values: Vec<&str> = [now, before]
-                .into_iter()
-                .flatten()
-                .map(|p| p.field(field))
-                .collect();
+            values.extend([now, before].into_iter().flatten().map(|p| p.field(field)));
             values.dedup();
-            for value in values {
-                if let Some(ids) = self.by_value.get(value) {
-                    candidates.extend_from_slice(ids);
-                }
-            }
         }
-        candidates
+        let by_value = &self.by_value;
+        self.everywhere
+            .iter()
+            .chain(in_namespace.into_iter().flatten())
+            .chain(
+                values
+                    .into_iter()
+                    .filter_map(move |v| by_value.get(v))
+                    .flatten(),
+            )
+    }
+
+    #[cfg(test)]
+    fn candidates(&self, r: &Resource, index_field: Option<&str>, event: &Event) -> Vec<u64> {
+        self.offered(r, index_field, event).copied().collect()
     }
 
     /// Offers one event to the watchers that can match it.
     fn dispatch(&mut self, r: &Resource, index_field: Option<&str>, event: &Arc<Event>) {
-        let candidates = self.candidates(r, index_field, event);
-        if candidates.is_empty() {
-            return;
-        }
-        let shared = Arc::new(Dispatched::new(event.clone()));
         let size = event.object.len();
+        let mut shared: Option<Arc<Dispatched>> = None;
         let mut overflowed = Vec::new();
-        for id in candidates {
-            let Some(w) = self.all.get(&id) else { continue };
+        for id in self.offered(r, index_field, event) {
+            let Some(w) = self.all.get(id) else { continue };
             if event.revision <= w.after || !event.key.starts_with(w.prefix.as_str()) {
                 continue;
             }
@@ -476,12 +479,15 @@ impl Watchers {
             if queued > 0 && queued + size > BACKLOG_BYTES {
                 let _ = w.tx.send(Delivery::End(StoreError::TooSlow));
                 w.overflowed.cancel();
-                overflowed.push(id);
+                overflowed.push(*id);
                 continue;
             }
             w.queued.fetch_add(size, Ordering::AcqRel);
-            if w.tx.send(Delivery::Event(kind, shared.clone())).is_err() {
-                overflowed.push(id);
+            let shared = shared
+                .get_or_insert_with(|| Arc::new(Dispatched::new(event.clone())))
+                .clone();
+            if w.tx.send(Delivery::Event(kind, shared)).is_err() {
+                overflowed.push(*id);
             }
         }
         for id in overflowed {
