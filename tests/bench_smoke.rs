@@ -176,6 +176,24 @@ fn fanout_scenarios() {
     assert!(number(&r, "throughput_with_stuck_percent") > 0.0);
     let r = bench(&["fanout", "idle", "--watchers", "20", "--duration", "200ms"]);
     assert_eq!(number(&r, "open_watches"), 20.0);
+    let r = bench(&[
+        "fanout",
+        "nodes",
+        "--watchers",
+        "20",
+        "--unfiltered",
+        "2",
+        "--rate",
+        "200",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+    ]);
+    assert!(number(&r, "writes_per_second") > 0.0);
+    assert_eq!(number(&r, "node_watch_events_missed"), 0.0);
+    assert_eq!(number(&r, "unfiltered_watch_events_missed"), 0.0);
+    assert!(number(&r, "node_watch_lag_p99_ms") > 0.0);
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! `?watch=true`: newline-delimited JSON events over a chunked response.
 //!
-//! Each watch is a task that reads the store's watch stream and writes lines
-//! into a channel that the response body drains, bounded in bytes
-//! (`WATCH_BUFFER_BYTES`), not only in chunks. A client that stops reading
-//! fills it; the task then stops reading the store (writers never wait
-//! for a watcher: the store drops one that falls behind its broadcast
-//! buffer), and once nothing more has been taken for the server's
-//! `watchStuckTimeout`, the watcher is closed: a 410 ERROR event is queued
-//! (a slow client that reads on sees it, and relists), and a moment later
-//! the connection is closed, so that neither the task nor hyper's buffers
-//! outlive a client that is gone in all but name.
+//! Each watch is a task that takes its events from the kind's fan-out
+//! (`registry::fanout`) and writes lines into a channel that the response
+//! body drains, bounded in bytes (`WATCH_BUFFER_BYTES`), not only in
+//! chunks. A client that stops reading fills it; the task then stops
+//! taking events, which wait in the fan-out within their own byte budget
+//! (writers never wait for a watcher). Once that overflows, or nothing
+//! more has been taken for the server's `watchStuckTimeout`, the watcher is
+//! closed: a 410 ERROR event is queued (a slow client that reads on sees
+//! it, and relists), and a moment later the connection is closed, so that
+//! neither the task nor hyper's buffers outlive a client that is gone in
+//! all but name.
 
 use std::convert::Infallible;
 use std::sync::Arc;
