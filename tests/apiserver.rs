@@ -998,10 +998,8 @@ async fn a_watcher_that_stops_reading_is_closed_and_the_others_get_every_event()
 }
 
 /// Watches of pods by `spec.nodeName` are found through the fan-out's
-/// index: each receives exactly its node's events (a pod bound to the
-/// node is ADDED, one that leaves `spec.nodeName=` is DELETED there),
-/// within its namespace, and a watch that starts in the past reads the
-/// same from history before it joins the feed.
+/// index: each receives exactly its node's events (see
+/// `mube_e2e::indexed_watches_get_exactly_their_nodes_events`).
 #[tokio::test]
 async fn an_indexed_watch_receives_exactly_its_nodes_events() {
     let server = ApiServer::start(Options {
@@ -1010,113 +1008,5 @@ async fn an_indexed_watch_receives_exactly_its_nodes_events() {
     })
     .await;
     let api = Api::new(&server);
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}});
-    assert_eq!(api.post("/api/v1/namespaces", &ns).await.code, 201);
-    const PODS: &str = "/api/v1/pods";
-    const DEFAULT: &str = "/api/v1/namespaces/default/pods";
-    let start = rv(&api.get(PODS).await.body);
-    let from = |selector: &str| format!("resourceVersion={start}&fieldSelector={selector}");
-    let mut node_a = api.watch(PODS, &from("spec.nodeName%3Dnode-a")).await;
-    let mut node_a_default = api.watch(DEFAULT, &from("spec.nodeName%3Dnode-a")).await;
-    let mut node_b = api.watch(PODS, &from("spec.nodeName%3D%3Dnode-b")).await;
-    let mut unscheduled = api.watch(PODS, &from("spec.nodeName%3D")).await;
-    let mut everything = api.watch(PODS, &format!("resourceVersion={start}")).await;
-    // Many watchers of other nodes, which nothing here concerns.
-    let mut others = Vec::new();
-    for i in 0..50 {
-        others.push(
-            api.watch(PODS, &from(&format!("spec.nodeName%3Dnode-x{i}")))
-                .await,
-        );
-    }
-
-    let pod = |ns: &str, name: &str, node: Option<&str>| {
-        let mut spec = json!({"containers": [{"name": "c", "image": "mube.local/busybox"}]});
-        if let Some(node) = node {
-            spec["nodeName"] = json!(node);
-        }
-        let p = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec});
-        (format!("/api/v1/namespaces/{ns}/pods"), p)
-    };
-    for (ns, name, node) in [
-        ("default", "p1", Some("node-a")),
-        ("default", "p2", Some("node-b")),
-        ("default", "p3", None),
-        ("other", "q1", Some("node-a")),
-    ] {
-        let (path, p) = pod(ns, name, node);
-        let r = api.post(&path, &p).await;
-        assert_eq!(r.code, 201, "{}", r.body);
-    }
-    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p3"},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}});
-    let r = api.post(&format!("{DEFAULT}/p3/binding"), &binding).await;
-    assert_eq!(r.code, 201, "{}", r.body);
-    let r = api
-        .raw(
-            reqwest::Method::PATCH,
-            &format!("{DEFAULT}/p1"),
-            "application/merge-patch+json",
-            br#"{"metadata": {"labels": {"seen": "yes"}}}"#.to_vec(),
-        )
-        .await;
-    assert_eq!(r.code, 200, "{}", r.body);
-    for path in [
-        format!("{DEFAULT}/p2"),
-        "/api/v1/namespaces/other/pods/q1".to_string(),
-    ] {
-        let r = api.delete(&format!("{path}?gracePeriodSeconds=0")).await;
-        assert_eq!(r.code, 200, "{}", r.body);
-    }
-    // The last write: every watch has had all it will get once it is seen.
-    let (path, p) = pod("default", "last", None);
-    assert_eq!(api.post(&path, &p).await.code, 201);
-
-    async fn seen(watch: &mut mube_e2e::Watch) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(e) = watch.next(Duration::from_millis(700)).await {
-            let name = e.object["metadata"]["name"].as_str().unwrap_or("?");
-            out.push(format!("{:?} {name}", e.type_));
-        }
-        out
-    }
-    let expect = |events: &[&str]| events.iter().map(|e| e.to_string()).collect::<Vec<_>>();
-    let want_a = expect(&[
-        "Added p1",
-        "Added q1",
-        "Added p3",
-        "Modified p1",
-        "Deleted q1",
-    ]);
-    assert_eq!(seen(&mut node_a).await, want_a);
-    assert_eq!(
-        seen(&mut node_a_default).await,
-        expect(&["Added p1", "Added p3", "Modified p1"])
-    );
-    assert_eq!(seen(&mut node_b).await, expect(&["Added p2", "Deleted p2"]));
-    assert_eq!(
-        seen(&mut unscheduled).await,
-        expect(&["Added p3", "Deleted p3", "Added last"])
-    );
-    assert_eq!(
-        seen(&mut everything).await,
-        expect(&[
-            "Added p1",
-            "Added p2",
-            "Added p3",
-            "Added q1",
-            "Modified p3",
-            "Modified p1",
-            "Deleted p2",
-            "Deleted q1",
-            "Added last"
-        ])
-    );
-    for other in &mut others {
-        assert_eq!(seen(other).await, Vec::<String>::new());
-    }
-    // Opened now from the same start: the same, read from history first.
-    let mut late = api.watch(PODS, &from("spec.nodeName%3Dnode-a")).await;
-    assert_eq!(seen(&mut late).await, want_a);
+    mube_e2e::indexed_watches_get_exactly_their_nodes_events(&api, &api).await;
 }

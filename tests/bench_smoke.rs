@@ -193,6 +193,8 @@ fn fanout_scenarios() {
     assert!(number(&r, "writes_per_second") > 0.0);
     assert_eq!(number(&r, "node_watch_events_missed"), 0.0);
     assert_eq!(number(&r, "unfiltered_watch_events_missed"), 0.0);
+    assert_eq!(number(&r, "node_watch_events_out_of_order"), 0.0);
+    assert_eq!(number(&r, "unfiltered_watch_events_extra"), 0.0);
     assert!(number(&r, "node_watch_lag_p99_ms") > 0.0);
 }
 

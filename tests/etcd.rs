@@ -535,3 +535,15 @@ async fn a_pod_range_freed_through_one_server_is_reused_through_the_other() {
     .await;
     assert_eq!(four, one);
 }
+
+/// The watch fan-out on etcd: pod watches by `spec.nodeName` on one server
+/// get exactly their nodes' events while the other server takes the
+/// writes; the watches start from a list etcd itself answered, which the
+/// server's watch cache may not have reached yet.
+#[tokio::test(flavor = "multi_thread")]
+async fn indexed_watches_on_one_server_see_the_other_servers_writes() {
+    let Some(etcd) = etcd() else { return };
+    let (a, b) = (on_etcd(&etcd).await, on_etcd(&etcd).await);
+    let (a, b) = (Api::new(&a), Api::new(&b));
+    mube_e2e::indexed_watches_get_exactly_their_nodes_events(&a, &b).await;
+}

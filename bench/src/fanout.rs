@@ -109,9 +109,11 @@ pub async fn stuck(
     report: &mut Report,
 ) -> Result<(), String> {
     allow_files(watchers + connections)?;
-    // Held until the byte budget ends them, not the time budget: the run
-    // measures writers while the stuck watches are there.
-    let server = Server::start(bin, nodes, "watchStuckTimeout: 1h\n").await?;
+    // A time budget longer than the settling and the run: the stuck
+    // watches are there while writers are measured, and are let go as
+    // their byte budget runs out (each then has this long to take its 410
+    // before its connection is closed).
+    let server = Server::start(bin, nodes, "watchStuckTimeout: 20s\n").await?;
     let endpoint = server.endpoint();
     let addr = server_addr(&server.url)?;
     report.add("scenario", "fanout-stuck");
@@ -223,6 +225,9 @@ struct Seen {
     per_unfiltered: Vec<std::sync::atomic::AtomicU64>,
     /// Delivery lag of node watches' events, microseconds.
     lag: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    /// Node watch events that came again, or before one they follow (by
+    /// resourceVersion).
+    out_of_order: std::sync::atomic::AtomicU64,
 }
 
 fn micros_now() -> u64 {
@@ -232,12 +237,23 @@ fn micros_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The send time a status write put in `"message":"<micros>"`.
-fn sent_at(line: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"message\":\"";
-    let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+/// The number in `"<key>":"<number>"` in an event's line.
+fn number_at(line: &[u8], key: &[u8]) -> Option<u64> {
+    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
     let end = line[at..].iter().position(|b| *b == b'"')?;
     std::str::from_utf8(&line[at..at + end]).ok()?.parse().ok()
+}
+
+/// The send time a status write put in `"message":"<micros>"`.
+fn sent_at(line: &[u8]) -> Option<u64> {
+    number_at(line, b"\"message\":\"")
+}
+
+/// The end of the response head in `buf`, if it has come.
+fn body_start(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|end| end + 4)
 }
 
 /// Reads watch `stream` until it ends or `stop`: counts its events, and
@@ -253,26 +269,28 @@ async fn follow(
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; if node.is_some() { 4096 } else { 256 * 1024 }];
     let mut body = false;
+    let mut last_revision = 0;
     loop {
         let n = tokio::select! {
             _ = stop.cancelled() => return,
             n = stream.read(&mut chunk) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
         };
+        buf.extend_from_slice(&chunk[..n]);
+        if !body {
+            let Some(start) = body_start(&buf) else {
+                continue;
+            };
+            buf.drain(..start);
+            body = true;
+        }
         let Some(node) = node else {
             // Unfiltered: only counted (their volume would swamp a parser
             // sharing the machine with the server).
-            let lines = chunk[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            let lines = buf.iter().filter(|b| **b == b'\n').count() as u64;
             seen.per_unfiltered[unfiltered].fetch_add(lines, Ordering::Relaxed);
+            buf.clear();
             continue;
         };
-        buf.extend_from_slice(&chunk[..n]);
-        if !body {
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            buf.drain(..end + 4);
-            body = true;
-        }
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
             if let Some(sent) = sent_at(&line) {
@@ -281,6 +299,11 @@ async fn follow(
                     let _ = h.record(lag);
                 }
                 seen.per_node[node].fetch_add(1, Ordering::Relaxed);
+                let revision = number_at(&line, b"\"resourceVersion\":\"").unwrap_or(0);
+                if revision <= last_revision {
+                    seen.out_of_order.fetch_add(1, Ordering::Relaxed);
+                }
+                last_revision = revision;
             }
         }
     }
@@ -357,6 +380,7 @@ pub async fn nodes(
             hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
                 .map_err(|e| e.to_string())?,
         ),
+        out_of_order: AtomicU64::new(0),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let mut readers = Vec::with_capacity(watchers + unfiltered);
@@ -468,6 +492,12 @@ pub async fn nodes(
         .iter()
         .map(|c| writes.saturating_sub(c.load(Ordering::Relaxed)))
         .sum();
+    // More than were written would be events delivered twice.
+    let extra_unfiltered: u64 = seen
+        .per_unfiltered
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed).saturating_sub(writes))
+        .sum();
     let after = proc_stats(server.pid());
     stop.cancel();
     for r in readers {
@@ -491,7 +521,12 @@ pub async fn nodes(
         );
     }
     report.add("node_watch_events_missed", missed_node);
+    report.add(
+        "node_watch_events_out_of_order",
+        seen.out_of_order.load(Ordering::Relaxed),
+    );
     report.add("unfiltered_watch_events_missed", missed_unfiltered);
+    report.add("unfiltered_watch_events_extra", extra_unfiltered);
     report.add(
         "apiserver_cpu_cores_while_writing",
         format!(

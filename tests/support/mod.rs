@@ -1060,3 +1060,130 @@ pub async fn scrape(url: &str) -> String {
         Err(_) => String::new(),
     }
 }
+
+/// Pod watches by `spec.nodeName` (held on `watch_api`, while `write`
+/// takes the writes): each receives exactly its node's events (a pod bound
+/// to the node is ADDED, one that leaves `spec.nodeName=` is DELETED
+/// there), within its namespace; 50 watches of other nodes get nothing;
+/// and a watch that starts in the past reads the same from history before
+/// it joins the feed.
+pub async fn indexed_watches_get_exactly_their_nodes_events(watch_api: &Api, write: &Api) {
+    let ns =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}});
+    assert_eq!(write.post("/api/v1/namespaces", &ns).await.code, 201);
+    const PODS: &str = "/api/v1/pods";
+    const DEFAULT: &str = "/api/v1/namespaces/default/pods";
+    let start = rv(&watch_api.get(PODS).await.body);
+    let from = |selector: &str| format!("resourceVersion={start}&fieldSelector={selector}");
+    let mut node_a = watch_api.watch(PODS, &from("spec.nodeName%3Dnode-a")).await;
+    let mut node_a_default = watch_api
+        .watch(DEFAULT, &from("spec.nodeName%3Dnode-a"))
+        .await;
+    let mut node_b = watch_api
+        .watch(PODS, &from("spec.nodeName%3D%3Dnode-b"))
+        .await;
+    let mut unscheduled = watch_api.watch(PODS, &from("spec.nodeName%3D")).await;
+    let mut everything = watch_api
+        .watch(PODS, &format!("resourceVersion={start}"))
+        .await;
+    // Many watchers of other nodes, which nothing here concerns.
+    let mut others = Vec::new();
+    for i in 0..50 {
+        others.push(
+            watch_api
+                .watch(PODS, &from(&format!("spec.nodeName%3Dnode-x{i}")))
+                .await,
+        );
+    }
+
+    let pod = |ns: &str, name: &str, node: Option<&str>| {
+        let mut spec =
+            serde_json::json!({"containers": [{"name": "c", "image": "mube.local/busybox"}]});
+        if let Some(node) = node {
+            spec["nodeName"] = serde_json::json!(node);
+        }
+        let p = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        (format!("/api/v1/namespaces/{ns}/pods"), p)
+    };
+    for (ns, name, node) in [
+        ("default", "p1", Some("node-a")),
+        ("default", "p2", Some("node-b")),
+        ("default", "p3", None),
+        ("other", "q1", Some("node-a")),
+    ] {
+        let (path, p) = pod(ns, name, node);
+        let r = write.post(&path, &p).await;
+        assert_eq!(r.code, 201, "{}", r.body);
+    }
+    let binding = serde_json::json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p3"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}});
+    let r = write.post(&format!("{DEFAULT}/p3/binding"), &binding).await;
+    assert_eq!(r.code, 201, "{}", r.body);
+    let r = write
+        .raw(
+            reqwest::Method::PATCH,
+            &format!("{DEFAULT}/p1"),
+            "application/merge-patch+json",
+            br#"{"metadata": {"labels": {"seen": "yes"}}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    for path in [
+        format!("{DEFAULT}/p2"),
+        "/api/v1/namespaces/other/pods/q1".to_string(),
+    ] {
+        let r = write.delete(&format!("{path}?gracePeriodSeconds=0")).await;
+        assert_eq!(r.code, 200, "{}", r.body);
+    }
+    // The last write: every watch has had all it will get once it is seen.
+    let (path, p) = pod("default", "last", None);
+    assert_eq!(write.post(&path, &p).await.code, 201);
+
+    async fn seen(watch: &mut Watch) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(e) = watch.next(Duration::from_millis(700)).await {
+            let name = e.object["metadata"]["name"].as_str().unwrap_or("?");
+            out.push(format!("{:?} {name}", e.type_));
+        }
+        out
+    }
+    let expect = |events: &[&str]| events.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+    let want_a = expect(&[
+        "Added p1",
+        "Added q1",
+        "Added p3",
+        "Modified p1",
+        "Deleted q1",
+    ]);
+    assert_eq!(seen(&mut node_a).await, want_a);
+    assert_eq!(
+        seen(&mut node_a_default).await,
+        expect(&["Added p1", "Added p3", "Modified p1"])
+    );
+    assert_eq!(seen(&mut node_b).await, expect(&["Added p2", "Deleted p2"]));
+    assert_eq!(
+        seen(&mut unscheduled).await,
+        expect(&["Added p3", "Deleted p3", "Added last"])
+    );
+    assert_eq!(
+        seen(&mut everything).await,
+        expect(&[
+            "Added p1",
+            "Added p2",
+            "Added p3",
+            "Added q1",
+            "Modified p3",
+            "Modified p1",
+            "Deleted p2",
+            "Deleted q1",
+            "Added last"
+        ])
+    );
+    // Drained side by side: each waits out its quiet spell at once.
+    let quiet = futures::future::join_all(others.iter_mut().map(seen)).await;
+    assert!(quiet.iter().all(Vec::is_empty), "{quiet:?}");
+    // Opened now from the same start: the same, read from history first.
+    let mut late = watch_api.watch(PODS, &from("spec.nodeName%3Dnode-a")).await;
+    assert_eq!(seen(&mut late).await, want_a);
+}

@@ -43,9 +43,18 @@ const WATCH_BUFFER_BYTES: usize = 8 * 1024;
 /// bookkeeping): room for bursts at loopback speed and a few MB/s over a
 /// WAN, without the 4 MiB the kernel would let a stuck client take.
 const SOCKET_SEND_BUFFER: usize = 128 * 1024;
+/// A connection's send buffer once its watch is over: the kernel's own
+/// ceiling for one it sizes itself (`tcp_wmem`), so that the next request
+/// on a kept-alive connection (a relist) is not held to a watch's size.
+/// Setting any size turns the kernel's sizing off for the socket.
+const SOCKET_SEND_BUFFER_AFTER: usize = 4 * 1024 * 1024;
 /// Largest chunk of events sent in one write: half the budget, so that one
 /// can be queued while the other is being written.
 const MAX_CHUNK: usize = WATCH_BUFFER_BYTES / 2;
+
+/// Objects or events a watch takes in one go before it lets other tasks
+/// run, whether or not its filter kept any.
+const YIELD_EVERY: usize = 256;
 
 /// A chunk, and the part of the byte budget it holds until the response
 /// body takes it. The closing ERROR event holds none.
@@ -105,17 +114,18 @@ pub async fn serve(
         // No resourceVersion, "0", or sendInitialEvents: the current state as
         // synthetic ADDED events first, then changes after that snapshot.
         _ => {
-            let cursor = state.registry.list_cursor(&r, ns, &filter).await?;
+            let cursor = state.registry.list_cursor(&r, ns).await?;
             let at = cursor.revision;
             (Some(cursor), at)
         }
     };
-    if let Some(control) = &connection_control {
-        control.cap_send_buffer(SOCKET_SEND_BUFFER);
-    }
     let (tx, rx) = mpsc::channel::<Queued>(LINES_IN_FLIGHT);
     match state.registry.subscribe(&r, ns, filter.clone(), after) {
         Ok(subscription) => {
+            // Given back when the task ends (`WatchTask`'s drop).
+            if let Some(control) = &connection_control {
+                control.cap_send_buffer(SOCKET_SEND_BUFFER);
+            }
             let events = crate::metrics::metrics()
                 .watch_events
                 .with_label_values(&[r.group, r.version, r.plural]);
@@ -239,23 +249,25 @@ impl WatchTask {
             sent = tokio::time::timeout(self.stuck_after, queue) => match sent {
                 Ok(sent) => sent.is_some(),
                 Err(_) => {
-                    self.close_stuck().await;
+                    // It has had its time already: a second more.
+                    self.close_stuck(self.stuck_after.min(std::time::Duration::from_secs(1))).await;
                     false
                 }
             },
             _ = self.overflowed.cancelled() => {
-                self.close_stuck().await;
+                self.close_stuck(self.stuck_after).await;
                 false
             }
             _ = self.shutdown.cancelled() => false,
         }
     }
 
-    /// A client that took nothing for `stuck_after`: Kubernetes' answer to
-    /// a watcher that falls behind, a 410 ERROR event (a client that reads
-    /// on relists), then, if it is not taken within a second, the
-    /// connection closed.
-    async fn close_stuck(&self) {
+    /// A watcher whose client took nothing for `stuck_after`, or fell past
+    /// its backlog: Kubernetes' answer to a watcher that falls behind, a
+    /// 410 ERROR event (a client that reads on relists), then, if it is
+    /// not taken within `grace`, the connection closed. Nothing of its
+    /// backlog is held meanwhile.
+    async fn close_stuck(&self, grace: std::time::Duration) {
         crate::metrics::metrics()
             .terminated_watchers
             .with_label_values(&[&self.r.qualified_plural()])
@@ -273,7 +285,6 @@ impl WatchTask {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         };
-        let grace = self.stuck_after.min(std::time::Duration::from_secs(1));
         if tokio::time::timeout(grace, drained).await.is_err() {
             if let Some(control) = &self.connection_control {
                 control.hang_up();
@@ -287,7 +298,20 @@ impl WatchTask {
         // client that takes them slowly holds a cursor, not the list.
         let mut chunk = Vec::new();
         let mut events = 0;
-        for object in initial.into_iter().flatten() {
+        for (read, object) in initial.into_iter().flatten().enumerate() {
+            // A filter may pass over many objects between two it keeps:
+            // the other tasks get their turn meanwhile.
+            if read % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
+            // An object that does not decode matches nothing, as in a list.
+            if !self.filter.is_empty()
+                && !object
+                    .value()
+                    .is_ok_and(|v| self.filter.matches(&self.r, &v))
+            {
+                continue;
+            }
             self.event_into(&mut chunk, EventType::Added, &object.json, object.revision);
             events += 1;
             if chunk.len() >= MAX_CHUNK {
@@ -339,6 +363,8 @@ impl WatchTask {
                     // Counted once per chunk: one shared counter written per
                     // event by every watcher would be a hot cache line.
                     let mut events = 0;
+                    // Taken in this go, kept by the filter or not.
+                    let mut taken = 0;
                     let mut next = next;
                     let ended = loop {
                         let line = match next {
@@ -352,7 +378,8 @@ impl WatchTask {
                             chunk.push(line);
                             events += 1;
                         }
-                        if size >= MAX_CHUNK {
+                        taken += 1;
+                        if size >= MAX_CHUNK || taken >= YIELD_EVERY {
                             break None;
                         }
                         match feed.try_next() {
@@ -379,7 +406,7 @@ impl WatchTask {
                         Some(Some(crate::store::StoreError::TooSlow)) => {
                             // Fell behind its backlog: as for a client that
                             // took nothing for its time budget.
-                            self.close_stuck().await;
+                            self.close_stuck(self.stuck_after).await;
                             return;
                         }
                         Some(Some(e)) => {
@@ -390,6 +417,14 @@ impl WatchTask {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        if let Some(control) = &self.connection_control {
+            control.cap_send_buffer(SOCKET_SEND_BUFFER_AFTER);
         }
     }
 }

@@ -26,7 +26,7 @@
 //!   takes the feed; one that starts after it skips what it has seen.
 //!
 //! The dispatcher starts with its kind's first watcher and stops once its
-//! kind has had no watcher for a progress tick.
+//! kind has had no watcher for two progress ticks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -169,7 +169,10 @@ impl Fanout {
         filter: Filter,
         after: Revision,
     ) -> Result<Subscription, StoreError> {
-        let name = format!("{}/{}", r.api_version(), r.plural);
+        // A custom kind redefined is a new `Resource`: it gets its own
+        // dispatcher, and the old one's watchers keep theirs until they go.
+        let name = format!("{}/{}@{:p}", r.api_version(), r.plural, Arc::as_ptr(r));
+        let prefix = r.prefix(namespace);
         loop {
             let dispatcher = self.dispatcher(&name, r, after)?;
             let slot = match (
@@ -180,17 +183,28 @@ impl Fanout {
                 (None, Some(ns)) => Slot::Namespace(ns.to_string()),
                 (None, None) => Slot::Everywhere,
             };
+            // History for what came before the dispatcher's position, opened
+            // outside its lock (the position only moves on).
+            let behind = after < dispatcher.lock().dispatched;
+            let mut history = match behind {
+                true => Some(self.store.watch(&prefix, after)?),
+                false => None,
+            };
             let mut watchers = dispatcher.lock();
             // One that ended after it was looked up takes no one: look again.
             if dispatcher.ended.load(Ordering::Acquire) {
                 continue;
             }
-            let prefix = r.prefix(namespace);
             let dispatched = watchers.dispatched;
-            // What came before the dispatcher's position, from history; the
+            // The catch-up reads history up to the dispatcher's position; the
             // feed brings the rest.
             let catch_up = if after < dispatched {
-                Some(self.store.watch(&prefix, after)?.until(dispatched))
+                let history = match history.take() {
+                    Some(history) => history,
+                    // It moved past `after` just now.
+                    None => self.store.watch(&prefix, after)?,
+                };
+                Some(history.until(dispatched))
             } else {
                 None
             };
@@ -204,7 +218,7 @@ impl Fanout {
                 Watcher {
                     tx,
                     filter,
-                    prefix,
+                    prefix: prefix.clone(),
                     after,
                     queued: queued.clone(),
                     overflowed: overflowed.clone(),
@@ -241,19 +255,27 @@ impl Fanout {
         {
             return Ok(d.clone());
         }
-        // The first watcher's start is the dispatcher's: it needs no
-        // history of its own.
+        // It starts where the first watcher does, or earlier, where history
+        // surely holds everything (etcd's cache may not have reached a
+        // revision read from etcd itself): its position is where later
+        // watchers' catch-up from history ends.
         let stream = self.store.watch(&r.prefix(None), from)?;
-        let d = Arc::new(Dispatcher::new(r.clone(), from));
+        let (start, stream) = match stream.published_at_start() {
+            held if held < from => (held, self.store.watch(&r.prefix(None), held)?),
+            _ => (from, stream),
+        };
+        let d = Arc::new(Dispatcher::new(r.clone(), start));
         kinds.insert(name.to_string(), d.clone());
-        tokio::spawn(
-            d.clone()
-                .run(stream, Arc::downgrade(self), name.to_string(), self.tick),
-        );
+        let ending = Ending {
+            dispatcher: d.clone(),
+            fanout: Arc::downgrade(self),
+            name: name.to_string(),
+        };
+        tokio::spawn(d.clone().run(stream, ending, self.tick));
         Ok(d)
     }
 
-    /// Watchers open now, per kind (for tests and metrics).
+    /// Watchers open now, of every kind.
     pub fn watchers(&self) -> usize {
         self.lock_kinds().values().map(|d| d.lock().all.len()).sum()
     }
@@ -310,7 +332,7 @@ impl Subscription {
         match delivery {
             Some(Delivery::Event(kind, d)) => {
                 self.queued
-                    .fetch_sub(d.event.object.len(), Ordering::AcqRel);
+                    .fetch_sub(held_bytes(&d.event), Ordering::AcqRel);
                 self.last = self.last.max(d.event.revision);
                 Next::Live(kind, d)
             }
@@ -391,6 +413,9 @@ struct Watchers {
     by_value: HashMap<String, Vec<u64>>,
     by_namespace: HashMap<String, Vec<u64>>,
     everywhere: Vec<u64>,
+    /// How many watchers filed `projects` (read without the lock by the
+    /// dispatcher, as `Dispatcher::projected`).
+    projected: Arc<AtomicUsize>,
 }
 
 impl Watchers {
@@ -402,7 +427,15 @@ impl Watchers {
         }
     }
 
+    /// Whether a watcher filed so needs what selectors read of events.
+    fn projects(&self, filter: &Filter, slot: &Slot) -> bool {
+        matches!(slot, Slot::Indexed(_)) || !filter.is_empty()
+    }
+
     fn file(&mut self, id: u64, w: Watcher) {
+        if self.projects(&w.filter, &w.slot) {
+            self.projected.fetch_add(1, Ordering::AcqRel);
+        }
         self.bucket(&w.slot).push(id);
         self.all.insert(id, w);
     }
@@ -411,6 +444,9 @@ impl Watchers {
         let Some(w) = self.all.remove(&id) else {
             return;
         };
+        if self.projects(&w.filter, &w.slot) {
+            self.projected.fetch_sub(1, Ordering::AcqRel);
+        }
         let bucket = self.bucket(&w.slot);
         bucket.retain(|i| *i != id);
         if bucket.is_empty() {
@@ -464,7 +500,7 @@ impl Watchers {
 
     /// Offers one event to the watchers that can match it.
     fn dispatch(&mut self, r: &Resource, index_field: Option<&str>, event: &Arc<Event>) {
-        let size = event.object.len();
+        let size = held_bytes(event);
         let mut shared: Option<Arc<Dispatched>> = None;
         let mut overflowed = Vec::new();
         for id in self.offered(r, index_field, event) {
@@ -507,6 +543,11 @@ impl Watchers {
     }
 }
 
+/// What an event waiting for a watcher holds on to: both its states.
+fn held_bytes(event: &Event) -> usize {
+    event.object.len() + event.previous.as_ref().map_or(0, Bytes::len)
+}
+
 /// The namespace in a namespaced kind's key (`{root}/{namespace}/{name}`).
 fn namespace_of<'k>(r: &Resource, key: &'k str) -> Option<&'k str> {
     if !r.namespaced {
@@ -524,6 +565,10 @@ struct Dispatcher {
     /// The field this kind files watchers under (pods: `spec.nodeName`).
     index_field: Option<&'static str>,
     watchers: Mutex<Watchers>,
+    /// Watchers that need what selectors read of an event (filed by index
+    /// value, or filtered): while there are any, each pass decodes its
+    /// events before it takes the lock, not under it.
+    projected: Arc<AtomicUsize>,
     /// Every event up to here is queued to every watcher (for bookmarks).
     progress: AtomicU64,
     ended: AtomicBool,
@@ -531,13 +576,15 @@ struct Dispatcher {
 
 impl Dispatcher {
     fn new(r: Arc<Resource>, from: Revision) -> Dispatcher {
+        let watchers = Watchers {
+            dispatched: from,
+            ..Default::default()
+        };
         Dispatcher {
             index_field: r.strategy.indexed_field(),
             r,
-            watchers: Mutex::new(Watchers {
-                dispatched: from,
-                ..Default::default()
-            }),
+            projected: watchers.projected.clone(),
+            watchers: Mutex::new(watchers),
             progress: AtomicU64::new(from),
             ended: AtomicBool::new(false),
         }
@@ -547,18 +594,12 @@ impl Dispatcher {
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(
-        self: Arc<Self>,
-        mut stream: WatchStream,
-        fanout: Weak<Fanout>,
-        name: String,
-        tick: Duration,
-    ) {
+    async fn run(self: Arc<Self>, mut stream: WatchStream, ending: Ending, tick: Duration) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let mut idle_ticks = 0;
-        let ended = loop {
+        loop {
             tokio::select! {
                 next = stream.next() => {
                     let mut pass = Vec::with_capacity(8);
@@ -578,6 +619,11 @@ impl Dispatcher {
                             None => break,
                         }
                     }
+                    if self.projected.load(Ordering::Acquire) > 0 {
+                        for event in &pass {
+                            projections(&self.r, event);
+                        }
+                    }
                     {
                         let mut watchers = self.lock();
                         for event in &pass {
@@ -586,7 +632,11 @@ impl Dispatcher {
                         }
                     }
                     if let Some(ended) = ended {
-                        break ended;
+                        if let Some(e) = &ended {
+                            tracing::info!(resource = self.r.plural, error = %e, "watch fan-out ended; its watchers relist");
+                        }
+                        ending.end(ended);
+                        return;
                     }
                     if let Some(p) = stream.progress() {
                         self.progress.fetch_max(p, Ordering::AcqRel);
@@ -596,33 +646,71 @@ impl Dispatcher {
                     if let Some(p) = stream.progress() {
                         self.progress.fetch_max(p, Ordering::AcqRel);
                     }
-                    let Some(fanout) = fanout.upgrade() else { break None };
-                    let mut kinds = fanout.lock_kinds();
-                    let watchers = self.lock();
-                    idle_ticks = if watchers.all.is_empty() { idle_ticks + 1 } else { 0 };
-                    if idle_ticks >= 2 {
-                        // Under both locks: no watcher can join meanwhile.
-                        self.ended.store(true, Ordering::Release);
-                        if kinds.get(&name).is_some_and(|d| Arc::ptr_eq(d, &self)) {
-                            kinds.remove(&name);
-                        }
+                    let empty = self.lock().all.is_empty();
+                    idle_ticks = if empty { idle_ticks + 1 } else { 0 };
+                    if idle_ticks >= 2 && ending.end_if_idle() {
                         return;
                     }
                 }
             }
-        };
-        if let Some(e) = &ended {
-            tracing::info!(resource = self.r.plural, error = %e, "watch fan-out ended; its watchers relist");
         }
-        if let Some(fanout) = fanout.upgrade() {
+    }
+}
+
+/// How a dispatcher leaves its fan-out: on its own (idle, or its store
+/// watch ended), or, if its task died, when the task is dropped, so that
+/// no watcher is ever filed with a dispatcher that is gone.
+struct Ending {
+    dispatcher: Arc<Dispatcher>,
+    fanout: Weak<Fanout>,
+    name: String,
+}
+
+impl Ending {
+    /// Leaves the fan-out if no watcher is filed; whether it left. Under
+    /// both locks, so that no watcher joins meanwhile.
+    fn end_if_idle(&self) -> bool {
+        let Some(fanout) = self.fanout.upgrade() else {
+            return false;
+        };
+        let mut kinds = fanout.lock_kinds();
+        let watchers = self.dispatcher.lock();
+        if !watchers.all.is_empty() {
+            return false;
+        }
+        self.dispatcher.ended.store(true, Ordering::Release);
+        if kinds
+            .get(&self.name)
+            .is_some_and(|d| Arc::ptr_eq(d, &self.dispatcher))
+        {
+            kinds.remove(&self.name);
+        }
+        true
+    }
+
+    /// Leaves the fan-out and ends every watcher (with `error`, if any).
+    fn end(&self, error: Option<StoreError>) {
+        self.dispatcher.ended.store(true, Ordering::Release);
+        if let Some(fanout) = self.fanout.upgrade() {
             let mut kinds = fanout.lock_kinds();
-            self.ended.store(true, Ordering::Release);
-            if kinds.get(&name).is_some_and(|d| Arc::ptr_eq(d, &self)) {
-                kinds.remove(&name);
+            if kinds
+                .get(&self.name)
+                .is_some_and(|d| Arc::ptr_eq(d, &self.dispatcher))
+            {
+                kinds.remove(&self.name);
             }
         }
-        self.ended.store(true, Ordering::Release);
-        self.lock().end(ended);
+        self.dispatcher.lock().end(error);
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        // Already done on every way out but a panic or a runtime shutting
+        // down; ending twice is harmless.
+        if !self.dispatcher.ended.load(Ordering::Acquire) {
+            self.end(None);
+        }
     }
 }
 
@@ -749,7 +837,7 @@ mod tests {
             watchers.dispatch(&pods, None, &event);
             // The fast one takes everything at once.
             while let Ok(Delivery::Event(_, d)) = fast_feed.try_recv() {
-                fast_queued.fetch_sub(d.event.object.len(), Ordering::AcqRel);
+                fast_queued.fetch_sub(held_bytes(&d.event), Ordering::AcqRel);
                 taken += 1;
             }
             if !watchers.all.contains_key(&1) {

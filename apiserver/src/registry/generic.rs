@@ -286,21 +286,14 @@ impl Registry {
         Ok((items, list.revision))
     }
 
-    /// Matching objects, read as they are taken (a watch's initial
-    /// events), and the revision they are read at.
+    /// Every object of `r` in `namespace`, read as it is taken (a watch's
+    /// initial events, filtered by the watch as it goes).
     pub async fn list_cursor(
         &self,
-        r: &Arc<Resource>,
+        r: &Resource,
         namespace: Option<&str>,
-        filter: &Filter,
     ) -> Result<crate::store::ListCursor, ApiError> {
-        let cursor = self.store.list_cursor(&r.prefix(namespace)).await?;
-        if filter.is_empty() {
-            return Ok(cursor);
-        }
-        let (r, filter) = (r.clone(), filter.clone());
-        // An object that does not decode matches nothing, as in a watch.
-        Ok(cursor.filter(move |o| o.value().is_ok_and(|v| filter.matches(&r, &v))))
+        Ok(self.store.list_cursor(&r.prefix(namespace)).await?)
     }
 
     /// A client's watch: through the kind's fan-out, which finds it by its

@@ -229,6 +229,22 @@ pub async fn deletes_check_preconditions(h: &dyn Harness) {
     store.close().await;
 }
 
+/// After a read: `updated` gets data 1, `deleted` goes, `created` comes.
+async fn change(store: &dyn Store, p: &str, updated: &str, deleted: &str, created: &str) {
+    store
+        .update(&format!("{p}{updated}"), None, object(updated, updated, 1))
+        .await
+        .unwrap();
+    store
+        .delete(&format!("{p}{deleted}"), &Preconditions::default())
+        .await
+        .unwrap();
+    store
+        .create(&format!("{p}{created}"), object(created, created, 0))
+        .await
+        .unwrap();
+}
+
 /// A list is every object under the prefix, sorted by key, at one revision
 /// no older than any of them; an exact revision inside history gives the
 /// state as it was then, every page of a paged list included.
@@ -251,18 +267,7 @@ pub async fn lists_read_at_one_revision(h: &dyn Harness) {
     assert_eq!(keys, [format!("{p}a"), format!("{p}b"), format!("{p}c")]);
     assert!(first.items.iter().all(|o| o.revision <= first.revision));
 
-    store
-        .update(&format!("{p}a"), None, object("a", "a", 1))
-        .await
-        .unwrap();
-    store
-        .delete(&format!("{p}b"), &Preconditions::default())
-        .await
-        .unwrap();
-    store
-        .create(&format!("{p}d"), object("d", "d", 0))
-        .await
-        .unwrap();
+    change(&*store, &p, "a", "b", "d").await;
 
     let then = store.list(&p, ReadAt::Exact(first.revision)).await.unwrap();
     assert_eq!(then.revision, first.revision);
@@ -531,18 +536,7 @@ pub async fn list_cursors_read_at_one_revision(h: &dyn Harness) {
     let mut cursor = store.list_cursor(&p).await.unwrap();
     assert_eq!(cursor.revision, listed.revision);
     let first = cursor.next().expect("a first object");
-    store
-        .update(&format!("{p}b"), None, object("b", "b", 1))
-        .await
-        .unwrap();
-    store
-        .delete(&format!("{p}c"), &Preconditions::default())
-        .await
-        .unwrap();
-    store
-        .create(&format!("{p}bb"), object("bb", "bb", 0))
-        .await
-        .unwrap();
+    change(&*store, &p, "b", "c", "bb").await;
     let rest: Vec<_> = cursor.collect();
     let read: Vec<_> = std::iter::once(&first)
         .chain(rest.iter())

@@ -115,21 +115,6 @@ impl ListCursor {
         let mut items = list.items.into_iter();
         ListCursor::new(list.revision, move || items.next())
     }
-
-    /// Only the objects `keep` keeps.
-    pub fn filter(
-        mut self,
-        mut keep: impl FnMut(&StoredObject) -> bool + Send + 'static,
-    ) -> ListCursor {
-        let mut inner = self.next;
-        self.next = Box::new(move || loop {
-            let object = inner()?;
-            if keep(&object) {
-                return Some(object);
-            }
-        });
-        self
-    }
 }
 
 impl Iterator for ListCursor {

@@ -52,6 +52,9 @@ pub struct WatchStream {
     published: Arc<AtomicU64>,
     /// Set by `until`: the stream ends once history is read up to here.
     stop_at: Option<Revision>,
+    /// What was published when this stream subscribed: history holds
+    /// every revision up to here.
+    subscribed_at: Revision,
     /// The live feed overran this reader: the next live event is taken
     /// only after history fills what was skipped before it.
     lagged: bool,
@@ -77,6 +80,7 @@ impl WatchStream {
             live,
             published,
             stop_at: None,
+            subscribed_at: history_end,
             lagged: false,
             held: None,
         }
@@ -84,15 +88,15 @@ impl WatchStream {
 
     /// This watch's history up to `upto` and nothing after: the catch-up of
     /// a watcher that joins a feed already at `upto` (the API server's
-    /// watch fan-out). Every revision up to `upto` was published, so it is
-    /// all in history even where the live feed has not reached it.
+    /// watch fan-out). `upto` must be in history: at most a revision this
+    /// store's watches have delivered, or `published_at_start` of one.
     pub fn until(mut self, upto: Revision) -> WatchStream {
         self.stop_at = Some(upto);
         self.history_end = (upto > self.last).then_some(upto);
         self
     }
 
-    /// The next change, `Err` once (compacted history, too slow), or `None`
+    /// The next change, `Err` once (history compacted past it), or `None`
     /// when the store shuts down.
     pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
         loop {
@@ -163,6 +167,12 @@ impl WatchStream {
             }
         }
         Ok(())
+    }
+
+    /// The revision published when this stream subscribed: everything up
+    /// to it is in history, whatever the live feed has reached.
+    pub fn published_at_start(&self) -> Revision {
+        self.subscribed_at
     }
 
     /// A revision this watcher has provably seen everything up to, for a
