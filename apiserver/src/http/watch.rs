@@ -57,7 +57,7 @@ const MAX_CHUNK: usize = WATCH_BUFFER_BYTES / 2;
 const YIELD_EVERY: usize = 256;
 
 /// A chunk, and the part of the byte budget it holds until the response
-/// body takes it. The closing ERROR event holds none.
+/// body takes it (the 410 of a watch that could not be started holds none).
 type Queued = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 
 fn line(kind: EventType, object: &[u8]) -> Bytes {
@@ -276,13 +276,20 @@ impl WatchTask {
             resource = self.r.plural,
             "closing a watch whose client stopped reading"
         );
+        // The closing event holds one permit of its own, so that the budget
+        // is whole again exactly when it has been taken: waited for, not
+        // polled (thousands of watchers may be closing at once).
+        self.budget.add_permits(1);
+        let permit = self.budget.clone().try_acquire_owned().ok();
         let _ = self.tx.try_send((
             error_line(ApiError::from(crate::store::StoreError::TooSlow)),
-            None,
+            permit,
         ));
+        let whole = WATCH_BUFFER_BYTES as u32 + 1;
         let drained = async {
-            while self.tx.capacity() < self.tx.max_capacity() && !self.tx.is_closed() {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = self.budget.acquire_many(whole) => {}
+                _ = self.tx.closed() => {}
             }
         };
         if tokio::time::timeout(grace, drained).await.is_err() {

@@ -36,7 +36,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use mube_apis::watch::EventType;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Filter, Projection, Resource};
@@ -58,6 +57,73 @@ pub enum Delivery {
     /// The watch is over: the store ended it, or the watcher fell too far
     /// behind (`TooSlow`).
     End(StoreError),
+}
+
+/// A watcher's queue: what the dispatcher has offered it and it has not
+/// taken. The dispatcher can empty it, so that a watcher it lets go holds
+/// nothing while its client is given time to read the 410.
+#[derive(Default)]
+struct Backlog {
+    items: Mutex<std::collections::VecDeque<Delivery>>,
+    /// Bytes the queued events hold (`held_bytes`).
+    bytes: AtomicUsize,
+    /// Nothing more comes once the queue is empty.
+    closed: AtomicBool,
+    ready: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn lock(&self) -> MutexGuard<'_, std::collections::VecDeque<Delivery>> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, delivery: Delivery) {
+        self.lock().push_back(delivery);
+        self.ready.notify_one();
+    }
+
+    /// Drops what is queued; `error` is what the watcher is told last.
+    fn end(&self, error: Option<StoreError>) {
+        {
+            let mut items = self.lock();
+            items.clear();
+            if let Some(e) = error {
+                items.push_back(Delivery::End(e));
+            }
+            self.bytes.store(0, Ordering::Release);
+            self.closed.store(true, Ordering::Release);
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next delivery if one is queued; `Some(None)` once it is over.
+    fn try_take(&self) -> Option<Option<Delivery>> {
+        let mut items = self.lock();
+        match items.pop_front() {
+            Some(Delivery::Event(kind, d)) => {
+                self.bytes.fetch_sub(held_bytes(&d.event), Ordering::AcqRel);
+                Some(Some(Delivery::Event(kind, d)))
+            }
+            Some(end) => Some(Some(end)),
+            None if self.closed.load(Ordering::Acquire) => Some(None),
+            None => None,
+        }
+    }
+
+    async fn take(&self) -> Option<Delivery> {
+        loop {
+            if let Some(taken) = self.try_take() {
+                return taken;
+            }
+            // `notify_one` keeps a permit when no one waits: no wake-up is
+            // lost between the look above and this wait.
+            self.ready.notified().await;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
 }
 
 /// One event, shared by every watcher it is delivered to, with the
@@ -208,19 +274,17 @@ impl Fanout {
             } else {
                 None
             };
-            let (tx, rx) = mpsc::unbounded_channel();
-            let queued = Arc::new(AtomicUsize::new(0));
+            let backlog = Arc::new(Backlog::default());
             let overflowed = CancellationToken::new();
             let id = watchers.next_id;
             watchers.next_id += 1;
             watchers.file(
                 id,
                 Watcher {
-                    tx,
+                    backlog: backlog.clone(),
                     filter,
                     prefix: prefix.clone(),
                     after,
-                    queued: queued.clone(),
                     overflowed: overflowed.clone(),
                     slot,
                 },
@@ -228,8 +292,7 @@ impl Fanout {
             drop(watchers);
             return Ok(Subscription {
                 catch_up,
-                rx,
-                queued,
+                backlog,
                 overflowed,
                 registration: Registration {
                     dispatcher: Arc::downgrade(&dispatcher),
@@ -285,8 +348,7 @@ impl Fanout {
 /// feed. Dropping it leaves the dispatcher.
 pub struct Subscription {
     catch_up: Option<WatchStream>,
-    rx: mpsc::UnboundedReceiver<Delivery>,
-    queued: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     overflowed: CancellationToken,
     registration: Registration,
     /// The newest revision delivered or known to hold nothing for it.
@@ -312,7 +374,7 @@ impl Subscription {
                 None => self.catch_up = None,
             }
         }
-        let delivery = self.rx.recv().await;
+        let delivery = self.backlog.take().await;
         self.take_delivery(delivery)
     }
 
@@ -321,18 +383,13 @@ impl Subscription {
         if self.catch_up.is_some() {
             return self.next().now_or_never();
         }
-        match self.rx.try_recv() {
-            Ok(d) => Some(self.take_delivery(Some(d))),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(Next::End(None)),
-        }
+        let taken = self.backlog.try_take()?;
+        Some(self.take_delivery(taken))
     }
 
     fn take_delivery(&mut self, delivery: Option<Delivery>) -> Next {
         match delivery {
             Some(Delivery::Event(kind, d)) => {
-                self.queued
-                    .fetch_sub(held_bytes(&d.event), Ordering::AcqRel);
                 self.last = self.last.max(d.event.revision);
                 Next::Live(kind, d)
             }
@@ -351,7 +408,7 @@ impl Subscription {
         // The dispatcher queues every event up to `progress` before it
         // records it: an empty queue after this load has had them all.
         let progress = dispatcher.progress.load(Ordering::Acquire);
-        self.rx.is_empty().then_some(progress.max(self.last))
+        self.backlog.is_empty().then_some(progress.max(self.last))
     }
 
     /// Cancelled once this watcher has fallen past its backlog: whatever
@@ -390,14 +447,12 @@ enum Slot {
 }
 
 struct Watcher {
-    tx: mpsc::UnboundedSender<Delivery>,
+    backlog: Arc<Backlog>,
     filter: Filter,
     /// The watch's key prefix (its namespace, or the whole kind).
     prefix: String,
     /// It has seen every change up to here (its list, or its start).
     after: Revision,
-    /// Bytes of events queued for it and not yet taken.
-    queued: Arc<AtomicUsize>,
     /// Cancelled when it overflows: its client is then let go at once,
     /// even while the watcher waits on its socket.
     overflowed: CancellationToken,
@@ -511,20 +566,20 @@ impl Watchers {
             let Some(kind) = translate(r, &w.filter, event) else {
                 continue;
             };
-            let queued = w.queued.load(Ordering::Acquire);
+            let queued = w.backlog.bytes.load(Ordering::Acquire);
             if queued > 0 && queued + size > BACKLOG_BYTES {
-                let _ = w.tx.send(Delivery::End(StoreError::TooSlow));
+                // Let go: what waited for it goes now, not when its client
+                // has had its time to read the 410.
+                w.backlog.end(Some(StoreError::TooSlow));
                 w.overflowed.cancel();
                 overflowed.push(*id);
                 continue;
             }
-            w.queued.fetch_add(size, Ordering::AcqRel);
+            w.backlog.bytes.fetch_add(size, Ordering::AcqRel);
             let shared = shared
                 .get_or_insert_with(|| Arc::new(Dispatched::new(event.clone())))
                 .clone();
-            if w.tx.send(Delivery::Event(kind, shared)).is_err() {
-                overflowed.push(*id);
-            }
+            w.backlog.push(Delivery::Event(kind, shared));
         }
         for id in overflowed {
             self.unfile(id);
@@ -533,9 +588,7 @@ impl Watchers {
 
     fn end(&mut self, error: Option<StoreError>) {
         for (_, w) in self.all.drain() {
-            if let Some(e) = &error {
-                let _ = w.tx.send(Delivery::End(e.clone()));
-            }
+            w.backlog.end(error.clone());
         }
         self.by_value.clear();
         self.by_namespace.clear();
@@ -738,8 +791,8 @@ mod tests {
         })
     }
 
-    fn watcher(slot: Slot) -> (Watcher, mpsc::UnboundedReceiver<Delivery>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn watcher(slot: Slot) -> (Watcher, Arc<Backlog>) {
+        let backlog = Arc::new(Backlog::default());
         let filter = match &slot {
             Slot::Indexed(node) => {
                 let pods = crate::registry::pod::resource();
@@ -752,15 +805,14 @@ mod tests {
             _ => "/registry/pods/".to_string(),
         };
         let w = Watcher {
-            tx,
+            backlog: backlog.clone(),
             filter,
             prefix,
             after: 0,
-            queued: Default::default(),
             overflowed: CancellationToken::new(),
             slot,
         };
-        (w, rx)
+        (w, backlog)
     }
 
     #[test]
@@ -801,8 +853,8 @@ mod tests {
         watchers.dispatch(&pods, field, &moved);
         let kinds: Vec<_> = [3, 9]
             .iter()
-            .map(|i| match feeds[*i].try_recv() {
-                Ok(Delivery::Event(kind, _)) => Some(kind),
+            .map(|i| match feeds[*i].try_take() {
+                Some(Some(Delivery::Event(kind, _))) => Some(kind),
                 _ => None,
             })
             .collect();
@@ -810,7 +862,7 @@ mod tests {
             kinds,
             vec![Some(EventType::Deleted), Some(EventType::Added)]
         );
-        assert!(feeds[7].try_recv().is_err());
+        assert!(feeds[7].try_take().is_none());
 
         watchers.unfile(7);
         assert!(watchers.candidates(&pods, field, &on_7) == vec![1000]);
@@ -821,9 +873,8 @@ mod tests {
     fn a_watcher_past_its_backlog_is_ended_and_the_others_are_not() {
         let pods = crate::registry::pod::resource();
         let mut watchers = Watchers::default();
-        let (slow, mut slow_feed) = watcher(Slot::Everywhere);
-        let (fast, mut fast_feed) = watcher(Slot::Everywhere);
-        let fast_queued = fast.queued.clone();
+        let (slow, slow_feed) = watcher(Slot::Everywhere);
+        let (fast, fast_feed) = watcher(Slot::Everywhere);
         watchers.file(1, slow);
         watchers.file(2, fast);
         let big = "x".repeat(100 * 1024);
@@ -836,8 +887,7 @@ mod tests {
                 Bytes::from(format!("{{\"pad\": \"{big}\"}}"));
             watchers.dispatch(&pods, None, &event);
             // The fast one takes everything at once.
-            while let Ok(Delivery::Event(_, d)) = fast_feed.try_recv() {
-                fast_queued.fetch_sub(held_bytes(&d.event), Ordering::AcqRel);
+            while let Some(Some(Delivery::Event(..))) = fast_feed.try_take() {
                 taken += 1;
             }
             if !watchers.all.contains_key(&1) {
@@ -847,16 +897,13 @@ mod tests {
         };
         // About a MiB of 100 KiB events, then the end.
         assert_eq!(ended as usize, BACKLOG_BYTES / (100 * 1024) + 1);
-        let mut got = 0;
-        let last = loop {
-            match slow_feed.try_recv() {
-                Ok(Delivery::Event(..)) => got += 1,
-                Ok(Delivery::End(e)) => break Some(e),
-                Err(_) => break None,
-            }
-        };
-        assert!(matches!(last, Some(StoreError::TooSlow)));
-        assert_eq!(got, ended - 1);
+        // What waited for it is let go at once: only the end is left.
+        assert!(matches!(
+            slow_feed.try_take(),
+            Some(Some(Delivery::End(StoreError::TooSlow)))
+        ));
+        assert!(matches!(slow_feed.try_take(), Some(None)));
+        assert_eq!(slow_feed.bytes.load(Ordering::Acquire), 0);
         assert_eq!(taken, ended);
         assert!(watchers.all.contains_key(&2));
     }
