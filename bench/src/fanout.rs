@@ -157,15 +157,35 @@ pub async fn stuck(
     );
     let with = load::closed_loop(&endpoint, nodes, connections, d).await;
     load_rows(report, "with_stuck_watchers", &with);
-    report.add(
-        "throughput_with_stuck_percent",
-        format!("{:.1}", 100.0 * with.rate() / alone.rate().max(1e-9)),
-    );
     let after = proc_stats(server.pid());
     report.add("apiserver_rss_mib_after", mib(after.rss_bytes));
     report.add("apiserver_peak_rss_mib", mib(after.peak_rss_bytes));
     report.add("open_watches_at_end", open_watches(&server.url).await);
+    // Those let go, in their grace: what they hold now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report.add(
+        "apiserver_rss_mib_3s_after",
+        mib(proc_stats(server.pid()).rss_bytes),
+    );
+    // The run without them again, once they are gone: the machine drifts
+    // by more than the effect measured, so "without" is the mean of a run
+    // before and one after.
     drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while open_watches(&server.url).await > 0.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = load::closed_loop(&endpoint, nodes, connections, d).await;
+    load_rows(report, "without_watchers_after", &again);
+    report.add(
+        "apiserver_rss_mib_at_the_end",
+        mib(proc_stats(server.pid()).rss_bytes),
+    );
+    let without = (alone.rate() + again.rate()) / 2.0;
+    report.add(
+        "throughput_with_stuck_percent",
+        format!("{:.1}", 100.0 * with.rate() / without.max(1e-9)),
+    );
     Ok(())
 }
 

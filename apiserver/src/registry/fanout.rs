@@ -55,8 +55,9 @@ pub enum Delivery {
     /// A change, as this watcher sees it (see `translate`).
     Event(EventType, Arc<Dispatched>),
     /// The watch is over: the store ended it, or the watcher fell too far
-    /// behind (`TooSlow`).
-    End(StoreError),
+    /// behind (`TooSlow`). Boxed: a backlog is a queue of these, and the
+    /// error would make every slot several times an event's size.
+    End(Box<StoreError>),
 }
 
 /// A watcher's queue: what the dispatcher has offered it and it has not
@@ -86,9 +87,10 @@ impl Backlog {
     fn end(&self, error: Option<StoreError>) {
         {
             let mut items = self.lock();
-            items.clear();
+            // Its room too: a backlog near its budget is a thousand slots.
+            *items = std::collections::VecDeque::new();
             if let Some(e) = error {
-                items.push_back(Delivery::End(e));
+                items.push_back(Delivery::End(Box::new(e)));
             }
             self.bytes.store(0, Ordering::Release);
             self.closed.store(true, Ordering::Release);
@@ -106,7 +108,13 @@ impl Backlog {
             }
             Some(end) => Some(Some(end)),
             None if self.closed.load(Ordering::Acquire) => Some(None),
-            None => None,
+            None => {
+                // A burst taken: give back the room it needed.
+                if items.capacity() > 64 {
+                    items.shrink_to(8);
+                }
+                None
+            }
         }
     }
 
@@ -393,7 +401,7 @@ impl Subscription {
                 self.last = self.last.max(d.event.revision);
                 Next::Live(kind, d)
             }
-            Some(Delivery::End(e)) => Next::End(Some(e)),
+            Some(Delivery::End(e)) => Next::End(Some(*e)),
             None => Next::End(None),
         }
     }
@@ -900,7 +908,7 @@ mod tests {
         // What waited for it is let go at once: only the end is left.
         assert!(matches!(
             slow_feed.try_take(),
-            Some(Some(Delivery::End(StoreError::TooSlow)))
+            Some(Some(Delivery::End(e))) if matches!(*e, StoreError::TooSlow)
         ));
         assert!(matches!(slow_feed.try_take(), Some(None)));
         assert_eq!(slow_feed.bytes.load(Ordering::Acquire), 0);
