@@ -111,8 +111,11 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// What hyper buffers per connection (its minimum is 8 KiB).
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+/// What hyper buffers per connection: the largest request head it reads
+/// (a long bearer token must fit), and what it queues of a response. A
+/// watch's chunks hold its own byte budget until hyper has written them,
+/// so a watch is held to that smaller budget within this one.
+const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The router, for one connection: each request gets the connection's
 /// facts in its extensions (the client's address, its `ConnectionControl`, the user a
@@ -165,10 +168,10 @@ pub async fn serve(
         .header_read_timeout(header_timeout)
         // hyper buffers a response's chunks until the socket takes them,
         // by default up to ~400 KiB per connection: for a watch whose
-        // client stopped reading that is memory held for nothing (5,000
+        // client stopped reading that was memory held for nothing (5,000
         // such watches held 2 GiB). A large chunk (a list's) still goes
         // out whole when the buffer is empty.
-        .max_buf_size(WRITE_BUFFER_BYTES)
+        .max_buf_size(CONNECTION_BUFFER_BYTES)
         .keep_alive(true);
     loop {
         let accepted = tokio::select! {

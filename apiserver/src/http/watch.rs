@@ -37,8 +37,9 @@ use crate::store::ListCursor;
 /// Chunks buffered between the watch task and a slow client (the byte
 /// budget below is what binds; this bounds the count of small ones).
 const LINES_IN_FLIGHT: usize = 64;
-/// Bytes queued for a client and not yet taken by its connection.
-const WATCH_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes queued for a client and not yet written to its socket, in this
+/// task's channel and in hyper's buffer together.
+const WATCH_BUFFER_BYTES: usize = 16 * 1024;
 /// A watch's socket send buffer (the kernel doubles it for its own
 /// bookkeeping): room for bursts at loopback speed and a few MB/s over a
 /// WAN, without the 4 MiB the kernel would let a stuck client take.
@@ -56,9 +57,31 @@ const MAX_CHUNK: usize = WATCH_BUFFER_BYTES / 2;
 /// run, whether or not its filter kept any.
 const YIELD_EVERY: usize = 256;
 
-/// A chunk, and the part of the byte budget it holds until the response
-/// body takes it (the 410 of a watch that could not be started holds none).
-type Queued = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
+/// A chunk queued for the connection. One sent by a watch task owns its
+/// share of the byte budget (`held`) until hyper has written it and lets
+/// it go: the budget bounds what hyper holds of a watch too.
+type Queued = Bytes;
+
+/// A chunk that holds its share of a watch's budget for as long as it
+/// lives.
+struct Held {
+    bytes: Bytes,
+    _share: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// `bytes`, holding `share` until the last of it is dropped.
+fn held(bytes: Bytes, share: Option<tokio::sync::OwnedSemaphorePermit>) -> Bytes {
+    Bytes::from_owner(Held {
+        bytes,
+        _share: share,
+    })
+}
 
 fn line(kind: EventType, object: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(object.len() + 32);
@@ -151,12 +174,11 @@ pub async fn serve(
         // Too old a resourceVersion: Kubernetes answers 200 with one ERROR
         // event carrying 410 Expired, which clients take as "relist".
         Err(e) => {
-            let _ = tx.try_send((error_line(e), None));
+            let _ = tx.try_send(error_line(e));
         }
     }
-    // The budget a chunk held is given back as the connection takes it.
-    let body =
-        Body::from_stream(ReceiverStream::new(rx).map(|(bytes, _)| Ok::<_, Infallible>(bytes)));
+    // The budget a chunk holds is given back once hyper has written it.
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     Ok((
         StatusCode::OK,
         [
@@ -243,7 +265,7 @@ impl WatchTask {
         let share = bytes.len().clamp(1, WATCH_BUFFER_BYTES) as u32;
         let queue = async {
             let permit = self.budget.clone().acquire_many_owned(share).await.ok()?;
-            self.tx.send((bytes, Some(permit))).await.ok()
+            self.tx.send(held(bytes, Some(permit))).await.ok()
         };
         tokio::select! {
             sent = tokio::time::timeout(self.stuck_after, queue) => match sent {
@@ -281,7 +303,7 @@ impl WatchTask {
         // polled (thousands of watchers may be closing at once).
         self.budget.add_permits(1);
         let permit = self.budget.clone().try_acquire_owned().ok();
-        let _ = self.tx.try_send((
+        let _ = self.tx.try_send(held(
             error_line(ApiError::from(crate::store::StoreError::TooSlow)),
             permit,
         ));

@@ -214,7 +214,8 @@ fn projections<'e>(r: &Resource, event: &'e Event) -> &'e Projections {
 /// Every served kind's dispatcher.
 pub struct Fanout {
     store: Arc<dyn Store>,
-    /// By `apiVersion` and plural; a custom kind redefined gets a new one.
+    /// By `apiVersion`, plural and the `Resource` itself: a custom kind
+    /// redefined gets a new one.
     kinds: Mutex<HashMap<String, Arc<Dispatcher>>>,
     /// How often a dispatcher records its progress for bookmarks, and
     /// looks whether it still has watchers.
@@ -307,7 +308,6 @@ impl Fanout {
                     id,
                 },
                 last: after.max(dispatched),
-                r: r.clone(),
             });
         }
     }
@@ -345,11 +345,6 @@ impl Fanout {
         tokio::spawn(d.clone().run(stream, ending, self.tick));
         Ok(d)
     }
-
-    /// Watchers open now, of every kind.
-    pub fn watchers(&self) -> usize {
-        self.lock_kinds().values().map(|d| d.lock().all.len()).sum()
-    }
 }
 
 /// A watcher's end of the fan-out: its catch-up from history, then its
@@ -361,7 +356,6 @@ pub struct Subscription {
     registration: Registration,
     /// The newest revision delivered or known to hold nothing for it.
     last: Revision,
-    r: Arc<Resource>,
 }
 
 /// What a watcher takes next.
@@ -423,10 +417,6 @@ impl Subscription {
     /// it is waiting on, it is over.
     pub fn overflowed(&self) -> CancellationToken {
         self.overflowed.clone()
-    }
-
-    pub fn resource(&self) -> &Arc<Resource> {
-        &self.r
     }
 }
 

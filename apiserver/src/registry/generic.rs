@@ -308,11 +308,6 @@ impl Registry {
         Ok(self.fanout.subscribe(r, namespace, filter, after)?)
     }
 
-    /// The open client watches (`subscribe`).
-    pub fn watchers(&self) -> usize {
-        self.fanout.watchers()
-    }
-
     /// A watch straight from the store, for the server's own controllers.
     pub fn watch(
         &self,
