@@ -380,15 +380,18 @@ fn condition(current: &Value, type_: &str, status: bool, reason: &str, message: 
 
 fn wanted_status(crd: &Value, verdict: &Acceptance, deleting: bool) -> Value {
     let mut conditions = Vec::new();
+    let names_accepted = || {
+        condition(
+            crd,
+            "NamesAccepted",
+            true,
+            "NoConflicts",
+            "no conflicts found",
+        )
+    };
     let accepted_names = match verdict {
         Acceptance::Accepted => {
-            conditions.push(condition(
-                crd,
-                "NamesAccepted",
-                true,
-                "NoConflicts",
-                "no conflicts found",
-            ));
+            conditions.push(names_accepted());
             conditions.push(condition(
                 crd,
                 "Established",
@@ -399,13 +402,7 @@ fn wanted_status(crd: &Value, verdict: &Acceptance, deleting: bool) -> Value {
             Names::of(crd).to_json()
         }
         Acceptance::Unservable(why) => {
-            conditions.push(condition(
-                crd,
-                "NamesAccepted",
-                true,
-                "NoConflicts",
-                "no conflicts found",
-            ));
+            conditions.push(names_accepted());
             conditions.push(condition(crd, "Established", false, "NotServed", why));
             Names::of(crd).to_json()
         }

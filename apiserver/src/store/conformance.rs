@@ -229,6 +229,16 @@ pub async fn deletes_check_preconditions(h: &dyn Harness) {
     store.close().await;
 }
 
+/// `c`, `a` and `b` under `p`, in that order (lists sort them by key).
+async fn create_c_a_b(store: &dyn Store, p: &str) {
+    for name in ["c", "a", "b"] {
+        store
+            .create(&format!("{p}{name}"), object(name, name, 0))
+            .await
+            .unwrap();
+    }
+}
+
 /// After a read: `updated` gets data 1, `deleted` goes, `created` comes.
 async fn change(store: &dyn Store, p: &str, updated: &str, deleted: &str, created: &str) {
     store
@@ -252,12 +262,7 @@ pub async fn lists_read_at_one_revision(h: &dyn Harness) {
     let store = h.open().await;
     let p = prefix("configmaps");
     let other = prefix("configmaps");
-    for name in ["c", "a", "b"] {
-        store
-            .create(&format!("{p}{name}"), object(name, name, 0))
-            .await
-            .unwrap();
-    }
+    create_c_a_b(&*store, &p).await;
     store
         .create(&format!("{other}x"), object("x", "x", 0))
         .await
@@ -522,12 +527,7 @@ pub async fn list_cursors_read_at_one_revision(h: &dyn Harness) {
     let p = prefix("configmaps");
     // A prefix that sorts right after `p`'s keys: it must not show.
     let neighbour = format!("{}x/", p.trim_end_matches('/'));
-    for name in ["c", "a", "b"] {
-        store
-            .create(&format!("{p}{name}"), object(name, name, 0))
-            .await
-            .unwrap();
-    }
+    create_c_a_b(&*store, &p).await;
     store
         .create(&format!("{neighbour}z"), object("z", "z", 0))
         .await
